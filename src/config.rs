@@ -1,0 +1,807 @@
+//! Typed configuration: loading, layering, validation and redaction.
+//!
+//! Owns the one place where settings enter the program. Layers, lowest first:
+//! the embedded `config/default.toml`, a file given with `--config`, then
+//! `HOOKFLEET_<SECTION>__<KEY>` environment variables (double underscore for each
+//! level of nesting). Only variables containing `__` are config, so variables such
+//! as `HOOKFLEET_PUSHER` (read by the hook) never collide with it.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default), and
+//! every error names where the bad value came from: the file and position, or the
+//! environment variable. This module must never log a secret: URLs are held in
+//! [`SecretUrl`], whose `Debug`, `Display` and `Serialize` all redact the password.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The defaults, embedded so the binary works with no file at all.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "HOOKFLEET_";
+
+/// Allowed range of `worker.concurrency`.
+pub const CONCURRENCY_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
+/// Allowed range of `database.max_connections`.
+pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000;
+/// Allowed range of `retry.max_attempts`.
+pub const MAX_ATTEMPTS_RANGE: std::ops::RangeInclusive<u64> = 1..=100;
+/// Allowed range of `outbox.batch_size`.
+pub const BATCH_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
+/// Allowed range of `amqp.consumers_per_queue`.
+pub const CONSUMERS_RANGE: std::ops::RangeInclusive<u64> = 1..=64;
+/// Allowed range of `push.max_commits`.
+pub const MAX_COMMITS_RANGE: std::ops::RangeInclusive<u64> = 1..=100_000;
+
+/// A configuration error, with enough context for an operator to fix it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is not valid TOML (the message carries line and column).
+    #[error("config file {origin} is not valid TOML: {message}")]
+    Syntax {
+        /// The file (or "built-in defaults").
+        origin: String,
+        /// The parser's message, with position.
+        message: String,
+    },
+    /// A key is unknown or a value has the wrong type.
+    #[error("{origin}: {message}")]
+    Shape {
+        /// Where the offending key came from (file path or environment variable).
+        origin: String,
+        /// What is wrong, with the dotted key.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{key} {message}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// What is allowed and what was given.
+        message: String,
+    },
+}
+
+/// A URL holding credentials. Displays, debugs and serializes with the password
+/// replaced by `***`; [`SecretUrl::expose`] gives the real value to the one
+/// place that connects.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+    /// The real URL, for connecting only. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// The URL with its password (if any) replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+    /// `host:port` (or the host alone), for error messages that must name the address.
+    pub fn address(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(u) => match (u.host_str(), u.port_or_known_default().or(u.port())) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => h.to_string(),
+                _ => self.redacted(),
+            },
+            Err(_) => self.redacted(),
+        }
+    }
+}
+
+/// Replaces the password in a URL with `***`. A string that does not parse as a
+/// URL is redacted from the last `:` before `@`, so a malformed URL cannot leak.
+pub fn redact_url(raw: &str) -> String {
+    if let Ok(mut u) = url::Url::parse(raw) {
+        if u.password().is_some() {
+            let _ = u.set_password(Some("***"));
+        }
+        return u.to_string();
+    }
+    match (raw.find("://"), raw.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &raw[s + 3..at];
+            match userinfo.find(':') {
+                Some(c) => format!("{}{}:***{}", &raw[..s + 3], &userinfo[..c], &raw[at..]),
+                None => raw.to_string(),
+            }
+        }
+        _ => raw.to_string(),
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+impl<'de> Deserialize<'de> for SecretUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(SecretUrl)
+    }
+}
+
+/// Queue type of the work queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated, durable, with a delivery limit (the default).
+    Quorum,
+    /// Classic queues, for single-node brokers or old RabbitMQ.
+    Classic,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, pretty when it is.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// RabbitMQ settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// Broker URL, `amqp://` or `amqps://` (TLS via rustls).
+    pub url: SecretUrl,
+    /// Prefix of every exchange and queue name (`<prefix>.jobs`, `<prefix>.push`...),
+    /// so several deployments or tests can share a broker.
+    pub prefix: String,
+    /// Upper bound on TCP + TLS + AMQP handshake.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// AMQP heartbeat interval negotiated with the broker.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Upper bound on waiting for a publisher confirm.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Type of the work, retry and dead-letter queues.
+    pub queue_type: QueueType,
+    /// Per-channel prefetch; 0 derives it from `worker.concurrency`.
+    pub prefetch: u16,
+    /// Consumers (each on its own channel) per work queue.
+    pub consumers_per_queue: u16,
+    /// Quorum queues: the broker dead-letters a message redelivered this often
+    /// (a guard against crash loops that never reach our own retry logic).
+    pub delivery_limit: u32,
+    /// Broker-side consumer timeout for an unacked delivery (`x-consumer-timeout`).
+    #[serde(with = "humantime_serde")]
+    pub consumer_timeout: Duration,
+    /// First reconnect delay.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Largest reconnect delay.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// A connection that stayed up this long resets the backoff.
+    #[serde(with = "humantime_serde")]
+    pub healthy_after: Duration,
+}
+
+/// PostgreSQL settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Database URL; `sslmode` in the query string selects TLS (rustls).
+    pub url: SecretUrl,
+    /// Pool upper bound.
+    pub max_connections: u32,
+    /// Connections kept open when idle.
+    pub min_connections: u32,
+    /// Upper bound on opening one connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Upper bound on waiting for a pooled connection.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Idle connections above `min_connections` are closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections are recycled after this (lets failovers and config changes take).
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Server-side `statement_timeout` for every connection.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Apply migrations at start (dev). Off in Kubernetes, where a Helm hook migrates.
+    pub auto_migrate: bool,
+}
+
+/// Worker pool settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Global limit on deliveries handled at once.
+    pub concurrency: u32,
+    /// Job kinds this worker consumes (one queue each).
+    pub kinds: Vec<String>,
+    /// Extra per-kind limits for heavy work (a limit above `concurrency` is
+    /// harmless: the global limit still applies).
+    #[serde(default)]
+    pub kind_concurrency: BTreeMap<String, u32>,
+    /// Upper bound on one handler run; exceeding it is a transient error.
+    #[serde(with = "humantime_serde")]
+    pub handler_timeout: Duration,
+    /// On shutdown, in-flight work gets this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Completed deliveries are acked together at most this late.
+    #[serde(with = "humantime_serde")]
+    pub ack_flush_interval: Duration,
+}
+
+/// Retry policy for transient failures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Delay tiers; attempt n waits `tiers[min(n-1, len-1)]`.
+    #[serde(with = "humantime_serde_vec")]
+    pub tiers: Vec<Duration>,
+    /// Attempts (the first included) before a message is dead-lettered.
+    pub max_attempts: u32,
+}
+
+/// Transactional outbox and relay settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Run the relay inside `hookfleet worker`.
+    pub relay: bool,
+    /// Rows claimed and published per relay transaction.
+    pub batch_size: u32,
+    /// Polling fallback when no notification arrives.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Published rows are kept this long (the replay window).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Inbox rows are kept this long (the dedupe window).
+    #[serde(with = "humantime_serde")]
+    pub inbox_retention: Duration,
+    /// How often pruning runs.
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
+    /// Rows deleted per pruning statement.
+    pub prune_batch_size: u32,
+    /// Largest delay before a failing row is tried again.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+/// Admin HTTP server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address (`127.0.0.1:9090` locally, `0.0.0.0:9090` in the chart).
+    pub listen: SocketAddr,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// `tracing` filter directive (`info`, `hookfleet=debug,lapin=warn`); `RUST_LOG` wins.
+    pub level: String,
+}
+
+/// Local spool for pushes the hook could not publish.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of spooled jobs (one fsynced JSON file each).
+    pub dir: PathBuf,
+    /// How often the worker tries to flush it.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+/// The git `post-receive` hook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// Upper bound on connect + publish + confirm before the hook spools instead.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Repository names are paths relative to this root; empty = the git dir itself.
+    pub repositories_root: String,
+    /// Environment variables naming the pusher, first non-empty wins.
+    pub pusher_env: Vec<String>,
+}
+
+/// The push handler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// git executable.
+    pub git: String,
+    /// Upper bound on one git command; exceeding it is a transient error.
+    #[serde(with = "humantime_serde")]
+    pub git_timeout: Duration,
+    /// Commits listed per ref (the true count is kept).
+    pub max_commits: u32,
+    /// Refs with their own events per push; beyond it one bulk event.
+    pub max_refs: u32,
+    /// Base of `compare` and repository URLs in payloads.
+    pub compare_base_url: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// RabbitMQ.
+    pub amqp: AmqpConfig,
+    /// PostgreSQL.
+    pub database: DatabaseConfig,
+    /// Task pool.
+    pub worker: WorkerConfig,
+    /// Retries.
+    pub retry: RetryConfig,
+    /// Outbox and relay.
+    pub outbox: OutboxConfig,
+    /// Admin HTTP.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Hook spool.
+    pub spool: SpoolConfig,
+    /// post-receive hook.
+    pub hook: HookConfig,
+    /// Push handler.
+    pub push: PushConfig,
+}
+
+mod humantime_serde_vec {
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for d in v {
+            seq.serialize_element(&humantime::format_duration(*d).to_string())?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let raw = Vec::<String>::deserialize(d)?;
+        raw.iter()
+            .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+/// Where a layer of configuration came from, for error messages.
+#[derive(Debug, Clone)]
+enum Origin {
+    Defaults,
+    File(PathBuf),
+    Env(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Defaults => f.write_str("built-in defaults"),
+            Origin::File(p) => write!(f, "config file {}", p.display()),
+            Origin::Env(v) => write!(f, "environment variable {v}"),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then the process environment, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with an explicit environment (tests use this).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut merged = parse_toml(DEFAULT_TOML, &Origin::Defaults)?;
+        // Remember which layer set each dotted key, so a bad key can be blamed on it.
+        let mut origins: Vec<(Vec<String>, Origin)> = Vec::new();
+
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let origin = Origin::File(path.to_path_buf());
+            let table = parse_toml(&text, &origin)?;
+            collect_paths(&table, &mut Vec::new(), &origin, &mut origins);
+            merge(&mut merged, table);
+        }
+
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        env.sort();
+        for (var, raw) in env {
+            let path: Vec<String> = var[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect();
+            if path.iter().any(|p| p.is_empty()) {
+                return Err(ConfigError::Shape {
+                    origin: Origin::Env(var.clone()).to_string(),
+                    message: "empty key segment (use HOOKFLEET_SECTION__KEY)".into(),
+                });
+            }
+            let value = env_value(&raw);
+            origins.push((path.clone(), Origin::Env(var.clone())));
+            set_path(&mut merged, &path, value).map_err(|message| ConfigError::Shape {
+                origin: Origin::Env(var.clone()).to_string(),
+                message,
+            })?;
+        }
+
+        let de = toml::Value::Table(merged);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let segments: Vec<String> = path
+                .split('.')
+                .filter(|s| !s.is_empty() && *s != "?")
+                .map(|s| s.to_string())
+                .collect();
+            let inner = e.into_inner().to_string().replace('\n', " ");
+            // The offending key is the path plus, for an unknown field, the field itself.
+            let origin = blame(&origins, &segments, &inner);
+            let key = if path.is_empty() || path == "." {
+                String::new()
+            } else {
+                format!("{path}: ")
+            };
+            ConfigError::Shape {
+                origin: origin.to_string(),
+                message: format!("{key}{inner}"),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and cross-field rules, naming the key, the value and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn range(key: &str, v: u64, r: std::ops::RangeInclusive<u64>) -> Result<(), ConfigError> {
+            if r.contains(&v) {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: format!("must be {}..={}, got {v}", r.start(), r.end()),
+                })
+            }
+        }
+        fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
+            if d.is_zero() {
+                Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: "must be greater than 0s, got 0s".into(),
+                })
+            } else {
+                Ok(())
+            }
+        }
+        fn url(key: &str, u: &SecretUrl, schemes: &[&str]) -> Result<(), ConfigError> {
+            match url::Url::parse(u.expose()) {
+                Ok(p) if schemes.contains(&p.scheme()) => Ok(()),
+                Ok(p) => Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: format!(
+                        "must use one of the schemes {}, got {:?}",
+                        schemes.join(", "),
+                        p.scheme()
+                    ),
+                }),
+                Err(e) => Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: format!("must be a valid URL, got {} ({e})", u.redacted()),
+                }),
+            }
+        }
+
+        url("amqp.url", &self.amqp.url, &["amqp", "amqps"])?;
+        url(
+            "database.url",
+            &self.database.url,
+            &["postgres", "postgresql"],
+        )?;
+        let prefix_ok = !self.amqp.prefix.is_empty()
+            && self.amqp.prefix.len() <= 100
+            && self
+                .amqp
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !prefix_ok {
+            return Err(ConfigError::Invalid {
+                key: "amqp.prefix".into(),
+                message: format!(
+                    "must be 1..=100 characters of [A-Za-z0-9._-], got {:?}",
+                    self.amqp.prefix
+                ),
+            });
+        }
+        positive("amqp.connect_timeout", self.amqp.connect_timeout)?;
+        positive("amqp.publish_timeout", self.amqp.publish_timeout)?;
+        range("amqp.heartbeat", self.amqp.heartbeat.as_secs(), 0..=3600)?;
+        range(
+            "amqp.consumers_per_queue",
+            self.amqp.consumers_per_queue.into(),
+            CONSUMERS_RANGE,
+        )?;
+        positive("amqp.reconnect_min", self.amqp.reconnect_min)?;
+        if self.amqp.reconnect_max < self.amqp.reconnect_min {
+            return Err(ConfigError::Invalid {
+                key: "amqp.reconnect_max".into(),
+                message: format!(
+                    "must be at least amqp.reconnect_min ({}), got {}",
+                    humantime::format_duration(self.amqp.reconnect_min),
+                    humantime::format_duration(self.amqp.reconnect_max)
+                ),
+            });
+        }
+
+        range(
+            "database.max_connections",
+            self.database.max_connections.into(),
+            MAX_CONNECTIONS_RANGE,
+        )?;
+        range(
+            "database.min_connections",
+            self.database.min_connections.into(),
+            0..=u64::from(self.database.max_connections),
+        )?;
+        positive("database.connect_timeout", self.database.connect_timeout)?;
+        positive("database.acquire_timeout", self.database.acquire_timeout)?;
+        positive(
+            "database.statement_timeout",
+            self.database.statement_timeout,
+        )?;
+
+        range(
+            "worker.concurrency",
+            self.worker.concurrency.into(),
+            CONCURRENCY_RANGE,
+        )?;
+        for (kind, limit) in &self.worker.kind_concurrency {
+            range(
+                &format!("worker.kind_concurrency.{kind}"),
+                (*limit).into(),
+                CONCURRENCY_RANGE,
+            )?;
+        }
+        for kind in &self.worker.kinds {
+            if kind.is_empty()
+                || !kind
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(ConfigError::Invalid {
+                    key: "worker.kinds".into(),
+                    message: format!("entries must be [A-Za-z0-9_-]+, got {kind:?}"),
+                });
+            }
+        }
+        positive("worker.handler_timeout", self.worker.handler_timeout)?;
+        positive("worker.ack_flush_interval", self.worker.ack_flush_interval)?;
+
+        if self.retry.tiers.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "retry.tiers".into(),
+                message: "must list at least one delay, got []".into(),
+            });
+        }
+        for d in &self.retry.tiers {
+            if d.is_zero() || d.as_millis() > u128::from(u32::MAX) {
+                return Err(ConfigError::Invalid {
+                    key: "retry.tiers".into(),
+                    message: format!(
+                        "entries must be 1ms..=49d, got {}",
+                        humantime::format_duration(*d)
+                    ),
+                });
+            }
+        }
+        range(
+            "retry.max_attempts",
+            self.retry.max_attempts.into(),
+            MAX_ATTEMPTS_RANGE,
+        )?;
+
+        range(
+            "outbox.batch_size",
+            self.outbox.batch_size.into(),
+            BATCH_SIZE_RANGE,
+        )?;
+        positive("outbox.poll_interval", self.outbox.poll_interval)?;
+        positive("outbox.prune_interval", self.outbox.prune_interval)?;
+        range(
+            "outbox.prune_batch_size",
+            self.outbox.prune_batch_size.into(),
+            1..=100_000,
+        )?;
+
+        positive("hook.timeout", self.hook.timeout)?;
+        positive("push.git_timeout", self.push.git_timeout)?;
+        range(
+            "push.max_commits",
+            self.push.max_commits.into(),
+            MAX_COMMITS_RANGE,
+        )?;
+        range("push.max_refs", self.push.max_refs.into(), 1..=10_000)?;
+        Ok(())
+    }
+
+    /// The effective config as TOML with every secret redacted (for `config check`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Prefetch per consumer channel: the override, or the pool size (capped to u16).
+    pub fn prefetch(&self) -> u16 {
+        if self.amqp.prefetch > 0 {
+            self.amqp.prefetch
+        } else {
+            u16::try_from(self.worker.concurrency).unwrap_or(u16::MAX)
+        }
+    }
+}
+
+fn parse_toml(text: &str, origin: &Origin) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::Syntax {
+            origin: origin.to_string(),
+            message: e.to_string().trim().to_string(),
+        })
+}
+
+/// Parses an environment value as a TOML value (number, bool, array), else as a string.
+fn env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => match t.remove("v") {
+            // A bare word like `quorum` fails to parse; a quoted or typed value succeeds.
+            Some(v) => v,
+            None => toml::Value::String(raw.to_string()),
+        },
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = match path.split_last() {
+        Some(x) => x,
+        None => return Err("empty key".into()),
+    };
+    let mut cur = table;
+    for (i, seg) in parents.iter().enumerate() {
+        let entry = cur
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("{} is not a section", path[..=i].join("."))),
+        };
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+fn collect_paths(
+    table: &toml::Table,
+    prefix: &mut Vec<String>,
+    origin: &Origin,
+    out: &mut Vec<(Vec<String>, Origin)>,
+) {
+    for (k, v) in table {
+        prefix.push(k.clone());
+        match v {
+            toml::Value::Table(t) => collect_paths(t, prefix, origin, out),
+            _ => out.push((prefix.clone(), origin.clone())),
+        }
+        prefix.pop();
+    }
+}
+
+/// Finds the last layer that set `path` (or, for an unknown field, `path.<field>`).
+fn blame(origins: &[(Vec<String>, Origin)], path: &[String], message: &str) -> Origin {
+    let mut wanted = path.to_vec();
+    if let Some(field) = message
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+    {
+        wanted.push(field.to_string());
+    }
+    origins
+        .iter()
+        .rev()
+        .find(|(p, _)| p.starts_with(&wanted) || wanted.starts_with(p))
+        .or_else(|| origins.iter().rev().find(|(p, _)| p.starts_with(path)))
+        .map(|(_, o)| o.clone())
+        .unwrap_or(Origin::Defaults)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let c = Config::load_from(None, Vec::new()).unwrap();
+        assert_eq!(c.worker.concurrency, 64);
+        assert_eq!(c.prefetch(), 64);
+    }
+
+    #[test]
+    fn env_values_are_typed() {
+        assert_eq!(env_value("20"), toml::Value::Integer(20));
+        assert_eq!(env_value("true"), toml::Value::Boolean(true));
+        assert_eq!(env_value("quorum"), toml::Value::String("quorum".into()));
+        assert_eq!(
+            env_value("amqp://a:b@h/"),
+            toml::Value::String("amqp://a:b@h/".into())
+        );
+    }
+
+    #[test]
+    fn redacts_malformed_urls_too() {
+        assert_eq!(
+            redact_url("amqp://u:pw@h:5672/%2f"),
+            "amqp://u:***@h:5672/%2f"
+        );
+        assert!(!redact_url("amqp://u:p w@[bad/").contains("p w"));
+    }
+}

@@ -1,0 +1,138 @@
+//! PostgreSQL pool and migrations.
+//!
+//! Owns how connections are made: bounded pool, acquire/idle/lifetime limits, a
+//! server-side `statement_timeout` on every connection, and a connect deadline so a
+//! dead database gives a clear error instead of a hang. TLS follows `sslmode` in the URL.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+
+use crate::config::DatabaseConfig;
+
+/// The embedded migrations in `migrations/`.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Database errors at the boundary, with the (redacted) address named.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The URL does not parse.
+    #[error("database.url is invalid ({url}): {source}")]
+    Url {
+        /// Redacted URL.
+        url: String,
+        /// Parser error.
+        source: sqlx::Error,
+    },
+    /// No connection within the deadline.
+    #[error("cannot connect to PostgreSQL at {address} within {timeout:?}")]
+    ConnectTimeout {
+        /// host:port.
+        address: String,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// The connection failed.
+    #[error("cannot connect to PostgreSQL at {address}: {source}")]
+    Connect {
+        /// host:port.
+        address: String,
+        /// Driver error.
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Any other query error.
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+}
+
+/// Connection options from config: URL, statement timeout, application name.
+pub fn connect_options(cfg: &DatabaseConfig) -> Result<PgConnectOptions, DbError> {
+    let opts = PgConnectOptions::from_str(cfg.url.expose()).map_err(|source| DbError::Url {
+        url: cfg.url.redacted(),
+        source,
+    })?;
+    let statement_ms = cfg.statement_timeout.as_millis().to_string();
+    Ok(opts
+        .application_name("hookfleet")
+        .options([("statement_timeout", statement_ms.as_str())])
+        .log_statements(tracing::log::LevelFilter::Debug)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
+}
+
+/// Opens the pool and checks one connection within `connect_timeout`.
+pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
+    let opts = connect_options(cfg)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .min_connections(cfg.min_connections)
+        .acquire_timeout(cfg.acquire_timeout)
+        .idle_timeout(Some(cfg.idle_timeout))
+        .max_lifetime(Some(cfg.max_lifetime))
+        .connect_lazy_with(opts);
+    let address = cfg.url.address();
+    match tokio::time::timeout(cfg.connect_timeout, pool.acquire()).await {
+        Ok(Ok(conn)) => drop(conn),
+        Ok(Err(source)) => return Err(DbError::Connect { address, source }),
+        Err(_) => {
+            return Err(DbError::ConnectTimeout {
+                address,
+                timeout: cfg.connect_timeout,
+            });
+        }
+    }
+    Ok(pool)
+}
+
+/// Creates the configured database if it does not exist (dev convenience: the
+/// defaults name a `hookfleet` database that a fresh PostgreSQL lacks).
+pub async fn ensure_database(cfg: &DatabaseConfig) -> Result<(), DbError> {
+    let opts = connect_options(cfg)?;
+    let Some(name) = opts.get_database().map(str::to_string) else {
+        return Ok(());
+    };
+    let address = cfg.url.address();
+    let admin = opts.clone().database("postgres");
+    let work = async {
+        let mut conn = sqlx::PgConnection::connect_with(&admin).await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&name)
+                .fetch_one(&mut conn)
+                .await?;
+        if !exists {
+            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+            match sqlx::query(&format!("CREATE DATABASE {quoted}"))
+                .execute(&mut conn)
+                .await
+            {
+                Ok(_) => tracing::info!(database = %name, "created database"),
+                // Another process created it at the same moment.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        conn.close().await
+    };
+    match tokio::time::timeout(cfg.connect_timeout, work).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(DbError::Connect { address, source }),
+        Err(_) => Err(DbError::ConnectTimeout {
+            address,
+            timeout: cfg.connect_timeout,
+        }),
+    }
+}
+
+/// Applies pending migrations; a no-op when all are applied. Concurrent runners are
+/// serialised by sqlx's own advisory lock.
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}

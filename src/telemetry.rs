@@ -1,0 +1,43 @@
+//! Logging setup: `tracing-subscriber` with JSON off a terminal and pretty on one.
+//!
+//! Called once from `main`; the library never installs a subscriber itself, so tests
+//! and embedding programs choose their own.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
+/// Logs go to stderr so command output on stdout stays machine-readable.
+pub fn init(cfg: &LogConfig) {
+    // PostgreSQL NOTICEs ("relation already exists, skipping") are noise at info.
+    let quiet = "sqlx::postgres::notice=warn";
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(format!("{},{quiet}", cfg.level)))
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{quiet}")));
+    let json = match cfg.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if json {
+        registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
+    } else {
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()
+    };
+    // A subscriber already installed (tests) is fine.
+    let _ = result;
+}

@@ -1,0 +1,274 @@
+//! Test harness: an isolated database and broker namespace per test, a TCP proxy
+//! that cuts connections for real, and polling helpers with deadlines.
+//!
+//! Every test gets its own PostgreSQL database (`hf_t_<epoch>_<uuid>`, dropped when
+//! the guard drops; leftovers of killed runs older than an hour are dropped on the
+//! next run) and its own AMQP name prefix, so tests run in parallel.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hookfleet::config::{Config, QueueType, SecretUrl};
+use sqlx::postgres::PgPool;
+use sqlx::{Connection, PgConnection};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// The local PostgreSQL server, maintenance database.
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The local RabbitMQ.
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Installs a test log subscriber once (quiet unless RUST_LOG is set).
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A database of its own for one test, dropped (with FORCE) when this guard drops.
+pub struct TestDb {
+    /// Database name.
+    pub name: String,
+    /// URL of the database.
+    pub url: String,
+    /// A pool on it, migrations applied.
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    /// Creates the database and applies the migrations.
+    pub async fn new() -> TestDb {
+        init_logs();
+        drop_stale_databases().await;
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let name = format!("hf_t_{epoch}_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = PgConnection::connect(PG_ADMIN_URL)
+            .await
+            .expect("connect admin db");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&url)
+            .await
+            .expect("connect test db");
+        hookfleet::db::migrate(&pool)
+            .await
+            .expect("migrate test db");
+        TestDb { name, url, pool }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; use a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok(mut c) = PgConnection::connect(PG_ADMIN_URL).await {
+                        let _ = sqlx::query(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .execute(&mut c)
+                        .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+async fn drop_stale_databases() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if DONE.set(()).is_err() {
+        return;
+    }
+    let Ok(mut c) = PgConnection::connect(PG_ADMIN_URL).await else {
+        return;
+    };
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'hf\\_t\\_%'")
+            .fetch_all(&mut c)
+            .await
+            .unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for n in names {
+        let epoch: u64 = n
+            .split('_')
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if now.saturating_sub(epoch) > 3600 {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)"))
+                .execute(&mut c)
+                .await;
+        }
+    }
+}
+
+/// A unique AMQP name prefix for one test.
+pub fn unique_prefix() -> String {
+    format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
+}
+
+/// Config for a test: defaults, this test's database and prefix, classic queues
+/// (cheap to create and delete), short timeouts and retry tiers.
+pub fn test_config(db_url: &str, prefix: &str) -> Config {
+    let mut c = Config::load_from(None, Vec::<(String, String)>::new()).expect("defaults load");
+    c.database.url = SecretUrl::new(db_url);
+    c.database.auto_migrate = false;
+    c.amqp.url = SecretUrl::new(AMQP_URL);
+    c.amqp.prefix = prefix.to_string();
+    c.amqp.queue_type = QueueType::Classic;
+    c.amqp.connect_timeout = Duration::from_secs(3);
+    c.amqp.reconnect_min = Duration::from_millis(50);
+    c.amqp.reconnect_max = Duration::from_millis(500);
+    c.retry.tiers = vec![Duration::from_millis(50), Duration::from_millis(100)];
+    c.worker.drain_timeout = Duration::from_secs(10);
+    c.admin.listen = "127.0.0.1:0".parse().unwrap();
+    c.spool.dir = std::env::temp_dir().join(format!("hookfleet-test-spool-{prefix}"));
+    c
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP proxy between a client under test and a real server. `cut()` resets every
+/// open connection; `block()` makes new connections fail until `unblock()`.
+pub struct TcpProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    state: Arc<Mutex<ProxyState>>,
+    stop: CancellationToken,
+}
+
+struct ProxyState {
+    generation: CancellationToken,
+    blocked: bool,
+    accepted: u64,
+}
+
+impl TcpProxy {
+    /// Starts a proxy on 127.0.0.1:0 forwarding to `target`.
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(ProxyState {
+            generation: CancellationToken::new(),
+            blocked: false,
+            accepted: 0,
+        }));
+        let stop = CancellationToken::new();
+        let (st, stop2) = (state.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    r = listener.accept() => r,
+                };
+                let Ok((mut inbound, _)) = accepted else {
+                    continue;
+                };
+                let (blocked, gen_token) = {
+                    let mut s = st.lock().unwrap();
+                    s.accepted += 1;
+                    (s.blocked, s.generation.clone())
+                };
+                if blocked {
+                    drop(inbound);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = gen_token.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, state, stop }
+    }
+
+    /// Proxy in front of the local RabbitMQ.
+    pub async fn rabbitmq() -> TcpProxy {
+        Self::start("127.0.0.1:5672".parse().unwrap()).await
+    }
+
+    /// An AMQP URL through this proxy.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Closes every connection open now.
+    pub fn cut(&self) {
+        let mut s = self.state.lock().unwrap();
+        let old = std::mem::replace(&mut s.generation, CancellationToken::new());
+        old.cancel();
+    }
+
+    /// Refuses new connections (and cuts open ones) until `unblock`.
+    pub fn block(&self) {
+        self.state.lock().unwrap().blocked = true;
+        self.cut();
+    }
+
+    /// Lets connections through again.
+    pub fn unblock(&self) {
+        self.state.lock().unwrap().blocked = false;
+    }
+
+    /// Connections accepted so far (each reconnect counts one).
+    pub fn accepted(&self) -> u64 {
+        self.state.lock().unwrap().accepted
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.cut();
+    }
+}
