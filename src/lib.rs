@@ -8,6 +8,9 @@
 //! - [`worker`]: the `worker` role, wiring everything together under one shutdown token.
 //! - [`health`]: readiness flags shared by the parts that know and the parts that ask.
 //! - [`shutdown`]: signals to a cancellation token (first drains, second exits).
+//! - [`job`]: the handler API (`Handler`, `TxHandler`, `JobError`); [`message`]: the
+//!   AMQP message contract (properties and `x-` headers).
+//! - [`metrics`]: every Prometheus metric; [`inflight`]: what is being handled now (`/jobs`).
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
 pub mod amqp;
@@ -16,6 +19,10 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod health;
+pub mod inflight;
+pub mod job;
+pub mod message;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

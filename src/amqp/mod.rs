@@ -1,5 +1,6 @@
 //! RabbitMQ: connecting, topology, publishing, and the consuming supervisor.
 
 pub mod connect;
+pub mod topology;
 
 pub use connect::{AmqpError, connect};

@@ -1,0 +1,226 @@
+//! Exchange and queue names, and their idempotent declaration.
+//!
+//! Owns the shape of the broker side (see `docs/ARCHITECTURE.md`):
+//! `<prefix>.jobs` (direct) routes job kind `k` to the work queue `<prefix>.<k>`;
+//! each work queue has retry tiers `<prefix>.<k>.retry.<delay>` whose messages
+//! expire (`x-message-ttl`) and dead-letter back to the work queue through the
+//! default exchange, and a parking queue `<prefix>.<k>.dead` that never expires.
+//! `<prefix>.events` (topic) carries outgoing events, published only by the relay.
+//!
+//! Declaring is idempotent and runs on every (re)connect, so a queue deleted on the
+//! broker comes back. This module never publishes or consumes.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::{AmqpConfig, QueueType};
+
+/// Names of everything hookfleet declares, derived from the prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// `amqp.prefix`.
+    pub prefix: String,
+}
+
+impl Names {
+    /// Names under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+    /// The direct exchange jobs are published to (routing key = kind).
+    pub fn jobs_exchange(&self) -> String {
+        format!("{}.jobs", self.prefix)
+    }
+    /// The topic exchange outgoing events are published to (routing key = event type).
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+    /// The work queue of a kind.
+    pub fn queue(&self, kind: &str) -> String {
+        format!("{}.{kind}", self.prefix)
+    }
+    /// The retry queue for a delay tier.
+    pub fn retry_queue(&self, kind: &str, delay: Duration) -> String {
+        format!(
+            "{}.{kind}.retry.{}",
+            self.prefix,
+            humantime::format_duration(delay)
+        )
+        .replace(' ', "")
+    }
+    /// The parking queue of a kind.
+    pub fn dead_queue(&self, kind: &str) -> String {
+        format!("{}.{kind}.dead", self.prefix)
+    }
+}
+
+fn s(v: &str) -> ShortString {
+    v.into()
+}
+
+fn queue_args(cfg: &AmqpConfig) -> FieldTable {
+    let mut t = FieldTable::default();
+    match cfg.queue_type {
+        QueueType::Quorum => {
+            t.insert(s("x-queue-type"), AMQPValue::LongString("quorum".into()));
+        }
+        QueueType::Classic => {
+            t.insert(s("x-queue-type"), AMQPValue::LongString("classic".into()));
+        }
+    }
+    t
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// Declares the exchanges and, for each kind, its work, retry and dead queues.
+pub async fn declare(
+    channel: &Channel,
+    cfg: &AmqpConfig,
+    tiers: &[Duration],
+    kinds: &[String],
+) -> Result<(), lapin::Error> {
+    let names = Names::new(&cfg.prefix);
+    let exchange_opts = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            s(&names.jobs_exchange()),
+            ExchangeKind::Direct,
+            exchange_opts,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            s(&names.events_exchange()),
+            ExchangeKind::Topic,
+            exchange_opts,
+            FieldTable::default(),
+        )
+        .await?;
+
+    for kind in kinds {
+        let work = names.queue(kind);
+        let mut args = queue_args(cfg);
+        if cfg.queue_type == QueueType::Quorum {
+            // A crash loop (worker dies mid-message) never reaches our retry logic;
+            // the broker's delivery limit parks such a message instead of looping.
+            args.insert(
+                s("x-delivery-limit"),
+                AMQPValue::LongLongInt(cfg.delivery_limit.into()),
+            );
+            args.insert(
+                s("x-dead-letter-exchange"),
+                AMQPValue::LongString("".into()),
+            );
+            args.insert(
+                s("x-dead-letter-routing-key"),
+                AMQPValue::LongString(names.dead_queue(kind).as_str().into()),
+            );
+        }
+        channel.queue_declare(s(&work), durable(), args).await?;
+        channel
+            .queue_bind(
+                s(&work),
+                s(&names.jobs_exchange()),
+                s(kind),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        channel
+            .queue_declare(s(&names.dead_queue(kind)), durable(), queue_args(cfg))
+            .await?;
+
+        for delay in tiers {
+            let mut args = queue_args(cfg);
+            let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            args.insert(s("x-message-ttl"), AMQPValue::LongLongInt(ttl));
+            args.insert(
+                s("x-dead-letter-exchange"),
+                AMQPValue::LongString("".into()),
+            );
+            args.insert(
+                s("x-dead-letter-routing-key"),
+                AMQPValue::LongString(work.as_str().into()),
+            );
+            if cfg.queue_type == QueueType::Quorum {
+                // Quorum dead-lettering is at-most-once unless asked otherwise; a
+                // retried job must not vanish on its way back.
+                args.insert(
+                    s("x-dead-letter-strategy"),
+                    AMQPValue::LongString("at-least-once".into()),
+                );
+                args.insert(
+                    s("x-overflow"),
+                    AMQPValue::LongString("reject-publish".into()),
+                );
+            }
+            channel
+                .queue_declare(s(&names.retry_queue(kind, *delay)), durable(), args)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes everything [`declare`] creates (tests and `--prefix` cleanups).
+pub async fn delete(
+    channel: &Channel,
+    prefix: &str,
+    tiers: &[Duration],
+    kinds: &[String],
+) -> Result<(), lapin::Error> {
+    let names = Names::new(prefix);
+    for kind in kinds {
+        let mut queues = vec![names.queue(kind), names.dead_queue(kind)];
+        queues.extend(tiers.iter().map(|d| names.retry_queue(kind, *d)));
+        for q in queues {
+            channel
+                .queue_delete(s(&q), lapin::options::QueueDeleteOptions::default())
+                .await?;
+        }
+    }
+    for ex in [names.jobs_exchange(), names.events_exchange()] {
+        channel
+            .exchange_delete(s(&ex), lapin::options::ExchangeDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let n = Names::new("hookfleet");
+        assert_eq!(n.jobs_exchange(), "hookfleet.jobs");
+        assert_eq!(n.events_exchange(), "hookfleet.events");
+        assert_eq!(n.queue("push"), "hookfleet.push");
+        assert_eq!(n.dead_queue("push"), "hookfleet.push.dead");
+        assert_eq!(
+            n.retry_queue("push", Duration::from_secs(10)),
+            "hookfleet.push.retry.10s"
+        );
+        assert_eq!(
+            n.retry_queue("push", Duration::from_secs(60)),
+            "hookfleet.push.retry.1m"
+        );
+    }
+}

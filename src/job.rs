@@ -1,0 +1,108 @@
+//! The handler API: what a job kind implements and what it returns.
+//!
+//! A [`Handler`] declares its kind (which names its queue) and handles one decoded
+//! [`Job`]. Its `Result` says what happens next: `Ok` acks; [`JobError::Transient`]
+//! and [`JobError::RetryAfter`] go through the retry tiers; [`JobError::Permanent`]
+//! dead-letters at once. Handlers that write to PostgreSQL implement [`TxHandler`]
+//! instead and are wrapped by `inbox::Transactional`, which owns the transaction,
+//! the inbox dedupe and the commit.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::message::Envelope;
+
+/// One delivery, decoded.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Message metadata (id, correlation id, headers).
+    pub envelope: Envelope,
+    /// The job kind (the queue's kind).
+    pub kind: String,
+    /// 1-based attempt.
+    pub attempt: u32,
+    /// The broker marked this delivery redelivered (a previous consumer died).
+    pub redelivered: bool,
+    /// The JSON body.
+    pub body: serde_json::Value,
+}
+
+impl Job {
+    /// Decodes the body into `T`; a mismatch is a permanent error (bad input never
+    /// gets better by retrying).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, JobError> {
+        serde_json::from_value(self.body.clone()).map_err(|e| {
+            JobError::permanent(format!("body does not match the {} job: {e}", self.kind))
+        })
+    }
+    /// The message id as text, for logs.
+    pub fn message_id(&self) -> String {
+        self.envelope.message_id.to_string()
+    }
+}
+
+/// Why a job failed, and so what happens next.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// May succeed later: retry through the tiers, then dead-letter.
+    #[error("{0:#}")]
+    Transient(anyhow::Error),
+    /// Like `Transient`, but the handler knows how long to wait (e.g. HTTP
+    /// `Retry-After`); the first tier at least this long is used.
+    #[error("{1:#} (retry after {0:?})")]
+    RetryAfter(Duration, anyhow::Error),
+    /// Will never succeed (bad input, missing object): dead-letter at once.
+    #[error("{0:#}")]
+    Permanent(anyhow::Error),
+}
+
+impl JobError {
+    /// A transient error from anything printable.
+    pub fn transient(e: impl Into<anyhow::Error>) -> Self {
+        JobError::Transient(e.into())
+    }
+    /// A permanent error from a message.
+    pub fn permanent(msg: impl std::fmt::Display) -> Self {
+        JobError::Permanent(anyhow::anyhow!("{msg}"))
+    }
+}
+
+impl From<sqlx::Error> for JobError {
+    /// Database errors are transient unless they say the input is wrong
+    /// (SQLSTATE class 22: data exception, 23: integrity violation).
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e
+            && let Some(code) = db.code()
+            && (code.starts_with("22") || code.starts_with("23"))
+        {
+            return JobError::Permanent(e.into());
+        }
+        JobError::Transient(e.into())
+    }
+}
+
+/// A job kind that needs no database transaction (e.g. a no-op or an HTTP call
+/// whose bookkeeping it does itself).
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// The kind, which names the queue (`<prefix>.<kind>`).
+    fn kind(&self) -> &str;
+    /// Handles one job.
+    async fn handle(&self, job: &Job) -> Result<(), JobError>;
+}
+
+/// A job kind whose effects and outgoing events go into one PostgreSQL
+/// transaction; hookfleet claims the inbox first and commits after.
+#[async_trait::async_trait]
+pub trait TxHandler: Send + Sync + 'static {
+    /// The kind, which names the queue.
+    fn kind(&self) -> &str;
+    /// Handles one job inside `tx`. Do not commit or roll back: the caller does.
+    async fn handle(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        job: &Job,
+    ) -> Result<(), JobError>;
+}

@@ -1,0 +1,244 @@
+//! Prometheus metrics: every metric hookfleet exports, defined once.
+//!
+//! Owns names, help texts and label sets. Labels are bounded (queue, kind, outcome,
+//! role), never message ids. Parts of the program record through [`metrics()`];
+//! the admin server renders [`render`].
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All metrics. Fields are public so callers record with `metrics().x.inc()`.
+pub struct Metrics {
+    /// Registry holding everything below (and process metrics).
+    pub registry: Registry,
+    /// Deliveries finished, by queue and outcome (acked, retried, dead, duplicate, poison).
+    pub deliveries_total: IntCounterVec,
+    /// Handler run time, by kind.
+    pub handler_duration_seconds: HistogramVec,
+    /// Deliveries being handled now, by kind.
+    pub in_flight: IntGaugeVec,
+    /// Free permits of the pool, by kind (`all` = the global semaphore).
+    pub pool_permits_available: IntGaugeVec,
+    /// Handler panics, by kind.
+    pub handler_panics_total: IntCounterVec,
+    /// 1 while the connection of a role (consumer, publisher, relay) is up.
+    pub amqp_connection_up: IntGaugeVec,
+    /// Reconnect attempts, by role.
+    pub amqp_reconnects_total: IntCounterVec,
+    /// Unpublished outbox rows (sampled).
+    pub outbox_pending: IntGauge,
+    /// Age of the oldest unpublished outbox row (sampled).
+    pub outbox_oldest_pending_age_seconds: prometheus::Gauge,
+    /// Outbox rows published by the relay.
+    pub relay_published_total: IntCounter,
+    /// Outbox rows that failed to publish (nack, return, error).
+    pub relay_failed_total: IntCounter,
+    /// Relay batch time (claim → publish → confirm → commit).
+    pub relay_batch_duration_seconds: Histogram,
+    /// Database pool connections by state (idle, used).
+    pub db_pool_connections: IntGaugeVec,
+    /// Time waiting for a pooled connection.
+    pub db_acquire_wait_seconds: Histogram,
+    /// Webhook deliveries by outcome.
+    pub webhook_deliveries_total: IntCounterVec,
+    /// Files waiting in the hook spool.
+    pub spool_files_pending: IntGauge,
+    /// Constant 1 with version and git SHA labels.
+    pub build_info: IntGaugeVec,
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let r = &registry;
+    fn reg<C: prometheus::core::Collector + Clone + 'static>(
+        r: &Registry,
+        c: C,
+    ) -> Result<C, prometheus::Error> {
+        r.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+    let secs = vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
+    let m = Metrics {
+        deliveries_total: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "hookfleet_deliveries_total",
+                    "Deliveries finished, by queue and outcome.",
+                ),
+                &["queue", "outcome"],
+            )?,
+        )?,
+        handler_duration_seconds: reg(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new("hookfleet_handler_duration_seconds", "Handler run time.")
+                    .buckets(secs.clone()),
+                &["kind"],
+            )?,
+        )?,
+        in_flight: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new("hookfleet_in_flight", "Deliveries being handled now."),
+                &["kind"],
+            )?,
+        )?,
+        pool_permits_available: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "hookfleet_pool_permits_available",
+                    "Free task-pool permits (kind=all is the global limit).",
+                ),
+                &["kind"],
+            )?,
+        )?,
+        handler_panics_total: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new("hookfleet_handler_panics_total", "Handler panics caught."),
+                &["kind"],
+            )?,
+        )?,
+        amqp_connection_up: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "hookfleet_amqp_connection_up",
+                    "1 while the broker connection is up.",
+                ),
+                &["role"],
+            )?,
+        )?,
+        amqp_reconnects_total: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "hookfleet_amqp_reconnects_total",
+                    "Broker reconnect attempts.",
+                ),
+                &["role"],
+            )?,
+        )?,
+        outbox_pending: reg(
+            r,
+            IntGauge::new("hookfleet_outbox_pending", "Unpublished outbox rows.")?,
+        )?,
+        outbox_oldest_pending_age_seconds: reg(
+            r,
+            prometheus::Gauge::new(
+                "hookfleet_outbox_oldest_pending_age_seconds",
+                "Age of the oldest unpublished outbox row.",
+            )?,
+        )?,
+        relay_published_total: reg(
+            r,
+            IntCounter::new("hookfleet_relay_published_total", "Outbox rows published.")?,
+        )?,
+        relay_failed_total: reg(
+            r,
+            IntCounter::new(
+                "hookfleet_relay_failed_total",
+                "Outbox rows that failed to publish (nacked, returned, errored).",
+            )?,
+        )?,
+        relay_batch_duration_seconds: reg(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "hookfleet_relay_batch_duration_seconds",
+                    "Relay batch time from claim to commit.",
+                )
+                .buckets(secs.clone()),
+            )?,
+        )?,
+        db_pool_connections: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "hookfleet_db_pool_connections",
+                    "Database pool connections by state.",
+                ),
+                &["state"],
+            )?,
+        )?,
+        db_acquire_wait_seconds: reg(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "hookfleet_db_acquire_wait_seconds",
+                    "Time waiting for a pooled database connection.",
+                )
+                .buckets(secs),
+            )?,
+        )?,
+        webhook_deliveries_total: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "hookfleet_webhook_deliveries_total",
+                    "Webhook delivery attempts by outcome.",
+                ),
+                &["outcome"],
+            )?,
+        )?,
+        spool_files_pending: reg(
+            r,
+            IntGauge::new(
+                "hookfleet_spool_files_pending",
+                "Jobs waiting in the hook spool.",
+            )?,
+        )?,
+        build_info: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new("hookfleet_build_info", "Build information (constant 1)."),
+                &["version", "git_sha"],
+            )?,
+        )?,
+        registry,
+    };
+    #[cfg(target_os = "linux")]
+    m.registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    m.build_info
+        .with_label_values(&[crate::build_info::VERSION, crate::build_info::GIT_SHA])
+        .set(1);
+    Ok(m)
+}
+
+/// The process-wide metrics. Definitions are static, so building cannot fail at
+/// run time except by a programming error caught in the first test that runs.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| match build() {
+        Ok(m) => m,
+        Err(e) => panic!("metric definitions are invalid (a bug): {e}"),
+    })
+}
+
+/// Prometheus text exposition of every metric.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&metrics().registry.gather(), &mut buf) {
+        return format!("# encoding failed: {e}\n");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_build_info() {
+        assert!(super::render().contains("hookfleet_build_info{"));
+    }
+}
