@@ -1,6 +1,7 @@
 //! RabbitMQ: connecting, topology, publishing, and the consuming supervisor.
 
 pub mod connect;
+pub mod publish;
 pub mod topology;
 
 pub use connect::{AmqpError, connect};
