@@ -83,14 +83,24 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
-/// A job kind that needs no database transaction (e.g. a no-op or an HTTP call
-/// whose bookkeeping it does itself).
+/// How a job that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// The handler ran and its effects are committed.
+    Handled,
+    /// The inbox already had this message id: skipped, effects not repeated.
+    Duplicate,
+}
+
+/// A job kind as the consumer core runs it. Most kinds implement [`TxHandler`]
+/// and are wrapped by `inbox::Transactional`; implement this directly only for
+/// work with no database effects (a no-op, a benchmark).
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// The kind, which names the queue (`<prefix>.<kind>`).
     fn kind(&self) -> &str;
     /// Handles one job.
-    async fn handle(&self, job: &Job) -> Result<(), JobError>;
+    async fn handle(&self, job: Job) -> Result<Done, JobError>;
 }
 
 /// A job kind whose effects and outgoing events go into one PostgreSQL

@@ -5,6 +5,9 @@
 //! - [`cli`]: the `hookfleet` command line; `main.rs` only calls [`cli::main`].
 //! - [`db`]: the PostgreSQL pool (bounded, with timeouts) and the embedded migrations.
 //! - [`amqp`]: broker connections, topology, confirmed publishing and the consuming supervisor.
+//! - [`consumer`]: the supervisor (reconnect + redeclare), the task pool, outcomes, acks.
+//! - [`inbox`]: the handler transaction with inbox dedupe ([`inbox::Transactional`]).
+//! - [`backoff`]: reconnect delays (exponential, full jitter, unlimited).
 //! - [`worker`]: the `worker` role, wiring everything together under one shutdown token.
 //! - [`health`]: readiness flags shared by the parts that know and the parts that ask.
 //! - [`shutdown`]: signals to a cancellation token (first drains, second exits).
@@ -14,11 +17,14 @@
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
 pub mod amqp;
+pub mod backoff;
 pub mod build_info;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod db;
 pub mod health;
+pub mod inbox;
 pub mod inflight;
 pub mod job;
 pub mod message;

@@ -1,40 +1,176 @@
-//! `hookfleet worker`: assembles the database pool, the broker connection and the
-//! long-running tasks, and runs them until the shutdown token is cancelled.
+//! `hookfleet worker`: assembles the database pool, the publisher, the consuming
+//! supervisor and the background tasks, and runs them until the shutdown token
+//! is cancelled.
 //!
-//! Owns start-up order and shutdown order; it holds no business logic.
+//! Owns start-up order and shutdown order; it holds no business logic. Start-up
+//! never gives up on a missing broker or database: it retries with backoff and
+//! reports not ready meanwhile. Shutdown: the supervisor drains (stop consuming,
+//! finish in-flight work up to `worker.drain_timeout`), then transactions already
+//! started are allowed to finish, then connections close.
 
 use std::sync::Arc;
 
-use anyhow::Context;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::amqp::publisher::Publisher;
+use crate::amqp::topology::Names;
+use crate::backoff::Reconnect;
 use crate::config::Config;
+use crate::consumer::{Ctx, Supervisor};
 use crate::health::Health;
-use crate::{amqp, db};
+use crate::inflight::InFlight;
+use crate::job::Handler;
+use crate::{db, inbox};
 
-/// Runs the worker until `shutdown` is cancelled, then returns `Ok(())`.
+/// Shared state of a running worker that tests and the admin server look at.
+#[derive(Clone, Default)]
+pub struct WorkerState {
+    /// Readiness flags.
+    pub health: Arc<Health>,
+    /// In-flight deliveries.
+    pub inflight: Arc<InFlight>,
+}
+
+/// Builds the handlers once the database pool exists.
+pub type HandlerFactory = Box<dyn FnOnce(&Config, &PgPool) -> Vec<Arc<dyn Handler>> + Send>;
+
+/// The job kinds this build ships.
+pub fn default_handlers() -> HandlerFactory {
+    Box::new(|_config: &Config, _pool: &PgPool| Vec::new())
+}
+
+/// Runs the worker with the built-in handlers until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    if config.database.auto_migrate {
-        db::ensure_database(&config.database).await?;
-    }
-    let pool = db::connect(&config.database).await?;
-    if config.database.auto_migrate {
-        db::migrate(&pool).await.context("applying migrations")?;
-    }
-    health.set_database_ok(true);
+    let state = WorkerState {
+        health,
+        inflight: Arc::default(),
+    };
+    run_with(config, state, default_handlers(), shutdown).await
+}
 
-    let conn = amqp::connect(&config.amqp, "consumer").await?;
-    health.set_consuming(true);
-    tracing::info!(amqp = %config.amqp.url.address(), "worker ready");
+/// Runs the worker with the given handlers (tests and benchmarks use this).
+pub async fn run_with(
+    config: Config,
+    state: WorkerState,
+    handlers: HandlerFactory,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let Some(pool) = connect_database(&config, &state.health, &shutdown).await else {
+        return Ok(());
+    };
+    let handlers = handlers(&config, &pool);
+    let publisher = Publisher::new(&config.amqp, "publisher")?;
+    let ctx = Arc::new(Ctx {
+        config: config.clone(),
+        names: Names::new(&config.amqp.prefix),
+        publisher: publisher.clone(),
+        inflight: state.inflight.clone(),
+    });
 
-    shutdown.cancelled().await;
-    health.set_draining();
-    let _ = conn.close(200, "shutdown".into()).await;
+    let background = TaskTracker::new();
+    let bg_stop = CancellationToken::new();
+    background.spawn(watch_database(
+        pool.clone(),
+        state.health.clone(),
+        bg_stop.clone(),
+    ));
+
+    let supervisor = Supervisor::new(ctx, handlers, state.health.clone());
+    supervisor.run(shutdown.clone()).await;
+
+    // Consumers are drained; let started transactions finish, then stop the rest.
+    inbox::wait_for_commits().await;
+    bg_stop.cancel();
+    background.close();
+    background.wait().await;
+    publisher.close().await;
     pool.close().await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Connects (and, in dev, creates and migrates) the database, retrying with
+/// backoff until it answers or shutdown. `None` on shutdown.
+async fn connect_database(
+    config: &Config,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Option<PgPool> {
+    let mut backoff = Reconnect::new(config.amqp.reconnect_min, config.amqp.reconnect_max);
+    let mut failures = 0u64;
+    loop {
+        let attempt = async {
+            if config.database.auto_migrate {
+                db::ensure_database(&config.database).await?;
+            }
+            let pool = db::connect(&config.database).await?;
+            if config.database.auto_migrate {
+                db::migrate(&pool).await?;
+            }
+            Ok::<_, db::DbError>(pool)
+        };
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = attempt => r,
+        };
+        match result {
+            Ok(pool) => {
+                health.set_database_ok(true);
+                if failures > 0 {
+                    tracing::info!(failures, "database reachable");
+                }
+                return Some(pool);
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::error!(error = %crate::cli::error_chain(&e), "database unavailable; retrying with backoff");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// Keeps `Health::database_ok` current (readiness) with a cheap periodic query.
+async fn watch_database(pool: PgPool, health: Arc<Health>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ok = matches!(
+            tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                sqlx::query("SELECT 1").execute(&pool)
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if ok != health.database_ok() {
+            if ok {
+                tracing::info!("database answering again");
+            } else {
+                tracing::warn!("database not answering");
+            }
+        }
+        health.set_database_ok(ok);
+        let m = crate::metrics::metrics();
+        let idle = pool.num_idle() as i64;
+        m.db_pool_connections.with_label_values(&["idle"]).set(idle);
+        m.db_pool_connections
+            .with_label_values(&["used"])
+            .set(i64::from(pool.size()) - idle);
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod connect;
 pub mod publish;
+pub mod publisher;
 pub mod topology;
 
 pub use connect::{AmqpError, connect};

@@ -272,3 +272,177 @@ impl Drop for TcpProxy {
         self.cut();
     }
 }
+
+/// A worker running in this test's runtime.
+pub struct RunningWorker {
+    /// Cancels the worker (drain and stop).
+    pub token: CancellationToken,
+    /// Readiness and in-flight state.
+    pub state: hookfleet::worker::WorkerState,
+    /// The worker task.
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningWorker {
+    /// Starts `hookfleet::worker::run_with` with `handlers`.
+    pub fn start(config: Config, handlers: Vec<Arc<dyn hookfleet::job::Handler>>) -> RunningWorker {
+        Self::start_with(config, Box::new(move |_, _| handlers))
+    }
+
+    /// Starts the worker with a handler factory (handlers that need the pool).
+    pub fn start_with(config: Config, factory: hookfleet::worker::HandlerFactory) -> RunningWorker {
+        init_logs();
+        let token = CancellationToken::new();
+        let state = hookfleet::worker::WorkerState::default();
+        let task = tokio::spawn(hookfleet::worker::run_with(
+            config,
+            state.clone(),
+            factory,
+            token.clone(),
+        ));
+        RunningWorker { token, state, task }
+    }
+
+    /// Waits until the worker consumes (connected, declared, consumers registered).
+    pub async fn ready(&self) {
+        let health = self.state.health.clone();
+        eventually(Duration::from_secs(30), "worker ready", || {
+            let ok = health.consuming();
+            async move { ok.then_some(()) }
+        })
+        .await;
+    }
+
+    /// Cancels and waits for the worker to return.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        match tokio::time::timeout(Duration::from_secs(60), self.task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => panic!("worker task failed: {e}"),
+            Err(_) => panic!("worker did not stop within 60s"),
+        }
+    }
+}
+
+/// A test-side broker client: publishes jobs and inspects queues.
+pub struct Broker {
+    /// Connection.
+    pub conn: lapin::Connection,
+    /// A confirm-mode channel.
+    pub ch: lapin::Channel,
+    /// Names under the test's prefix.
+    pub names: hookfleet::amqp::topology::Names,
+}
+
+impl Broker {
+    /// Connects to the local broker and declares the topology for `kinds`.
+    pub async fn new(config: &Config) -> Broker {
+        let mut direct = config.amqp.clone();
+        direct.url = SecretUrl::new(AMQP_URL);
+        let conn = hookfleet::amqp::connect(&direct, "test")
+            .await
+            .expect("test broker connection");
+        let ch = hookfleet::amqp::publish::confirm_channel(&conn)
+            .await
+            .unwrap();
+        hookfleet::amqp::topology::declare(
+            &ch,
+            &config.amqp,
+            &config.retry.tiers,
+            &config.worker.kinds,
+        )
+        .await
+        .unwrap();
+        Broker {
+            conn,
+            ch,
+            names: hookfleet::amqp::topology::Names::new(&config.amqp.prefix),
+        }
+    }
+
+    /// Publishes a job of `kind` with a fresh message id; returns the id.
+    pub async fn publish_job(&self, kind: &str, body: &serde_json::Value) -> uuid::Uuid {
+        let env = hookfleet::message::Envelope::new(kind, Some("corr-test".into()));
+        let id = env.message_id;
+        self.publish_raw(
+            kind,
+            &serde_json::to_vec(body).unwrap(),
+            env.to_properties(),
+        )
+        .await;
+        id
+    }
+
+    /// Publishes raw bytes with the given properties to the jobs exchange.
+    pub async fn publish_raw(&self, kind: &str, body: &[u8], props: lapin::BasicProperties) {
+        hookfleet::amqp::publish::publish_confirmed(
+            &self.ch,
+            &self.names.jobs_exchange(),
+            kind,
+            body,
+            props,
+            true,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("publish test job");
+    }
+
+    /// Messages ready in `queue` (passive declare).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let ch = self.conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let _ = ch.close(200, "ok".into()).await;
+        q.message_count()
+    }
+
+    /// Takes every message now in `queue` (acked).
+    pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .ch
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            out.push(m);
+        }
+        out
+    }
+
+    /// Deletes the topology of `config`.
+    pub async fn cleanup(&self, config: &Config) {
+        let ch = self.conn.create_channel().await.unwrap();
+        let _ = hookfleet::amqp::topology::delete(
+            &ch,
+            &config.amqp.prefix,
+            &config.retry.tiers,
+            &config.worker.kinds,
+        )
+        .await;
+    }
+}
+
+/// A header of a fetched message as a string.
+pub fn header(props: &lapin::BasicProperties, key: &str) -> Option<String> {
+    let h = props.headers().as_ref()?;
+    hookfleet::message::table_to_headers(h)
+        .get(key)
+        .map(|v| match v {
+            hookfleet::message::HeaderValue::Int(n) => n.to_string(),
+            hookfleet::message::HeaderValue::Str(s) => s.clone(),
+        })
+}

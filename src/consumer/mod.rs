@@ -1,0 +1,10 @@
+//! Consuming: the supervisor (connection lifecycle), the task pool (limits),
+//! per-delivery processing (outcomes) and coalesced acks.
+
+pub mod acker;
+pub mod pool;
+pub mod process;
+pub mod supervisor;
+
+pub use process::Ctx;
+pub use supervisor::Supervisor;

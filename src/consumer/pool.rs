@@ -1,0 +1,111 @@
+//! The task pool: a global semaphore plus optional per-kind semaphores.
+//!
+//! Owns the concurrency limits. A consumer loop takes both permits *before* it
+//! pulls the next delivery, so in-flight work never exceeds either limit; the
+//! permits travel with the spawned task and are released when it ends, however
+//! it ends (success, error, panic, abort).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::metrics;
+
+/// Label of the global semaphore in `hookfleet_pool_permits_available`.
+pub const GLOBAL: &str = "all";
+
+/// Global and per-kind limits.
+#[derive(Debug, Clone)]
+pub struct TaskPool {
+    global: Arc<Semaphore>,
+    per_kind: BTreeMap<String, Arc<Semaphore>>,
+}
+
+/// Permits held by one running task.
+#[derive(Debug)]
+pub struct Permits {
+    _global: OwnedSemaphorePermit,
+    _kind: Option<OwnedSemaphorePermit>,
+    pool: TaskPool,
+    kind: String,
+}
+
+impl Drop for Permits {
+    fn drop(&mut self) {
+        // The permits are released right after this body runs; report the value
+        // they are about to return to.
+        let m = metrics();
+        m.pool_permits_available
+            .with_label_values(&[GLOBAL])
+            .set(self.pool.global.available_permits() as i64 + 1);
+        if let Some(s) = self.pool.per_kind.get(&self.kind) {
+            m.pool_permits_available
+                .with_label_values(&[self.kind.as_str()])
+                .set(s.available_permits() as i64 + 1);
+        }
+    }
+}
+
+impl TaskPool {
+    /// A pool with `global` permits and the given per-kind limits.
+    pub fn new(global: u32, per_kind: &BTreeMap<String, u32>) -> Self {
+        let pool = Self {
+            global: Arc::new(Semaphore::new(global as usize)),
+            per_kind: per_kind
+                .iter()
+                .map(|(k, n)| (k.clone(), Arc::new(Semaphore::new(*n as usize))))
+                .collect(),
+        };
+        metrics()
+            .pool_permits_available
+            .with_label_values(&[GLOBAL])
+            .set(global.into());
+        for (k, n) in per_kind {
+            metrics()
+                .pool_permits_available
+                .with_label_values(&[k.as_str()])
+                .set((*n).into());
+        }
+        pool
+    }
+
+    /// Waits for a per-kind permit (if the kind has a limit), then a global one.
+    /// Taking the scarcer per-kind permit first keeps a saturated heavy kind from
+    /// sitting on global permits that other kinds could use.
+    pub async fn acquire(&self, kind: &str) -> Permits {
+        let kind_permit = match self.per_kind.get(kind) {
+            Some(s) => s.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        let global = match self.global.clone().acquire_owned().await {
+            Ok(p) => p,
+            // The semaphores are never closed; this arm is unreachable in practice.
+            Err(_) => unreachable_closed(),
+        };
+        let m = metrics();
+        m.pool_permits_available
+            .with_label_values(&[GLOBAL])
+            .set(self.global.available_permits() as i64);
+        if let Some(s) = self.per_kind.get(kind) {
+            m.pool_permits_available
+                .with_label_values(&[kind])
+                .set(s.available_permits() as i64);
+        }
+        Permits {
+            _global: global,
+            _kind: kind_permit,
+            pool: self.clone(),
+            kind: kind.to_string(),
+        }
+    }
+
+    /// Free global permits now.
+    pub fn available(&self) -> usize {
+        self.global.available_permits()
+    }
+}
+
+fn unreachable_closed() -> ! {
+    panic!("task pool semaphore closed (never happens: hookfleet does not close it)")
+}

@@ -1,0 +1,457 @@
+//! One delivery, start to finish: decode, run the handler (own task, timeout,
+//! panic caught), route the outcome, and say how to settle it with the broker.
+//!
+//! Owns the outcome rules: success → ack; transient, timeout or panic → a copy
+//! to the next retry tier with `x-attempt` + 1 (confirmed) then ack, or the dead
+//! queue after `retry.max_attempts`; permanent or poison (undecodable body, wrong
+//! content type, missing `message_id`) → the dead queue at once with `x-error`
+//! and `x-error-class`. It never nack-requeues in a loop: a requeue happens only
+//! when the copy could not be published at all.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lapin::message::Delivery;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use tracing::Instrument;
+
+use super::acker::Settle;
+use crate::amqp::publisher::Publisher;
+use crate::amqp::topology::Names;
+use crate::config::Config;
+use crate::inflight::{InFlight, InFlightJob};
+use crate::job::{Done, Handler, Job, JobError};
+use crate::message::{self, Envelope};
+use crate::metrics::metrics;
+
+/// Longest `x-error` header kept (the full error is in the logs).
+pub const MAX_ERROR_LEN: usize = 1024;
+
+/// Everything a delivery task needs, shared by all of them.
+pub struct Ctx {
+    /// Effective config.
+    pub config: Arc<Config>,
+    /// Broker names.
+    pub names: Names,
+    /// Publisher for retry and dead-letter copies (its own connection).
+    pub publisher: Publisher,
+    /// In-flight registry (`/jobs`).
+    pub inflight: Arc<InFlight>,
+}
+
+/// Why a job failed, as it is classed in headers and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// May succeed later.
+    Transient,
+    /// Exceeded `worker.handler_timeout` (retried like transient).
+    Timeout,
+    /// The handler panicked (retried: it may be a transient bug).
+    Panic,
+    /// Bad input: never retried.
+    Permanent,
+    /// Not a valid hookfleet message at all.
+    Poison,
+}
+
+impl ErrorClass {
+    /// Header and log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Panic => "panic",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Poison => "poison",
+        }
+    }
+    fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Transient | ErrorClass::Timeout | ErrorClass::Panic
+        )
+    }
+}
+
+/// Where a failed message goes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The retry queue with this delay.
+    Retry(Duration),
+    /// The dead queue.
+    Dead,
+}
+
+/// Picks the route for a failure on `attempt` (1-based). `retry_after` (from the
+/// handler) selects the first tier at least that long, else the longest tier.
+pub fn route(
+    class: ErrorClass,
+    attempt: u32,
+    max_attempts: u32,
+    tiers: &[Duration],
+    retry_after: Option<Duration>,
+) -> Route {
+    if !class.retryable() || attempt >= max_attempts || tiers.is_empty() {
+        return Route::Dead;
+    }
+    let by_attempt = tiers[(attempt as usize - 1).min(tiers.len() - 1)];
+    let delay = match retry_after {
+        Some(wanted) => tiers
+            .iter()
+            .copied()
+            .find(|t| *t >= wanted)
+            .unwrap_or(tiers[tiers.len() - 1]),
+        None => by_attempt,
+    };
+    Route::Retry(delay)
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_ERROR_LEN {
+        let mut cut = MAX_ERROR_LEN;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Handles one delivery and returns how to settle it.
+pub async fn handle_delivery(
+    ctx: &Ctx,
+    handler: Arc<dyn Handler>,
+    queue: &str,
+    delivery: &Delivery,
+) -> Settle {
+    let kind = handler.kind().to_string();
+    let envelope = match decode(delivery) {
+        Ok(e) => e,
+        Err(reason) => {
+            let span = tracing::warn_span!("delivery", queue, "message.id" = tracing::field::Empty);
+            return async {
+                tracing::warn!(reason = %reason, "poison message: dead-lettering");
+                finish_failure(
+                    ctx,
+                    queue,
+                    &kind,
+                    delivery,
+                    1,
+                    ErrorClass::Poison,
+                    reason,
+                    None,
+                )
+                .await
+            }
+            .instrument(span)
+            .await;
+        }
+    };
+    let attempt = envelope.attempt();
+    let span = tracing::info_span!(
+        "delivery",
+        "message.id" = %envelope.message_id,
+        "correlation.id" = envelope.correlation_id.as_deref().unwrap_or(""),
+        queue,
+        attempt,
+    );
+    async move {
+        let body = match serde_json::from_slice::<serde_json::Value>(&delivery.data) {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = format!("body is not valid JSON: {e}");
+                tracing::warn!(reason = %reason, "poison message: dead-lettering");
+                return finish_failure(
+                    ctx,
+                    queue,
+                    &kind,
+                    delivery,
+                    attempt,
+                    ErrorClass::Poison,
+                    reason,
+                    None,
+                )
+                .await;
+            }
+        };
+        let job = Job {
+            kind: kind.clone(),
+            attempt,
+            redelivered: delivery.redelivered,
+            body,
+            envelope: envelope.clone(),
+        };
+        let _inflight = ctx.inflight.start(InFlightJob {
+            message_id: envelope.message_id.to_string(),
+            correlation_id: envelope.correlation_id.clone(),
+            kind: kind.clone(),
+            attempt,
+            started_at_ms: 0,
+            elapsed_seconds: 0.0,
+        });
+        let m = metrics();
+        let gauge = m.in_flight.with_label_values(&[kind.as_str()]);
+        gauge.inc();
+        let started = Instant::now();
+        let result = run_handler(handler, job, ctx.config.worker.handler_timeout).await;
+        gauge.dec();
+        m.handler_duration_seconds
+            .with_label_values(&[kind.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Done::Handled) => {
+                m.deliveries_total
+                    .with_label_values(&[queue, "acked"])
+                    .inc();
+                tracing::debug!("handled");
+                Settle::Ack
+            }
+            Ok(Done::Duplicate) => {
+                m.deliveries_total
+                    .with_label_values(&[queue, "duplicate"])
+                    .inc();
+                Settle::Ack
+            }
+            Err((class, reason, retry_after)) => {
+                if class == ErrorClass::Panic {
+                    m.handler_panics_total
+                        .with_label_values(&[kind.as_str()])
+                        .inc();
+                    tracing::error!(reason = %reason, "handler panicked");
+                }
+                finish_failure(
+                    ctx,
+                    queue,
+                    &kind,
+                    delivery,
+                    attempt,
+                    class,
+                    reason,
+                    retry_after,
+                )
+                .await
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn decode(delivery: &Delivery) -> Result<Envelope, String> {
+    if let Some(ct) = delivery.properties.content_type().as_ref() {
+        let ct = ct.as_str();
+        if !ct.eq_ignore_ascii_case(message::CONTENT_TYPE_JSON)
+            && !ct.to_ascii_lowercase().starts_with("application/json;")
+        {
+            return Err(format!(
+                "content type {ct:?} is not {}",
+                message::CONTENT_TYPE_JSON
+            ));
+        }
+    }
+    Envelope::from_properties(&delivery.properties)
+}
+
+type Failure = (ErrorClass, String, Option<Duration>);
+
+/// Runs the handler in its own task so a panic is caught as a `JoinError`, and
+/// bounds it by `timeout` (then aborts it).
+async fn run_handler(
+    handler: Arc<dyn Handler>,
+    job: Job,
+    timeout: Duration,
+) -> Result<Done, Failure> {
+    let task = tokio::spawn(async move { handler.handle(job).await }.in_current_span());
+    let abort = task.abort_handle();
+    match tokio::time::timeout(timeout, task).await {
+        Err(_) => {
+            abort.abort();
+            Err((
+                ErrorClass::Timeout,
+                format!("handler timed out after {timeout:?}"),
+                None,
+            ))
+        }
+        Ok(Err(join)) if join.is_panic() => Err((
+            ErrorClass::Panic,
+            format!("panic: {}", panic_message(join.into_panic())),
+            None,
+        )),
+        Ok(Err(join)) => Err((
+            ErrorClass::Transient,
+            format!("handler task cancelled: {join}"),
+            None,
+        )),
+        Ok(Ok(Ok(done))) => Ok(done),
+        Ok(Ok(Err(JobError::Transient(e)))) => Err((ErrorClass::Transient, format!("{e:#}"), None)),
+        Ok(Ok(Err(JobError::RetryAfter(d, e)))) => {
+            Err((ErrorClass::Transient, format!("{e:#}"), Some(d)))
+        }
+        Ok(Ok(Err(JobError::Permanent(e)))) => Err((ErrorClass::Permanent, format!("{e:#}"), None)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish_failure(
+    ctx: &Ctx,
+    queue: &str,
+    kind: &str,
+    delivery: &Delivery,
+    attempt: u32,
+    class: ErrorClass,
+    reason: String,
+    retry_after: Option<Duration>,
+) -> Settle {
+    let cfg = &ctx.config;
+    let route = route(
+        class,
+        attempt,
+        cfg.retry.max_attempts,
+        &cfg.retry.tiers,
+        retry_after,
+    );
+    let reason = truncate(reason);
+    let (target, next_attempt, outcome) = match &route {
+        Route::Retry(delay) => (ctx.names.retry_queue(kind, *delay), attempt + 1, "retried"),
+        Route::Dead if class == ErrorClass::Poison => {
+            (ctx.names.dead_queue(kind), attempt, "poison")
+        }
+        Route::Dead => (ctx.names.dead_queue(kind), attempt, "dead"),
+    };
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    let mut set = |k: &str, v: AMQPValue| {
+        headers.insert(ShortString::from(k), v);
+    };
+    set(
+        message::H_ATTEMPT,
+        AMQPValue::LongLongInt(next_attempt.into()),
+    );
+    set(
+        message::H_ERROR,
+        AMQPValue::LongString(reason.as_str().into()),
+    );
+    set(
+        message::H_ERROR_CLASS,
+        AMQPValue::LongString(class.as_str().into()),
+    );
+    set(message::H_ORIGIN_QUEUE, AMQPValue::LongString(queue.into()));
+    let has_first = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .is_some_and(|h: &FieldTable| h.inner().contains_key(message::H_FIRST_ATTEMPT_AT));
+    if !has_first {
+        headers.insert(
+            ShortString::from(message::H_FIRST_ATTEMPT_AT),
+            AMQPValue::LongLongInt(now_ms()),
+        );
+    }
+    let props = delivery.properties.clone().with_headers(headers);
+
+    // The copy must be confirmed before the original is acked; a few tries ride
+    // out a publisher reconnect.
+    let mut last_err = None;
+    for try_no in 0..3u32 {
+        match ctx
+            .publisher
+            .publish("", &target, &delivery.data, props.clone(), true)
+            .await
+        {
+            Ok(()) => {
+                last_err = None;
+                break;
+            }
+            Err(e) => {
+                last_err = Some(e);
+                tokio::time::sleep(ctx.config.amqp.reconnect_min * 2u32.pow(try_no)).await;
+            }
+        }
+    }
+    if let Some(e) = last_err {
+        tracing::error!(error = %e, target = %target, "cannot publish the retry/dead-letter copy; requeueing the original");
+        metrics()
+            .deliveries_total
+            .with_label_values(&[queue, "requeued"])
+            .inc();
+        return Settle::Requeue;
+    }
+    metrics()
+        .deliveries_total
+        .with_label_values(&[queue, outcome])
+        .inc();
+    match route {
+        Route::Retry(delay) => tracing::info!(
+            class = class.as_str(),
+            error = %reason,
+            next_attempt,
+            delay = ?delay,
+            "failed; scheduled a retry"
+        ),
+        Route::Dead => tracing::warn!(
+            class = class.as_str(),
+            error = %reason,
+            dead_queue = %target,
+            "dead-lettered"
+        ),
+    }
+    Settle::Ack
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn routes_by_class_attempt_and_retry_after() {
+        let tiers = [S(1), S(10), S(60)];
+        assert_eq!(
+            route(ErrorClass::Transient, 1, 5, &tiers, None),
+            Route::Retry(S(1))
+        );
+        assert_eq!(
+            route(ErrorClass::Timeout, 2, 5, &tiers, None),
+            Route::Retry(S(10))
+        );
+        assert_eq!(
+            route(ErrorClass::Panic, 4, 5, &tiers, None),
+            Route::Retry(S(60))
+        );
+        assert_eq!(
+            route(ErrorClass::Transient, 5, 5, &tiers, None),
+            Route::Dead
+        );
+        assert_eq!(
+            route(ErrorClass::Permanent, 1, 5, &tiers, None),
+            Route::Dead
+        );
+        assert_eq!(route(ErrorClass::Poison, 1, 5, &tiers, None), Route::Dead);
+        assert_eq!(
+            route(ErrorClass::Transient, 1, 5, &tiers, Some(S(5))),
+            Route::Retry(S(10))
+        );
+        assert_eq!(
+            route(ErrorClass::Transient, 1, 5, &tiers, Some(S(3600))),
+            Route::Retry(S(60))
+        );
+    }
+}

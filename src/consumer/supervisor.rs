@@ -1,0 +1,402 @@
+//! The supervisor: connect → declare topology → qos → consume → (closed?) →
+//! back off → reconnect, forever, until shutdown; then drain.
+//!
+//! Owns the consuming connection and its lifecycle, readiness (`Health::consuming`)
+//! and the `consumer` connection metrics. It never handles a message itself: each
+//! delivery goes to [`super::process`] in a task of the [`super::pool::TaskPool`].
+//!
+//! ## Why not lapin's auto-recovery
+//! lapin 4 can recover connections and replay topology itself
+//! (`ConnectionProperties::enable_auto_recover`). We keep it off and reconnect by
+//! hand: (1) lapin issue #450 reports recovery that never completes after a
+//! broker restart, and a worker stuck "recovering" forever is the worst failure
+//! mode for a fleet; (2) its default backoff gives up after 16 tries, while ours
+//! must never give up; (3) replay re-registers consumers before we can account for
+//! deliveries of the dead channel, whose tags are meaningless on the new one (our
+//! acker is per channel and dies with it); (4) we must redeclare from config
+//! anyway (a queue deleted on the broker comes back). One code path — a fresh
+//! connection, declared from scratch — is simpler to reason about and to test.
+//!
+//! ## Drain
+//! On shutdown: stop pulling deliveries and cancel the consumers, wait for
+//! in-flight tasks up to `worker.drain_timeout`, flush acks, close the channels
+//! (the broker requeues whatever is still unacked) and the connection.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::acker::{self, AckHandle};
+use super::pool::TaskPool;
+use super::process::{self, Ctx};
+use crate::amqp::{self, AmqpError, topology};
+use crate::backoff::Reconnect;
+use crate::health::Health;
+use crate::job::Handler;
+use crate::metrics::metrics;
+
+const ROLE: &str = "consumer";
+
+/// Consumes every queue that has a handler, reconnecting forever.
+pub struct Supervisor {
+    ctx: Arc<Ctx>,
+    handlers: BTreeMap<String, Arc<dyn Handler>>,
+    pool: TaskPool,
+    health: Arc<Health>,
+    /// Tasks of every session, so drain also waits for work started before a reconnect.
+    tasks: TaskTracker,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    Shutdown,
+    Lost(String),
+}
+
+struct Session {
+    conn: Connection,
+    channels: Vec<(Channel, String)>,
+    loops: Vec<JoinHandle<String>>,
+    ackers: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Supervisor {
+    /// A supervisor for `handlers` (keyed by kind).
+    pub fn new(ctx: Arc<Ctx>, handlers: Vec<Arc<dyn Handler>>, health: Arc<Health>) -> Self {
+        let cfg = &ctx.config.worker;
+        let pool = TaskPool::new(cfg.concurrency, &cfg.kind_concurrency);
+        let handlers = handlers
+            .into_iter()
+            .map(|h| (h.kind().to_string(), h))
+            .collect();
+        Self {
+            ctx,
+            handlers,
+            pool,
+            health,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Runs until `shutdown`, then drains and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let cfg = self.ctx.config.clone();
+        let address = cfg.amqp.url.address();
+        let mut backoff = Reconnect::new(cfg.amqp.reconnect_min, cfg.amqp.reconnect_max);
+        let mut failures: u64 = 0;
+        let up = metrics().amqp_connection_up.with_label_values(&[ROLE]);
+        up.set(0);
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.start_session() => r,
+            };
+            match attempt {
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::error!(error = %crate::cli::error_chain(&e), "cannot start consuming; retrying with backoff");
+                    } else {
+                        tracing::debug!(error = %e, failures, "still cannot start consuming");
+                    }
+                }
+                Ok(session) => {
+                    if failures > 0
+                        || metrics()
+                            .amqp_reconnects_total
+                            .with_label_values(&[ROLE])
+                            .get()
+                            > 0
+                    {
+                        tracing::info!(amqp = %address, after_failures = failures, "reconnected; consuming again");
+                    } else {
+                        tracing::info!(amqp = %address, "connected; consuming");
+                    }
+                    failures = 0;
+                    up.set(1);
+                    self.health.set_consuming(true);
+                    let started = Instant::now();
+                    let end = self.watch(session, &shutdown).await;
+                    self.health.set_consuming(false);
+                    up.set(0);
+                    match end {
+                        End::Shutdown => return,
+                        End::Lost(why) => {
+                            tracing::warn!(reason = %why, "consuming stopped; reconnecting");
+                        }
+                    }
+                    if started.elapsed() >= cfg.amqp.healthy_after {
+                        backoff.reset();
+                    }
+                }
+            }
+            metrics()
+                .amqp_reconnects_total
+                .with_label_values(&[ROLE])
+                .inc();
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        // Cancelled while disconnected: still wait for work from earlier sessions.
+        self.health.set_draining();
+        self.wait_for_tasks().await;
+    }
+
+    async fn start_session(&self) -> Result<Session, AmqpError> {
+        let cfg = &self.ctx.config;
+        let conn = amqp::connect(&cfg.amqp, ROLE).await?;
+        let kinds: Vec<String> = cfg.worker.kinds.clone();
+        let setup = conn.create_channel().await?;
+        let declared = tokio::time::timeout(
+            cfg.amqp.connect_timeout,
+            topology::declare(&setup, &cfg.amqp, &cfg.retry.tiers, &kinds),
+        )
+        .await;
+        match declared {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = conn.close(200, "declare failed".into()).await;
+                return Err(e.into());
+            }
+            Err(_) => {
+                let _ = conn.close(200, "declare timed out".into()).await;
+                return Err(AmqpError::Timeout {
+                    what: "topology declaration",
+                    timeout: cfg.amqp.connect_timeout,
+                });
+            }
+        }
+        let _ = setup.close(200, "declared".into()).await;
+
+        let stop = CancellationToken::new();
+        let mut session = Session {
+            conn,
+            channels: Vec::new(),
+            loops: Vec::new(),
+            ackers: Vec::new(),
+            stop: stop.clone(),
+        };
+        let prefetch = cfg.prefetch();
+        for (kind, handler) in &self.handlers {
+            if !kinds.contains(kind) {
+                continue;
+            }
+            let queue = self.ctx.names.queue(kind);
+            for i in 0..cfg.amqp.consumers_per_queue {
+                let opened = async {
+                    let ch = session.conn.create_channel().await?;
+                    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+                    let tag = format!("hookfleet-{kind}-{i}-{}", uuid::Uuid::now_v7().simple());
+                    let consumer = ch
+                        .basic_consume(
+                            queue.as_str().into(),
+                            tag.as_str().into(),
+                            BasicConsumeOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                    Ok::<_, lapin::Error>((ch, tag, consumer))
+                }
+                .await;
+                let (ch, tag, consumer) = match opened {
+                    Ok(x) => x,
+                    Err(e) => {
+                        self.teardown(session, Duration::ZERO).await;
+                        return Err(e.into());
+                    }
+                };
+                let (ack, acker_task) = acker::spawn(ch.clone(), cfg.worker.ack_flush_interval);
+                session.ackers.push(acker_task);
+                session.channels.push((ch, tag));
+                let lp = ConsumeLoop {
+                    ctx: self.ctx.clone(),
+                    handler: handler.clone(),
+                    kind: kind.clone(),
+                    queue: queue.clone(),
+                    pool: self.pool.clone(),
+                    tasks: self.tasks.clone(),
+                    ack,
+                    stop: stop.clone(),
+                };
+                session.loops.push(tokio::spawn(lp.run(consumer)));
+            }
+        }
+        if session.loops.is_empty() {
+            tracing::warn!("no handler for any configured kind: nothing to consume");
+        }
+        Ok(session)
+    }
+
+    /// Waits until a consumer loop ends, the connection reports an error, or shutdown.
+    async fn watch(&self, mut session: Session, shutdown: &CancellationToken) -> End {
+        let mut events = Box::pin(session.conn.events_listener());
+        let loops = std::mem::take(&mut session.loops);
+        let mut any_loop = futures_util::future::select_all(if loops.is_empty() {
+            vec![tokio::spawn(futures_util::future::pending::<String>())]
+        } else {
+            loops
+        });
+        let end = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break End::Shutdown,
+                (res, _, rest) = &mut any_loop => {
+                    let why = match res {
+                        Ok(why) => why,
+                        Err(e) => format!("consumer loop failed: {e}"),
+                    };
+                    session.loops = rest;
+                    break End::Lost(why);
+                }
+                ev = events.next() => match ev {
+                    Some(lapin::Event::Error(e)) => break End::Lost(format!("connection error: {e}")),
+                    Some(lapin::Event::ConnectionBlocked(reason)) => {
+                        tracing::warn!(reason = %reason, "broker blocked the consumer connection");
+                    }
+                    Some(_) => {}
+                    None => break End::Lost("connection closed".into()),
+                },
+            }
+        };
+        match end {
+            End::Shutdown => {
+                self.health.set_draining();
+                tracing::info!(
+                    in_flight = self.ctx.inflight.len(),
+                    "draining: consumers cancelled, waiting for in-flight work"
+                );
+                self.teardown(session, self.ctx.config.worker.drain_timeout)
+                    .await;
+                End::Shutdown
+            }
+            lost => {
+                self.teardown(session, Duration::ZERO).await;
+                lost
+            }
+        }
+    }
+
+    /// Stops the loops, cancels the consumers, waits for in-flight work up to
+    /// `drain` (zero: not at all — a lost channel cannot ack anyway), flushes acks
+    /// and closes everything.
+    async fn teardown(&self, session: Session, drain: Duration) {
+        session.stop.cancel();
+        for l in &session.loops {
+            l.abort();
+        }
+        for (ch, tag) in &session.channels {
+            if ch.status().connected() {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+                )
+                .await;
+            }
+        }
+        if !drain.is_zero() {
+            self.tasks.close();
+            if tokio::time::timeout(drain, self.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    still_running = self.ctx.inflight.len(),
+                    "drain timeout reached; closing channels (the broker requeues unacked work)"
+                );
+            } else {
+                tracing::info!("in-flight work finished");
+            }
+            self.tasks.reopen();
+            // Acks are flushed when the last handle drops (all tasks are done).
+            for a in session.ackers {
+                let _ = tokio::time::timeout(Duration::from_secs(2), a).await;
+            }
+        }
+        for (ch, _) in &session.channels {
+            if ch.status().connected() {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), ch.close(200, "bye".into())).await;
+            }
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            session.conn.close(200, "bye".into()),
+        )
+        .await;
+    }
+
+    async fn wait_for_tasks(&self) {
+        self.tasks.close();
+        let _ = tokio::time::timeout(self.ctx.config.worker.drain_timeout, self.tasks.wait()).await;
+    }
+}
+
+/// Pulls deliveries from one consumer into the pool.
+struct ConsumeLoop {
+    ctx: Arc<Ctx>,
+    handler: Arc<dyn Handler>,
+    kind: String,
+    queue: String,
+    pool: TaskPool,
+    tasks: TaskTracker,
+    ack: AckHandle,
+    stop: CancellationToken,
+}
+
+impl ConsumeLoop {
+    /// Returns why it ended.
+    async fn run(self, mut consumer: lapin::Consumer) -> String {
+        loop {
+            // The permit comes first: never pull a delivery we have no room for.
+            let permits = tokio::select! {
+                _ = self.stop.cancelled() => return "stopped".into(),
+                p = self.pool.acquire(&self.kind) => p,
+            };
+            let next = tokio::select! {
+                _ = self.stop.cancelled() => return "stopped".into(),
+                d = consumer.next() => d,
+            };
+            let delivery = match next {
+                None => {
+                    return format!(
+                        "consumer of {} ended (queue deleted or channel closed)",
+                        self.queue
+                    );
+                }
+                Some(Err(e)) => return format!("consumer of {} failed: {e}", self.queue),
+                Some(Ok(d)) => d,
+            };
+            let (ctx, handler, queue, ack) = (
+                self.ctx.clone(),
+                self.handler.clone(),
+                self.queue.clone(),
+                self.ack.clone(),
+            );
+            self.tasks.spawn(
+                async move {
+                    let _permits = permits;
+                    let tag = delivery.delivery_tag;
+                    let settle = process::handle_delivery(&ctx, handler, &queue, &delivery).await;
+                    ack.settle(tag, settle);
+                }
+                .in_current_span(),
+            );
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The inbox and the handler transaction: effectively-once handling.
+//!
+//! [`Transactional`] turns a [`TxHandler`] into a [`Handler`]. For each job it
+//! opens a transaction, claims the message id in `inbox`
+//! (`INSERT ... ON CONFLICT DO NOTHING`; a concurrent redelivery waits on the
+//! first one's row lock and then sees it), runs the handler, and commits. A
+//! message already in the inbox is skipped, so a redelivery never repeats effects
+//! or events.
+//!
+//! The whole transaction runs in a task of its own, tracked by [`commits`]: the
+//! consumer core may abandon a job on timeout or shutdown, but a started
+//! transaction still finishes (a cancelled sqlx `begin`/`commit` future can leave a
+//! connection mid-transaction). Only the handler body is bounded by the timeout;
+//! when it expires the transaction rolls back.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::job::{Done, Handler, Job, JobError, TxHandler};
+
+/// Transactions in progress; shutdown waits for them after draining.
+pub fn commits() -> &'static TaskTracker {
+    static T: OnceLock<TaskTracker> = OnceLock::new();
+    T.get_or_init(TaskTracker::new)
+}
+
+/// Waits until no transaction started by [`Transactional`] is still running.
+pub async fn wait_for_commits() {
+    let t = commits();
+    t.close();
+    t.wait().await;
+    t.reopen();
+}
+
+/// Claims `message_id` for `queue`; `false` when it was handled before.
+pub async fn claim(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    message_id: Uuid,
+    queue: &str,
+) -> Result<bool, sqlx::Error> {
+    let r =
+        sqlx::query("INSERT INTO inbox (message_id, queue) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(message_id)
+            .bind(queue)
+            .execute(&mut **tx)
+            .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A [`TxHandler`] run inside the inbox transaction.
+pub struct Transactional<H> {
+    inner: Arc<H>,
+    pool: PgPool,
+    queue: String,
+    timeout: Duration,
+}
+
+impl<H: TxHandler> Transactional<H> {
+    /// Wraps `inner`; `queue` is recorded in the inbox, `timeout` bounds the handler body.
+    pub fn new(inner: H, pool: PgPool, queue: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            pool,
+            queue: queue.into(),
+            timeout,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<H: TxHandler> Handler for Transactional<H> {
+    fn kind(&self) -> &str {
+        self.inner.kind()
+    }
+
+    async fn handle(&self, job: Job) -> Result<Done, JobError> {
+        let inner = self.inner.clone();
+        let pool = self.pool.clone();
+        let queue = self.queue.clone();
+        let timeout = self.timeout;
+        let span = tracing::Span::current();
+        let task = commits().spawn(tracing::Instrument::instrument(
+            async move {
+                let mut tx = pool.begin().await?;
+                if !claim(&mut tx, job.envelope.message_id, &queue).await? {
+                    tx.rollback().await?;
+                    tracing::info!("duplicate delivery skipped (already in the inbox)");
+                    return Ok(Done::Duplicate);
+                }
+                match tokio::time::timeout(timeout, inner.handle(&mut tx, &job)).await {
+                    Err(_) => {
+                        // Dropping `tx` rolls back.
+                        return Err(JobError::Transient(anyhow::anyhow!(
+                            "handler timed out after {timeout:?}"
+                        )));
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Ok(Ok(())) => {}
+                }
+                tx.commit().await?;
+                Ok(Done::Handled)
+            },
+            span,
+        ));
+        match task.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(JobError::Transient(anyhow::anyhow!(
+                "transaction task failed: {e}"
+            ))),
+        }
+    }
+}
