@@ -83,6 +83,7 @@ pub async fn run_with(
     ));
 
     let supervisor = Supervisor::new(ctx, handlers, state.health.clone());
+    background.spawn(sample_pool(supervisor.pool(), bg_stop.clone()));
     supervisor.run(shutdown.clone()).await;
 
     // Consumers are drained; let started transactions finish, then stop the rest.
@@ -172,5 +173,16 @@ async fn watch_database(pool: PgPool, health: Arc<Health>, stop: CancellationTok
         m.db_pool_connections
             .with_label_values(&["used"])
             .set(i64::from(pool.size()) - idle);
+    }
+}
+
+/// Samples the pool's free permits into the metrics once a second.
+async fn sample_pool(pool: crate::consumer::pool::TaskPool, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => pool.sample_metrics(),
+        }
     }
 }

@@ -3,7 +3,9 @@
 //! Owns the concurrency limits. A consumer loop takes both permits *before* it
 //! pulls the next delivery, so in-flight work never exceeds either limit; the
 //! permits travel with the spawned task and are released when it ends, however
-//! it ends (success, error, panic, abort).
+//! it ends (success, error, panic, abort). Gauges of free permits are sampled
+//! ([`TaskPool::sample_metrics`]) rather than updated per delivery, to keep the hot
+//! path free of metric lookups.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,24 +29,6 @@ pub struct TaskPool {
 pub struct Permits {
     _global: OwnedSemaphorePermit,
     _kind: Option<OwnedSemaphorePermit>,
-    pool: TaskPool,
-    kind: String,
-}
-
-impl Drop for Permits {
-    fn drop(&mut self) {
-        // The permits are released right after this body runs; report the value
-        // they are about to return to.
-        let m = metrics();
-        m.pool_permits_available
-            .with_label_values(&[GLOBAL])
-            .set(self.pool.global.available_permits() as i64 + 1);
-        if let Some(s) = self.pool.per_kind.get(&self.kind) {
-            m.pool_permits_available
-                .with_label_values(&[self.kind.as_str()])
-                .set(s.available_permits() as i64 + 1);
-        }
-    }
 }
 
 impl TaskPool {
@@ -57,16 +41,7 @@ impl TaskPool {
                 .map(|(k, n)| (k.clone(), Arc::new(Semaphore::new(*n as usize))))
                 .collect(),
         };
-        metrics()
-            .pool_permits_available
-            .with_label_values(&[GLOBAL])
-            .set(global.into());
-        for (k, n) in per_kind {
-            metrics()
-                .pool_permits_available
-                .with_label_values(&[k.as_str()])
-                .set((*n).into());
-        }
+        pool.sample_metrics();
         pool
     }
 
@@ -83,20 +58,22 @@ impl TaskPool {
             // The semaphores are never closed; this arm is unreachable in practice.
             Err(_) => unreachable_closed(),
         };
+        Permits {
+            _global: global,
+            _kind: kind_permit,
+        }
+    }
+
+    /// Publishes the free permits of every semaphore to the metrics.
+    pub fn sample_metrics(&self) {
         let m = metrics();
         m.pool_permits_available
             .with_label_values(&[GLOBAL])
             .set(self.global.available_permits() as i64);
-        if let Some(s) = self.per_kind.get(kind) {
+        for (k, s) in &self.per_kind {
             m.pool_permits_available
-                .with_label_values(&[kind])
+                .with_label_values(&[k.as_str()])
                 .set(s.available_permits() as i64);
-        }
-        Permits {
-            _global: global,
-            _kind: kind_permit,
-            pool: self.clone(),
-            kind: kind.to_string(),
         }
     }
 

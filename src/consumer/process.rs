@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::FutureExt;
 use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tracing::Instrument;
@@ -21,11 +22,52 @@ use crate::amqp::topology::Names;
 use crate::config::Config;
 use crate::inflight::{InFlight, InFlightJob};
 use crate::job::{Done, Handler, Job, JobError};
+
 use crate::message::{self, Envelope};
 use crate::metrics::metrics;
 
 /// Longest `x-error` header kept (the full error is in the logs).
 pub const MAX_ERROR_LEN: usize = 1024;
+
+/// One consumed queue: its handler and pre-resolved metric handles (label
+/// lookups hash and lock; doing them once per queue keeps them off the hot path).
+pub struct Lane {
+    /// The handler of this queue's kind.
+    pub handler: Arc<dyn Handler>,
+    /// Job kind.
+    pub kind: String,
+    /// Work queue name.
+    pub queue: String,
+    in_flight: prometheus::IntGauge,
+    duration: prometheus::Histogram,
+    acked: prometheus::IntCounter,
+    duplicate: prometheus::IntCounter,
+    panics: prometheus::IntCounter,
+}
+
+impl Lane {
+    /// A lane for `handler` consuming `queue`.
+    pub fn new(handler: Arc<dyn Handler>, queue: String) -> Self {
+        let kind = handler.kind().to_string();
+        let m = metrics();
+        Self {
+            in_flight: m.in_flight.with_label_values(&[kind.as_str()]),
+            duration: m
+                .handler_duration_seconds
+                .with_label_values(&[kind.as_str()]),
+            acked: m
+                .deliveries_total
+                .with_label_values(&[queue.as_str(), "acked"]),
+            duplicate: m
+                .deliveries_total
+                .with_label_values(&[queue.as_str(), "duplicate"]),
+            panics: m.handler_panics_total.with_label_values(&[kind.as_str()]),
+            handler,
+            kind,
+            queue,
+        }
+    }
+}
 
 /// Everything a delivery task needs, shared by all of them.
 pub struct Ctx {
@@ -136,13 +178,9 @@ fn now_ms() -> i64 {
 }
 
 /// Handles one delivery and returns how to settle it.
-pub async fn handle_delivery(
-    ctx: &Ctx,
-    handler: Arc<dyn Handler>,
-    queue: &str,
-    delivery: &Delivery,
-) -> Settle {
-    let kind = handler.kind().to_string();
+pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: &Delivery) -> Settle {
+    let kind = lane.kind.as_str();
+    let queue = lane.queue.as_str();
     let envelope = match decode(delivery) {
         Ok(e) => e,
         Err(reason) => {
@@ -152,7 +190,7 @@ pub async fn handle_delivery(
                 finish_failure(
                     ctx,
                     queue,
-                    &kind,
+                    kind,
                     delivery,
                     1,
                     ErrorClass::Poison,
@@ -182,7 +220,7 @@ pub async fn handle_delivery(
                 return finish_failure(
                     ctx,
                     queue,
-                    &kind,
+                    kind,
                     delivery,
                     attempt,
                     ErrorClass::Poison,
@@ -193,7 +231,7 @@ pub async fn handle_delivery(
             }
         };
         let job = Job {
-            kind: kind.clone(),
+            kind: kind.to_string(),
             attempt,
             redelivered: delivery.redelivered,
             body,
@@ -202,45 +240,35 @@ pub async fn handle_delivery(
         let _inflight = ctx.inflight.start(InFlightJob {
             message_id: envelope.message_id.to_string(),
             correlation_id: envelope.correlation_id.clone(),
-            kind: kind.clone(),
+            kind: kind.to_string(),
             attempt,
             started_at_ms: 0,
             elapsed_seconds: 0.0,
         });
-        let m = metrics();
-        let gauge = m.in_flight.with_label_values(&[kind.as_str()]);
-        gauge.inc();
+        lane.in_flight.inc();
         let started = Instant::now();
-        let result = run_handler(handler, job, ctx.config.worker.handler_timeout).await;
-        gauge.dec();
-        m.handler_duration_seconds
-            .with_label_values(&[kind.as_str()])
-            .observe(started.elapsed().as_secs_f64());
+        let result = run_handler(&lane.handler, job, ctx.config.worker.handler_timeout).await;
+        lane.in_flight.dec();
+        lane.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Done::Handled) => {
-                m.deliveries_total
-                    .with_label_values(&[queue, "acked"])
-                    .inc();
+                lane.acked.inc();
                 tracing::debug!("handled");
                 Settle::Ack
             }
             Ok(Done::Duplicate) => {
-                m.deliveries_total
-                    .with_label_values(&[queue, "duplicate"])
-                    .inc();
+                lane.duplicate.inc();
                 Settle::Ack
             }
             Err((class, reason, retry_after)) => {
                 if class == ErrorClass::Panic {
-                    m.handler_panics_total
-                        .with_label_values(&[kind.as_str()])
-                        .inc();
+                    lane.panics.inc();
                     tracing::error!(reason = %reason, "handler panicked");
                 }
                 finish_failure(
                     ctx,
                     queue,
-                    &kind,
+                    kind,
                     delivery,
                     attempt,
                     class,
@@ -272,32 +300,25 @@ fn decode(delivery: &Delivery) -> Result<Envelope, String> {
 
 type Failure = (ErrorClass, String, Option<Duration>);
 
-/// Runs the handler in its own task so a panic is caught as a `JoinError`, and
-/// bounds it by `timeout` (then aborts it).
+/// Runs the handler bounded by `timeout` (dropping it on expiry) with panics
+/// caught. The delivery already runs in its own spawned task; catching the unwind
+/// here (rather than spawning a second task and reading its `JoinError`) gives the
+/// same isolation with one task per delivery instead of two.
 async fn run_handler(
-    handler: Arc<dyn Handler>,
+    handler: &Arc<dyn Handler>,
     job: Job,
     timeout: Duration,
 ) -> Result<Done, Failure> {
-    let task = tokio::spawn(async move { handler.handle(job).await }.in_current_span());
-    let abort = task.abort_handle();
-    match tokio::time::timeout(timeout, task).await {
-        Err(_) => {
-            abort.abort();
-            Err((
-                ErrorClass::Timeout,
-                format!("handler timed out after {timeout:?}"),
-                None,
-            ))
-        }
-        Ok(Err(join)) if join.is_panic() => Err((
-            ErrorClass::Panic,
-            format!("panic: {}", panic_message(join.into_panic())),
+    let fut = std::panic::AssertUnwindSafe(handler.handle(job)).catch_unwind();
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err((
+            ErrorClass::Timeout,
+            format!("handler timed out after {timeout:?}"),
             None,
         )),
-        Ok(Err(join)) => Err((
-            ErrorClass::Transient,
-            format!("handler task cancelled: {join}"),
+        Ok(Err(panic)) => Err((
+            ErrorClass::Panic,
+            format!("panic: {}", panic_message(panic)),
             None,
         )),
         Ok(Ok(Ok(done))) => Ok(done),

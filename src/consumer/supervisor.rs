@@ -37,7 +37,7 @@ use tracing::Instrument;
 
 use super::acker::{self, AckHandle};
 use super::pool::TaskPool;
-use super::process::{self, Ctx};
+use super::process::{self, Ctx, Lane};
 use crate::amqp::{self, AmqpError, topology};
 use crate::backoff::Reconnect;
 use crate::health::Health;
@@ -87,6 +87,11 @@ impl Supervisor {
             health,
             tasks: TaskTracker::new(),
         }
+    }
+
+    /// The task pool (for sampling its gauges).
+    pub fn pool(&self) -> TaskPool {
+        self.pool.clone()
     }
 
     /// Runs until `shutdown`, then drains and returns.
@@ -227,7 +232,7 @@ impl Supervisor {
                 session.channels.push((ch, tag));
                 let lp = ConsumeLoop {
                     ctx: self.ctx.clone(),
-                    handler: handler.clone(),
+                    lane: Arc::new(Lane::new(handler.clone(), queue.clone())),
                     kind: kind.clone(),
                     queue: queue.clone(),
                     pool: self.pool.clone(),
@@ -350,7 +355,7 @@ impl Supervisor {
 /// Pulls deliveries from one consumer into the pool.
 struct ConsumeLoop {
     ctx: Arc<Ctx>,
-    handler: Arc<dyn Handler>,
+    lane: Arc<Lane>,
     kind: String,
     queue: String,
     pool: TaskPool,
@@ -382,17 +387,12 @@ impl ConsumeLoop {
                 Some(Err(e)) => return format!("consumer of {} failed: {e}", self.queue),
                 Some(Ok(d)) => d,
             };
-            let (ctx, handler, queue, ack) = (
-                self.ctx.clone(),
-                self.handler.clone(),
-                self.queue.clone(),
-                self.ack.clone(),
-            );
+            let (ctx, lane, ack) = (self.ctx.clone(), self.lane.clone(), self.ack.clone());
             self.tasks.spawn(
                 async move {
                     let _permits = permits;
                     let tag = delivery.delivery_tag;
-                    let settle = process::handle_delivery(&ctx, handler, &queue, &delivery).await;
+                    let settle = process::handle_delivery(&ctx, &lane, &delivery).await;
                     ack.settle(tag, settle);
                 }
                 .in_current_span(),
