@@ -75,10 +75,10 @@ async fn prefill(cfg: &Config, queue: &str, n: u64, kind: &str) -> anyhow::Resul
         let env = hookfleet::message::Envelope::new(kind, None);
         let c = publish::send(&ch, "", queue, &data, env.to_properties(), false).await?;
         pending.push_back(c);
-        if pending.len() >= usize::from(PREFETCH) {
-            if let Some(c) = pending.pop_front() {
-                publish::confirmed(c, Duration::from_secs(30)).await?;
-            }
+        if pending.len() >= usize::from(PREFETCH)
+            && let Some(c) = pending.pop_front()
+        {
+            publish::confirmed(c, Duration::from_secs(30)).await?;
         }
     }
     for c in pending {
@@ -141,7 +141,7 @@ async fn raw_consume(cfg: &Config, queue: &str, n: u64) -> anyhow::Result<f64> {
         if seen == 1 {
             start = Instant::now();
         }
-        if seen % 64 == 0 || seen == n {
+        if seen.is_multiple_of(64) || seen == n {
             ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
                 .await?;
         }
