@@ -219,14 +219,7 @@ async fn replay(args: ReplayArgs, config: Config) -> anyhow::Result<ExitCode> {
     };
     let token = shutdown::on_signals();
     let pool = db::connect(&config.database).await?;
-    let result = replay::run(
-        &pool,
-        &config.amqp,
-        &plan,
-        &Progress::for_stderr(),
-        &token,
-    )
-    .await;
+    let result = replay::run(&pool, &config.amqp, &plan, &Progress::for_stderr(), &token).await;
     pool.close().await;
     let report = match result {
         Ok(r) => r,
@@ -237,7 +230,10 @@ async fn replay(args: ReplayArgs, config: Config) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     if plan.dry_run {
-        println!("{} events match (dry run, nothing published)", report.selected);
+        println!(
+            "{} events match (dry run, nothing published)",
+            report.selected
+        );
         for r in &report.sample {
             println!(
                 "  id {} {} {} correlation {} created {}",
@@ -249,7 +245,10 @@ async fn replay(args: ReplayArgs, config: Config) -> anyhow::Result<ExitCode> {
             );
         }
     } else {
-        println!("replayed {} of {} events", report.published, report.selected);
+        println!(
+            "replayed {} of {} events",
+            report.published, report.selected
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

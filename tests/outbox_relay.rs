@@ -167,10 +167,8 @@ async fn a_poison_row_does_not_block_the_others() {
     assert_eq!(got.iter().map(message_id).collect::<Vec<_>>(), good);
 
     for bad in [&missing, &unroutable] {
-        let (attempts, error, later): (i32, Option<String>, bool) = eventually(
-            WAIT,
-            "poison row marked failed",
-            || async {
+        let (attempts, error, later): (i32, Option<String>, bool) =
+            eventually(WAIT, "poison row marked failed", || async {
                 let r: (i32, Option<String>, bool) = sqlx::query_as(
                     "SELECT publish_attempts, last_error, next_attempt_at > created_at \
                      FROM outbox WHERE message_id = $1 AND published_at IS NULL",
@@ -180,9 +178,8 @@ async fn a_poison_row_does_not_block_the_others() {
                 .await
                 .unwrap();
                 (r.0 > 0).then_some(r)
-            },
-        )
-        .await;
+            })
+            .await;
         assert!(attempts > 0);
         assert!(error.is_some_and(|e| !e.is_empty()));
         assert!(later, "next attempt is backed off");
@@ -193,7 +190,9 @@ async fn a_poison_row_does_not_block_the_others() {
     let got = q.receive(3, WAIT).await;
     assert_eq!(
         got.iter().map(message_id).collect::<Vec<_>>(),
-        more.iter().map(|e| e.envelope.message_id).collect::<Vec<_>>()
+        more.iter()
+            .map(|e| e.envelope.message_id)
+            .collect::<Vec<_>>()
     );
     let status = outbox::status::fetch(&db.pool).await.unwrap();
     assert_eq!(status.pending, 2);
@@ -289,7 +288,10 @@ async fn one_relay_keeps_id_order_per_correlation_id() {
             })
             .collect();
         assert_eq!(seqs.len(), 100);
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{c} out of order: {seqs:?}");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{c} out of order: {seqs:?}"
+        );
     }
     q.cleanup().await;
 }

@@ -49,7 +49,9 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// Delay before a row that failed `attempts` times (after this failure) is due again.
 pub fn row_backoff(attempts: i32, max: Duration) -> Duration {
     let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
-    ROW_BACKOFF_BASE.saturating_mul(2u32.saturating_pow(exp)).min(max)
+    ROW_BACKOFF_BASE
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(max)
 }
 
 /// The broker side of the relay: connection, confirm channel, and exchanges known
@@ -162,7 +164,10 @@ impl Relay {
             return Ok(());
         }
         if self.broker.take().is_some() {
-            metrics().amqp_connection_up.with_label_values(&[ROLE]).set(0);
+            metrics()
+                .amqp_connection_up
+                .with_label_values(&[ROLE])
+                .set(0);
         }
         if self.connected_once {
             metrics()
@@ -171,22 +176,23 @@ impl Relay {
                 .inc();
         }
         let conn = amqp::connect(&self.amqp, ROLE).await?;
-        let channel = match tokio::time::timeout(
-            self.amqp.connect_timeout,
-            publish::confirm_channel(&conn),
-        )
-        .await
-        {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(AmqpError::Timeout {
-                    what: "opening the relay channel",
-                    timeout: self.amqp.connect_timeout,
-                });
-            }
-        };
+        let channel =
+            match tokio::time::timeout(self.amqp.connect_timeout, publish::confirm_channel(&conn))
+                .await
+            {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(AmqpError::Timeout {
+                        what: "opening the relay channel",
+                        timeout: self.amqp.connect_timeout,
+                    });
+                }
+            };
         self.connected_once = true;
-        metrics().amqp_connection_up.with_label_values(&[ROLE]).set(1);
+        metrics()
+            .amqp_connection_up
+            .with_label_values(&[ROLE])
+            .set(1);
         tracing::info!(amqp = %self.amqp.url.address(), "relay connected");
         self.broker = Some(Broker {
             conn,
@@ -231,7 +237,8 @@ impl Relay {
         tx.commit().await.context("relay: commit")?;
 
         let m = metrics();
-        m.relay_published_total.inc_by(outcome.published.len() as u64);
+        m.relay_published_total
+            .inc_by(outcome.published.len() as u64);
         m.relay_failed_total.inc_by(outcome.failed.len() as u64);
         m.relay_batch_duration_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -240,7 +247,10 @@ impl Relay {
         }
         if let Some(e) = outcome.broken {
             self.broker = None;
-            metrics().amqp_connection_up.with_label_values(&[ROLE]).set(0);
+            metrics()
+                .amqp_connection_up
+                .with_label_values(&[ROLE])
+                .set(0);
             return Err(anyhow::Error::new(e).context("relay: broker channel failed"));
         }
         Ok(rows.len())
@@ -302,7 +312,10 @@ impl Relay {
                 b.conn.close(200, "relay shutdown".into()),
             )
             .await;
-            metrics().amqp_connection_up.with_label_values(&[ROLE]).set(0);
+            metrics()
+                .amqp_connection_up
+                .with_label_values(&[ROLE])
+                .set(0);
         }
     }
 }

@@ -259,7 +259,12 @@ pub async fn run(
     shutdown: &CancellationToken,
 ) -> Result<ReplayReport, ReplayError> {
     let start_id = plan.selection.from_id.unwrap_or(1).max(1);
-    let db_err = |resume_from: i64| move |source| ReplayError::Database { source, resume_from };
+    let db_err = |resume_from: i64| {
+        move |source| ReplayError::Database {
+            source,
+            resume_from,
+        }
+    };
     let selected = storage::count_selected(pool, &plan.selection)
         .await
         .map_err(db_err(start_id))?;
@@ -273,7 +278,12 @@ pub async fn run(
             sample,
         });
     }
-    let broker_err = |resume_from: i64| move |source| ReplayError::Broker { source, resume_from };
+    let broker_err = |resume_from: i64| {
+        move |source| ReplayError::Broker {
+            source,
+            resume_from,
+        }
+    };
     let conn = amqp::connect(amqp_cfg, "replay")
         .await
         .map_err(broker_err(start_id))?;
@@ -308,7 +318,9 @@ async fn publish_all(
             source,
             resume_from: next_id,
         })?;
-    let gap = plan.rate.map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
+    let gap = plan
+        .rate
+        .map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
     let mut next_send = Instant::now();
     let mut done = 0u64;
     progress.start(selected);
@@ -420,7 +432,10 @@ mod tests {
         let (_, re) = type_filter("git.#").unwrap();
         assert_eq!(re.unwrap(), "^git\\.([^.]+\\.)*$");
         for bad in ["", "Git.Push", "git..push", "git push", "git.push!"] {
-            assert!(matches!(type_filter(bad), Err(ReplayError::BadFilter(_))), "{bad}");
+            assert!(
+                matches!(type_filter(bad), Err(ReplayError::BadFilter(_))),
+                "{bad}"
+            );
         }
     }
 

@@ -46,9 +46,8 @@ impl Status {
     /// Human-readable rendering.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let age = humantime::format_duration(Duration::from_secs(
-            self.oldest_pending_age_seconds as u64,
-        ));
+        let age =
+            humantime::format_duration(Duration::from_secs(self.oldest_pending_age_seconds as u64));
         let _ = writeln!(s, "pending:               {}", self.pending);
         let _ = writeln!(s, "oldest pending age:    {age}");
         let _ = writeln!(s, "published last minute: {}", self.published_last_minute);

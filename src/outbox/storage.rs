@@ -246,16 +246,18 @@ const SELECTION_WHERE: &str = "published_at IS NOT NULL \
 
 /// Number of published rows the selection matches.
 pub async fn count_selected(pool: &PgPool, s: &Selection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM outbox WHERE {SELECTION_WHERE}"))
-        .bind(s.from_id)
-        .bind(s.to_id)
-        .bind(s.since)
-        .bind(s.until)
-        .bind(&s.event_type)
-        .bind(&s.event_type_regex)
-        .bind(&s.correlation_id)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM outbox WHERE {SELECTION_WHERE}"
+    ))
+    .bind(s.from_id)
+    .bind(s.to_id)
+    .bind(s.since)
+    .bind(s.until)
+    .bind(&s.event_type)
+    .bind(&s.event_type_regex)
+    .bind(&s.correlation_id)
+    .fetch_one(pool)
+    .await
 }
 
 /// The next page of selected published rows with `id > after`, in id order.

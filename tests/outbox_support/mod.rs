@@ -30,7 +30,9 @@ impl EventsQueue {
     pub async fn bind(cfg: &Config) -> EventsQueue {
         let conn = amqp::connect(&cfg.amqp, "test").await.unwrap();
         let channel = conn.create_channel().await.unwrap();
-        topology::declare(&channel, &cfg.amqp, &[], &[]).await.unwrap();
+        topology::declare(&channel, &cfg.amqp, &[], &[])
+            .await
+            .unwrap();
         let queue = format!("{}.test-events", cfg.amqp.prefix);
         channel
             .queue_declare(
