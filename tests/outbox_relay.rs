@@ -11,6 +11,7 @@ use common::{TcpProxy, TestDb, eventually, test_config, unique_prefix};
 use hookfleet::amqp::topology::Names;
 use hookfleet::config::{Config, SecretUrl};
 use hookfleet::message::{CONTENT_TYPE_JSON, H_SCHEMA_VERSION};
+use hookfleet::metrics::metrics;
 use hookfleet::outbox::{self, Event};
 use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
 use lapin::types::FieldTable;
@@ -109,6 +110,7 @@ async fn two_relays_publish_5000_events_exactly_once() {
     for chunk in all.chunks(500) {
         commit_events(&db.pool, chunk).await;
     }
+    let published_before = metrics().relay_published_total.get();
     let token = CancellationToken::new();
     let a = spawn_relay(&cfg, &db.pool, &token);
     let b = spawn_relay(&cfg, &db.pool, &token);
@@ -122,6 +124,8 @@ async fn two_relays_publish_5000_events_exactly_once() {
         .await
         .unwrap();
     assert_eq!(attempts, 5000, "every row published with one attempt");
+    // Other tests in this binary share the registry, hence `>=`.
+    assert!(metrics().relay_published_total.get() - published_before >= 5000);
     // Every publish was confirmed before its row was marked, so all are queued now.
     assert_eq!(q.ready().await, 5000, "no event published twice");
     let got = q.receive(5000, WAIT).await;
@@ -184,6 +188,7 @@ async fn a_poison_row_does_not_block_the_others() {
         assert!(error.is_some_and(|e| !e.is_empty()));
         assert!(later, "next attempt is backed off");
     }
+    assert!(metrics().relay_failed_total.get() >= 2);
     // New events still flow past the failing rows.
     let more = events(&cfg, 3, "after");
     commit_events(&db.pool, &more).await;
@@ -194,6 +199,11 @@ async fn a_poison_row_does_not_block_the_others() {
             .map(|e| e.envelope.message_id)
             .collect::<Vec<_>>()
     );
+    // Messages can arrive before the relay commits; wait for the marks.
+    eventually(WAIT, "good rows marked published", || async {
+        (pending(&db.pool).await == 2).then_some(())
+    })
+    .await;
     let status = outbox::status::fetch(&db.pool).await.unwrap();
     assert_eq!(status.pending, 2);
     assert_eq!(status.failing, 2);

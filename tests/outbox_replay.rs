@@ -329,3 +329,48 @@ async fn cli_status_and_dry_run() {
     assert_eq!(replayed_ids(&q, &db).await, vec![10, 11, 12]);
     q.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_interrupted_replay_resumes_from_the_reported_id() {
+    let db = TestDb::new().await;
+    let cfg = test_config(&db.url, &unique_prefix());
+    let q = EventsQueue::bind(&cfg).await;
+    seed(&db, &cfg).await;
+    let token = CancellationToken::new();
+    let plan = replay::plan(&ReplayRequest {
+        rate: Some(10),
+        ..ReplayRequest::default()
+    })
+    .unwrap();
+    let (pool, amqp, t) = (db.pool.clone(), cfg.amqp.clone(), token.clone());
+    let task =
+        tokio::spawn(async move { replay::run(&pool, &amqp, &plan, &Progress::Quiet, &t).await });
+    common::eventually(WAIT, "first replayed events", || async {
+        (q.ready().await >= 3).then_some(())
+    })
+    .await;
+    token.cancel();
+    let resume_from = match task.await.unwrap() {
+        Err(ReplayError::Interrupted { resume_from }) => resume_from,
+        other => panic!("expected an interruption, got {other:?}"),
+    };
+    assert!((4..=12).contains(&resume_from), "{resume_from}");
+    let first = replayed_ids(&q, &db).await;
+    assert_eq!(first, (1..resume_from).collect::<Vec<_>>());
+
+    replay(
+        &db,
+        &cfg,
+        ReplayRequest {
+            from_id: Some(resume_from),
+            ..ReplayRequest::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        replayed_ids(&q, &db).await,
+        (resume_from..=12).collect::<Vec<_>>()
+    );
+    q.cleanup().await;
+}

@@ -343,7 +343,20 @@ async fn publish_all(
         let mut pending = Vec::with_capacity(rows.len());
         for row in &rows {
             if let Some(gap) = gap {
-                tokio::time::sleep_until(next_send.into()).await;
+                let stop = tokio::select! {
+                    _ = shutdown.cancelled() => true,
+                    _ = tokio::time::sleep_until(next_send.into()) => false,
+                };
+                if stop {
+                    // Confirm what was sent, then report the first row not confirmed.
+                    let resume_from =
+                        match confirm_in_order(pending, timeout, &mut next_id, &mut done).await {
+                            Ok(()) => row.id,
+                            Err((id, _)) => id,
+                        };
+                    progress.advance(done, selected, resume_from - 1);
+                    return Err(ReplayError::Interrupted { resume_from });
+                }
                 next_send = Instant::now().max(next_send) + gap;
             }
             let mut envelope = super::row_envelope(row);
