@@ -11,7 +11,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::{build_info, db, health::Health, shutdown, telemetry, worker};
+use crate::{build_info, db, health::Health, outbox, shutdown, telemetry, worker};
 
 /// Exit code for bad usage or invalid configuration.
 pub const EXIT_USAGE: u8 = 2;
@@ -40,6 +40,59 @@ enum Command {
     Migrate,
     /// Run the worker: consumers, relay and admin HTTP.
     Worker,
+    /// Run only the outbox relay (and retention pruning).
+    Relay,
+    /// Inspect or replay the transactional outbox.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Pending rows, oldest pending age, failing rows, recent throughput.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish already published events again (same message_id, x-replayed-from).
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// Smallest outbox id (inclusive); also the resume point printed on failure.
+    #[arg(long)]
+    from_id: Option<i64>,
+    /// Largest outbox id (inclusive).
+    #[arg(long)]
+    to_id: Option<i64>,
+    /// Earliest creation time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Latest creation time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// Event type or topic pattern (`git.push`, `git.*`, `git.#`).
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Only events of this correlation (push) id.
+    #[arg(long)]
+    correlation_id: Option<String>,
+    /// Publish to this exchange instead of the original one.
+    #[arg(long)]
+    to_exchange: Option<String>,
+    /// Publish with this routing key instead of the original one.
+    #[arg(long)]
+    routing_key: Option<String>,
+    /// Print the count and a sample; publish nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Publish at most N events per second.
+    #[arg(long)]
+    rate: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,7 +164,93 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             worker::run(config, Arc::new(Health::new()), token).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Relay => {
+            let token = shutdown::on_signals();
+            let pool = db::connect(&config.database).await?;
+            let pruner = tokio::spawn(outbox::run_pruner(
+                pool.clone(),
+                config.outbox.clone(),
+                token.clone(),
+            ));
+            outbox::run_relay(config.amqp, config.outbox, pool.clone(), token).await?;
+            pruner.await??;
+            pool.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Outbox {
+            command: OutboxCommand::Status { json },
+        } => {
+            let pool = db::connect(&config.database).await?;
+            let status = outbox::status::fetch(&pool).await?;
+            pool.close().await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Outbox {
+            command: OutboxCommand::Replay(args),
+        } => replay(args, config).await,
     }
+}
+
+async fn replay(args: ReplayArgs, config: Config) -> anyhow::Result<ExitCode> {
+    use crate::outbox::replay::{self, Progress, ReplayError, ReplayRequest};
+    let request = ReplayRequest {
+        from_id: args.from_id,
+        to_id: args.to_id,
+        since: args.since,
+        until: args.until,
+        event_type: args.event_type,
+        correlation_id: args.correlation_id,
+        to_exchange: args.to_exchange,
+        routing_key: args.routing_key,
+        dry_run: args.dry_run,
+        rate: args.rate,
+    };
+    let plan = match replay::plan(&request) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("hookfleet: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let token = shutdown::on_signals();
+    let pool = db::connect(&config.database).await?;
+    let result = replay::run(&pool, &config.amqp, &plan, &Progress::for_stderr(), &token).await;
+    pool.close().await;
+    let report = match result {
+        Ok(r) => r,
+        Err(ReplayError::BadFilter(m)) => {
+            eprintln!("hookfleet: invalid replay filter: {m}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if plan.dry_run {
+        println!(
+            "{} events match (dry run, nothing published)",
+            report.selected
+        );
+        for r in &report.sample {
+            println!(
+                "  id {} {} {} correlation {} created {}",
+                r.id,
+                r.event_type,
+                r.message_id,
+                r.correlation_id.as_deref().unwrap_or("-"),
+                r.created_at.to_rfc3339()
+            );
+        }
+    } else {
+        println!(
+            "replayed {} of {} events",
+            report.published, report.selected
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Renders an error and its causes on one line, skipping a cause whose text the

@@ -657,6 +657,7 @@ impl Config {
         )?;
         positive("outbox.poll_interval", self.outbox.poll_interval)?;
         positive("outbox.prune_interval", self.outbox.prune_interval)?;
+        positive("outbox.max_backoff", self.outbox.max_backoff)?;
         range(
             "outbox.prune_batch_size",
             self.outbox.prune_batch_size.into(),

@@ -14,6 +14,7 @@
 //! - [`job`]: the handler API (`Handler`, `TxHandler`, `JobError`); [`message`]: the
 //!   AMQP message contract (properties and `x-` headers).
 //! - [`metrics`]: every Prometheus metric; [`inflight`]: what is being handled now (`/jobs`).
+//! - [`outbox`]: the transactional outbox: enqueue, relay, pruning, status, replay.
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
 pub mod amqp;
@@ -29,6 +30,7 @@ pub mod inflight;
 pub mod job;
 pub mod message;
 pub mod metrics;
+pub mod outbox;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

@@ -1,0 +1,465 @@
+//! The relay: publishes committed outbox rows to the broker with confirms.
+//!
+//! Owns the loop LISTEN → claim (`FOR UPDATE SKIP LOCKED`, id order) → publish the
+//! batch pipelined with `mandatory` → await confirms → mark confirmed rows published
+//! and failed rows backed off → COMMIT, and the relay's own broker connection (role
+//! `relay`), reconnected with exponential backoff and jitter when it closes. It
+//! never publishes anything that is not an outbox row, never deletes rows (see
+//! [`super::prune`]) and never drops a transaction mid-commit: shutdown is only
+//! observed between batches.
+//!
+//! Wake-ups: `LISTEN hookfleet_outbox` is registered before the first claim, so no
+//! notification for a row committed after that can be missed; notifications sent
+//! while the listener was disconnected are lost, which the `outbox.poll_interval`
+//! poll covers.
+//!
+//! Failure handling: a nacked or returned (unroutable) row, or one aimed at an
+//! exchange that does not exist (checked passively before publishing, because a
+//! publish to a missing exchange would close the channel for every row), gets
+//! `publish_attempts + 1`, `last_error` and `next_attempt_at = now + backoff`
+//! (doubling from [`ROW_BACKOFF_BASE`], capped by `outbox.max_backoff`): one bad row
+//! never blocks the others. A closed channel or connection, or a database error,
+//! is not the row's fault: confirmed rows are still marked, unconfirmed rows stay
+//! untouched (and unpublished), and the relay reconnects after a backoff.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use lapin::options::ExchangeDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ExchangeKind};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+use super::storage::{self, Failure, OutboxRow};
+use crate::amqp::{self, AmqpError, publish};
+use crate::config::{AmqpConfig, OutboxConfig};
+use crate::metrics::metrics;
+
+/// The connection role the relay reports in logs and metrics.
+pub const ROLE: &str = "relay";
+/// First delay before a failed row is retried; doubles per attempt.
+pub const ROW_BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// How often pending statistics (`outbox_pending`, oldest age) are sampled.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Delay before a row that failed `attempts` times (after this failure) is due again.
+pub fn row_backoff(attempts: i32, max: Duration) -> Duration {
+    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    ROW_BACKOFF_BASE
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(max)
+}
+
+/// The broker side of the relay: connection, confirm channel, and exchanges known
+/// to exist on this connection.
+struct Broker {
+    conn: Connection,
+    channel: Channel,
+    known_exchanges: HashSet<String>,
+}
+
+impl Broker {
+    fn is_open(&self) -> bool {
+        self.conn.status().connected() && self.channel.status().connected()
+    }
+}
+
+/// What one batch's publish achieved.
+#[derive(Default)]
+struct Outcome {
+    published: Vec<i64>,
+    failed: Vec<Failure>,
+    /// The channel or connection broke: unconfirmed rows were left alone.
+    broken: Option<AmqpError>,
+}
+
+/// Relay state across batches.
+struct Relay {
+    amqp: AmqpConfig,
+    outbox: OutboxConfig,
+    pool: PgPool,
+    broker: Option<Broker>,
+    listener: Option<PgListener>,
+    connected_once: bool,
+    last_stats: Option<Instant>,
+}
+
+/// Runs the relay until `shutdown` is cancelled (finishing the batch in hand),
+/// then closes its broker connection and returns `Ok(())`. Broker or database
+/// outages are retried forever with backoff; they never end this function.
+pub async fn run_relay(
+    amqp: AmqpConfig,
+    outbox: OutboxConfig,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let backoff_builder = ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(amqp.reconnect_min)
+        .with_max_delay(amqp.reconnect_max)
+        .without_max_times();
+    let mut relay = Relay {
+        amqp,
+        outbox,
+        pool,
+        broker: None,
+        listener: None,
+        connected_once: false,
+        last_stats: None,
+    };
+    let mut backoff: Option<ExponentialBackoff> = None;
+    while !shutdown.is_cancelled() {
+        match relay.drain(&shutdown).await {
+            Ok(()) => {
+                backoff = None;
+                relay.wait_for_work(&shutdown).await;
+            }
+            Err(e) => {
+                let delay = backoff
+                    .get_or_insert_with(|| backoff_builder.build())
+                    .next()
+                    .unwrap_or(relay.amqp.reconnect_max);
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "relay: batch failed, backing off");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    relay.close().await;
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+impl Relay {
+    /// Makes sure the listener and broker are up, then runs batches until one comes
+    /// back short (nothing more due) or shutdown is requested.
+    async fn drain(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        if self.listener.is_none() {
+            let mut l = PgListener::connect_with(&self.pool)
+                .await
+                .context("relay: connecting the outbox listener")?;
+            l.listen(super::NOTIFY_CHANNEL)
+                .await
+                .context("relay: LISTEN")?;
+            self.listener = Some(l);
+        }
+        self.ensure_broker().await?;
+        loop {
+            let claimed = self.batch().await?;
+            self.sample_stats().await;
+            if claimed < self.outbox.batch_size as usize || shutdown.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn ensure_broker(&mut self) -> Result<(), AmqpError> {
+        if self.broker.as_ref().is_some_and(Broker::is_open) {
+            return Ok(());
+        }
+        if self.broker.take().is_some() {
+            metrics()
+                .amqp_connection_up
+                .with_label_values(&[ROLE])
+                .set(0);
+        }
+        if self.connected_once {
+            metrics()
+                .amqp_reconnects_total
+                .with_label_values(&[ROLE])
+                .inc();
+        }
+        let conn = amqp::connect(&self.amqp, ROLE).await?;
+        let channel =
+            match tokio::time::timeout(self.amqp.connect_timeout, publish::confirm_channel(&conn))
+                .await
+            {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(AmqpError::Timeout {
+                        what: "opening the relay channel",
+                        timeout: self.amqp.connect_timeout,
+                    });
+                }
+            };
+        self.connected_once = true;
+        metrics()
+            .amqp_connection_up
+            .with_label_values(&[ROLE])
+            .set(1);
+        tracing::info!(amqp = %self.amqp.url.address(), "relay connected");
+        self.broker = Some(Broker {
+            conn,
+            channel,
+            known_exchanges: HashSet::from([String::new()]),
+        });
+        Ok(())
+    }
+
+    /// One claim → publish → mark → commit cycle; returns the number of rows claimed.
+    async fn batch(&mut self) -> anyhow::Result<usize> {
+        let started = Instant::now();
+        let mut tx = self.pool.begin().await.context("relay: begin")?;
+        let rows = storage::claim(&mut tx, self.outbox.batch_size)
+            .await
+            .context("relay: claiming rows")?;
+        if rows.is_empty() {
+            tx.commit().await.context("relay: commit")?;
+            return Ok(0);
+        }
+        let outcome = match self.broker.as_mut() {
+            Some(broker) => {
+                publish_rows(
+                    broker,
+                    &rows,
+                    self.amqp.publish_timeout,
+                    self.outbox.max_backoff,
+                )
+                .await
+            }
+            None => Outcome {
+                broken: Some(AmqpError::Rejected("relay has no broker connection".into())),
+                ..Outcome::default()
+            },
+        };
+        storage::mark_published(&mut tx, &outcome.published)
+            .await
+            .context("relay: marking rows published")?;
+        storage::mark_failed(&mut tx, &outcome.failed)
+            .await
+            .context("relay: recording failed rows")?;
+        tx.commit().await.context("relay: commit")?;
+
+        let m = metrics();
+        m.relay_published_total
+            .inc_by(outcome.published.len() as u64);
+        m.relay_failed_total.inc_by(outcome.failed.len() as u64);
+        m.relay_batch_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        for f in &outcome.failed {
+            tracing::warn!(outbox.id = f.id, error = %f.error, retry_in = ?f.retry_in, "relay: row not published");
+        }
+        if let Some(e) = outcome.broken {
+            self.broker = None;
+            metrics()
+                .amqp_connection_up
+                .with_label_values(&[ROLE])
+                .set(0);
+            return Err(anyhow::Error::new(e).context("relay: broker channel failed"));
+        }
+        Ok(rows.len())
+    }
+
+    async fn sample_stats(&mut self) {
+        if self
+            .last_stats
+            .is_some_and(|t| t.elapsed() < STATS_INTERVAL)
+        {
+            return;
+        }
+        self.last_stats = Some(Instant::now());
+        match storage::pending_stats(&self.pool).await {
+            Ok((count, age)) => {
+                metrics().outbox_pending.set(count);
+                metrics().outbox_oldest_pending_age_seconds.set(age);
+            }
+            Err(e) => tracing::debug!(error = %e, "relay: sampling pending stats failed"),
+        }
+    }
+
+    /// Sleeps until a notification, the poll interval, or shutdown.
+    async fn wait_for_work(&mut self, shutdown: &CancellationToken) {
+        let poll = tokio::time::sleep(self.outbox.poll_interval);
+        let Some(listener) = self.listener.as_mut() else {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = poll => {}
+            }
+            return;
+        };
+        let lost = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = poll => false,
+            r = listener.try_recv() => match r {
+                Ok(Some(_)) => false,
+                // Disconnected: notifications may have been lost; the next drain
+                // polls anyway and the listener reconnects on its next use.
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "relay: outbox listener failed");
+                    true
+                }
+            },
+        };
+        if lost {
+            self.listener = None;
+        } else if let Some(l) = self.listener.as_mut() {
+            // Several commits may have notified; one drain covers them all.
+            while l.next_buffered().is_some() {}
+        }
+    }
+
+    async fn close(&mut self) {
+        if let Some(b) = self.broker.take() {
+            let _ = tokio::time::timeout(
+                self.amqp.connect_timeout,
+                b.conn.close(200, "relay shutdown".into()),
+            )
+            .await;
+            metrics()
+                .amqp_connection_up
+                .with_label_values(&[ROLE])
+                .set(0);
+        }
+    }
+}
+
+/// Checks that `exchange` exists with a passive declare on a throwaway channel
+/// (a failed passive declare closes its channel, not ours).
+async fn exchange_exists(
+    conn: &Connection,
+    exchange: &str,
+    timeout: Duration,
+) -> Result<bool, AmqpError> {
+    let work = async {
+        let ch = conn.create_channel().await?;
+        let r = ch
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match r {
+            Ok(()) => {
+                let _ = ch.close(200, "ok".into()).await;
+                Ok(true)
+            }
+            Err(e) => match e.kind() {
+                lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404 => Ok(false),
+                _ => Err(AmqpError::Protocol(e)),
+            },
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| AmqpError::Timeout {
+            what: "checking an exchange",
+            timeout,
+        })?
+}
+
+/// Publishes `rows` in id order on the broker's channel, pipelined, then awaits
+/// every confirm against one deadline.
+async fn publish_rows(
+    broker: &mut Broker,
+    rows: &[OutboxRow],
+    timeout: Duration,
+    max_backoff: Duration,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let fail = |row: &OutboxRow, error: String| Failure {
+        id: row.id,
+        error,
+        retry_in: row_backoff(row.publish_attempts.saturating_add(1), max_backoff),
+    };
+
+    let mut missing: HashSet<String> = HashSet::new();
+    for row in rows {
+        if broker.known_exchanges.contains(&row.exchange) || missing.contains(&row.exchange) {
+            continue;
+        }
+        match exchange_exists(&broker.conn, &row.exchange, timeout).await {
+            Ok(true) => {
+                broker.known_exchanges.insert(row.exchange.clone());
+            }
+            Ok(false) => {
+                missing.insert(row.exchange.clone());
+            }
+            Err(e) => {
+                out.broken = Some(e);
+                return out;
+            }
+        }
+    }
+
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pending = Vec::with_capacity(rows.len());
+    for row in rows {
+        if missing.contains(&row.exchange) {
+            out.failed.push(fail(
+                row,
+                format!("exchange {:?} does not exist", row.exchange),
+            ));
+            continue;
+        }
+        let sent = tokio::time::timeout_at(
+            deadline,
+            publish::send(
+                &broker.channel,
+                &row.exchange,
+                &row.routing_key,
+                &super::row_body(row),
+                super::row_properties(row),
+                true,
+            ),
+        )
+        .await;
+        match sent {
+            Ok(Ok(confirm)) => pending.push((row, confirm)),
+            Ok(Err(e)) => {
+                out.broken = Some(e);
+                break;
+            }
+            Err(_) => {
+                out.broken = Some(AmqpError::Timeout {
+                    what: "publish",
+                    timeout,
+                });
+                break;
+            }
+        }
+    }
+    for (row, confirm) in pending {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match publish::confirmed(confirm, left).await {
+            Ok(()) => out.published.push(row.id),
+            Err(AmqpError::Rejected(why)) => out.failed.push(fail(row, why)),
+            Err(e) => {
+                if out.broken.is_none() {
+                    out.broken = Some(e);
+                }
+            }
+        }
+    }
+    if out.broken.is_some() {
+        // A closed channel may mean an exchange vanished: check again next time.
+        broker.known_exchanges.retain(String::is_empty);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_backoff_doubles_and_is_capped() {
+        let max = Duration::from_secs(60);
+        assert_eq!(row_backoff(1, max), Duration::from_secs(1));
+        assert_eq!(row_backoff(2, max), Duration::from_secs(2));
+        assert_eq!(row_backoff(4, max), Duration::from_secs(8));
+        assert_eq!(row_backoff(30, max), max);
+        assert_eq!(row_backoff(i32::MAX, max), max);
+    }
+}

@@ -1,0 +1,475 @@
+//! `hookfleet outbox replay`: publishes already published outbox events again.
+//!
+//! Owns validating the selection (ids, RFC 3339 times, event-type patterns), the
+//! dry run, and re-publishing in id order with confirms, at an optional rate, with
+//! progress, keeping each row's `message_id` and adding `x-replayed-from` (the
+//! outbox id) so consumers can tell a replay from the original. A bad filter is
+//! rejected before anything is published. On failure or interruption it reports
+//! the `--from-id` to resume from (the first row not confirmed). It never changes
+//! outbox rows and only ever reads published ones.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::storage::{self, OutboxRow, Selection};
+use crate::amqp::{self, AmqpError, publish};
+use crate::config::AmqpConfig;
+use crate::message::{H_REPLAYED_FROM, HeaderValue};
+
+/// Rows read and published per page (confirms are awaited per page).
+pub const PAGE_SIZE: i64 = 256;
+/// Rows shown by a dry run.
+pub const SAMPLE_SIZE: i64 = 5;
+
+/// Replay failures; [`ReplayError::BadFilter`] means nothing was published.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// The selection is invalid (exit 2).
+    #[error("invalid replay filter: {0}")]
+    BadFilter(String),
+    /// Reading the outbox failed.
+    #[error("reading the outbox failed: {source}; resume with --from-id {resume_from}")]
+    Database {
+        /// Driver error.
+        source: sqlx::Error,
+        /// Where to resume.
+        resume_from: i64,
+    },
+    /// Connecting or publishing failed.
+    #[error("publishing failed: {source}; resume with --from-id {resume_from}")]
+    Broker {
+        /// Broker error.
+        source: AmqpError,
+        /// The first row not confirmed.
+        resume_from: i64,
+    },
+    /// Shutdown was requested.
+    #[error("replay interrupted; resume with --from-id {resume_from}")]
+    Interrupted {
+        /// The first row not published.
+        resume_from: i64,
+    },
+}
+
+/// The selection as given on the command line, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayRequest {
+    /// Smallest outbox id (inclusive).
+    pub from_id: Option<i64>,
+    /// Largest outbox id (inclusive).
+    pub to_id: Option<i64>,
+    /// Earliest creation time, RFC 3339.
+    pub since: Option<String>,
+    /// Latest creation time, RFC 3339.
+    pub until: Option<String>,
+    /// Event type or topic pattern (`git.push`, `git.*`, `git.#`).
+    pub event_type: Option<String>,
+    /// Correlation id.
+    pub correlation_id: Option<String>,
+    /// Publish to this exchange instead of the row's.
+    pub to_exchange: Option<String>,
+    /// Publish with this routing key instead of the row's.
+    pub routing_key: Option<String>,
+    /// Count and sample only.
+    pub dry_run: bool,
+    /// Events per second at most.
+    pub rate: Option<u32>,
+}
+
+/// A validated replay.
+#[derive(Debug, Clone)]
+pub struct ReplayPlan {
+    /// Rows to replay.
+    pub selection: Selection,
+    /// Exchange override.
+    pub to_exchange: Option<String>,
+    /// Routing key override.
+    pub routing_key: Option<String>,
+    /// Count and sample only.
+    pub dry_run: bool,
+    /// Events per second at most.
+    pub rate: Option<u32>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone)]
+pub struct ReplayReport {
+    /// Rows matching the selection.
+    pub selected: i64,
+    /// Rows published and confirmed (0 for a dry run).
+    pub published: u64,
+    /// First rows of the selection (dry run only).
+    pub sample: Vec<OutboxRow>,
+}
+
+/// How progress is shown.
+pub enum Progress {
+    /// No output (tests, `--quiet`).
+    Quiet,
+    /// A progress bar (stderr is a terminal).
+    Bar(indicatif::ProgressBar),
+    /// A plain line per page on stderr.
+    Lines,
+}
+
+impl Progress {
+    /// A bar on a terminal, plain lines otherwise.
+    pub fn for_stderr() -> Self {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            Progress::Bar(indicatif::ProgressBar::new(0))
+        } else {
+            Progress::Lines
+        }
+    }
+    fn start(&self, total: i64) {
+        if let Progress::Bar(b) = self {
+            b.set_length(u64::try_from(total).unwrap_or(0));
+        }
+    }
+    fn advance(&self, done: u64, total: i64, last_id: i64) {
+        match self {
+            Progress::Quiet => {}
+            Progress::Bar(b) => b.set_position(done),
+            Progress::Lines => eprintln!("replayed {done}/{total} (through outbox id {last_id})"),
+        }
+    }
+    fn finish(&self) {
+        if let Progress::Bar(b) = self {
+            b.finish();
+        }
+    }
+}
+
+/// Validates an event-type filter and returns `(exact, regex)`: an exact type, or
+/// for a topic pattern the PostgreSQL regex `event_type || '.'` must match.
+fn type_filter(pattern: &str) -> Result<(Option<String>, Option<String>), ReplayError> {
+    let bad = |why: &str| {
+        ReplayError::BadFilter(format!(
+            "--type {pattern:?} {why} (expected lowercase dotted segments like git.push, \
+             with * for one segment or # for any number)"
+        ))
+    };
+    if pattern.is_empty() {
+        return Err(bad("is empty"));
+    }
+    let mut regex = String::from("^");
+    let mut wildcard = false;
+    for seg in pattern.split('.') {
+        match seg {
+            "*" => {
+                wildcard = true;
+                regex.push_str("[^.]+\\.");
+            }
+            "#" => {
+                wildcard = true;
+                regex.push_str("([^.]+\\.)*");
+            }
+            "" => return Err(bad("has an empty segment")),
+            s if s
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') =>
+            {
+                regex.push_str(s);
+                regex.push_str("\\.");
+            }
+            _ => return Err(bad("is not a valid event type")),
+        }
+    }
+    regex.push('$');
+    Ok(if wildcard {
+        (None, Some(regex))
+    } else {
+        (Some(pattern.to_string()), None)
+    })
+}
+
+fn parse_time(flag: &str, v: &str) -> Result<DateTime<Utc>, ReplayError> {
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            ReplayError::BadFilter(format!(
+                "{flag} {v:?} is not an RFC 3339 time (like 2024-05-01T12:00:00Z): {e}"
+            ))
+        })
+}
+
+/// Validates a request; nothing is read or published yet.
+pub fn plan(req: &ReplayRequest) -> Result<ReplayPlan, ReplayError> {
+    let since = req
+        .since
+        .as_deref()
+        .map(|v| parse_time("--since", v))
+        .transpose()?;
+    let until = req
+        .until
+        .as_deref()
+        .map(|v| parse_time("--until", v))
+        .transpose()?;
+    if let (Some(s), Some(u)) = (since, until)
+        && u < s
+    {
+        return Err(ReplayError::BadFilter(format!(
+            "--until {} is before --since {}",
+            u.to_rfc3339(),
+            s.to_rfc3339()
+        )));
+    }
+    if let (Some(f), Some(t)) = (req.from_id, req.to_id)
+        && t < f
+    {
+        return Err(ReplayError::BadFilter(format!(
+            "--to-id {t} is below --from-id {f}"
+        )));
+    }
+    if req.rate == Some(0) {
+        return Err(ReplayError::BadFilter("--rate must be at least 1".into()));
+    }
+    let (event_type, event_type_regex) = match req.event_type.as_deref() {
+        Some(p) => type_filter(p)?,
+        None => (None, None),
+    };
+    Ok(ReplayPlan {
+        selection: Selection {
+            from_id: req.from_id,
+            to_id: req.to_id,
+            since,
+            until,
+            event_type,
+            event_type_regex,
+            correlation_id: req.correlation_id.clone(),
+        },
+        to_exchange: req.to_exchange.clone(),
+        routing_key: req.routing_key.clone(),
+        dry_run: req.dry_run,
+        rate: req.rate,
+    })
+}
+
+/// Runs a validated replay (or its dry run).
+pub async fn run(
+    pool: &PgPool,
+    amqp_cfg: &AmqpConfig,
+    plan: &ReplayPlan,
+    progress: &Progress,
+    shutdown: &CancellationToken,
+) -> Result<ReplayReport, ReplayError> {
+    let start_id = plan.selection.from_id.unwrap_or(1).max(1);
+    let db_err = |resume_from: i64| {
+        move |source| ReplayError::Database {
+            source,
+            resume_from,
+        }
+    };
+    let selected = storage::count_selected(pool, &plan.selection)
+        .await
+        .map_err(db_err(start_id))?;
+    if plan.dry_run {
+        let sample = storage::select_page(pool, &plan.selection, 0, SAMPLE_SIZE)
+            .await
+            .map_err(db_err(start_id))?;
+        return Ok(ReplayReport {
+            selected,
+            published: 0,
+            sample,
+        });
+    }
+    let broker_err = |resume_from: i64| {
+        move |source| ReplayError::Broker {
+            source,
+            resume_from,
+        }
+    };
+    let conn = amqp::connect(amqp_cfg, "replay")
+        .await
+        .map_err(broker_err(start_id))?;
+    let result = publish_all(pool, amqp_cfg, &conn, plan, selected, progress, shutdown).await;
+    let _ = tokio::time::timeout(
+        amqp_cfg.connect_timeout,
+        conn.close(200, "replay done".into()),
+    )
+    .await;
+    progress.finish();
+    result.map(|published| ReplayReport {
+        selected,
+        published,
+        sample: Vec::new(),
+    })
+}
+
+async fn publish_all(
+    pool: &PgPool,
+    amqp_cfg: &AmqpConfig,
+    conn: &lapin::Connection,
+    plan: &ReplayPlan,
+    selected: i64,
+    progress: &Progress,
+    shutdown: &CancellationToken,
+) -> Result<u64, ReplayError> {
+    let timeout = amqp_cfg.publish_timeout;
+    let mut next_id = plan.selection.from_id.unwrap_or(1).max(1);
+    let channel = publish::confirm_channel(conn)
+        .await
+        .map_err(|source| ReplayError::Broker {
+            source,
+            resume_from: next_id,
+        })?;
+    let gap = plan
+        .rate
+        .map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
+    let mut next_send = Instant::now();
+    let mut done = 0u64;
+    progress.start(selected);
+    loop {
+        if shutdown.is_cancelled() {
+            return Err(ReplayError::Interrupted {
+                resume_from: next_id,
+            });
+        }
+        let rows = storage::select_page(pool, &plan.selection, next_id - 1, PAGE_SIZE)
+            .await
+            .map_err(|source| ReplayError::Database {
+                source,
+                resume_from: next_id,
+            })?;
+        let Some(first) = rows.first() else {
+            return Ok(done);
+        };
+        let page_start = first.id;
+        let mut pending = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(gap) = gap {
+                let stop = tokio::select! {
+                    _ = shutdown.cancelled() => true,
+                    _ = tokio::time::sleep_until(next_send.into()) => false,
+                };
+                if stop {
+                    // Confirm what was sent, then report the first row not confirmed.
+                    let resume_from =
+                        match confirm_in_order(pending, timeout, &mut next_id, &mut done).await {
+                            Ok(()) => row.id,
+                            Err((id, _)) => id,
+                        };
+                    progress.advance(done, selected, resume_from - 1);
+                    return Err(ReplayError::Interrupted { resume_from });
+                }
+                next_send = Instant::now().max(next_send) + gap;
+            }
+            let mut envelope = super::row_envelope(row);
+            envelope
+                .headers
+                .insert(H_REPLAYED_FROM.to_string(), HeaderValue::Int(row.id));
+            let exchange = plan.to_exchange.as_deref().unwrap_or(&row.exchange);
+            let key = plan.routing_key.as_deref().unwrap_or(&row.routing_key);
+            let body = super::row_body(row);
+            let sent = tokio::time::timeout(
+                timeout,
+                publish::send(
+                    &channel,
+                    exchange,
+                    key,
+                    &body,
+                    envelope.to_properties(),
+                    true,
+                ),
+            )
+            .await
+            .unwrap_or(Err(AmqpError::Timeout {
+                what: "publish",
+                timeout,
+            }));
+            match sent {
+                Ok(confirm) => pending.push((row.id, confirm)),
+                Err(source) => {
+                    // Confirm what was sent so the resume point is as late as possible.
+                    let resume_from = confirm_in_order(pending, timeout, &mut next_id, &mut done)
+                        .await
+                        .err()
+                        .map_or(row.id, |(id, _)| id);
+                    return Err(ReplayError::Broker {
+                        source,
+                        resume_from,
+                    });
+                }
+            }
+        }
+        next_id = page_start;
+        if let Err((resume_from, source)) =
+            confirm_in_order(pending, timeout, &mut next_id, &mut done).await
+        {
+            return Err(ReplayError::Broker {
+                source,
+                resume_from,
+            });
+        }
+        progress.advance(done, selected, next_id - 1);
+    }
+}
+
+/// Awaits confirms in id order; advances `next_id` past each confirmed row and
+/// stops at the first failure, returning that row's id.
+async fn confirm_in_order(
+    pending: Vec<(i64, lapin::PublisherConfirm)>,
+    timeout: Duration,
+    next_id: &mut i64,
+    done: &mut u64,
+) -> Result<(), (i64, AmqpError)> {
+    let deadline = Instant::now() + timeout;
+    for (id, confirm) in pending {
+        let left = deadline.saturating_duration_since(Instant::now());
+        publish::confirmed(confirm, left)
+            .await
+            .map_err(|e| (id, e))?;
+        *next_id = id + 1;
+        *done += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_types_and_patterns() {
+        assert_eq!(
+            type_filter("git.push").unwrap(),
+            (Some("git.push".into()), None)
+        );
+        let (_, re) = type_filter("git.*").unwrap();
+        assert_eq!(re.unwrap(), "^git\\.[^.]+\\.$");
+        let (_, re) = type_filter("git.#").unwrap();
+        assert_eq!(re.unwrap(), "^git\\.([^.]+\\.)*$");
+        for bad in ["", "Git.Push", "git..push", "git push", "git.push!"] {
+            assert!(
+                matches!(type_filter(bad), Err(ReplayError::BadFilter(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn plan_rejects_inverted_ranges() {
+        let r = ReplayRequest {
+            since: Some("2024-05-02T00:00:00Z".into()),
+            until: Some("2024-05-01T00:00:00Z".into()),
+            ..ReplayRequest::default()
+        };
+        assert!(matches!(plan(&r), Err(ReplayError::BadFilter(_))));
+        let r = ReplayRequest {
+            since: Some("yesterday".into()),
+            ..ReplayRequest::default()
+        };
+        assert!(matches!(plan(&r), Err(ReplayError::BadFilter(_))));
+        let r = ReplayRequest {
+            from_id: Some(5),
+            to_id: Some(4),
+            ..ReplayRequest::default()
+        };
+        assert!(matches!(plan(&r), Err(ReplayError::BadFilter(_))));
+    }
+}

@@ -1,0 +1,325 @@
+//! Every SQL statement of the outbox and inbox tables.
+//!
+//! Owns the queries: enqueue (one multi-row `INSERT ... UNNEST`), the relay's
+//! claim (`FOR UPDATE SKIP LOCKED`, id order), marking rows published or failed,
+//! status sampling, replay selection and retention pruning. It never talks to the
+//! broker and never decides policy (backoff, batch sizes): callers pass those in.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::Event;
+
+/// One outbox row as the relay and replay read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    /// Position in the outbox (publication order).
+    pub id: i64,
+    /// Stable AMQP `message_id`.
+    pub message_id: Uuid,
+    /// Target exchange.
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// AMQP `type`.
+    pub event_type: String,
+    /// AMQP `correlation_id`.
+    pub correlation_id: Option<String>,
+    /// Extra headers (string or integer values).
+    pub headers: serde_json::Value,
+    /// Body.
+    pub payload: serde_json::Value,
+    /// Creation time (AMQP `timestamp`).
+    pub created_at: DateTime<Utc>,
+    /// Publish attempts so far (failed ones included).
+    pub publish_attempts: i32,
+}
+
+const ROW_COLUMNS: &str = "id, message_id, exchange, routing_key, event_type, correlation_id, \
+                           headers, payload, created_at, publish_attempts";
+
+/// Inserts all `events` with one statement (one round trip, one NOTIFY).
+pub async fn insert_events(
+    tx: &mut Transaction<'static, Postgres>,
+    events: &[Event],
+) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = events.len();
+    let (mut ids, mut exchanges, mut keys, mut types, mut corr, mut headers, mut payloads) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for e in events {
+        ids.push(e.envelope.message_id);
+        exchanges.push(e.exchange.clone());
+        keys.push(e.routing_key.clone());
+        types.push(e.event_type().to_string());
+        corr.push(e.envelope.correlation_id.clone());
+        headers.push(super::headers_to_json(&e.envelope.headers));
+        payloads.push(e.payload.clone());
+    }
+    sqlx::query(
+        "INSERT INTO outbox (message_id, exchange, routing_key, event_type, correlation_id, \
+                             headers, payload) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                              $6::jsonb[], $7::jsonb[])",
+    )
+    .bind(ids)
+    .bind(exchanges)
+    .bind(keys)
+    .bind(types)
+    .bind(corr)
+    .bind(headers)
+    .bind(payloads)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Locks up to `limit` due, unpublished rows in id order, skipping rows another
+/// relay holds. The locks last until `tx` ends, so a crashed relay just rolls back.
+pub async fn claim(
+    tx: &mut Transaction<'static, Postgres>,
+    limit: u32,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {ROW_COLUMNS} FROM outbox \
+         WHERE published_at IS NULL AND next_attempt_at <= now() \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(i64::from(limit))
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Marks `ids` published (one statement).
+pub async fn mark_published(
+    tx: &mut Transaction<'static, Postgres>,
+    ids: &[i64],
+) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE outbox SET published_at = now(), publish_attempts = publish_attempts + 1, \
+                           last_error = NULL \
+         WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// One failed publish: the row, why, and how long until it is due again.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Outbox id.
+    pub id: i64,
+    /// What went wrong (stored in `last_error`).
+    pub error: String,
+    /// Delay before the next attempt.
+    pub retry_in: Duration,
+}
+
+/// Records failed publishes (one statement): attempts + 1, last error, next attempt.
+pub async fn mark_failed(
+    tx: &mut Transaction<'static, Postgres>,
+    failures: &[Failure],
+) -> Result<(), sqlx::Error> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = failures.iter().map(|f| f.id).collect();
+    let errors: Vec<String> = failures.iter().map(|f| f.error.clone()).collect();
+    let delays: Vec<f64> = failures.iter().map(|f| f.retry_in.as_secs_f64()).collect();
+    sqlx::query(
+        "UPDATE outbox o SET publish_attempts = o.publish_attempts + 1, last_error = f.error, \
+                             next_attempt_at = now() + make_interval(secs => f.delay) \
+         FROM UNNEST($1::bigint[], $2::text[], $3::float8[]) AS f(id, error, delay) \
+         WHERE o.id = f.id",
+    )
+    .bind(ids)
+    .bind(errors)
+    .bind(delays)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Pending count and age of the oldest pending row, in seconds.
+pub async fn pending_stats(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
+    let (count, age): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 \
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((count, age.unwrap_or(0.0).max(0.0)))
+}
+
+/// An unpublished row whose last publish failed.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct FailingRow {
+    /// Outbox id.
+    pub id: i64,
+    /// Event type.
+    pub event_type: String,
+    /// Target exchange.
+    pub exchange: String,
+    /// Failed attempts.
+    pub publish_attempts: i32,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// When the relay tries again.
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// Up to `limit` failing rows, oldest first.
+pub async fn failing_rows(pool: &PgPool, limit: i64) -> Result<Vec<FailingRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, event_type, exchange, publish_attempts, last_error, next_attempt_at \
+         FROM outbox WHERE published_at IS NULL AND publish_attempts > 0 \
+         ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Number of failing rows.
+pub async fn failing_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL AND publish_attempts > 0",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Rows published within the last `window`.
+pub async fn published_within(pool: &PgPool, window: Duration) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM outbox \
+         WHERE published_at IS NOT NULL AND published_at >= now() - make_interval(secs => $1)",
+    )
+    .bind(window.as_secs_f64())
+    .fetch_one(pool)
+    .await
+}
+
+/// Replay selection; all bounds inclusive, all optional.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Smallest id.
+    pub from_id: Option<i64>,
+    /// Largest id.
+    pub to_id: Option<i64>,
+    /// Earliest `created_at`.
+    pub since: Option<DateTime<Utc>>,
+    /// Latest `created_at`.
+    pub until: Option<DateTime<Utc>>,
+    /// Exact event type.
+    pub event_type: Option<String>,
+    /// PostgreSQL regex the event type (with a trailing `.`) must match (wildcards).
+    pub event_type_regex: Option<String>,
+    /// Correlation id.
+    pub correlation_id: Option<String>,
+}
+
+const SELECTION_WHERE: &str = "published_at IS NOT NULL \
+     AND ($1::bigint IS NULL OR id >= $1) AND ($2::bigint IS NULL OR id <= $2) \
+     AND ($3::timestamptz IS NULL OR created_at >= $3) \
+     AND ($4::timestamptz IS NULL OR created_at <= $4) \
+     AND ($5::text IS NULL OR event_type = $5) \
+     AND ($6::text IS NULL OR (event_type || '.') ~ $6) \
+     AND ($7::text IS NULL OR correlation_id = $7)";
+
+/// Number of published rows the selection matches.
+pub async fn count_selected(pool: &PgPool, s: &Selection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM outbox WHERE {SELECTION_WHERE}"
+    ))
+    .bind(s.from_id)
+    .bind(s.to_id)
+    .bind(s.since)
+    .bind(s.until)
+    .bind(&s.event_type)
+    .bind(&s.event_type_regex)
+    .bind(&s.correlation_id)
+    .fetch_one(pool)
+    .await
+}
+
+/// The next page of selected published rows with `id > after`, in id order.
+pub async fn select_page(
+    pool: &PgPool,
+    s: &Selection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {ROW_COLUMNS} FROM outbox WHERE {SELECTION_WHERE} AND id > $8 \
+         ORDER BY id LIMIT $9"
+    ))
+    .bind(s.from_id)
+    .bind(s.to_id)
+    .bind(s.since)
+    .bind(s.until)
+    .bind(&s.event_type)
+    .bind(&s.event_type_regex)
+    .bind(&s.correlation_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Deletes up to `limit` outbox rows published more than `older_than` ago.
+/// Unpublished rows are never touched.
+pub async fn prune_outbox_batch(
+    pool: &PgPool,
+    older_than: Duration,
+    limit: u32,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "DELETE FROM outbox WHERE id IN ( \
+             SELECT id FROM outbox \
+             WHERE published_at IS NOT NULL \
+               AND published_at < now() - make_interval(secs => $1) \
+             ORDER BY published_at LIMIT $2)",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(i64::from(limit))
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Deletes up to `limit` inbox rows processed more than `older_than` ago.
+pub async fn prune_inbox_batch(
+    pool: &PgPool,
+    older_than: Duration,
+    limit: u32,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "DELETE FROM inbox WHERE message_id IN ( \
+             SELECT message_id FROM inbox \
+             WHERE processed_at < now() - make_interval(secs => $1) \
+             ORDER BY processed_at LIMIT $2)",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(i64::from(limit))
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
