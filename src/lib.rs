@@ -11,6 +11,7 @@
 //! - [`job`]: the handler API (`Handler`, `TxHandler`, `JobError`); [`message`]: the
 //!   AMQP message contract (properties and `x-` headers).
 //! - [`metrics`]: every Prometheus metric; [`inflight`]: what is being handled now (`/jobs`).
+//! - [`push`]: the post-receive hook, push jobs, the spool, reading git, push payloads.
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
 pub mod amqp;
@@ -23,6 +24,7 @@ pub mod inflight;
 pub mod job;
 pub mod message;
 pub mod metrics;
+pub mod push;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;
