@@ -257,7 +257,10 @@ async fn peel_commit(repo: &GitRepo, id: &str) -> Result<Option<String>, GitErro
         .await?;
     if !out.success {
         // Exit 1 with --quiet: either missing or not peelable; tell them apart.
-        repo.run(&["cat-file", "-e", id], None).await?;
+        let exists = repo.run_status(&["cat-file", "-e", id], None, true).await?;
+        if !exists.success {
+            return Err(GitError::NotFound(format!("object {id} does not exist")));
+        }
         return Ok(None);
     }
     Ok(Some(
