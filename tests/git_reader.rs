@@ -24,8 +24,18 @@ struct Fixture {
 fn git_in(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .current_dir(dir)
-        .args(["-c", "user.name=Ann Author", "-c", "user.email=ann@example.com"])
-        .args(["-c", "advice.detachedHead=false", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=Ann Author",
+            "-c",
+            "user.email=ann@example.com",
+        ])
+        .args([
+            "-c",
+            "advice.detachedHead=false",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -148,10 +158,16 @@ async fn branch_create_update_force_push_and_delete() {
     assert_eq!(c.committer.name, "Carl Committer");
     assert_eq!(c.timestamp, "2024-05-01T12:00:00+02:00");
     assert_eq!(c.tree_id, f.git(&["rev-parse", "HEAD^{tree}"]));
-    assert_eq!(d.head_commit.as_ref().map(|c| c.id.as_str()), Some(c1.as_str()));
+    assert_eq!(
+        d.head_commit.as_ref().map(|c| c.id.as_str()),
+        Some(c1.as_str())
+    );
 
     // A fast-forward of two commits: oldest first, paths per commit.
-    let c2 = f.commit(&[("a.txt", Some("two\n")), ("b.txt", Some("b\n"))], "second");
+    let c2 = f.commit(
+        &[("a.txt", Some("two\n")), ("b.txt", Some("b\n"))],
+        "second",
+    );
     let c3 = f.commit(&[("b.txt", None)], "third");
     let u = f.push("main", "refs/heads/main");
     let d = read(&f, &u).await;
@@ -192,13 +208,20 @@ async fn tags_created_and_deleted() {
     f.git(&["tag", "-a", "-m", "release 2", "v2"]);
     let light = f.push("v1", "refs/tags/v1");
     let annotated = f.push("v2", "refs/tags/v2");
-    assert_ne!(annotated.after, c1, "an annotated tag points to a tag object");
+    assert_ne!(
+        annotated.after, c1,
+        "an annotated tag points to a tag object"
+    );
     for u in [&light, &annotated] {
         let d = read(&f, u).await;
         assert_eq!(d.kind, RefKind::Tag);
         assert!(d.created && !d.deleted && !d.forced);
         assert!(d.commits.is_empty());
-        assert_eq!(d.head_commit.as_ref().unwrap().id, c1, "peeled to the commit");
+        assert_eq!(
+            d.head_commit.as_ref().unwrap().id,
+            c1,
+            "peeled to the commit"
+        );
         assert_eq!(d.base_ref.as_deref(), Some("refs/heads/main"));
     }
     let u = f.push(":refs/tags/v1", "refs/tags/v1");
@@ -228,11 +251,19 @@ async fn merge_paths_are_against_the_first_parent_and_known_commits_are_not_dist
     assert_eq!(got, want);
     assert_eq!(d.total_commits, 3);
     let by_id = |id: &str| d.commits.iter().find(|c| c.id == id).unwrap();
-    assert_eq!(by_id(&merge).added, vec!["side.txt"], "merge vs first parent");
+    assert_eq!(
+        by_id(&merge).added,
+        vec!["side.txt"],
+        "merge vs first parent"
+    );
     assert!(by_id(&merge).modified.is_empty() && by_id(&merge).removed.is_empty());
     assert!(!by_id(&s1).distinct, "already on refs/heads/side");
     assert!(by_id(&m1).distinct && by_id(&merge).distinct);
-    assert_eq!(d.commits.last().unwrap().id, merge, "oldest first, head last");
+    assert_eq!(
+        d.commits.last().unwrap().id,
+        merge,
+        "oldest first, head last"
+    );
 }
 
 #[tokio::test]
@@ -365,7 +396,9 @@ async fn payloads_follow_github_push_events() {
     cfg.max_refs = 4;
     let to_read = refs_to_read(&job, &cfg);
     assert_eq!(to_read.len(), 4);
-    let data = read_refs(&f.repo(), to_read, cfg.max_commits).await.unwrap();
+    let data = read_refs(&f.repo(), to_read, cfg.max_commits)
+        .await
+        .unwrap();
     let events = events_for_push(&job, &data, &cfg);
     let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(
