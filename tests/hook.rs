@@ -69,7 +69,6 @@ fn git(dir: &Path, args: &[&str]) -> String {
 /// A bare repository with the hook installed and a clone with one commit.
 struct Repos {
     dir: tempfile::TempDir,
-    bare: PathBuf,
     work: PathBuf,
 }
 
@@ -94,7 +93,8 @@ fn repos() -> Repos {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Repos { dir, bare, work }
+    assert!(bare.join("hooks/post-receive").is_file());
+    Repos { dir, work }
 }
 
 /// `git push` in the clone with the hook pointed at `amqp_url`; returns stderr.

@@ -389,9 +389,9 @@ mod tests {
 
     #[test]
     fn parses_log_records_with_paths_and_empty_messages() {
-        let text = "\u{1}aaa\0t1\0A\0a@x\02020-01-01T00:00:00Z\0C\0c@x\02020-01-01T00:00:00Z\0merge\n\0\0\nA\0b\0M\0c d\0\
-                    \u{1}bbb\0t2\0A\0a@x\02020-01-01T00:00:00Z\0C\0c@x\02020-01-01T00:00:00Z\0\0\0\
-                    \u{1}ccc\0t3\0A\0a@x\02020-01-01T00:00:00Z\0C\0c@x\02020-01-01T00:00:00Z\0x\n\0\0\nD\0old\0T\0link\0";
+        let text = "\u{1}aaa\0t1\0A\0a@x\x002020-01-01T00:00:00Z\0C\0c@x\x002020-01-01T00:00:00Z\0merge\n\0\0\nA\0b\0M\0c d\0\
+                    \u{1}bbb\0t2\0A\0a@x\x002020-01-01T00:00:00Z\0C\0c@x\x002020-01-01T00:00:00Z\0\0\0\
+                    \u{1}ccc\0t3\0A\0a@x\x002020-01-01T00:00:00Z\0C\0c@x\x002020-01-01T00:00:00Z\0x\n\0\0\nD\0old\0T\0link\0";
         let c = parse_log(text).unwrap();
         assert_eq!(c.len(), 3);
         assert_eq!((c[0].id.as_str(), c[0].message.as_str()), ("aaa", "merge"));
