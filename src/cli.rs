@@ -137,8 +137,9 @@ pub fn main() -> ExitCode {
 /// an invalid configuration. It installs no log subscriber: its stderr is shown to
 /// the pusher, so it prints its own short lines instead.
 fn post_receive(config_path: Option<&std::path::Path>) -> ExitCode {
-    let input = match std::io::read_to_string(std::io::stdin()) {
-        Ok(s) => s,
+    let mut input = Vec::new();
+    let input = match std::io::Read::read_to_end(&mut std::io::stdin(), &mut input) {
+        Ok(_) => input,
         Err(e) => {
             eprintln!("hookfleet: push NOT recorded: cannot read the hook's stdin: {e}");
             return ExitCode::SUCCESS;

@@ -3,7 +3,8 @@
 //!
 //! Owns the rules of the push payload's git facts:
 //! - `forced`: a branch whose old tip is not an ancestor of the new one
-//!   (`merge-base --is-ancestor`); a tag that moved (git requires `--force` for it).
+//!   (`merge-base --is-ancestor`); a tag (or other non-branch ref) that moved
+//!   (git requires `--force` to move a tag).
 //! - commits of an updated branch: `before..after` (for a forced push, the
 //!   commits of the new history not in the old). Of a created branch: the commits
 //!   of `after` not reachable from any other ref. The hook runs after the ref

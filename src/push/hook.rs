@@ -97,7 +97,7 @@ pub fn repository_name(root: &str, git_dir: &Path) -> String {
 pub fn build_job(
     cfg: &HookConfig,
     env: &HookEnv,
-    input: &str,
+    input: &[u8],
 ) -> (Option<PushJob>, Vec<LineError>) {
     let (updates, errors) = parse_input(input);
     if updates.is_empty() {
@@ -132,7 +132,7 @@ pub enum Outcome {
 pub async fn post_receive(
     config: &Config,
     env: &HookEnv,
-    input: &str,
+    input: &[u8],
     stderr: &mut dyn Write,
 ) -> Outcome {
     let (job, errors) = build_job(&config.hook, env, input);
@@ -173,7 +173,8 @@ pub async fn post_receive(
 /// a non-zero status would only add git's generic warning. The refs are listed so
 /// an administrator can replay them (`hookfleet hook post-receive < lines`) once
 /// the configuration is fixed.
-pub fn config_error_message(error: &ConfigError, input: &str) -> String {
+pub fn config_error_message(error: &ConfigError, input: &[u8]) -> String {
+    let input = String::from_utf8_lossy(input);
     let mut msg = format!(
         "hookfleet: push NOT recorded: invalid configuration: {error}; tell an administrator"
     );

@@ -103,11 +103,19 @@ pub struct LineError {
 }
 
 /// Parses all of stdin: the valid updates in order, and the skipped lines.
-/// Blank lines are ignored silently.
-pub fn parse_input(input: &str) -> (Vec<RefUpdate>, Vec<LineError>) {
+/// Blank lines are ignored silently; a line that is not UTF-8 is skipped (its
+/// refname could not be carried faithfully in a JSON body).
+pub fn parse_input(input: &[u8]) -> (Vec<RefUpdate>, Vec<LineError>) {
     let mut updates = Vec::new();
     let mut errors = Vec::new();
-    for (i, line) in input.lines().enumerate() {
+    for (i, raw) in input.split(|b| *b == b'\n').enumerate() {
+        let Ok(line) = std::str::from_utf8(raw) else {
+            errors.push(LineError {
+                line: i + 1,
+                reason: "line is not valid UTF-8".into(),
+            });
+            continue;
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -176,10 +184,14 @@ mod tests {
 
     #[test]
     fn input_keeps_valid_lines_and_numbers_bad_ones() {
-        let input = format!("{Z1} {A1} refs/heads/a\nnope\n\n{A1} {Z1} refs/tags/t\n");
+        let mut input =
+            format!("{Z1} {A1} refs/heads/a\nnope\n\n{A1} {Z1} refs/tags/t\n").into_bytes();
+        input.extend_from_slice(b"\xff\xfe\n");
         let (ok, bad) = parse_input(&input);
         assert_eq!(ok.len(), 2);
-        assert_eq!(bad.len(), 1);
+        assert_eq!(bad.len(), 2);
         assert_eq!(bad[0].line, 2);
+        assert_eq!(bad[1].line, 5);
+        assert!(bad[1].reason.contains("UTF-8"));
     }
 }
