@@ -11,7 +11,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::{build_info, db, health::Health, outbox, shutdown, telemetry, worker};
+use crate::{build_info, db, health::Health, outbox, push, shutdown, telemetry, worker};
 
 /// Exit code for bad usage or invalid configuration.
 pub const EXIT_USAGE: u8 = 2;
@@ -46,6 +46,16 @@ enum Command {
     Outbox {
         #[command(subcommand)]
         command: OutboxCommand,
+    },
+    /// The git post-receive hook.
+    Hook {
+        #[command(subcommand)]
+        command: HookCommand,
+    },
+    /// The local spool of pushes the hook could not publish.
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
     },
 }
 
@@ -96,6 +106,28 @@ struct ReplayArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum HookCommand {
+    /// Run as a bare repository's hooks/post-receive: read `<old> <new> <ref>` lines
+    /// from stdin and publish one push job (or spool it). Always exits 0.
+    PostReceive,
+    /// Write hooks/post-receive into each bare repository, calling this binary.
+    Install {
+        /// Bare repositories (git dirs).
+        #[arg(required = true)]
+        repos: Vec<PathBuf>,
+        /// Replace a post-receive hook not written by hookfleet.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SpoolCommand {
+    /// Republish spooled pushes (oldest first) and print how many.
+    Flush,
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Validate and print the effective config with secrets redacted.
     Check,
@@ -111,6 +143,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if let Command::Hook {
+        command: HookCommand::PostReceive,
+    } = cli.command
+    {
+        return post_receive(cli.config.as_deref());
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -136,7 +174,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli.command, config));
+    let result = runtime.block_on(run(cli.command, cli.config, config));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -148,8 +186,87 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+/// `hook post-receive`: exits 0 whatever happens (see `push::hook`), including on
+/// an invalid configuration. It installs no log subscriber: its stderr is shown to
+/// the pusher, so it prints its own short lines instead.
+fn post_receive(config_path: Option<&std::path::Path>) -> ExitCode {
+    let mut input = Vec::new();
+    let input = match std::io::Read::read_to_end(&mut std::io::stdin(), &mut input) {
+        Ok(_) => input,
+        Err(e) => {
+            eprintln!("hookfleet: push NOT recorded: cannot read the hook's stdin: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}", push::hook::config_error_message(&e, &input));
+            return ExitCode::SUCCESS;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hookfleet: push NOT recorded: cannot start the async runtime: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let env = push::hook::HookEnv::from_env(&config.hook);
+    let mut stderr = std::io::stderr();
+    runtime.block_on(push::hook::post_receive(&config, &env, &input, &mut stderr));
+    ExitCode::SUCCESS
+}
+
+/// `hook post-receive` is dispatched by [`main`] before the config is loaded
+/// (it must exit 0 even on a bad config); reaching `run` with it is a bug,
+/// answered the hook's way: exit 0.
+fn unreachable_post_receive() -> anyhow::Result<ExitCode> {
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(
+    command: Command,
+    config_path: Option<PathBuf>,
+    config: Config,
+) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Hook {
+            command: HookCommand::PostReceive,
+        } => unreachable_post_receive(),
+        Command::Hook {
+            command: HookCommand::Install { repos, force },
+        } => {
+            let binary = std::env::current_exe()?;
+            let mut failed = false;
+            for repo in repos {
+                match push::install::install(&repo, &binary, config_path.as_deref(), force) {
+                    Ok(hook) => println!("installed {}", hook.display()),
+                    Err(e) => {
+                        eprintln!("hookfleet: {}", error_chain(&e));
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Spool {
+            command: SpoolCommand::Flush,
+        } => {
+            let report = push::spool::flush_spool(&config).await?;
+            println!(
+                "published {} spooled push(es); {} corrupt file(s) moved aside; {} remaining",
+                report.published, report.corrupt, report.remaining
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config { .. } => Ok(ExitCode::SUCCESS),
         Command::Migrate => {
             db::ensure_database(&config.database).await?;

@@ -15,6 +15,7 @@
 //!   AMQP message contract (properties and `x-` headers).
 //! - [`metrics`]: every Prometheus metric; [`inflight`]: what is being handled now (`/jobs`).
 //! - [`outbox`]: the transactional outbox: enqueue, relay, pruning, status, replay.
+//! - [`push`]: the post-receive hook, push jobs, the spool, reading git, push payloads.
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
 pub mod amqp;
@@ -31,6 +32,7 @@ pub mod job;
 pub mod message;
 pub mod metrics;
 pub mod outbox;
+pub mod push;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

@@ -1,0 +1,227 @@
+//! `hookfleet hook post-receive`: turns git's stdin into one push job and
+//! publishes it, or spools it when the broker is out of reach.
+//!
+//! Owns what the pusher sees. A post-receive hook cannot reject a push (the refs
+//! are already updated) and must not hang the pusher's terminal, so every path
+//! here ends in exit status 0: invalid stdin lines are reported and skipped, a
+//! failed publish (connect + publish + confirm bounded by `hook.timeout`) spools
+//! the job with one line on stderr, and even an invalid configuration only prints
+//! a message (see [`config_error_message`]). It never logs through `tracing`:
+//! its stderr is relayed to the pusher as `remote:` lines, so it writes plain,
+//! short sentences there itself.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::job::PushJob;
+use super::publish::publish_once;
+use super::spool;
+use super::update::{LineError, parse_input};
+use crate::config::{Config, ConfigError, HookConfig};
+
+/// What git tells the hook through its environment and working directory.
+#[derive(Debug, Clone, Default)]
+pub struct HookEnv {
+    /// The repository's git dir (absolute when it could be resolved).
+    pub git_dir: PathBuf,
+    /// First non-empty variable of `hook.pusher_env`.
+    pub pusher: Option<String>,
+    /// `GIT_PUSH_OPTION_0..GIT_PUSH_OPTION_COUNT`.
+    pub push_options: Vec<String>,
+}
+
+impl HookEnv {
+    /// Reads the environment the way git runs hooks: the git dir is `GIT_DIR`
+    /// (relative to the cwd when relative; git sets it to `.` for bare
+    /// repositories) or else the cwd.
+    pub fn from_env(cfg: &HookConfig) -> HookEnv {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Self::from_vars(cfg, &cwd, |k| std::env::var(k).ok())
+    }
+
+    /// As [`HookEnv::from_env`], with the variables and cwd given (tests).
+    pub fn from_vars(
+        cfg: &HookConfig,
+        cwd: &Path,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> HookEnv {
+        let git_dir = match var("GIT_DIR").filter(|v| !v.is_empty()) {
+            Some(d) => cwd.join(d),
+            None => cwd.to_path_buf(),
+        };
+        let git_dir = std::fs::canonicalize(&git_dir).unwrap_or(git_dir);
+        let pusher = cfg
+            .pusher_env
+            .iter()
+            .filter_map(|k| var(k))
+            .map(|v| v.trim().to_string())
+            .find(|v| !v.is_empty());
+        let count = var("GIT_PUSH_OPTION_COUNT")
+            .and_then(|c| c.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let push_options = (0..count)
+            .filter_map(|i| var(&format!("GIT_PUSH_OPTION_{i}")))
+            .collect();
+        HookEnv {
+            git_dir,
+            pusher,
+            push_options,
+        }
+    }
+}
+
+/// The repository name: the git dir relative to `root` when it lies under it,
+/// else the git dir's path.
+pub fn repository_name(root: &str, git_dir: &Path) -> String {
+    if !root.is_empty() {
+        let root = Path::new(root);
+        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        if let Ok(rel) = git_dir.strip_prefix(&root) {
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            if !parts.is_empty() {
+                return parts.join("/");
+            }
+        }
+    }
+    git_dir.to_string_lossy().into_owned()
+}
+
+/// Builds the job from stdin: `None` when no line is valid. Skipped lines are
+/// returned for reporting.
+pub fn build_job(
+    cfg: &HookConfig,
+    env: &HookEnv,
+    input: &[u8],
+) -> (Option<PushJob>, Vec<LineError>) {
+    let (updates, errors) = parse_input(input);
+    if updates.is_empty() {
+        return (None, errors);
+    }
+    let job = PushJob {
+        push_id: Uuid::now_v7(),
+        repository: repository_name(&cfg.repositories_root, &env.git_dir),
+        pusher: env.pusher.clone(),
+        push_options: env.push_options.clone(),
+        pushed_at: Utc::now(),
+        updates,
+    };
+    (Some(job), errors)
+}
+
+/// What the hook did with the push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// No valid line: nothing to do.
+    Nothing,
+    /// Published and confirmed.
+    Published(Uuid),
+    /// Written to this spool file.
+    Spooled(Uuid, PathBuf),
+    /// Neither published nor spooled (reported on stderr).
+    Lost(Uuid),
+}
+
+/// Runs the hook: parse `input`, publish within `hook.timeout`, else spool.
+/// Messages for the pusher go to `stderr`. Never fails: see the module doc.
+pub async fn post_receive(
+    config: &Config,
+    env: &HookEnv,
+    input: &[u8],
+    stderr: &mut dyn Write,
+) -> Outcome {
+    let (job, errors) = build_job(&config.hook, env, input);
+    for e in &errors {
+        let _ = writeln!(stderr, "hookfleet: ignoring line {}: {}", e.line, e.reason);
+    }
+    let Some(job) = job else {
+        return Outcome::Nothing;
+    };
+    let publish = publish_once(&config.amqp, "hook", &job, config.hook.timeout).await;
+    let publish_error = match publish {
+        Ok(()) => return Outcome::Published(job.push_id),
+        Err(e) => crate::cli::error_chain(&e),
+    };
+    match spool::write_job(&config.spool.dir, &job) {
+        Ok(path) => {
+            let _ = writeln!(
+                stderr,
+                "hookfleet: push {} queued locally (broker unavailable: {publish_error}); it will be sent later",
+                job.push_id
+            );
+            Outcome::Spooled(job.push_id, path)
+        }
+        Err(e) => {
+            let _ = writeln!(
+                stderr,
+                "hookfleet: push {} NOT recorded: broker unavailable ({publish_error}) and {}; tell an administrator",
+                job.push_id,
+                crate::cli::error_chain(&e)
+            );
+            Outcome::Lost(job.push_id)
+        }
+    }
+}
+
+/// The message printed when the hook's configuration is invalid. The hook then
+/// still exits 0: the push has already happened and failing cannot undo it, while
+/// a non-zero status would only add git's generic warning. The refs are listed so
+/// an administrator can replay them (`hookfleet hook post-receive < lines`) once
+/// the configuration is fixed.
+pub fn config_error_message(error: &ConfigError, input: &[u8]) -> String {
+    let input = String::from_utf8_lossy(input);
+    let mut msg = format!(
+        "hookfleet: push NOT recorded: invalid configuration: {error}; tell an administrator"
+    );
+    for line in input.lines().filter(|l| !l.trim().is_empty()).take(20) {
+        msg.push_str("\nhookfleet:   ");
+        msg.push_str(line.trim());
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(root: &str) -> HookConfig {
+        HookConfig {
+            timeout: std::time::Duration::from_secs(1),
+            repositories_root: root.into(),
+            pusher_env: vec!["A".into(), "B".into()],
+        }
+    }
+
+    #[test]
+    fn env_gives_git_dir_pusher_and_options() {
+        let vars = |k: &str| match k {
+            "GIT_DIR" => Some("repo.git".to_string()),
+            "A" => Some(" ".to_string()),
+            "B" => Some("bob".to_string()),
+            "GIT_PUSH_OPTION_COUNT" => Some("2".to_string()),
+            "GIT_PUSH_OPTION_0" => Some("ci.skip".to_string()),
+            "GIT_PUSH_OPTION_1" => Some("x=y".to_string()),
+            _ => None,
+        };
+        let env = HookEnv::from_vars(&cfg(""), Path::new("/srv/git"), vars);
+        assert_eq!(env.git_dir, PathBuf::from("/srv/git/repo.git"));
+        assert_eq!(env.pusher.as_deref(), Some("bob"));
+        assert_eq!(env.push_options, vec!["ci.skip", "x=y"]);
+        let env = HookEnv::from_vars(&cfg(""), Path::new("/srv/x.git"), |_| None);
+        assert_eq!(env.git_dir, PathBuf::from("/srv/x.git"));
+        assert_eq!(env.pusher, None);
+    }
+
+    #[test]
+    fn repository_is_relative_to_the_root_when_under_it() {
+        let dir = Path::new("/nonexistent-root/team/app.git");
+        assert_eq!(repository_name("/nonexistent-root", dir), "team/app.git");
+        assert_eq!(repository_name("/elsewhere", dir), dir.to_string_lossy());
+        assert_eq!(repository_name("", dir), dir.to_string_lossy());
+    }
+}

@@ -1,0 +1,23 @@
+//! Pushes: from git's `post-receive` to the facts the push handler turns into events.
+//!
+//! # Layout
+//! - [`refname`]: `git check-ref-format` rules; [`update`]: one stdin line,
+//!   `<old> <new> <ref>`, validated.
+//! - [`job`]: the `push` job body and its envelope (message id = push id).
+//! - [`hook`]: `hookfleet hook post-receive` (publish within `hook.timeout`, else spool;
+//!   always exit 0); [`install`]: `hookfleet hook install`.
+//! - [`publish`]: a push job on the wire; [`spool`]: the fsynced local spool and its flusher.
+//! - [`git`]: running the git CLI with a deadline; [`classify`]: what a ref update
+//!   means (created, deleted, forced, commits, distinct).
+//! - [`payload`]: GitHub-compatible event payloads, `events_for_push` (pure).
+
+pub mod classify;
+pub mod git;
+pub mod hook;
+pub mod install;
+pub mod job;
+pub mod payload;
+pub mod publish;
+pub mod refname;
+pub mod spool;
+pub mod update;

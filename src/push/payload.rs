@@ -1,0 +1,206 @@
+//! GitHub-compatible event payloads for a push: which events a push causes and
+//! their bodies.
+//!
+//! Owns the mapping from a [`PushJob`] plus the git facts of its refs
+//! ([`RefData`]) to `(event_type, payload)` pairs the push handler writes to the
+//! outbox. Pure: no I/O, no clock, no ids, so a retried handler computes the same
+//! events.
+//!
+//! Per ref (the first `push.max_refs` refs): `git.push` with GitHub's push
+//! payload (`ref`, `before`, `after`, `created`, `deleted`, `forced`, `base_ref`,
+//! `compare`, `commits`, `head_commit`, `pusher`, `repository`, `sender`,
+//! `total_commits_count`, plus `push_id`, `pushed_at`, `push_options`), followed
+//! by the ref's lifecycle event, if any, with the same payload. Refs beyond
+//! `max_refs` are summarised in one `git.push.bulk` event.
+
+use serde_json::{Value, json};
+
+use super::classify::{CommitInfo, RefData, RefKind};
+use super::job::PushJob;
+use super::update::RefUpdate;
+use crate::config::PushConfig;
+
+/// Every ref update.
+pub const EV_PUSH: &str = "git.push";
+/// Refs beyond `push.max_refs`, summarised.
+pub const EV_PUSH_BULK: &str = "git.push.bulk";
+/// A branch was created.
+pub const EV_BRANCH_CREATED: &str = "git.branch.created";
+/// A branch was deleted.
+pub const EV_BRANCH_DELETED: &str = "git.branch.deleted";
+/// A branch was rewritten.
+pub const EV_BRANCH_FORCE_PUSHED: &str = "git.branch.force_pushed";
+/// A tag was created.
+pub const EV_TAG_CREATED: &str = "git.tag.created";
+/// A tag was deleted.
+pub const EV_TAG_DELETED: &str = "git.tag.deleted";
+
+/// Repository names in payloads: `full_name` is the repository without a
+/// trailing `.git`, `name` its last component.
+fn repo_names(repository: &str) -> (String, String) {
+    let full = repository
+        .trim_end_matches('/')
+        .trim_end_matches(".git")
+        .trim_start_matches('/')
+        .to_string();
+    let name = full.rsplit('/').next().unwrap_or(&full).to_string();
+    (name, full)
+}
+
+fn base_url(cfg: &PushConfig) -> &str {
+    cfg.compare_base_url.trim_end_matches('/')
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// `{compare_base_url}/{full_name}/compare/{before[..12]}...{after[..12]}`.
+pub fn compare_url(cfg: &PushConfig, repository: &str, update: &RefUpdate) -> String {
+    let (_, full) = repo_names(repository);
+    format!(
+        "{}/{full}/compare/{}...{}",
+        base_url(cfg),
+        short(&update.before),
+        short(&update.after)
+    )
+}
+
+fn commit_json(cfg: &PushConfig, full: &str, c: &CommitInfo) -> Value {
+    json!({
+        "id": c.id,
+        "tree_id": c.tree_id,
+        "distinct": c.distinct,
+        "message": c.message,
+        "timestamp": c.timestamp,
+        "url": format!("{}/{full}/commit/{}", base_url(cfg), c.id),
+        "author": { "name": c.author.name, "email": c.author.email },
+        "committer": { "name": c.committer.name, "email": c.committer.email },
+        "added": c.added,
+        "removed": c.removed,
+        "modified": c.modified,
+    })
+}
+
+fn common(job: &PushJob, cfg: &PushConfig) -> serde_json::Map<String, Value> {
+    let (name, full) = repo_names(&job.repository);
+    let pusher = job.pusher.clone().unwrap_or_default();
+    let mut m = serde_json::Map::new();
+    m.insert("push_id".into(), json!(job.push_id));
+    m.insert("pushed_at".into(), json!(job.pushed_at));
+    m.insert("push_options".into(), json!(job.push_options));
+    m.insert("pusher".into(), json!({ "name": pusher }));
+    m.insert("sender".into(), json!({ "login": pusher }));
+    m.insert(
+        "repository".into(),
+        json!({ "name": name, "full_name": full, "url": format!("{}/{full}", base_url(cfg)) }),
+    );
+    m
+}
+
+/// The `git.push` payload of one ref.
+pub fn push_payload(job: &PushJob, data: &RefData, cfg: &PushConfig) -> Value {
+    let (_, full) = repo_names(&job.repository);
+    let mut m = common(job, cfg);
+    let u = &data.update;
+    m.insert("ref".into(), json!(u.refname));
+    m.insert("before".into(), json!(u.before));
+    m.insert("after".into(), json!(u.after));
+    m.insert("created".into(), json!(data.created));
+    m.insert("deleted".into(), json!(data.deleted));
+    m.insert("forced".into(), json!(data.forced));
+    m.insert("base_ref".into(), json!(data.base_ref));
+    m.insert(
+        "compare".into(),
+        json!(compare_url(cfg, &job.repository, u)),
+    );
+    m.insert(
+        "commits".into(),
+        Value::Array(
+            data.commits
+                .iter()
+                .map(|c| commit_json(cfg, &full, c))
+                .collect(),
+        ),
+    );
+    m.insert(
+        "head_commit".into(),
+        data.head_commit
+            .as_ref()
+            .map_or(Value::Null, |c| commit_json(cfg, &full, c)),
+    );
+    m.insert("total_commits_count".into(), json!(data.total_commits));
+    Value::Object(m)
+}
+
+/// The lifecycle event of a ref, if it has one.
+pub fn lifecycle_event(data: &RefData) -> Option<&'static str> {
+    match (data.kind, data.created, data.deleted, data.forced) {
+        (RefKind::Branch, true, _, _) => Some(EV_BRANCH_CREATED),
+        (RefKind::Branch, _, true, _) => Some(EV_BRANCH_DELETED),
+        (RefKind::Branch, _, _, true) => Some(EV_BRANCH_FORCE_PUSHED),
+        (RefKind::Tag, true, _, _) => Some(EV_TAG_CREATED),
+        (RefKind::Tag, _, true, _) => Some(EV_TAG_DELETED),
+        _ => None,
+    }
+}
+
+/// The `git.push.bulk` payload for refs beyond `max_refs`.
+pub fn bulk_payload(job: &PushJob, rest: &[RefUpdate], cfg: &PushConfig) -> Value {
+    let mut m = common(job, cfg);
+    m.insert("total_refs_count".into(), json!(job.updates.len()));
+    m.insert("refs_count".into(), json!(rest.len()));
+    m.insert(
+        "refs".into(),
+        Value::Array(
+            rest.iter()
+                .map(|u| {
+                    json!({
+                        "ref": u.refname,
+                        "before": u.before,
+                        "after": u.after,
+                        "created": u.is_created(),
+                        "deleted": u.is_deleted(),
+                        "compare": compare_url(cfg, &job.repository, u),
+                    })
+                })
+                .collect(),
+        ),
+    );
+    Value::Object(m)
+}
+
+/// Every event a push causes, in order: for each of the first `cfg.max_refs`
+/// refs, `git.push` then its lifecycle event; then one `git.push.bulk` for the
+/// rest. `per_ref` is the git data of `job.updates[..max_refs]` in the same
+/// order (read only those: see `classify::read_refs`); extra entries are ignored.
+pub fn events_for_push(
+    job: &PushJob,
+    per_ref: &[RefData],
+    cfg: &PushConfig,
+) -> Vec<(String, Value)> {
+    let max = usize::try_from(cfg.max_refs).unwrap_or(usize::MAX);
+    let mut events = Vec::new();
+    for data in per_ref.iter().take(max) {
+        let payload = push_payload(job, data, cfg);
+        if let Some(ev) = lifecycle_event(data) {
+            events.push((EV_PUSH.to_string(), payload.clone()));
+            events.push((ev.to_string(), payload));
+        } else {
+            events.push((EV_PUSH.to_string(), payload));
+        }
+    }
+    if job.updates.len() > max {
+        events.push((
+            EV_PUSH_BULK.to_string(),
+            bulk_payload(job, &job.updates[max..], cfg),
+        ));
+    }
+    events
+}
+
+/// The updates whose git data [`events_for_push`] needs: the first `max_refs`.
+pub fn refs_to_read<'a>(job: &'a PushJob, cfg: &PushConfig) -> &'a [RefUpdate] {
+    let max = usize::try_from(cfg.max_refs).unwrap_or(usize::MAX);
+    &job.updates[..job.updates.len().min(max)]
+}

@@ -1,0 +1,65 @@
+//! Publishing push jobs to `<prefix>.jobs` with routing key `push`, confirmed.
+//!
+//! Owns how a [`PushJob`] goes on the wire (mandatory, so a missing queue is a
+//! failure and not a silent drop; envelope derived from the job). Used by the
+//! hook and by the spool flusher. It never decides what to do on failure: the
+//! caller spools or keeps the file.
+
+use std::time::Duration;
+
+use lapin::Channel;
+
+use super::job::{PUSH_KIND, PushJob};
+use crate::amqp::publish::{confirm_channel, publish_confirmed};
+use crate::amqp::topology::Names;
+use crate::amqp::{self, AmqpError};
+use crate::config::AmqpConfig;
+
+/// Publishes one job on a confirm channel and waits for its confirm within `timeout`.
+pub async fn publish_job(
+    channel: &Channel,
+    prefix: &str,
+    job: &PushJob,
+    timeout: Duration,
+) -> Result<(), AmqpError> {
+    publish_confirmed(
+        channel,
+        &Names::new(prefix).jobs_exchange(),
+        PUSH_KIND,
+        &job.to_json(),
+        job.envelope().to_properties(),
+        true,
+        timeout,
+    )
+    .await
+}
+
+/// Upper bound on closing the connection after the confirm decided the outcome.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connects (role `role`), publishes one job and waits for its confirm, all of it
+/// within `deadline`; then closes the connection (briefly bounded, outcome unchanged).
+pub async fn publish_once(
+    cfg: &AmqpConfig,
+    role: &str,
+    job: &PushJob,
+    deadline: Duration,
+) -> Result<(), AmqpError> {
+    let mut conn_slot = None;
+    let work = async {
+        let conn = conn_slot.insert(amqp::connect(cfg, role).await?);
+        let channel = confirm_channel(conn).await?;
+        publish_job(&channel, &cfg.prefix, job, deadline).await
+    };
+    let result = match tokio::time::timeout(deadline, work).await {
+        Ok(r) => r,
+        Err(_) => Err(AmqpError::Timeout {
+            what: "connect + publish + confirm",
+            timeout: deadline,
+        }),
+    };
+    if let Some(conn) = conn_slot {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "done".into())).await;
+    }
+    result
+}

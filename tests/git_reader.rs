@@ -1,0 +1,469 @@
+//! The git reader (`push::git`, `push::classify`) and the payload builder on real
+//! repositories: a bare repository pushed to from a clone, as in production.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use hookfleet::config::{Config, PushConfig};
+use hookfleet::push::classify::{RefData, RefKind, read_ref, read_refs};
+use hookfleet::push::git::{GitError, GitRepo};
+use hookfleet::push::job::PushJob;
+use hookfleet::push::payload::{events_for_push, refs_to_read};
+use hookfleet::push::update::RefUpdate;
+
+const ZERO: &str = "0000000000000000000000000000000000000000";
+
+/// A bare repository and a working clone of it.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    bare: PathBuf,
+    work: PathBuf,
+}
+
+fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=Ann Author",
+            "-c",
+            "user.email=ann@example.com",
+        ])
+        .args([
+            "-c",
+            "advice.detachedHead=false",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Ann Author")
+        .env("GIT_AUTHOR_EMAIL", "ann@example.com")
+        .env("GIT_AUTHOR_DATE", "2024-05-01T12:00:00+02:00")
+        .env("GIT_COMMITTER_NAME", "Carl Committer")
+        .env("GIT_COMMITTER_EMAIL", "carl@example.com")
+        .env("GIT_COMMITTER_DATE", "2024-05-01T12:00:00+02:00")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Self::with_format("sha1")
+    }
+
+    fn with_format(format: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = dir.path().join("repo.git");
+        let work = dir.path().join("work");
+        let fmt = format!("--object-format={format}");
+        git_in(dir.path(), &["init", "-q", "--bare", &fmt, "repo.git"]);
+        git_in(dir.path(), &["init", "-q", &fmt, "work"]);
+        git_in(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        Fixture {
+            _dir: dir,
+            bare,
+            work,
+        }
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        git_in(&self.work, args)
+    }
+
+    /// Writes (or with `None` removes) files and commits; returns the commit id.
+    fn commit(&self, files: &[(&str, Option<&str>)], message: &str) -> String {
+        for (path, content) in files {
+            let p = self.work.join(path);
+            match content {
+                Some(c) => std::fs::write(&p, c).unwrap(),
+                None => std::fs::remove_file(&p).unwrap(),
+            }
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// The bare repository's value of `refname` (or the zero id).
+    fn remote_ref(&self, refname: &str) -> String {
+        let out = Command::new("git")
+            .arg(format!("--git-dir={}", self.bare.display()))
+            .args(["rev-parse", "--verify", "--quiet", refname])
+            .output()
+            .unwrap();
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if s.is_empty() { self.zero() } else { s }
+    }
+
+    fn zero(&self) -> String {
+        "0".repeat(self.git(&["rev-parse", "HEAD"]).len())
+    }
+
+    /// Pushes `refspec` and returns the update as the hook would see it.
+    fn push(&self, refspec: &str, refname: &str) -> RefUpdate {
+        let before = self.remote_ref(refname);
+        self.git(&["push", "-q", "origin", refspec]);
+        RefUpdate {
+            refname: refname.into(),
+            before,
+            after: self.remote_ref(refname),
+        }
+    }
+
+    fn repo(&self) -> GitRepo {
+        GitRepo::new(&push_config(), &self.bare)
+    }
+}
+
+fn push_config() -> PushConfig {
+    Config::load_from(None, Vec::<(String, String)>::new())
+        .unwrap()
+        .push
+}
+
+async fn read(f: &Fixture, u: &RefUpdate) -> RefData {
+    read_ref(&f.repo(), u, 2048).await.unwrap()
+}
+
+fn ids(d: &RefData) -> Vec<String> {
+    d.commits.iter().map(|c| c.id.clone()).collect()
+}
+
+#[tokio::test]
+async fn branch_create_update_force_push_and_delete() {
+    let f = Fixture::new();
+    let c1 = f.commit(&[("a.txt", Some("one\n"))], "first\n\nwith a body");
+    let u = f.push("main", "refs/heads/main");
+    assert_eq!(u.before, ZERO);
+    let d = read(&f, &u).await;
+    assert_eq!(d.kind, RefKind::Branch);
+    assert!(d.created && !d.deleted && !d.forced);
+    assert_eq!(ids(&d), vec![c1.clone()]);
+    assert_eq!(d.total_commits, 1);
+    let c = &d.commits[0];
+    assert!(c.distinct);
+    assert_eq!(c.message, "first\n\nwith a body");
+    assert_eq!(c.added, vec!["a.txt"]);
+    assert_eq!(c.author.name, "Ann Author");
+    assert_eq!(c.author.email, "ann@example.com");
+    assert_eq!(c.committer.name, "Carl Committer");
+    assert_eq!(c.timestamp, "2024-05-01T12:00:00+02:00");
+    assert_eq!(c.tree_id, f.git(&["rev-parse", "HEAD^{tree}"]));
+    assert_eq!(
+        d.head_commit.as_ref().map(|c| c.id.as_str()),
+        Some(c1.as_str())
+    );
+
+    // A fast-forward of two commits: oldest first, paths per commit.
+    let c2 = f.commit(
+        &[("a.txt", Some("two\n")), ("b.txt", Some("b\n"))],
+        "second",
+    );
+    let c3 = f.commit(&[("b.txt", None)], "third");
+    let u = f.push("main", "refs/heads/main");
+    let d = read(&f, &u).await;
+    assert!(!d.created && !d.deleted && !d.forced);
+    assert_eq!(ids(&d), vec![c2.clone(), c3.clone()]);
+    assert_eq!(d.total_commits, 2);
+    assert_eq!(d.commits[0].added, vec!["b.txt"]);
+    assert_eq!(d.commits[0].modified, vec!["a.txt"]);
+    assert_eq!(d.commits[1].removed, vec!["b.txt"]);
+    assert!(d.commits.iter().all(|c| c.distinct));
+    assert_eq!(d.head_commit.unwrap().id, c3);
+
+    // Rewrite history and force-push.
+    f.git(&["reset", "-q", "--hard", &c1]);
+    let c4 = f.commit(&[("c.txt", Some("c\n"))], "rewritten");
+    let u = f.push("+main", "refs/heads/main");
+    assert_eq!(u.before, c3);
+    let d = read(&f, &u).await;
+    assert!(d.forced && !d.created && !d.deleted);
+    assert_eq!(ids(&d), vec![c4.clone()]);
+
+    // Delete a branch.
+    f.push("main:refs/heads/gone", "refs/heads/gone");
+    let u = f.push(":refs/heads/gone", "refs/heads/gone");
+    assert_eq!(u.after, ZERO);
+    let d = read(&f, &u).await;
+    assert!(d.deleted && !d.created && !d.forced);
+    assert!(d.commits.is_empty() && d.head_commit.is_none());
+    assert_eq!(d.total_commits, 0);
+}
+
+#[tokio::test]
+async fn tags_created_and_deleted() {
+    let f = Fixture::new();
+    let c1 = f.commit(&[("a", Some("a"))], "one");
+    f.push("main", "refs/heads/main");
+    f.git(&["tag", "v1"]);
+    f.git(&["tag", "-a", "-m", "release 2", "v2"]);
+    let light = f.push("v1", "refs/tags/v1");
+    let annotated = f.push("v2", "refs/tags/v2");
+    assert_ne!(
+        annotated.after, c1,
+        "an annotated tag points to a tag object"
+    );
+    for u in [&light, &annotated] {
+        let d = read(&f, u).await;
+        assert_eq!(d.kind, RefKind::Tag);
+        assert!(d.created && !d.deleted && !d.forced);
+        assert!(d.commits.is_empty());
+        assert_eq!(
+            d.head_commit.as_ref().unwrap().id,
+            c1,
+            "peeled to the commit"
+        );
+        assert_eq!(d.base_ref.as_deref(), Some("refs/heads/main"));
+    }
+    let u = f.push(":refs/tags/v1", "refs/tags/v1");
+    let d = read(&f, &u).await;
+    assert_eq!(d.kind, RefKind::Tag);
+    assert!(d.deleted && d.head_commit.is_none());
+}
+
+#[tokio::test]
+async fn merge_paths_are_against_the_first_parent_and_known_commits_are_not_distinct() {
+    let f = Fixture::new();
+    f.commit(&[("base", Some("0"))], "base");
+    f.push("main", "refs/heads/main");
+    f.git(&["checkout", "-q", "-b", "side"]);
+    let s1 = f.commit(&[("side.txt", Some("s"))], "side work");
+    f.push("side", "refs/heads/side");
+    f.git(&["checkout", "-q", "main"]);
+    let m1 = f.commit(&[("main.txt", Some("m"))], "main work");
+    f.git(&["merge", "-q", "--no-ff", "-m", "merge side", "side"]);
+    let merge = f.git(&["rev-parse", "HEAD"]);
+    let u = f.push("main", "refs/heads/main");
+    let d = read(&f, &u).await;
+    let mut got = ids(&d);
+    got.sort();
+    let mut want = vec![s1.clone(), m1.clone(), merge.clone()];
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(d.total_commits, 3);
+    let by_id = |id: &str| d.commits.iter().find(|c| c.id == id).unwrap();
+    assert_eq!(
+        by_id(&merge).added,
+        vec!["side.txt"],
+        "merge vs first parent"
+    );
+    assert!(by_id(&merge).modified.is_empty() && by_id(&merge).removed.is_empty());
+    assert!(!by_id(&s1).distinct, "already on refs/heads/side");
+    assert!(by_id(&m1).distinct && by_id(&merge).distinct);
+    assert_eq!(
+        d.commits.last().unwrap().id,
+        merge,
+        "oldest first, head last"
+    );
+}
+
+#[tokio::test]
+async fn created_branch_lists_only_commits_new_to_the_repository() {
+    let f = Fixture::new();
+    f.commit(&[("a", Some("a"))], "one");
+    let c2 = f.commit(&[("a", Some("b"))], "two");
+    f.push("main", "refs/heads/main");
+    // A copy of main: nothing new, based on main.
+    let u = f.push("main:refs/heads/copy", "refs/heads/copy");
+    let d = read(&f, &u).await;
+    assert!(d.created);
+    assert!(d.commits.is_empty());
+    assert_eq!(d.total_commits, 0);
+    assert_eq!(d.base_ref.as_deref(), Some("refs/heads/main"));
+    let head = d.head_commit.unwrap();
+    assert_eq!(head.id, c2);
+    assert!(!head.distinct);
+    // A new branch with one commit on top of main (HEAD of the bare repository
+    // points at main, which must not hide anything either).
+    f.git(&["checkout", "-q", "-b", "topic"]);
+    let t1 = f.commit(&[("t", Some("t"))], "topic");
+    let u = f.push("topic", "refs/heads/topic");
+    let d = read(&f, &u).await;
+    assert_eq!(ids(&d), vec![t1]);
+    assert_eq!(d.base_ref, None);
+    // The first push of a branch the bare HEAD points at lists its commits.
+    let f2 = Fixture::new();
+    let a = f2.commit(&[("x", Some("x"))], "x");
+    let u = f2.push("main", "refs/heads/main");
+    assert_eq!(ids(&read(&f2, &u).await), vec![a]);
+}
+
+#[tokio::test]
+async fn commit_list_is_capped_but_the_count_is_true() {
+    let f = Fixture::new();
+    let mut all = Vec::new();
+    for i in 0..5 {
+        all.push(f.commit(&[("n", Some(&i.to_string()))], &format!("c{i}")));
+    }
+    let u = f.push("main", "refs/heads/main");
+    let d = read_ref(&f.repo(), &u, 2).await.unwrap();
+    assert_eq!(d.total_commits, 5);
+    assert_eq!(ids(&d), all[3..].to_vec(), "the newest two, oldest first");
+    assert_eq!(d.head_commit.unwrap().id, all[4]);
+}
+
+#[tokio::test]
+async fn missing_repository_or_object_is_not_found_and_slow_git_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = RefUpdate {
+        refname: "refs/heads/main".into(),
+        before: ZERO.into(),
+        after: "1".repeat(40),
+    };
+    let repo = GitRepo::new(&push_config(), dir.path().join("nope.git"));
+    let err = read_ref(&repo, &u, 10).await.unwrap_err();
+    assert!(matches!(err, GitError::NotFound(_)), "{err:?}");
+    assert!(err.is_permanent());
+    // A directory that is not a repository.
+    let repo = GitRepo::new(&push_config(), dir.path());
+    let err = read_ref(&repo, &u, 10).await.unwrap_err();
+    assert!(matches!(err, GitError::NotFound(_)), "{err:?}");
+    // A repository without that object.
+    let f = Fixture::new();
+    f.commit(&[("a", Some("a"))], "one");
+    f.push("main", "refs/heads/main");
+    let err = read_ref(&f.repo(), &u, 10).await.unwrap_err();
+    assert!(matches!(err, GitError::NotFound(_)), "{err:?}");
+    let tag = RefUpdate {
+        refname: "refs/tags/x".into(),
+        ..u.clone()
+    };
+    let err = read_ref(&f.repo(), &tag, 10).await.unwrap_err();
+    assert!(matches!(err, GitError::NotFound(_)), "{err:?}");
+
+    // A git that hangs is killed at the deadline.
+    let slow = dir.path().join("slow-git");
+    std::fs::write(&slow, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cfg = push_config();
+    cfg.git = slow.to_string_lossy().into_owned();
+    cfg.git_timeout = Duration::from_millis(300);
+    let err = read_ref(&GitRepo::new(&cfg, &f.bare), &u, 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GitError::Timeout { .. }), "{err:?}");
+    assert!(!err.is_permanent());
+}
+
+#[tokio::test]
+async fn sha256_repositories_work() {
+    let f = Fixture::with_format("sha256");
+    let c1 = f.commit(&[("a", Some("a"))], "one");
+    assert_eq!(c1.len(), 64);
+    let u = f.push("main", "refs/heads/main");
+    assert_eq!(u.before.len(), 64);
+    u.validate().unwrap();
+    let d = read(&f, &u).await;
+    assert_eq!(ids(&d), vec![c1]);
+}
+
+#[tokio::test]
+async fn payloads_follow_github_push_events() {
+    let f = Fixture::new();
+    f.commit(&[("a", Some("a"))], "one");
+    let main = f.push("main", "refs/heads/main");
+    let c2 = f.commit(&[("a", Some("b"))], "two");
+    let c3 = f.commit(&[("b", Some("b"))], "three");
+    let update = f.push("main", "refs/heads/main");
+    f.git(&["reset", "-q", "--hard", "HEAD~1"]);
+    let forced = f.push("+main:refs/heads/other", "refs/heads/other");
+    f.git(&["tag", "v1"]);
+    let tag = f.push("v1", "refs/tags/v1");
+    let del_tag = f.push(":refs/tags/v1", "refs/tags/v1");
+    let job = PushJob {
+        push_id: uuid::Uuid::now_v7(),
+        repository: "team/app.git".into(),
+        pusher: Some("alice".into()),
+        push_options: vec![],
+        pushed_at: chrono::Utc::now(),
+        updates: vec![update.clone(), forced, tag, del_tag, main],
+    };
+    let mut cfg = push_config();
+    cfg.compare_base_url = "https://git.test/".into();
+    cfg.max_refs = 4;
+    let to_read = refs_to_read(&job, &cfg);
+    assert_eq!(to_read.len(), 4);
+    let data = read_refs(&f.repo(), to_read, cfg.max_commits)
+        .await
+        .unwrap();
+    let events = events_for_push(&job, &data, &cfg);
+    let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        vec![
+            "git.push",
+            "git.push",
+            "git.branch.created",
+            "git.push",
+            "git.tag.created",
+            "git.push",
+            "git.tag.deleted",
+            "git.push.bulk"
+        ]
+    );
+    let p = &events[0].1;
+    assert_eq!(p["ref"], "refs/heads/main");
+    assert_eq!(p["before"], update.before);
+    assert_eq!(p["after"], c3);
+    assert_eq!(p["created"], false);
+    assert_eq!(p["deleted"], false);
+    assert_eq!(p["forced"], false);
+    assert_eq!(p["base_ref"], serde_json::Value::Null);
+    assert_eq!(
+        p["compare"],
+        format!(
+            "https://git.test/team/app/compare/{}...{}",
+            &update.before[..12],
+            &c3[..12]
+        )
+    );
+    assert_eq!(p["total_commits_count"], 2);
+    assert_eq!(p["commits"][0]["id"], c2);
+    // c2 is also on refs/heads/other (pushed in the same push): not distinct.
+    assert_eq!(p["commits"][0]["distinct"], false);
+    assert_eq!(p["commits"][1]["distinct"], true);
+    assert_eq!(p["commits"][0]["modified"][0], "a");
+    assert_eq!(p["commits"][1]["added"][0], "b");
+    assert_eq!(
+        p["commits"][1]["url"],
+        format!("https://git.test/team/app/commit/{c3}")
+    );
+    assert_eq!(p["commits"][1]["author"]["name"], "Ann Author");
+    assert_eq!(p["commits"][1]["committer"]["email"], "carl@example.com");
+    assert_eq!(p["head_commit"]["id"], c3);
+    assert_eq!(p["pusher"]["name"], "alice");
+    assert_eq!(p["sender"]["login"], "alice");
+    assert_eq!(p["repository"]["name"], "app");
+    assert_eq!(p["repository"]["full_name"], "team/app");
+    assert_eq!(p["repository"]["url"], "https://git.test/team/app");
+    assert_eq!(p["push_id"], job.push_id.to_string());
+    // The created branch at an existing commit.
+    let other = &events[1].1;
+    assert_eq!(other["created"], true);
+    assert_eq!(other["commits"].as_array().unwrap().len(), 0);
+    assert_eq!(other["head_commit"]["id"], c2);
+    assert_eq!(other["head_commit"]["distinct"], false);
+    // The tag deletion.
+    let del = &events[5].1;
+    assert_eq!(del["deleted"], true);
+    assert_eq!(del["head_commit"], serde_json::Value::Null);
+    // The bulk event summarises the fifth ref.
+    let bulk = &events[7].1;
+    assert_eq!(bulk["refs_count"], 1);
+    assert_eq!(bulk["total_refs_count"], 5);
+    assert_eq!(bulk["refs"][0]["ref"], "refs/heads/main");
+    assert_eq!(bulk["refs"][0]["created"], true);
+}
