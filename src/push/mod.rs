@@ -13,6 +13,7 @@
 
 pub mod classify;
 pub mod git;
+pub mod handler;
 pub mod hook;
 pub mod install;
 pub mod job;

@@ -1,0 +1,137 @@
+//! The push handler (queue `<prefix>.push`): git data in, effects and events out,
+//! in one transaction.
+//!
+//! Owns what a push *means* for the database: under `pg_advisory_xact_lock` on the
+//! repository (so pushes to one repository apply one at a time; the lock lives in
+//! the transaction, never on a pooled session) it records the push, moves the
+//! ref-state rows forward, and enqueues the events through the outbox. Ref state
+//! only moves forward: a push older than the one that last set a ref (push ids
+//! are time-ordered UUID v7) does not overwrite it, so two pushes handled out of
+//! order still end at the last push.
+//!
+//! A repository or object that does not exist is a permanent error; a git command
+//! that times out is transient. It never publishes to the broker itself.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sqlx::{Postgres, Transaction};
+
+use super::classify::{self, RefData};
+use super::git::{GitError, GitRepo};
+use super::job::{PUSH_KIND, PushJob};
+use super::payload;
+use super::update::is_zero;
+use crate::amqp::topology::Names;
+use crate::config::Config;
+use crate::job::{Job, JobError, TxHandler};
+use crate::outbox::{self, Event};
+
+/// Handles `push` jobs.
+pub struct PushHandler {
+    config: Arc<Config>,
+    names: Names,
+}
+
+impl PushHandler {
+    /// A handler for `config`.
+    pub fn new(config: Arc<Config>) -> Self {
+        let names = Names::new(&config.amqp.prefix);
+        Self { config, names }
+    }
+
+    /// Where the repository named in a job lives on disk.
+    pub fn repository_path(&self, repository: &str) -> Result<PathBuf, JobError> {
+        let root = self.config.hook.repositories_root.trim();
+        let path = PathBuf::from(repository);
+        if root.is_empty() || path.is_absolute() {
+            return Ok(path);
+        }
+        // A relative name must stay under the root.
+        if path
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(JobError::permanent(format!(
+                "repository {repository:?} escapes the repositories root"
+            )));
+        }
+        Ok(PathBuf::from(root).join(path))
+    }
+}
+
+fn git_error(e: GitError) -> JobError {
+    if e.is_permanent() {
+        JobError::permanent(e)
+    } else {
+        JobError::transient(e)
+    }
+}
+
+#[async_trait::async_trait]
+impl TxHandler for PushHandler {
+    fn kind(&self) -> &str {
+        PUSH_KIND
+    }
+
+    async fn handle(&self, tx: &mut Transaction<'static, Postgres>, job: &Job) -> Result<(), JobError> {
+        let push: PushJob = job.decode()?;
+        push.validate().map_err(JobError::permanent)?;
+        let cfg = &self.config.push;
+        let repo = GitRepo::new(cfg, self.repository_path(&push.repository)?);
+        let data: Vec<RefData> = classify::read_refs(&repo, payload::refs_to_read(&push, cfg), cfg.max_commits)
+            .await
+            .map_err(git_error)?;
+        let events: Vec<Event> = payload::events_for_push(&push, &data, cfg)
+            .into_iter()
+            .map(|(event_type, body)| Event::new(&self.names, event_type, Some(push.push_id.to_string()), body))
+            .collect();
+        record(tx, &push).await?;
+        outbox::enqueue_many(tx, &events).await?;
+        tracing::info!(
+            repository = %push.repository,
+            refs = push.updates.len(),
+            events = events.len(),
+            "push recorded"
+        );
+        Ok(())
+    }
+}
+
+/// Locks the repository for this transaction, records the push and moves ref
+/// state forward: two statements after the lock.
+pub async fn record(tx: &mut Transaction<'static, Postgres>, push: &PushJob) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(&push.repository)
+        .execute(&mut **tx)
+        .await?;
+    let updates = serde_json::to_value(&push.updates).unwrap_or(serde_json::Value::Null);
+    let refs: Vec<&str> = push.updates.iter().map(|u| u.refname.as_str()).collect();
+    let shas: Vec<&str> = push.updates.iter().map(|u| u.after.as_str()).collect();
+    let deleted: Vec<bool> = push.updates.iter().map(|u| is_zero(&u.after)).collect();
+    sqlx::query(
+        "WITH p AS (
+             INSERT INTO pushes (push_id, repository, pusher, pushed_at, ref_count, updates)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (push_id) DO NOTHING
+         )
+         INSERT INTO ref_state (repository, ref, sha, deleted, push_id)
+         SELECT $2, r, s, d, $1 FROM unnest($7::text[], $8::text[], $9::bool[]) AS u(r, s, d)
+         ON CONFLICT (repository, ref) DO UPDATE
+             SET sha = EXCLUDED.sha, deleted = EXCLUDED.deleted,
+                 push_id = EXCLUDED.push_id, updated_at = now()
+             WHERE ref_state.push_id < EXCLUDED.push_id",
+    )
+    .bind(push.push_id)
+    .bind(&push.repository)
+    .bind(&push.pusher)
+    .bind(push.pushed_at)
+    .bind(i32::try_from(push.updates.len()).unwrap_or(i32::MAX))
+    .bind(updates)
+    .bind(&refs)
+    .bind(&shas)
+    .bind(&deleted)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
