@@ -6,6 +6,7 @@
 //! - [`db`]: the PostgreSQL pool (bounded, with timeouts) and the embedded migrations.
 //! - [`amqp`]: broker connections, topology, confirmed publishing and the consuming supervisor.
 //! - [`worker`]: the `worker` role, wiring everything together under one shutdown token.
+//! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/info`, `/jobs`).
 //! - [`health`]: readiness flags shared by the parts that know and the parts that ask.
 //! - [`shutdown`]: signals to a cancellation token (first drains, second exits).
 //! - [`job`]: the handler API (`Handler`, `TxHandler`, `JobError`); [`message`]: the
@@ -13,6 +14,7 @@
 //! - [`metrics`]: every Prometheus metric; [`inflight`]: what is being handled now (`/jobs`).
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
+pub mod admin;
 pub mod amqp;
 pub mod build_info;
 pub mod cli;
