@@ -9,6 +9,7 @@
 //! - [`inbox`]: the handler transaction with inbox dedupe ([`inbox::Transactional`]).
 //! - [`backoff`]: reconnect delays (exponential, full jitter, unlimited).
 //! - [`worker`]: the `worker` role, wiring everything together under one shutdown token.
+//! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/info`, `/jobs`).
 //! - [`health`]: readiness flags shared by the parts that know and the parts that ask.
 //! - [`shutdown`]: signals to a cancellation token (first drains, second exits).
 //! - [`job`]: the handler API (`Handler`, `TxHandler`, `JobError`); [`message`]: the
@@ -18,6 +19,7 @@
 //! - [`push`]: the post-receive hook, push jobs, the spool, reading git, push payloads.
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
+pub mod admin;
 pub mod amqp;
 pub mod backoff;
 pub mod build_info;

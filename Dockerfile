@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# hookfleet image: one binary, every role (`worker` by default; `relay`, `migrate`, `hook`, ...).
+#
+#   docker build -t hookfleet \
+#     --build-arg HOOKFLEET_GIT_SHA=$(git rev-parse --short=12 HEAD) \
+#     --build-arg SOURCE_DATE_EPOCH=$(git log -1 --format=%ct) .
+#
+# .git is not in the build context, so the SHA (shown by --version, /info and
+# hookfleet_build_info) comes from the build argument; without it the image says "unknown".
+# The config defaults target local services: set HOOKFLEET_AMQP__URL, HOOKFLEET_DATABASE__URL
+# and HOOKFLEET_ADMIN__LISTEN=0.0.0.0:9090 (the Helm chart does this) or pass --config.
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY src ./src
+COPY config ./config
+COPY migrations ./migrations
+ARG HOOKFLEET_GIT_SHA=""
+ARG SOURCE_DATE_EPOCH=""
+# The cache mounts keep the registry and incremental artefacts between builds; the binary is
+# copied out because cache mounts are not part of the image.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin hookfleet \
+    && install -m 0755 target/release/hookfleet /usr/local/bin/hookfleet
+
+FROM debian:bookworm-slim
+# ca-certificates: amqps:// and sslmode=require; git: the push handler runs git.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates git \
+    && rm -rf /var/lib/apt/lists/*
+RUN groupadd --system --gid 10001 hookfleet \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
+       --shell /usr/sbin/nologin hookfleet \
+    && mkdir -p /etc/hookfleet /var/lib/hookfleet/spool \
+    && chown 10001:10001 /var/lib/hookfleet/spool
+COPY --from=build /usr/local/bin/hookfleet /usr/local/bin/hookfleet
+USER 10001:10001
+ENV HOME=/tmp
+# Admin HTTP (/metrics, /healthz, /readyz, /info, /jobs) when admin.listen is 0.0.0.0:9090.
+EXPOSE 9090
+ENTRYPOINT ["/usr/local/bin/hookfleet"]
+CMD ["worker"]

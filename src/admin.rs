@@ -1,0 +1,258 @@
+//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/info` and `/jobs`.
+//!
+//! Owns the listener, the per-connection HTTP/1 handling and the answers of those five
+//! endpoints. It reads shared state ([`Health`], [`InFlight`], the database pool) and may
+//! run `SELECT 1` for readiness; it must never change what the worker does, take a
+//! request body, or expose a secret (no config, no URLs, no environment).
+//!
+//! Slow or idle clients cannot pin tasks: request headers must arrive within
+//! [`HEADER_READ_TIMEOUT`], a request is answered (or 408) within [`REQUEST_TIMEOUT`],
+//! and a keep-alive connection is closed after [`CONNECTION_MAX_AGE`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::health::Health;
+use crate::inflight::{InFlight, InFlightJob};
+use crate::{build_info, metrics};
+
+/// Upper bound on answering one request; beyond it the client gets 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound on receiving a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection (keep-alive included) is closed gracefully after this long.
+pub const CONNECTION_MAX_AGE: Duration = Duration::from_secs(120);
+/// Upper bound on the `SELECT 1` that `/readyz` runs when a pool is present.
+pub const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// On shutdown, open connections get this long to finish their request.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Content type of the Prometheus text exposition format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop cannot spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// What the endpoints read. Cheap to clone (all shared).
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    /// Readiness flags and start time.
+    pub health: Arc<Health>,
+    /// Deliveries being handled now, for `/jobs`.
+    pub inflight: Arc<InFlight>,
+    /// The database pool, if this process has one: `/readyz` checks it with
+    /// `SELECT 1` and `/metrics` samples its size.
+    pub pool: Option<PgPool>,
+}
+
+/// Errors of [`bind`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The listen address could not be bound (in use, not local, no permission).
+    #[error("cannot listen on {addr} for the admin server: {source}")]
+    Bind {
+        /// The address from `admin.listen`.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the admin listener, so a taken port fails start-up with the address named.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })
+}
+
+/// The routes, with the request timeout applied. Exposed for tests and embedding.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/info", get(info))
+        .route("/jobs", get(jobs))
+        .fallback(not_found)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(state)
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` is cancelled, then lets
+/// open connections finish their current request for up to [`SHUTDOWN_GRACE`].
+///
+/// The caller owns the token: the worker should cancel it only after draining, so
+/// `/readyz` keeps answering 503 (`draining`) while in-flight work finishes.
+/// Failed `accept`s are logged and retried, so this returns `Ok` on shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(admin.addr = %addr, "admin server listening");
+    }
+    let app = router(state);
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin server: accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let finished = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = token.cancelled() => None,
+                _ = tokio::time::sleep(CONNECTION_MAX_AGE) => None,
+            };
+            let result = match finished {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(SHUTDOWN_GRACE, conn).await {
+                        Ok(r) => r,
+                        Err(_) => return,
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, peer = %peer, "admin connection ended with an error");
+            }
+        });
+    }
+    tracker.close();
+    // Connections bound themselves by SHUTDOWN_GRACE; this outer bound is a backstop.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE * 2, tracker.wait()).await;
+    tracing::info!("admin server stopped");
+    Ok(())
+}
+
+async fn metrics_handler(State(state): State<AdminState>) -> Response {
+    if let Some(pool) = &state.pool {
+        let size = i64::from(pool.size());
+        let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
+        let gauges = &metrics::metrics().db_pool_connections;
+        gauges.with_label_values(&["idle"]).set(idle);
+        gauges
+            .with_label_values(&["used"])
+            .set(size.saturating_sub(idle).max(0));
+    }
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        metrics::render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if let Some(pool) = &state.pool {
+        let ok = matches!(
+            tokio::time::timeout(DB_CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await,
+            Ok(Ok(_))
+        );
+        state.health.set_database_ok(ok);
+    }
+    match state.health.readiness() {
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(Readiness {
+                ready: true,
+                reason: None,
+            }),
+        )
+            .into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(Readiness {
+                ready: false,
+                reason: Some(reason),
+            }),
+        )
+            .into_response(),
+    }
+}
+
+/// `/info`: what is running and since when. Build facts and clocks only, never config.
+#[derive(Serialize)]
+struct Info {
+    version: &'static str,
+    git_sha: &'static str,
+    build_time: String,
+    build_epoch: u64,
+    start_time: u64,
+    now: u64,
+    uptime_seconds: f64,
+    uptime: String,
+}
+
+fn epoch_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn info(State(state): State<AdminState>) -> axum::Json<Info> {
+    let uptime = state.health.uptime();
+    axum::Json(Info {
+        version: build_info::VERSION,
+        git_sha: build_info::GIT_SHA,
+        build_time: build_info::build_time(),
+        build_epoch: build_info::build_epoch(),
+        start_time: epoch_seconds(state.health.started_at),
+        now: epoch_seconds(SystemTime::now()),
+        uptime_seconds: uptime.as_secs_f64(),
+        uptime: humantime::format_duration(Duration::from_secs(uptime.as_secs())).to_string(),
+    })
+}
+
+async fn jobs(State(state): State<AdminState>) -> axum::Json<Vec<InFlightJob>> {
+    axum::Json(state.inflight.list())
+}
+
+async fn not_found() -> (StatusCode, &'static str) {
+    (StatusCode::NOT_FOUND, "not found\n")
+}
