@@ -284,6 +284,22 @@ async fn run(
         Command::Relay => {
             let token = shutdown::on_signals();
             let pool = db::connect(&config.database).await?;
+            // Probes need the admin server; a relay has no consumers, so its
+            // readiness is the database alone.
+            let health = Arc::new(Health::new());
+            health.set_consuming(true);
+            health.set_database_ok(true);
+            let listener = crate::admin::bind(config.admin.listen).await?;
+            let admin_stop = tokio_util::sync::CancellationToken::new();
+            let admin_task = tokio::spawn(crate::admin::serve(
+                listener,
+                crate::admin::AdminState {
+                    health,
+                    inflight: Arc::default(),
+                    pool: Some(pool.clone()),
+                },
+                admin_stop.clone(),
+            ));
             let pruner = tokio::spawn(outbox::run_pruner(
                 pool.clone(),
                 config.outbox.clone(),
@@ -291,6 +307,8 @@ async fn run(
             ));
             outbox::run_relay(config.amqp, config.outbox, pool.clone(), token).await?;
             pruner.await??;
+            admin_stop.cancel();
+            let _ = admin_task.await;
             pool.close().await;
             Ok(ExitCode::SUCCESS)
         }

@@ -66,16 +66,27 @@ pub fn connect_options(cfg: &DatabaseConfig) -> Result<PgConnectOptions, DbError
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
 }
 
-/// Opens the pool and checks one connection within `connect_timeout`.
-pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
+/// The bounded pool, without connecting yet (connections open on first use).
+pub fn lazy_pool(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
     let opts = connect_options(cfg)?;
-    let pool = PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(cfg.max_connections)
         .min_connections(cfg.min_connections)
         .acquire_timeout(cfg.acquire_timeout)
         .idle_timeout(Some(cfg.idle_timeout))
         .max_lifetime(Some(cfg.max_lifetime))
-        .connect_lazy_with(opts);
+        .connect_lazy_with(opts))
+}
+
+/// Opens the pool and checks one connection within `connect_timeout`.
+pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
+    let pool = lazy_pool(cfg)?;
+    check(cfg, &pool).await?;
+    Ok(pool)
+}
+
+/// Checks that `pool` can hand out a connection within `connect_timeout`.
+pub async fn check(cfg: &DatabaseConfig, pool: &PgPool) -> Result<(), DbError> {
     let address = cfg.url.address();
     match tokio::time::timeout(cfg.connect_timeout, pool.acquire()).await {
         Ok(Ok(conn)) => drop(conn),
@@ -87,7 +98,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
             });
         }
     }
-    Ok(pool)
+    Ok(())
 }
 
 /// Creates the configured database if it does not exist (dev convenience: the

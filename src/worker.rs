@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminState};
 use crate::amqp::publisher::Publisher;
 use crate::amqp::topology::Names;
 use crate::backoff::Reconnect;
@@ -22,6 +23,7 @@ use crate::consumer::{Ctx, Supervisor};
 use crate::health::Health;
 use crate::inflight::InFlight;
 use crate::job::Handler;
+use crate::push::handler::PushHandler;
 use crate::{db, inbox};
 
 /// Shared state of a running worker that tests and the admin server look at.
@@ -31,6 +33,8 @@ pub struct WorkerState {
     pub health: Arc<Health>,
     /// In-flight deliveries.
     pub inflight: Arc<InFlight>,
+    /// Where the admin server listens, once bound (`admin.listen` may say port 0).
+    pub admin_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 /// Builds the handlers once the database pool exists.
@@ -38,7 +42,17 @@ pub type HandlerFactory = Box<dyn FnOnce(&Config, &PgPool) -> Vec<Arc<dyn Handle
 
 /// The job kinds this build ships.
 pub fn default_handlers() -> HandlerFactory {
-    Box::new(|_config: &Config, _pool: &PgPool| Vec::new())
+    Box::new(|config: &Config, pool: &PgPool| {
+        let config = Arc::new(config.clone());
+        let names = Names::new(&config.amqp.prefix);
+        let push: Arc<dyn Handler> = Arc::new(inbox::Transactional::new(
+            PushHandler::new(config.clone()),
+            pool.clone(),
+            names.queue(crate::push::job::PUSH_KIND),
+            config.worker.handler_timeout,
+        ));
+        vec![push]
+    })
 }
 
 /// Runs the worker with the built-in handlers until `shutdown` is cancelled.
@@ -49,7 +63,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = WorkerState {
         health,
-        inflight: Arc::default(),
+        ..WorkerState::default()
     };
     run_with(config, state, default_handlers(), shutdown).await
 }
@@ -62,9 +76,31 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let Some(pool) = connect_database(&config, &state.health, &shutdown).await else {
+    let pool = db::lazy_pool(&config.database)?;
+
+    // The admin server comes up first, so liveness answers while we wait for
+    // the broker or the database, and readiness says why we are not ready.
+    let listener = admin::bind(config.admin.listen).await?;
+    if let Ok(addr) = listener.local_addr() {
+        let _ = state.admin_addr.set(addr);
+        tracing::info!(listen = %addr, "admin server listening");
+    }
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(
+        listener,
+        AdminState {
+            health: state.health.clone(),
+            inflight: state.inflight.clone(),
+            pool: Some(pool.clone()),
+        },
+        admin_stop.clone(),
+    ));
+
+    if !wait_for_database(&config, &pool, &state.health, &shutdown).await {
+        admin_stop.cancel();
+        let _ = admin_task.await;
         return Ok(());
-    };
+    }
     let handlers = handlers(&config, &pool);
     let publisher = Publisher::new(&config.amqp, "publisher")?;
     let ctx = Arc::new(Ctx {
@@ -92,18 +128,21 @@ pub async fn run_with(
     background.close();
     background.wait().await;
     publisher.close().await;
+    admin_stop.cancel();
+    let _ = admin_task.await;
     pool.close().await;
     tracing::info!("worker stopped");
     Ok(())
 }
 
-/// Connects (and, in dev, creates and migrates) the database, retrying with
-/// backoff until it answers or shutdown. `None` on shutdown.
-async fn connect_database(
+/// Waits until the database answers (in dev: creating and migrating it first),
+/// retrying with backoff. `false` on shutdown.
+async fn wait_for_database(
     config: &Config,
+    pool: &PgPool,
     health: &Health,
     shutdown: &CancellationToken,
-) -> Option<PgPool> {
+) -> bool {
     let mut backoff = Reconnect::new(config.amqp.reconnect_min, config.amqp.reconnect_max);
     let mut failures = 0u64;
     loop {
@@ -111,23 +150,23 @@ async fn connect_database(
             if config.database.auto_migrate {
                 db::ensure_database(&config.database).await?;
             }
-            let pool = db::connect(&config.database).await?;
+            db::check(&config.database, pool).await?;
             if config.database.auto_migrate {
-                db::migrate(&pool).await?;
+                db::migrate(pool).await?;
             }
-            Ok::<_, db::DbError>(pool)
+            Ok::<_, db::DbError>(())
         };
         let result = tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return false,
             r = attempt => r,
         };
         match result {
-            Ok(pool) => {
+            Ok(()) => {
                 health.set_database_ok(true);
                 if failures > 0 {
                     tracing::info!(failures, "database reachable");
                 }
-                return Some(pool);
+                return true;
             }
             Err(e) => {
                 failures += 1;
@@ -137,7 +176,7 @@ async fn connect_database(
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }

@@ -74,17 +74,29 @@ impl TxHandler for PushHandler {
         PUSH_KIND
     }
 
-    async fn handle(&self, tx: &mut Transaction<'static, Postgres>, job: &Job) -> Result<(), JobError> {
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        job: &Job,
+    ) -> Result<(), JobError> {
         let push: PushJob = job.decode()?;
         push.validate().map_err(JobError::permanent)?;
         let cfg = &self.config.push;
         let repo = GitRepo::new(cfg, self.repository_path(&push.repository)?);
-        let data: Vec<RefData> = classify::read_refs(&repo, payload::refs_to_read(&push, cfg), cfg.max_commits)
-            .await
-            .map_err(git_error)?;
+        let data: Vec<RefData> =
+            classify::read_refs(&repo, payload::refs_to_read(&push, cfg), cfg.max_commits)
+                .await
+                .map_err(git_error)?;
         let events: Vec<Event> = payload::events_for_push(&push, &data, cfg)
             .into_iter()
-            .map(|(event_type, body)| Event::new(&self.names, event_type, Some(push.push_id.to_string()), body))
+            .map(|(event_type, body)| {
+                Event::new(
+                    &self.names,
+                    event_type,
+                    Some(push.push_id.to_string()),
+                    body,
+                )
+            })
             .collect();
         record(tx, &push).await?;
         outbox::enqueue_many(tx, &events).await?;
@@ -100,7 +112,10 @@ impl TxHandler for PushHandler {
 
 /// Locks the repository for this transaction, records the push and moves ref
 /// state forward: two statements after the lock.
-pub async fn record(tx: &mut Transaction<'static, Postgres>, push: &PushJob) -> Result<(), sqlx::Error> {
+pub async fn record(
+    tx: &mut Transaction<'static, Postgres>,
+    push: &PushJob,
+) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(&push.repository)
         .execute(&mut **tx)
