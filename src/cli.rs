@@ -42,6 +42,11 @@ enum Command {
     Worker,
     /// Run only the outbox relay (and retention pruning).
     Relay,
+    /// Dead letters: list and requeue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Inspect or replay the transactional outbox.
     Outbox {
         #[command(subcommand)]
@@ -125,6 +130,32 @@ enum HookCommand {
 enum SpoolCommand {
     /// Republish spooled pushes (oldest first) and print how many.
     Flush,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Show parked messages of a job kind without removing them.
+    List {
+        /// Job kind (`push`, `webhook`, ...).
+        kind: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move parked messages back to the work queue (attempt reset to 1).
+    Requeue {
+        /// Job kind.
+        kind: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Only the message with this id.
+        #[arg(long)]
+        message_id: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -268,6 +299,51 @@ async fn run(
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { .. } => Ok(ExitCode::SUCCESS),
+        Command::Dlq { command } => {
+            let kind = match &command {
+                DlqCommand::List { kind, .. } | DlqCommand::Requeue { kind, .. } => kind.clone(),
+            };
+            if !config.worker.kinds.contains(&kind) {
+                eprintln!(
+                    "hookfleet: unknown job kind {kind:?}; worker.kinds is {:?}",
+                    config.worker.kinds
+                );
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+            match command {
+                DlqCommand::List { limit, json, .. } => {
+                    let letters = crate::dlq::list(&config, &kind, limit).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&letters)?);
+                    } else if letters.is_empty() {
+                        println!("no dead letters for {kind}");
+                    } else {
+                        for d in &letters {
+                            println!(
+                                "{}  attempt {}  {}: {}",
+                                d.message_id.as_deref().unwrap_or("(no message id)"),
+                                d.attempt
+                                    .map(|a| a.to_string())
+                                    .unwrap_or_else(|| "-".into()),
+                                d.error_class.as_deref().unwrap_or("-"),
+                                d.error.as_deref().unwrap_or("-")
+                            );
+                        }
+                    }
+                }
+                DlqCommand::Requeue {
+                    limit, message_id, ..
+                } => {
+                    let n =
+                        crate::dlq::requeue(&config, &kind, limit, message_id.as_deref()).await?;
+                    println!(
+                        "requeued {n} message(s) to {}",
+                        crate::amqp::topology::Names::new(&config.amqp.prefix).queue(&kind)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate => {
             db::ensure_database(&config.database).await?;
             let pool = db::connect(&config.database).await?;

@@ -6,6 +6,7 @@
 //! - [`db`]: the PostgreSQL pool (bounded, with timeouts) and the embedded migrations.
 //! - [`amqp`]: broker connections, topology, confirmed publishing and the consuming supervisor.
 //! - [`consumer`]: the supervisor (reconnect + redeclare), the task pool, outcomes, acks.
+//! - [`dlq`]: listing and requeueing dead letters.
 //! - [`inbox`]: the handler transaction with inbox dedupe ([`inbox::Transactional`]).
 //! - [`backoff`]: reconnect delays (exponential, full jitter, unlimited).
 //! - [`worker`]: the `worker` role, wiring everything together under one shutdown token.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod dlq;
 pub mod health;
 pub mod inbox;
 pub mod inflight;

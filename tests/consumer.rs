@@ -562,3 +562,29 @@ async fn starts_while_the_broker_is_down_and_consumes_once_it_is_up() {
     worker.stop().await.unwrap();
     broker.cleanup(&cfg).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_topology_declares_idempotently_and_a_retried_job_comes_back() {
+    // The default queue type: quorum work, retry (at-least-once dead-lettering) and dead queues.
+    let db = TestDb::new().await;
+    let mut cfg = config(&db, &["work"]);
+    cfg.amqp.queue_type = hookfleet::config::QueueType::Quorum;
+    let broker = Broker::new(&cfg).await;
+    // Declaring again with the same arguments is a no-op, not a channel error.
+    hookfleet::amqp::topology::declare(&broker.ch, &cfg.amqp, &cfg.retry.tiers, &cfg.worker.kinds)
+        .await
+        .unwrap();
+    let rec = Arc::new(Recorder::default());
+    let worker = RunningWorker::start(
+        cfg.clone(),
+        vec![Arc::new(TestHandler::new("work", rec.clone()))],
+    );
+    worker.ready().await;
+    broker
+        .publish_job("work", &json!({"n": 1, "fail_until": 1}))
+        .await;
+    all_done(&rec, 1, "job retried through a quorum retry queue").await;
+    assert_eq!(rec.attempts.lock().unwrap()[&1], vec![1, 2]);
+    worker.stop().await.unwrap();
+    broker.cleanup(&cfg).await;
+}
