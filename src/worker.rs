@@ -51,7 +51,11 @@ pub fn default_handlers() -> HandlerFactory {
             names.queue(crate::push::job::PUSH_KIND),
             config.worker.handler_timeout,
         ));
-        vec![push]
+        let webhook: Arc<dyn Handler> = Arc::new(crate::webhook::WebhookHandler::new(
+            config.clone(),
+            pool.clone(),
+        ));
+        vec![push, webhook]
     })
 }
 
@@ -115,6 +119,14 @@ pub async fn run_with(
     background.spawn(watch_database(
         pool.clone(),
         state.health.clone(),
+        bg_stop.clone(),
+    ));
+
+    background.spawn(crate::webhook::run_pruner(
+        pool.clone(),
+        config.webhook.clone(),
+        config.outbox.prune_interval,
+        config.outbox.prune_batch_size,
         bg_stop.clone(),
     ));
 
