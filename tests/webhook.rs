@@ -702,3 +702,41 @@ async fn cli_manages_subscriptions_and_rejects_bad_urls() {
     assert_eq!(run(&["remove", &id.to_string()]).0, Some(1));
     assert!(run(&["list"]).1.trim().is_empty());
 }
+
+#[tokio::test]
+async fn retention_prunes_old_deliveries_and_attempts_only() {
+    let db = TestDb::new().await;
+    for (age, id) in [("10 days", Uuid::now_v7()), ("1 minute", Uuid::now_v7())] {
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (delivery_id, subscription_id, event_type, payload, \
+                                             created_at) \
+             VALUES ($1, 1, 'git.push', '{}', now() - $2::interval)",
+        )
+        .bind(id)
+        .bind(age)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, subscription_id, message_id, attempt, \
+                 url, request_headers, outcome, duration_ms, created_at) \
+             VALUES ($1, 1, $1, 1, 'http://x/', '{}', 'success', 1, now() - $2::interval)",
+        )
+        .bind(id)
+        .bind(age)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let n = webhook::storage::prune_batch(&db.pool, Duration::from_secs(7 * 86_400), 100)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let left: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhook_deliveries), (SELECT count(*) FROM webhook_attempts)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(left, (1, 1));
+}
