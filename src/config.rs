@@ -707,6 +707,18 @@ impl Config {
         positive("webhook.timeout", self.webhook.timeout)?;
         positive("webhook.connect_timeout", self.webhook.connect_timeout)?;
         positive("webhook.retention", self.webhook.retention)?;
+        // One job may wait up to `timeout` for the per-host limit and then run an
+        // attempt of up to `timeout`; the handler timeout must leave room for both.
+        if self.webhook.timeout.saturating_mul(2) >= self.worker.handler_timeout {
+            return Err(ConfigError::Invalid {
+                key: "webhook.timeout".into(),
+                message: format!(
+                    "must be less than half of worker.handler_timeout ({}), got {}",
+                    humantime::format_duration(self.worker.handler_timeout),
+                    humantime::format_duration(self.webhook.timeout)
+                ),
+            });
+        }
         range(
             "webhook.per_host_concurrency",
             self.webhook.per_host_concurrency.into(),
