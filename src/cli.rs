@@ -62,6 +62,74 @@ enum Command {
         #[command(subcommand)]
         command: SpoolCommand,
     },
+    /// Webhook subscriptions and deliveries.
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhookCommand {
+    /// Subscribe a URL to the events of repositories matching a pattern.
+    Add {
+        /// Repository name or glob (`org/repo`, `org/*`, `**`).
+        #[arg(long)]
+        repo: String,
+        /// Target URL (http or https, no credentials).
+        #[arg(long)]
+        url: String,
+        /// HMAC-SHA256 secret for X-Hub-Signature-256 (env: HOOKFLEET_WEBHOOK_SECRET).
+        #[arg(long, env = "HOOKFLEET_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Event categories: push, branch, tag, or * for all.
+        #[arg(long, default_value = "push")]
+        events: String,
+        /// Body format.
+        #[arg(long, default_value = "json")]
+        content_type: String,
+    },
+    /// List subscriptions (secrets are never shown).
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a subscription.
+    Remove {
+        /// Subscription id.
+        id: i64,
+    },
+    /// Turn a subscription back on (resets its failure count).
+    Enable {
+        /// Subscription id.
+        id: i64,
+    },
+    /// Turn a subscription off; its pending deliveries fail without a request.
+    Disable {
+        /// Subscription id.
+        id: i64,
+    },
+    /// Recent delivery attempts, newest first.
+    Deliveries {
+        /// Only this subscription's.
+        #[arg(long)]
+        subscription: Option<i64>,
+        /// Only attempts that did not succeed.
+        #[arg(long)]
+        failed: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a delivery again: same delivery id and body, new job.
+    Redeliver {
+        /// Delivery id (X-Hookfleet-Delivery).
+        delivery_id: uuid::Uuid,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -404,6 +472,136 @@ async fn run(
         Command::Outbox {
             command: OutboxCommand::Replay(args),
         } => replay(args, config).await,
+        Command::Webhook { command } => webhook_command(command, config).await,
+    }
+}
+
+async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Result<ExitCode> {
+    use crate::webhook::admin::{self, AdminError};
+    // Validate `add` before connecting, so bad input is exit 2 even with no database.
+    let add = match &command {
+        WebhookCommand::Add {
+            repo,
+            url,
+            secret,
+            events,
+            content_type,
+        } => {
+            let r = admin::AddRequest {
+                repo: repo.clone(),
+                url: url.clone(),
+                secret: secret.clone(),
+                events: events.clone(),
+                content_type: content_type.clone(),
+            };
+            if let Err(e) = admin::validate(&r) {
+                eprintln!("hookfleet: {e}");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+            Some(r)
+        }
+        _ => None,
+    };
+    let pool = db::connect(&config.database).await?;
+    let names = crate::amqp::topology::Names::new(&config.amqp.prefix);
+    let result: Result<(), AdminError> = async {
+        match command {
+            WebhookCommand::Add { .. } => {
+                if let Some(r) = add {
+                    let id = admin::add(&pool, &r).await?;
+                    println!("added subscription {id}");
+                }
+            }
+            WebhookCommand::List { json } => {
+                let subs = crate::webhook::storage::list_subscriptions(&pool).await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&subs).unwrap_or_default()
+                    );
+                } else {
+                    for s in subs {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}\tevents={}\tsecret={}\tfailures={}",
+                            s.id,
+                            if s.active { "active" } else { "disabled" },
+                            s.repository_pattern,
+                            s.url,
+                            s.content_type,
+                            s.events.join(","),
+                            if s.secret.is_some() { "yes" } else { "no" },
+                            s.consecutive_failures
+                        );
+                    }
+                }
+            }
+            WebhookCommand::Remove { id } => {
+                admin::remove(&pool, id).await?;
+                println!("removed subscription {id}");
+            }
+            WebhookCommand::Enable { id } => {
+                admin::set_active(&pool, id, true).await?;
+                println!("enabled subscription {id}");
+            }
+            WebhookCommand::Disable { id } => {
+                admin::set_active(&pool, id, false).await?;
+                println!("disabled subscription {id}");
+            }
+            WebhookCommand::Deliveries {
+                subscription,
+                failed,
+                limit,
+                json,
+            } => {
+                let rows = crate::webhook::storage::list_attempts(
+                    &pool,
+                    subscription,
+                    failed,
+                    limit.clamp(1, 10_000),
+                )
+                .await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&rows).unwrap_or_default()
+                    );
+                } else {
+                    for r in rows {
+                        println!(
+                            "{}\t{}\tsub={}\t{}\tattempt={}\t{}\tstatus={}\t{}ms\t{}",
+                            r.created_at.to_rfc3339(),
+                            r.delivery_id,
+                            r.subscription_id,
+                            r.event_type.as_deref().unwrap_or("-"),
+                            r.attempt,
+                            r.outcome,
+                            r.status.map_or("-".to_string(), |s| s.to_string()),
+                            r.duration_ms,
+                            r.error.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            WebhookCommand::Redeliver { delivery_id } => {
+                let id = admin::redeliver(&pool, &names, delivery_id).await?;
+                println!("redelivery of {delivery_id} enqueued (job {id})");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    pool.close().await;
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(AdminError::Invalid(m)) => {
+            eprintln!("hookfleet: {m}");
+            Ok(ExitCode::from(EXIT_USAGE))
+        }
+        Err(AdminError::NotFound(m)) => {
+            eprintln!("hookfleet: {m}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

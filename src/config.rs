@@ -362,6 +362,35 @@ pub struct PushConfig {
     pub compare_base_url: String,
 }
 
+/// Webhook delivery (the `webhook` job kind).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Upper bound on one delivery attempt: resolve + connect + TLS + request +
+    /// reading the response. Exceeding it is a transient failure (retried).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Upper bound on the TCP connect to one resolved address.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Attempts running at once against one host, so a slow endpoint cannot
+    /// take the whole `worker.kind_concurrency.webhook` pool.
+    pub per_host_concurrency: u32,
+    /// A subscription is disabled after this many consecutive failed attempts
+    /// (a success resets the count); `webhook enable` turns it back on.
+    pub disable_after_failures: u32,
+    /// Host names, IP addresses or CIDRs a webhook may reach even though they
+    /// are private, loopback, link-local or cloud-metadata addresses.
+    pub allowed_hosts: Vec<String>,
+    /// Allow private, loopback, link-local, unique-local and CGNAT addresses
+    /// (cloud-metadata addresses still need an `allowed_hosts` entry).
+    pub allow_private: bool,
+    /// Delivery and attempt records are kept this long, then pruned (every
+    /// `outbox.prune_interval`). Redelivery needs the record.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -386,6 +415,8 @@ pub struct Config {
     pub hook: HookConfig,
     /// Push handler.
     pub push: PushConfig,
+    /// Webhook delivery.
+    pub webhook: WebhookConfig,
 }
 
 mod humantime_serde_vec {
@@ -672,6 +703,40 @@ impl Config {
             MAX_COMMITS_RANGE,
         )?;
         range("push.max_refs", self.push.max_refs.into(), 1..=10_000)?;
+
+        positive("webhook.timeout", self.webhook.timeout)?;
+        positive("webhook.connect_timeout", self.webhook.connect_timeout)?;
+        positive("webhook.retention", self.webhook.retention)?;
+        // One job may wait up to `timeout` for the per-host limit and then run an
+        // attempt of up to `timeout`; the handler timeout must leave room for both.
+        if self.webhook.timeout.saturating_mul(2) >= self.worker.handler_timeout {
+            return Err(ConfigError::Invalid {
+                key: "webhook.timeout".into(),
+                message: format!(
+                    "must be less than half of worker.handler_timeout ({}), got {}",
+                    humantime::format_duration(self.worker.handler_timeout),
+                    humantime::format_duration(self.webhook.timeout)
+                ),
+            });
+        }
+        range(
+            "webhook.per_host_concurrency",
+            self.webhook.per_host_concurrency.into(),
+            1..=1_000,
+        )?;
+        range(
+            "webhook.disable_after_failures",
+            self.webhook.disable_after_failures.into(),
+            1..=1_000,
+        )?;
+        for entry in &self.webhook.allowed_hosts {
+            if let Err(message) = crate::webhook::ssrf::Allowed::parse(entry) {
+                return Err(ConfigError::Invalid {
+                    key: "webhook.allowed_hosts".into(),
+                    message,
+                });
+            }
+        }
         Ok(())
     }
 

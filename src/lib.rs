@@ -18,6 +18,7 @@
 //! - [`metrics`]: every Prometheus metric; [`inflight`]: what is being handled now (`/jobs`).
 //! - [`outbox`]: the transactional outbox: enqueue, relay, pruning, status, replay.
 //! - [`push`]: the post-receive hook, push jobs, the spool, reading git, push payloads.
+//! - [`webhook`]: webhook subscriptions, delivery jobs, the guarded HTTP POST, attempts.
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
 pub mod admin;
@@ -39,4 +40,5 @@ pub mod outbox;
 pub mod push;
 pub mod shutdown;
 pub mod telemetry;
+pub mod webhook;
 pub mod worker;

@@ -51,7 +51,11 @@ pub fn default_handlers() -> HandlerFactory {
             names.queue(crate::push::job::PUSH_KIND),
             config.worker.handler_timeout,
         ));
-        vec![push]
+        let webhook: Arc<dyn Handler> = Arc::new(crate::webhook::WebhookHandler::new(
+            config.clone(),
+            pool.clone(),
+        ));
+        vec![push, webhook]
     })
 }
 
@@ -140,6 +144,14 @@ pub async fn run_with(
     }
     background.spawn(crate::push::spool::run_spool_flusher(
         (*config).clone(),
+        bg_stop.clone(),
+    ));
+
+    background.spawn(crate::webhook::run_pruner(
+        pool.clone(),
+        config.webhook.clone(),
+        config.outbox.prune_interval,
+        config.outbox.prune_batch_size,
         bg_stop.clone(),
     ));
 

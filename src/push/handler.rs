@@ -100,10 +100,12 @@ impl TxHandler for PushHandler {
             .collect();
         record(tx, &push).await?;
         outbox::enqueue_many(tx, &events).await?;
+        let webhooks = crate::webhook::enqueue_for_push(tx, &self.names, &push, &events).await?;
         tracing::info!(
             repository = %push.repository,
             refs = push.updates.len(),
             events = events.len(),
+            webhooks,
             "push recorded"
         );
         Ok(())

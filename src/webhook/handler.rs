@@ -1,0 +1,402 @@
+//! The `webhook` job kind (queue `<prefix>.webhook`): one delivery attempt per job.
+//!
+//! A plain [`Handler`], not a `TxHandler`: the attempt record must survive a failed
+//! attempt, and a `TxHandler`'s transaction rolls back on error. So the handler
+//! writes each attempt (and the subscription's failure count, auto-disable and the
+//! `webhook.disabled` event) in a short transaction of its own after the POST.
+//!
+//! Dedupe instead of the inbox: before POSTing, a delivery that already has a
+//! successful attempt is skipped (`Done::Duplicate`), so a broker redelivery after
+//! a crash does not POST twice once the success was recorded. A manual redelivery
+//! (`webhook redeliver`) carries `redelivery: true` and dedupes on its own message
+//! id only, so it is sent even though the original succeeded. Delivery is at least
+//! once: a crash between the POST and the record sends again.
+//!
+//! Outcomes: 2xx success; 408, 429, 5xx, timeouts and connection errors are
+//! transient (429/503 with `Retry-After` become `JobError::RetryAfter`); other
+//! statuses (3xx: redirects are not followed, 4xx) and refused addresses are
+//! permanent. An inactive subscription's pending deliveries fail permanently
+//! ("subscription disabled") without a request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::Sha256;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::deliver::{Client, DeliverError, Response};
+use super::ssrf;
+use super::storage::{self, DeliveryRow, NewAttempt};
+use super::subscription::{self, Subscription};
+use crate::amqp::topology::Names;
+use crate::config::Config;
+use crate::job::{Done, Handler, Job, JobError};
+use crate::outbox::{self, Event};
+
+/// Job kind: routing key on the jobs exchange and the queue's suffix.
+pub const WEBHOOK_KIND: &str = "webhook";
+/// Event sent through the outbox when a subscription is auto-disabled.
+pub const EV_WEBHOOK_DISABLED: &str = "webhook.disabled";
+/// Response characters kept in the attempt record.
+pub const EXCERPT_CHARS: usize = 1024;
+
+/// The body of a `webhook` job. The payload itself lives in `webhook_deliveries`,
+/// so every retry and redelivery sends the same bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookJob {
+    /// Stable across retries and redeliveries (`X-Hookfleet-Delivery`).
+    pub delivery_id: Uuid,
+    /// Target subscription (for logs; the delivery row is authoritative).
+    pub subscription_id: i64,
+    /// hookfleet event type.
+    pub event_type: String,
+    /// Set by `webhook redeliver`: send even if the delivery succeeded before.
+    #[serde(default)]
+    pub redelivery: bool,
+}
+
+/// Handles `webhook` jobs.
+pub struct WebhookHandler {
+    config: Arc<Config>,
+    pool: PgPool,
+    client: Client,
+    names: Names,
+}
+
+/// What one attempt came to.
+struct Outcome {
+    /// `success`, `retry`, `failed`.
+    label: &'static str,
+    status: Option<i32>,
+    excerpt: Option<String>,
+    error: Option<String>,
+    result: Result<Done, JobError>,
+}
+
+impl WebhookHandler {
+    /// A handler for `config` on `pool`.
+    pub fn new(config: Arc<Config>, pool: PgPool) -> Self {
+        let client = Client::new(&config.webhook);
+        let names = Names::new(&config.amqp.prefix);
+        Self {
+            config,
+            pool,
+            client,
+            names,
+        }
+    }
+
+    fn last_attempt(&self, job: &Job) -> bool {
+        job.attempt >= self.config.retry.max_attempts
+    }
+
+    fn classify(&self, job: &Job, r: Result<Response, DeliverError>) -> Outcome {
+        let retry_label = if self.last_attempt(job) {
+            "failed"
+        } else {
+            "retry"
+        };
+        match r {
+            Ok(resp) => {
+                let excerpt = Some(excerpt(&resp.body));
+                let status = Some(i32::from(resp.status));
+                let s = resp.status;
+                if (200..300).contains(&s) {
+                    return Outcome {
+                        label: "success",
+                        status,
+                        excerpt,
+                        error: None,
+                        result: Ok(Done::Handled),
+                    };
+                }
+                let error = format!("HTTP {s}");
+                if s == 408 || s == 429 || s >= 500 {
+                    let e = anyhow::anyhow!("webhook endpoint answered {s}");
+                    let result = match resp.retry_after {
+                        Some(d) if s == 429 || s == 503 => Err(JobError::RetryAfter(d, e)),
+                        _ => Err(JobError::Transient(e)),
+                    };
+                    Outcome {
+                        label: retry_label,
+                        status,
+                        excerpt,
+                        error: Some(error),
+                        result,
+                    }
+                } else {
+                    let why = if (300..400).contains(&s) {
+                        format!("webhook endpoint answered {s} (redirects are not followed)")
+                    } else {
+                        format!("webhook endpoint answered {s}")
+                    };
+                    Outcome {
+                        label: "failed",
+                        status,
+                        excerpt,
+                        error: Some(error),
+                        result: Err(JobError::permanent(why)),
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if e.is_transient() {
+                    Outcome {
+                        label: retry_label,
+                        status: None,
+                        excerpt: None,
+                        error: Some(msg),
+                        result: Err(JobError::transient(e)),
+                    }
+                } else {
+                    Outcome {
+                        label: "failed",
+                        status: None,
+                        excerpt: None,
+                        error: Some(msg.clone()),
+                        result: Err(JobError::permanent(msg)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records an attempt in its own transaction; on auto-disable also writes the
+    /// `webhook.disabled` event. Returns whether the subscription was disabled now.
+    async fn record(
+        &self,
+        attempt: &NewAttempt,
+        counts: bool,
+        sub: Option<&Subscription>,
+    ) -> Result<bool, JobError> {
+        let mut tx = self.pool.begin().await?;
+        let rec = storage::record_attempt(
+            &mut tx,
+            attempt,
+            counts,
+            self.config.webhook.disable_after_failures,
+        )
+        .await?;
+        if rec.disabled_now {
+            let ev = Event::new(
+                &self.names,
+                EV_WEBHOOK_DISABLED,
+                None,
+                json!({
+                    "subscription_id": attempt.subscription_id,
+                    "repository_pattern": sub.map(|s| s.repository_pattern.clone()),
+                    "url": attempt.url,
+                    "consecutive_failures": rec.consecutive_failures,
+                    "last_delivery_id": attempt.delivery_id,
+                    "last_error": attempt.error,
+                }),
+            );
+            outbox::enqueue(&mut tx, &ev).await?;
+        }
+        tx.commit().await?;
+        if rec.disabled_now {
+            tracing::warn!(
+                subscription.id = attempt.subscription_id,
+                failures = rec.consecutive_failures,
+                "webhook subscription disabled after consecutive failures"
+            );
+        }
+        Ok(rec.disabled_now)
+    }
+
+    async fn refuse(
+        &self,
+        job: &Job,
+        delivery: &DeliveryRow,
+        url: &str,
+        why: &str,
+        metric: &str,
+    ) -> Result<Done, JobError> {
+        let attempt = NewAttempt {
+            delivery_id: delivery.delivery_id,
+            subscription_id: delivery.subscription_id,
+            message_id: job.envelope.message_id,
+            url: url.to_string(),
+            request_headers: json!({}),
+            outcome: "failed",
+            status: None,
+            duration: Duration::ZERO,
+            response_excerpt: None,
+            error: Some(why.to_string()),
+        };
+        self.record(&attempt, false, None).await?;
+        count(metric);
+        Err(JobError::permanent(why))
+    }
+}
+
+fn count(outcome: &str) {
+    crate::metrics::metrics()
+        .webhook_deliveries_total
+        .with_label_values(&[outcome])
+        .inc();
+}
+
+fn excerpt(body: &Bytes) -> String {
+    String::from_utf8_lossy(body)
+        .chars()
+        .take(EXCERPT_CHARS)
+        .collect()
+}
+
+/// `sha256=<hex HMAC-SHA256(secret, body)>`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The request headers of a delivery (the secret only as the signature).
+pub fn request_headers(
+    delivery: &DeliveryRow,
+    sub: &Subscription,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    let id = delivery.delivery_id.to_string();
+    let mut h = vec![
+        ("Content-Type".to_string(), "application/json".to_string()),
+        (
+            "User-Agent".to_string(),
+            format!("hookfleet/{}", crate::build_info::VERSION),
+        ),
+        ("X-Hookfleet-Event".to_string(), delivery.event_type.clone()),
+        ("X-Hookfleet-Delivery".to_string(), id.clone()),
+        ("X-Hookfleet-Subscription".to_string(), sub.id.to_string()),
+        (
+            "X-GitHub-Event".to_string(),
+            subscription::github_event(&delivery.event_type).to_string(),
+        ),
+        ("X-GitHub-Delivery".to_string(), id),
+        ("X-GitHub-Hook-ID".to_string(), sub.id.to_string()),
+    ];
+    if let Some(secret) = sub.secret.as_deref().filter(|s| !s.is_empty()) {
+        h.push(("X-Hub-Signature-256".to_string(), signature(secret, body)));
+    }
+    h
+}
+
+#[async_trait::async_trait]
+impl Handler for WebhookHandler {
+    fn kind(&self) -> &str {
+        WEBHOOK_KIND
+    }
+
+    async fn handle(&self, job: Job) -> Result<Done, JobError> {
+        let wj: WebhookJob = job.decode()?;
+        let own_message = wj.redelivery.then_some(job.envelope.message_id);
+        if storage::succeeded(&self.pool, wj.delivery_id, own_message).await? {
+            tracing::info!(delivery.id = %wj.delivery_id, "webhook already delivered; skipped");
+            count("duplicate");
+            return Ok(Done::Duplicate);
+        }
+        let Some(delivery) = storage::load_delivery(&self.pool, wj.delivery_id).await? else {
+            count("failed");
+            return Err(JobError::permanent(format!(
+                "delivery {} not found (pruned?)",
+                wj.delivery_id
+            )));
+        };
+        let Some(sub) = storage::load_subscription(&self.pool, delivery.subscription_id).await?
+        else {
+            return self
+                .refuse(&job, &delivery, "", "subscription removed", "failed")
+                .await;
+        };
+        if !sub.active {
+            return self
+                .refuse(
+                    &job,
+                    &delivery,
+                    &sub.url,
+                    "subscription disabled",
+                    "disabled",
+                )
+                .await;
+        }
+        let url = match ssrf::check_url(&sub.url) {
+            Ok(u) => u,
+            Err(e) => {
+                return self
+                    .refuse(&job, &delivery, &sub.url, &e.to_string(), "failed")
+                    .await;
+            }
+        };
+        // Serialising a JSON value to bytes cannot fail.
+        let body = Bytes::from(serde_json::to_vec(&delivery.payload).unwrap_or_default());
+        let headers = request_headers(&delivery, &sub, &body);
+        let started = Instant::now();
+        let result = self.client.post(&url, &headers, body).await;
+        if let Err(DeliverError::HostBusy(host)) = &result {
+            // No request was made: not an attempt, not the endpoint's fault.
+            count("host_busy");
+            return Err(JobError::transient(anyhow::anyhow!(
+                "too many webhook attempts in flight to {host}"
+            )));
+        }
+        let duration = started.elapsed();
+        let outcome = self.classify(&job, result);
+        let recorded_headers = serde_json::Value::Object(
+            headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        );
+        let attempt = NewAttempt {
+            delivery_id: delivery.delivery_id,
+            subscription_id: sub.id,
+            message_id: job.envelope.message_id,
+            url: sub.url.clone(),
+            request_headers: recorded_headers,
+            outcome: outcome.label,
+            status: outcome.status,
+            duration,
+            response_excerpt: outcome.excerpt,
+            error: outcome.error,
+        };
+        let disabled_now = self.record(&attempt, true, Some(&sub)).await?;
+        count(outcome.label);
+        tracing::info!(
+            delivery.id = %delivery.delivery_id,
+            subscription.id = sub.id,
+            outcome = outcome.label,
+            status = ?outcome.status,
+            duration_ms = duration.as_millis() as u64,
+            "webhook attempt"
+        );
+        match outcome.result {
+            Err(e) if disabled_now => Err(JobError::permanent(format!(
+                "{e}; subscription disabled after consecutive failures"
+            ))),
+            r => r,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_github_example() {
+        // From GitHub's "Validating webhook deliveries" docs.
+        assert_eq!(
+            signature("It's a Secret to Everybody", b"Hello, World!"),
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Webhook delivery: subscriptions, delivery jobs, the HTTP POST, attempts.
+//!
+//! # Flow
+//! 1. The push handler calls [`enqueue_for_push`] inside its transaction: for each
+//!    active subscription whose repository pattern and event categories match, a
+//!    `webhook_deliveries` row (payload stored once, delivery id = UUID v7) and a
+//!    `webhook` job in the outbox (jobs exchange, routing key `webhook`), so
+//!    deliveries exist if and only if the push committed.
+//! 2. The [`handler`] POSTs each job's delivery through the SSRF guard
+//!    ([`ssrf`], [`deliver`]) and records every attempt in `webhook_attempts`.
+//! 3. `hookfleet webhook ...` ([`admin`]) manages subscriptions, lists attempts and
+//!    redelivers (a new job, same delivery id and body).
+//! 4. [`run_pruner`] deletes records older than `webhook.retention`.
+//!
+//! All SQL is in [`storage`]. This module never publishes to the broker itself:
+//! jobs and events go through the outbox.
+
+pub mod admin;
+pub mod deliver;
+pub mod handler;
+pub mod ssrf;
+pub mod storage;
+pub mod subscription;
+
+use std::time::Duration;
+
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::amqp::topology::Names;
+use crate::config::WebhookConfig;
+use crate::message::Envelope;
+use crate::outbox::{self, Event};
+use crate::push::job::PushJob;
+pub use handler::{WEBHOOK_KIND, WebhookHandler, WebhookJob};
+
+/// The outbox event carrying one `webhook` job (fresh message id; a manual
+/// redelivery gets a new one too, so the consumer never drops it as a duplicate).
+pub fn job_event(names: &Names, job: &WebhookJob, correlation_id: Option<String>) -> Event {
+    Event {
+        envelope: Envelope::new(WEBHOOK_KIND, correlation_id),
+        exchange: names.jobs_exchange(),
+        routing_key: WEBHOOK_KIND.to_string(),
+        // Serialising a struct of ids and strings cannot fail.
+        payload: serde_json::to_value(job).unwrap_or_default(),
+    }
+}
+
+/// Creates the deliveries of a push in the push handler's transaction: one per
+/// matching active subscription and event. Returns how many.
+pub async fn enqueue_for_push(
+    tx: &mut Transaction<'static, Postgres>,
+    names: &Names,
+    push: &PushJob,
+    events: &[Event],
+) -> Result<usize, sqlx::Error> {
+    let subs: Vec<_> = storage::active_subscriptions(tx)
+        .await?
+        .into_iter()
+        .filter(|s| subscription::matches(&s.repository_pattern, &push.repository))
+        .collect();
+    if subs.is_empty() {
+        return Ok(0);
+    }
+    let mut rows = Vec::new();
+    let mut jobs = Vec::new();
+    for ev in events {
+        for s in subs.iter().filter(|s| s.wants(ev.event_type())) {
+            let row = storage::NewDelivery {
+                delivery_id: Uuid::now_v7(),
+                subscription_id: s.id,
+                event_type: ev.event_type().to_string(),
+                correlation_id: ev.envelope.correlation_id.clone(),
+                payload: ev.payload.clone(),
+            };
+            let job = WebhookJob {
+                delivery_id: row.delivery_id,
+                subscription_id: s.id,
+                event_type: row.event_type.clone(),
+                redelivery: false,
+            };
+            jobs.push(job_event(names, &job, row.correlation_id.clone()));
+            rows.push(row);
+        }
+    }
+    storage::insert_deliveries(tx, &rows).await?;
+    outbox::enqueue_many(tx, &jobs).await?;
+    Ok(rows.len())
+}
+
+/// Deletes delivery and attempt records older than `cfg.retention`, every
+/// `interval`, until `shutdown`; errors are logged and retried next interval.
+pub async fn run_pruner(
+    pool: PgPool,
+    cfg: WebhookConfig,
+    interval: Duration,
+    batch: u32,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut total = 0u64;
+        loop {
+            match storage::prune_batch(&pool, cfg.retention, batch).await {
+                Ok(n) => {
+                    total += n;
+                    if n < u64::from(batch) || shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook pruning failed; retrying next interval");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(rows = total, "pruned old webhook deliveries");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval.max(Duration::from_millis(10))) => {}
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Every SQL statement of the webhook tables (`webhook_subscriptions`,
+//! `webhook_deliveries`, `webhook_attempts`).
+//!
+//! Owns the queries: subscription management, delivery rows written in the push
+//! transaction, the handler's load, attempt recording with the failure count and
+//! auto-disable (one short transaction per attempt), listing and pruning. It
+//! never makes HTTP requests and never decides policy: callers pass thresholds in.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::subscription::Subscription;
+
+const SUB_COLUMNS: &str = "id, repository_pattern, url, secret, events, content_type, active, \
+                           consecutive_failures, disabled_reason";
+
+/// A new subscription, as `webhook add` gives it.
+#[derive(Debug, Clone)]
+pub struct NewSubscription {
+    /// Repository glob.
+    pub repository_pattern: String,
+    /// Checked URL.
+    pub url: String,
+    /// HMAC secret.
+    pub secret: Option<String>,
+    /// Event categories.
+    pub events: Vec<String>,
+    /// Body format.
+    pub content_type: String,
+}
+
+/// Inserts a subscription; returns its id.
+pub async fn insert_subscription(pool: &PgPool, s: &NewSubscription) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO webhook_subscriptions (repository_pattern, url, secret, events, content_type) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(&s.repository_pattern)
+    .bind(&s.url)
+    .bind(&s.secret)
+    .bind(&s.events)
+    .bind(&s.content_type)
+    .fetch_one(pool)
+    .await
+}
+
+/// Every subscription, by id.
+pub async fn list_subscriptions(pool: &PgPool) -> Result<Vec<Subscription>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {SUB_COLUMNS} FROM webhook_subscriptions ORDER BY id"
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+/// Active subscriptions (the push transaction filters them by pattern and event).
+pub async fn active_subscriptions(
+    tx: &mut Transaction<'static, Postgres>,
+) -> Result<Vec<Subscription>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {SUB_COLUMNS} FROM webhook_subscriptions WHERE active ORDER BY id"
+    ))
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Deletes a subscription; `false` when there was none.
+pub async fn remove_subscription(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("DELETE FROM webhook_subscriptions WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Enables (resetting the failure count) or disables a subscription by hand;
+/// `false` when there is none.
+pub async fn set_active(pool: &PgPool, id: i64, active: bool) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE webhook_subscriptions SET active = $2, consecutive_failures = 0, \
+             disabled_at = CASE WHEN $2 THEN NULL ELSE now() END, \
+             disabled_reason = CASE WHEN $2 THEN NULL ELSE 'disabled by hand' END, \
+             updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(active)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// One delivery to create in the push transaction.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// Stable across retries and redeliveries.
+    pub delivery_id: Uuid,
+    /// Target subscription.
+    pub subscription_id: i64,
+    /// hookfleet event type (`git.push`...).
+    pub event_type: String,
+    /// The push id.
+    pub correlation_id: Option<String>,
+    /// The body to POST.
+    pub payload: serde_json::Value,
+}
+
+/// Inserts delivery rows with one statement.
+pub async fn insert_deliveries(
+    tx: &mut Transaction<'static, Postgres>,
+    rows: &[NewDelivery],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.delivery_id).collect();
+    let subs: Vec<i64> = rows.iter().map(|r| r.subscription_id).collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+    let corr: Vec<Option<&str>> = rows.iter().map(|r| r.correlation_id.as_deref()).collect();
+    let payloads: Vec<&serde_json::Value> = rows.iter().map(|r| &r.payload).collect();
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (delivery_id, subscription_id, event_type, \
+                                         correlation_id, payload) \
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[])",
+    )
+    .bind(ids)
+    .bind(subs)
+    .bind(types)
+    .bind(corr)
+    .bind(payloads)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A delivery with its subscription, as the handler needs it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    /// Delivery id.
+    pub delivery_id: Uuid,
+    /// Subscription id.
+    pub subscription_id: i64,
+    /// hookfleet event type.
+    pub event_type: String,
+    /// Push id.
+    pub correlation_id: Option<String>,
+    /// Body.
+    pub payload: serde_json::Value,
+}
+
+/// Loads a delivery.
+pub async fn load_delivery(pool: &PgPool, id: Uuid) -> Result<Option<DeliveryRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT delivery_id, subscription_id, event_type, correlation_id, payload \
+         FROM webhook_deliveries WHERE delivery_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Loads a subscription.
+pub async fn load_subscription(
+    pool: &PgPool,
+    id: i64,
+) -> Result<Option<Subscription>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {SUB_COLUMNS} FROM webhook_subscriptions WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Whether a successful attempt exists for the delivery (any message, or only
+/// this `message_id` when given: a manual redelivery dedupes on its own job).
+pub async fn succeeded(
+    pool: &PgPool,
+    delivery_id: Uuid,
+    message_id: Option<Uuid>,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM webhook_attempts \
+                        WHERE delivery_id = $1 AND outcome = 'success' \
+                          AND ($2::uuid IS NULL OR message_id = $2))",
+    )
+    .bind(delivery_id)
+    .bind(message_id)
+    .fetch_one(pool)
+    .await
+}
+
+/// One attempt to record.
+#[derive(Debug, Clone)]
+pub struct NewAttempt {
+    /// Delivery id.
+    pub delivery_id: Uuid,
+    /// Subscription id.
+    pub subscription_id: i64,
+    /// The job's message id.
+    pub message_id: Uuid,
+    /// Target URL.
+    pub url: String,
+    /// Headers sent (no secret: the signature only).
+    pub request_headers: serde_json::Value,
+    /// `success`, `retry` or `failed`.
+    pub outcome: &'static str,
+    /// HTTP status, when a response came.
+    pub status: Option<i32>,
+    /// Attempt duration.
+    pub duration: Duration,
+    /// The start of the response body.
+    pub response_excerpt: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// What recording an attempt did to the subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// Failed attempts in a row after this one.
+    pub consecutive_failures: i32,
+    /// This attempt disabled the subscription.
+    pub disabled_now: bool,
+}
+
+/// Records an attempt in `tx`: the attempt row, the delivery's state, and (when
+/// `counts` says the attempt counts for the subscription's health) the failure
+/// count, disabling the subscription when it reaches `disable_after`.
+pub async fn record_attempt(
+    tx: &mut Transaction<'static, Postgres>,
+    a: &NewAttempt,
+    counts: bool,
+    disable_after: u32,
+) -> Result<Recorded, sqlx::Error> {
+    let state = match a.outcome {
+        "success" => "succeeded",
+        "failed" => "failed",
+        _ => "retrying",
+    };
+    sqlx::query(
+        "WITH d AS ( \
+             UPDATE webhook_deliveries SET attempts = attempts + 1, state = $11, updated_at = now() \
+             WHERE delivery_id = $1 RETURNING attempts) \
+         INSERT INTO webhook_attempts (delivery_id, subscription_id, message_id, attempt, url, \
+             request_headers, outcome, status, duration_ms, response_excerpt, error) \
+         VALUES ($1, $2, $3, COALESCE((SELECT attempts FROM d), 1), $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(a.delivery_id)
+    .bind(a.subscription_id)
+    .bind(a.message_id)
+    .bind(&a.url)
+    .bind(&a.request_headers)
+    .bind(a.outcome)
+    .bind(a.status)
+    .bind(i32::try_from(a.duration.as_millis()).unwrap_or(i32::MAX))
+    .bind(&a.response_excerpt)
+    .bind(&a.error)
+    .bind(state)
+    .execute(&mut **tx)
+    .await?;
+    if !counts {
+        return Ok(Recorded {
+            consecutive_failures: 0,
+            disabled_now: false,
+        });
+    }
+    let success = a.outcome == "success";
+    let row: Option<(i32, bool)> = sqlx::query_as(
+        "UPDATE webhook_subscriptions s SET \
+             consecutive_failures = CASE WHEN $2 THEN 0 ELSE s.consecutive_failures + 1 END, \
+             active = CASE WHEN NOT $2 AND s.consecutive_failures + 1 >= $3 THEN false \
+                           ELSE s.active END, \
+             disabled_at = CASE WHEN s.active AND NOT $2 AND s.consecutive_failures + 1 >= $3 \
+                                THEN now() ELSE s.disabled_at END, \
+             disabled_reason = CASE WHEN s.active AND NOT $2 AND s.consecutive_failures + 1 >= $3 \
+                                    THEN 'too many consecutive failures' \
+                                    ELSE s.disabled_reason END, \
+             updated_at = now() \
+         FROM (SELECT id, active AS was_active FROM webhook_subscriptions \
+               WHERE id = $1 FOR UPDATE) old \
+         WHERE s.id = old.id \
+         RETURNING s.consecutive_failures, (old.was_active AND NOT s.active)",
+    )
+    .bind(a.subscription_id)
+    .bind(success)
+    .bind(i32::try_from(disable_after).unwrap_or(i32::MAX))
+    .fetch_optional(&mut **tx)
+    .await?;
+    let (consecutive_failures, disabled_now) = row.unwrap_or((0, false));
+    Ok(Recorded {
+        consecutive_failures,
+        disabled_now,
+    })
+}
+
+/// One attempt as `webhook deliveries` lists it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AttemptRow {
+    /// Row id.
+    pub id: i64,
+    /// Delivery id.
+    pub delivery_id: Uuid,
+    /// Subscription id.
+    pub subscription_id: i64,
+    /// hookfleet event type.
+    pub event_type: Option<String>,
+    /// Job message id.
+    pub message_id: Uuid,
+    /// 1-based attempt of this delivery.
+    pub attempt: i32,
+    /// Target URL.
+    pub url: String,
+    /// Headers sent.
+    pub request_headers: serde_json::Value,
+    /// `success`, `retry` or `failed`.
+    pub outcome: String,
+    /// HTTP status.
+    pub status: Option<i32>,
+    /// Duration in ms.
+    pub duration_ms: i32,
+    /// Response start.
+    pub response_excerpt: Option<String>,
+    /// Error.
+    pub error: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Recent attempts, newest first; optionally one subscription's, or failures only.
+pub async fn list_attempts(
+    pool: &PgPool,
+    subscription: Option<i64>,
+    failed_only: bool,
+    limit: i64,
+) -> Result<Vec<AttemptRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT a.id, a.delivery_id, a.subscription_id, d.event_type, a.message_id, a.attempt, \
+                a.url, a.request_headers, a.outcome, a.status, a.duration_ms, \
+                a.response_excerpt, a.error, a.created_at \
+         FROM webhook_attempts a LEFT JOIN webhook_deliveries d USING (delivery_id) \
+         WHERE ($1::bigint IS NULL OR a.subscription_id = $1) \
+           AND (NOT $2 OR a.outcome <> 'success') \
+         ORDER BY a.id DESC LIMIT $3",
+    )
+    .bind(subscription)
+    .bind(failed_only)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Deletes attempts and deliveries older than `retention`, up to `batch` rows
+/// of each; returns rows deleted.
+pub async fn prune_batch(
+    pool: &PgPool,
+    retention: Duration,
+    batch: u32,
+) -> Result<u64, sqlx::Error> {
+    let secs = retention.as_secs_f64();
+    let a = sqlx::query(
+        "DELETE FROM webhook_attempts WHERE id IN ( \
+             SELECT id FROM webhook_attempts \
+             WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+    )
+    .bind(secs)
+    .bind(i64::from(batch))
+    .execute(pool)
+    .await?;
+    let d = sqlx::query(
+        "DELETE FROM webhook_deliveries WHERE delivery_id IN ( \
+             SELECT delivery_id FROM webhook_deliveries \
+             WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+    )
+    .bind(secs)
+    .bind(i64::from(batch))
+    .execute(pool)
+    .await?;
+    Ok(a.rows_affected() + d.rows_affected())
+}

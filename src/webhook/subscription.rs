@@ -1,0 +1,165 @@
+//! Subscriptions as values: the repository pattern, the event categories, and the
+//! names receivers see.
+//!
+//! Owns which events a subscription wants (`push`, `branch`, `tag`, `*`), how a
+//! repository pattern matches (`*` within one path segment, `**` across
+//! segments; a trailing `.git` on the repository is ignored), and the mapping to
+//! GitHub's `X-GitHub-Event` names. Pure: no I/O.
+
+use serde::Serialize;
+
+/// Event categories a subscription may ask for.
+pub const CATEGORIES: [&str; 4] = ["push", "branch", "tag", "*"];
+
+/// The category of a hookfleet event type, if webhooks carry it.
+pub fn category(event_type: &str) -> Option<&'static str> {
+    if event_type == "git.push" || event_type == "git.push.bulk" {
+        Some("push")
+    } else if event_type.starts_with("git.branch.") {
+        Some("branch")
+    } else if event_type.starts_with("git.tag.") {
+        Some("tag")
+    } else {
+        None
+    }
+}
+
+/// `X-GitHub-Event` for a hookfleet event type: `git.push` → `push`, created →
+/// `create`, deleted → `delete`; other types (bulk, force-push) keep a name of
+/// their own (`push` for bulk, `force_push`), which GitHub receivers ignore.
+pub fn github_event(event_type: &str) -> &str {
+    match event_type {
+        "git.push" | "git.push.bulk" => "push",
+        t if t.ends_with(".created") => "create",
+        t if t.ends_with(".deleted") => "delete",
+        "git.branch.force_pushed" => "force_push",
+        t => t,
+    }
+}
+
+/// Parses `--events push,tag,branch`: known categories, deduplicated, in order.
+pub fn parse_events(raw: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        if !CATEGORIES.contains(&e) {
+            return Err(format!(
+                "unknown event {e:?} (allowed: {})",
+                CATEGORIES.join(", ")
+            ));
+        }
+        if !out.iter().any(|o| o == e) {
+            out.push(e.to_string());
+        }
+    }
+    if out.is_empty() {
+        return Err("at least one event is needed".into());
+    }
+    Ok(out)
+}
+
+/// Checks a repository pattern: non-empty, no whitespace or control characters.
+pub fn check_pattern(pattern: &str) -> Result<(), String> {
+    if pattern.is_empty() || pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "repository pattern must be non-empty with no spaces, got {pattern:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `pattern` matches `repository` (or `repository` without `.git`).
+pub fn matches(pattern: &str, repository: &str) -> bool {
+    let repo = repository.trim_matches('/');
+    let pattern = pattern.trim_matches('/');
+    let short = repo.strip_suffix(".git").unwrap_or(repo);
+    let pat_short = pattern.strip_suffix(".git").unwrap_or(pattern);
+    glob(pattern.as_bytes(), repo.as_bytes()) || glob(pat_short.as_bytes(), short.as_bytes())
+}
+
+/// Glob over bytes: `**` matches anything, `*` anything but `/`, `?` one non-`/`.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.first() {
+        None => s.is_empty(),
+        Some(b'*') if p.get(1) == Some(&b'*') => {
+            let rest = &p[2..];
+            (0..=s.len()).any(|i| glob(rest, &s[i..]))
+        }
+        Some(b'*') => {
+            let rest = &p[1..];
+            let mut i = 0;
+            loop {
+                if glob(rest, &s[i..]) {
+                    return true;
+                }
+                if i == s.len() || s[i] == b'/' {
+                    return false;
+                }
+                i += 1;
+            }
+        }
+        Some(b'?') => !s.is_empty() && s[0] != b'/' && glob(&p[1..], &s[1..]),
+        Some(c) => s.first() == Some(c) && glob(&p[1..], &s[1..]),
+    }
+}
+
+/// One subscription row.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Subscription {
+    /// Id (`webhook remove|enable|disable <id>`).
+    pub id: i64,
+    /// Repository glob.
+    pub repository_pattern: String,
+    /// Target URL.
+    pub url: String,
+    /// HMAC secret; never printed or logged.
+    #[serde(skip)]
+    pub secret: Option<String>,
+    /// Event categories.
+    pub events: Vec<String>,
+    /// Body format (`json`).
+    pub content_type: String,
+    /// Deliveries are made only while active.
+    pub active: bool,
+    /// Failed attempts in a row.
+    pub consecutive_failures: i32,
+    /// Why it was disabled, if it was.
+    pub disabled_reason: Option<String>,
+}
+
+impl Subscription {
+    /// Whether this subscription wants `event_type`.
+    pub fn wants(&self, event_type: &str) -> bool {
+        match category(event_type) {
+            Some(c) => self.events.iter().any(|e| e == c || e == "*"),
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(matches("org/*", "org/repo"));
+        assert!(matches("org/*", "org/repo.git"));
+        assert!(matches("org/repo", "org/repo.git"));
+        assert!(!matches("org/*", "org/team/repo"));
+        assert!(matches("org/**", "org/team/repo"));
+        assert!(matches("**", "/srv/git/x.git"));
+        assert!(!matches("org/*", "other/repo"));
+        assert!(matches("org/re?o", "org/repo"));
+    }
+
+    #[test]
+    fn events() {
+        assert_eq!(parse_events("push, tag,push").unwrap(), vec!["push", "tag"]);
+        assert!(parse_events("pull").is_err());
+        assert_eq!(github_event("git.push"), "push");
+        assert_eq!(github_event("git.branch.created"), "create");
+        assert_eq!(github_event("git.tag.deleted"), "delete");
+        assert_eq!(category("git.tag.created"), Some("tag"));
+        assert_eq!(category("webhook.disabled"), None);
+    }
+}
