@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod gitrepo;
+
 use hookfleet::config::{Config, QueueType, SecretUrl};
 use sqlx::postgres::PgPool;
 use sqlx::{Connection, PgConnection};
@@ -447,4 +449,92 @@ pub fn header(props: &lapin::BasicProperties, key: &str) -> Option<String> {
             hookfleet::message::HeaderValue::Int(n) => n.to_string(),
             hookfleet::message::HeaderValue::Str(s) => s.clone(),
         })
+}
+
+/// A queue bound to `<prefix>.events` with `#`, collecting every event.
+pub struct EventSink {
+    /// Queue name.
+    pub queue: String,
+    ch: lapin::Channel,
+}
+
+impl EventSink {
+    /// Declares and binds the sink (the events exchange must exist).
+    pub async fn new(broker: &Broker) -> EventSink {
+        let ch = broker.conn.create_channel().await.unwrap();
+        let queue = format!("{}.sink", broker.names.prefix);
+        ch.queue_declare(
+            queue.as_str().into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            queue.as_str().into(),
+            broker.names.events_exchange().as_str().into(),
+            "#".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        EventSink { queue, ch }
+    }
+
+    /// Takes what is in the queue now: (type, correlation id, message id, JSON body).
+    pub async fn take(&self) -> Vec<SinkEvent> {
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .ch
+            .basic_get(
+                self.queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            let p = &m.delivery.properties;
+            out.push(SinkEvent {
+                event_type: p.kind().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                correlation_id: p.correlation_id().as_ref().map(|s| s.to_string()),
+                message_id: p
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+                body: serde_json::from_slice(&m.delivery.data).unwrap_or(serde_json::Value::Null),
+            });
+        }
+        out
+    }
+
+    /// Waits until `n` events have arrived in total (plus any already in `got`).
+    pub async fn wait_for(&self, got: &mut Vec<SinkEvent>, n: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while got.len() < n {
+            got.extend(self.take().await);
+            if got.len() >= n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: have {got:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One event taken from an [`EventSink`].
+#[derive(Debug, Clone)]
+pub struct SinkEvent {
+    /// AMQP `type`.
+    pub event_type: String,
+    /// AMQP `correlation_id`.
+    pub correlation_id: Option<String>,
+    /// AMQP `message_id`.
+    pub message_id: String,
+    /// JSON body.
+    pub body: serde_json::Value,
 }
