@@ -3,6 +3,7 @@
 //! every retry tick), no secret reaches the log, and SIGTERM exits 0.
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,7 @@ impl Worker {
     }
 
     /// Reads lines until one satisfies `pred`; panics after [`LINE_DEADLINE`].
-    async fn line_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    async fn line_where(&mut self, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
         let deadline = Instant::now() + LINE_DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -207,8 +208,8 @@ async fn a_missing_broker_is_logged_once_not_per_retry() {
     let mut env = worker_env(
         &db,
         &prefix,
-        // Retries are logged at debug by the supervisor: shown here only to count them.
-        "info,hookfleet::consumer::supervisor=debug",
+        // Retries are logged at debug: shown here only to count them.
+        "info,hookfleet::consumer::supervisor=debug,hookfleet::outbox::relay=debug",
     );
     let secret = "s3cret-pw";
     env.extend(
@@ -222,39 +223,54 @@ async fn a_missing_broker_is_logged_once_not_per_retry() {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
+    let consumer_retry = "still cannot start consuming";
+    let relay_retry = "relay: still failing";
+    let count = |seen: &[Value], msg: &str| seen.iter().filter(|v| message(v) == msg).count();
     let mut worker = Worker::spawn(&env);
-    for n in 1..=5 {
-        worker
-            .line_where(&format!("retry {n} logged at debug"), |v| {
-                message(v) == "still cannot start consuming"
-            })
-            .await;
-    }
+    // Both the consumer and the relay retry at least five times.
+    let (mut c, mut r) = (0, 0);
+    worker
+        .line_where("5 consumer and 5 relay retries at debug", |v| {
+            c += usize::from(message(v) == consumer_retry);
+            r += usize::from(message(v) == relay_retry);
+            c >= 5 && r >= 5
+        })
+        .await;
     assert_eq!(worker.terminate().await, Some(0), "SIGTERM exits 0");
 
-    let errors: Vec<&Value> = worker
+    let (consumer, relay) = (
+        count(&worker.seen, consumer_retry),
+        count(&worker.seen, relay_retry),
+    );
+    assert!(
+        consumer >= 5 && relay >= 5,
+        "retries: consumer {consumer}, relay {relay}"
+    );
+    // Each component reports the outage once, however many retries it makes.
+    let loud: Vec<&Value> = worker
         .seen
         .iter()
         .filter(|v| v["level"] == "ERROR" || v["level"] == "WARN")
         .collect();
+    let mut per_target: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in &loud {
+        *per_target
+            .entry(v["target"].as_str().unwrap_or_default())
+            .or_default() += 1;
+    }
     assert_eq!(
-        errors.len(),
-        1,
-        "one error for the whole outage: {errors:#?}"
+        per_target,
+        BTreeMap::from([
+            ("hookfleet::consumer::supervisor", 1),
+            ("hookfleet::outbox::relay", 1)
+        ]),
+        "one warning or error per component: {loud:#?}"
     );
-    let e = errors[0];
-    assert_eq!(e["level"], "ERROR");
-    let text = e["fields"]["error"].as_str().unwrap_or_default();
-    assert!(
-        text.contains(&format!("127.0.0.1:{port}")),
-        "names the broker: {e}"
-    );
-    let retries = worker
-        .seen
-        .iter()
-        .filter(|v| message(v) == "still cannot start consuming")
-        .count();
-    assert!(retries >= 5, "{retries} retries");
+    let broker = format!("127.0.0.1:{port}");
+    for v in &loud {
+        let text = v["fields"]["error"].as_str().unwrap_or_default();
+        assert!(text.contains(&broker), "names the broker: {v}");
+    }
     for v in &worker.seen {
         assert!(!v.to_string().contains(secret), "secret in log: {v}");
     }
