@@ -14,7 +14,21 @@ use crate::config::{LogConfig, LogFormat};
 pub fn init(cfg: &LogConfig) {
     // PostgreSQL NOTICEs ("relation already exists, skipping") are noise at info.
     let quiet = "sqlx::postgres::notice=warn";
-    let filter = EnvFilter::try_from_default_env()
+    // The quiet directive is appended to RUST_LOG too (a debugging session does not
+    // want them either) unless RUST_LOG says something about sqlx itself.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|spec| !spec.trim().is_empty())
+        .map(|spec| {
+            if spec.contains("sqlx") {
+                spec
+            } else {
+                format!("{spec},{quiet}")
+            }
+        })
+        .ok_or(())
+        .and_then(|spec| EnvFilter::try_new(spec).map_err(|_| ()));
+    let filter = from_env
         .or_else(|_| EnvFilter::try_new(format!("{},{quiet}", cfg.level)))
         .unwrap_or_else(|_| EnvFilter::new(format!("info,{quiet}")));
     let json = match cfg.format {

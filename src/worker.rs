@@ -86,8 +86,8 @@ pub async fn run_with(
     // the broker or the database, and readiness says why we are not ready.
     let listener = admin::bind(config.admin.listen).await?;
     if let Ok(addr) = listener.local_addr() {
+        // `admin::serve` logs the address.
         let _ = state.admin_addr.set(addr);
-        tracing::info!(listen = %addr, "admin server listening");
     }
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(

@@ -2,11 +2,10 @@
 //! database), in-flight jobs, build info and the Prometheus exposition.
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::prom::{self, check_exposition};
 use common::{TestDb, eventually};
 use hookfleet::admin::{self, AdminState};
 use hookfleet::health::Health;
@@ -212,93 +211,6 @@ async fn info_names_the_build_and_uptime_grows() {
     assert!(!text.contains("://"), "no URLs (secrets) in /info: {text}");
 }
 
-/// Checks the Prometheus text format line by line: comments are `# HELP name ...` or
-/// `# TYPE name <type>`, every other line is `name{labels} value [timestamp]`.
-fn check_exposition(text: &str) -> Result<usize, String> {
-    fn is_name(s: &str) -> bool {
-        let mut chars = s.chars();
-        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    }
-    fn is_value(s: &str) -> bool {
-        matches!(s, "+Inf" | "-Inf" | "NaN") || s.parse::<f64>().is_ok()
-    }
-    /// Parses `k="v",k2="v2"` (with `\"`, `\\`, `\n` escapes) up to the closing brace;
-    /// returns the rest after `}`.
-    fn labels(mut s: &str) -> Result<&str, String> {
-        loop {
-            if let Some(rest) = s.strip_prefix('}') {
-                return Ok(rest);
-            }
-            let eq = s.find('=').ok_or("label without =")?;
-            if !is_name(&s[..eq]) {
-                return Err(format!("bad label name {:?}", &s[..eq]));
-            }
-            let mut chars = s[eq + 1..].char_indices();
-            if chars.next().map(|(_, c)| c) != Some('"') {
-                return Err("label value not quoted".into());
-            }
-            let mut end = None;
-            let mut escaped = false;
-            for (i, c) in chars {
-                match (escaped, c) {
-                    (true, _) => escaped = false,
-                    (false, '\\') => escaped = true,
-                    (false, '"') => {
-                        end = Some(eq + 1 + i);
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-            let end = end.ok_or("unterminated label value")?;
-            s = &s[end + 1..];
-            if let Some(rest) = s.strip_prefix(',') {
-                s = rest;
-            } else if !s.starts_with('}') {
-                return Err("expected , or } after label".into());
-            }
-        }
-    }
-    let mut samples = 0;
-    for (n, line) in text.lines().enumerate() {
-        let err = |m: String| format!("line {}: {m}: {line:?}", n + 1);
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(c) = line.strip_prefix("# ") {
-            let mut parts = c.splitn(3, ' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some("HELP"), Some(name), _) if is_name(name) => {}
-                (Some("TYPE"), Some(name), Some(t))
-                    if is_name(name)
-                        && ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t) => {
-                }
-                _ => return Err(err("bad comment".into())),
-            }
-            continue;
-        }
-        let name_end = line
-            .find(['{', ' '])
-            .ok_or_else(|| err("no value".into()))?;
-        if !is_name(&line[..name_end]) {
-            return Err(err("bad metric name".into()));
-        }
-        let rest = match line[name_end..].strip_prefix('{') {
-            Some(l) => labels(l).map_err(err)?,
-            None => &line[name_end..],
-        };
-        let fields: Vec<&str> = rest.trim_start_matches(' ').split(' ').collect();
-        match fields.as_slice() {
-            [v] if is_value(v) => {}
-            [v, ts] if is_value(v) && ts.parse::<i64>().is_ok() => {}
-            _ => return Err(err("bad value".into())),
-        }
-        samples += 1;
-    }
-    Ok(samples)
-}
-
 #[test]
 fn exposition_checker_rejects_malformed_lines() {
     assert_eq!(
@@ -311,6 +223,18 @@ fn exposition_checker_rejects_malformed_lines() {
     assert!(check_exposition("a{x=\"1\" 1\n").is_err());
     assert!(check_exposition("9a 1\n").is_err());
     assert!(check_exposition("# TYPE a widget\n").is_err());
+}
+
+#[test]
+fn sample_finds_values_by_name_and_labels() {
+    let text = "# TYPE a counter\na{q=\"x\",o=\"acked\"} 3\na{q=\"y\",o=\"acked\"} 5\nb_count{k=\"z\"} 2\n";
+    assert_eq!(
+        prom::sample(text, "a", &[("q", "y"), ("o", "acked")]),
+        Some(5.0)
+    );
+    assert_eq!(prom::sample(text, "a", &[("q", "x")]), Some(3.0));
+    assert_eq!(prom::sample(text, "b_count", &[]), Some(2.0));
+    assert_eq!(prom::sample(text, "a", &[("q", "nope")]), None);
 }
 
 #[tokio::test]
@@ -336,30 +260,7 @@ async fn metrics_are_valid_prometheus_text_with_pool_gauges() {
         "{text}"
     );
 
-    match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Err(e) => println!("note: promtool not runnable ({e}); skipped `promtool check metrics`"),
-        Ok(mut child) => {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool check metrics failed:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
+    prom::promtool_check(&text);
 }
 
 #[tokio::test]

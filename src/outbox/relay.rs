@@ -112,18 +112,31 @@ pub async fn run_relay(
         last_stats: None,
     };
     let mut backoff: Option<ExponentialBackoff> = None;
+    // Consecutive failed batches: an outage is logged once at warn, its retries at
+    // debug, so a long broker outage does not flood the log.
+    let mut failures: u64 = 0;
     while !shutdown.is_cancelled() {
         match relay.drain(&shutdown).await {
             Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(failures, "relay: working again");
+                }
+                failures = 0;
                 backoff = None;
                 relay.wait_for_work(&shutdown).await;
             }
             Err(e) => {
+                failures += 1;
                 let delay = backoff
                     .get_or_insert_with(|| backoff_builder.build())
                     .next()
                     .unwrap_or(relay.amqp.reconnect_max);
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "relay: batch failed, backing off");
+                let error = crate::cli::error_chain(e.as_ref());
+                if failures == 1 {
+                    tracing::warn!(%error, retry_in = ?delay, "relay: batch failed, backing off");
+                } else {
+                    tracing::debug!(%error, failures, retry_in = ?delay, "relay: still failing");
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = tokio::time::sleep(delay) => {}

@@ -199,6 +199,8 @@ async fn flush_files(
 /// Flushes the spool once at start and then every `spool.flush_interval` until
 /// `shutdown` is cancelled. Failures are logged and retried on the next tick.
 pub async fn run_spool_flusher(config: Config, shutdown: CancellationToken) {
+    // Consecutive failed flushes: logged once at warn, then at debug until one works.
+    let mut failures: u64 = 0;
     loop {
         // Cancelling midway is safe: a file is deleted only after its confirm, and a
         // job published but not yet deleted is deduplicated by its message id.
@@ -206,6 +208,10 @@ pub async fn run_spool_flusher(config: Config, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             r = flush_spool(&config) => r,
         };
+        if result.is_ok() && failures > 0 {
+            tracing::info!(failures, "spool flush working again");
+            failures = 0;
+        }
         match result {
             Ok(r) if r.published > 0 || r.corrupt > 0 => {
                 tracing::info!(
@@ -217,7 +223,13 @@ pub async fn run_spool_flusher(config: Config, shutdown: CancellationToken) {
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %crate::cli::error_chain(&e), "spool flush failed; will retry");
+                failures += 1;
+                let error = crate::cli::error_chain(&e);
+                if failures == 1 {
+                    tracing::warn!(%error, "spool flush failed; will retry");
+                } else {
+                    tracing::debug!(%error, failures, "spool flush still failing");
+                }
             }
         }
         tokio::select! {

@@ -6,6 +6,8 @@
 //! next run) and its own AMQP name prefix, so tests run in parallel.
 #![allow(dead_code)]
 
+pub mod prom;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Once};

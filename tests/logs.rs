@@ -1,0 +1,277 @@
+//! The real `hookfleet worker` binary's JSON logs: every line of a delivery
+//! carries the delivery's span fields, a missing broker is reported once (not on
+//! every retry tick), no secret reaches the log, and SIGTERM exits 0.
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Broker, TestDb, unique_prefix};
+use hookfleet::config::Config;
+use hookfleet::push::job::PushJob;
+use hookfleet::push::update::RefUpdate;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
+
+/// How long any one expected log line may take to appear.
+const LINE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A `hookfleet worker` child process whose stderr is read line by line.
+struct Worker {
+    child: Child,
+    stderr: Lines<BufReader<ChildStderr>>,
+    /// Every JSON line read so far.
+    seen: Vec<Value>,
+}
+
+impl Worker {
+    /// Starts the binary with `env` on top of this process's environment.
+    fn spawn(env: &[(String, String)]) -> Worker {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookfleet"));
+        cmd.arg("worker")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn hookfleet worker");
+        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        Worker {
+            child,
+            stderr,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads lines until one satisfies `pred`; panics after [`LINE_DEADLINE`].
+    async fn line_where(&mut self, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + LINE_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match tokio::time::timeout(left, self.stderr.next_line()).await {
+                Ok(Ok(Some(l))) => l,
+                Ok(Ok(None)) => panic!("worker exited while waiting for {what}"),
+                Ok(Err(e)) => panic!("reading worker stderr: {e}"),
+                Err(_) => panic!("no log line within {LINE_DEADLINE:?}: {what}"),
+            };
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+            self.seen.push(v.clone());
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    /// Sends SIGTERM, reads the remaining lines and returns the exit code.
+    async fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().expect("worker still running").to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(killed.success());
+        let rest = async {
+            while let Ok(Some(line)) = self.stderr.next_line().await {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+                self.seen.push(v);
+            }
+            self.child.wait().await
+        };
+        let status = tokio::time::timeout(Duration::from_secs(60), rest)
+            .await
+            .expect("worker exits within 60s of SIGTERM")
+            .expect("wait for worker");
+        status.code()
+    }
+}
+
+fn message(v: &Value) -> &str {
+    v["fields"]["message"].as_str().unwrap_or_default()
+}
+
+/// Environment for a worker on `db` under `prefix`, JSON logs, admin on port 0.
+fn worker_env(db: &TestDb, prefix: &str, rust_log: &str) -> Vec<(String, String)> {
+    [
+        ("HOOKFLEET_DATABASE__URL", db.url.as_str()),
+        ("HOOKFLEET_DATABASE__AUTO_MIGRATE", "false"),
+        ("HOOKFLEET_AMQP__PREFIX", prefix),
+        ("HOOKFLEET_AMQP__QUEUE_TYPE", "classic"),
+        ("HOOKFLEET_ADMIN__LISTEN", "127.0.0.1:0"),
+        ("HOOKFLEET_LOG__FORMAT", "json"),
+        ("RUST_LOG", rust_log),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_of_a_delivery_carries_its_span_fields() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let env = worker_env(&db, &prefix, "info,hookfleet=debug,sqlx::query=debug");
+    // The same config the binary loads, for declaring and deleting the topology.
+    let cfg = Config::load_from(None, env.clone()).unwrap();
+    let broker = Broker::new(&cfg).await;
+    let mut worker = Worker::spawn(&env);
+    worker
+        .line_where("connected; consuming", |v| {
+            message(v) == "connected; consuming"
+        })
+        .await;
+
+    // A push to a repository that does not exist: a permanent error, dead-lettered.
+    let job = PushJob {
+        push_id: uuid::Uuid::now_v7(),
+        repository: format!("/nonexistent/{prefix}.git"),
+        pusher: Some("logs-test".into()),
+        push_options: Vec::new(),
+        pushed_at: chrono::Utc::now(),
+        updates: vec![RefUpdate {
+            refname: "refs/heads/main".into(),
+            before: "0".repeat(40),
+            after: "a".repeat(40),
+        }],
+    };
+    let id = job.push_id.to_string();
+    broker
+        .publish_raw("push", &job.to_json(), job.envelope().to_properties())
+        .await;
+    let started = worker.seen.len();
+    let dead = worker
+        .line_where("the dead-lettered warning", |v| {
+            message(v) == "dead-lettered"
+        })
+        .await;
+    assert_eq!(dead["level"], "WARN", "{dead}");
+    let span = &dead["span"];
+    assert_eq!(span["name"], "delivery", "{dead}");
+    assert_eq!(span["message.id"], id.as_str(), "{dead}");
+    assert_eq!(span["correlation.id"], id.as_str(), "{dead}");
+    assert_eq!(span["queue"], broker.names.queue("push").as_str(), "{dead}");
+    assert_eq!(span["attempt"].as_u64(), Some(1), "{dead}");
+
+    // Every line the delivery produced has the span: ours (consumer, inbox,
+    // handler) and a library's (sqlx's debug line for the inbox claim, logged in
+    // the spawned transaction task).
+    let delivery_lines: Vec<&Value> = worker.seen[started..]
+        .iter()
+        .filter(|v| {
+            let target = v["target"].as_str().unwrap_or_default();
+            let ours = [
+                "hookfleet::consumer::process",
+                "hookfleet::inbox",
+                "hookfleet::push",
+            ]
+            .iter()
+            .any(|t| target.starts_with(t));
+            let inbox_query = target == "sqlx::query"
+                && v["fields"]["db.statement"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("INSERT INTO inbox"));
+            ours || inbox_query
+        })
+        .collect();
+    assert!(
+        delivery_lines.len() >= 2,
+        "the inbox claim and the dead-letter warning: {delivery_lines:#?}"
+    );
+    for v in &delivery_lines {
+        assert_eq!(
+            v["span"]["message.id"],
+            id.as_str(),
+            "line without span: {v}"
+        );
+        assert_eq!(v["span"]["correlation.id"], id.as_str(), "{v}");
+    }
+
+    assert_eq!(worker.terminate().await, Some(0), "SIGTERM exits 0");
+    let dead_copies = broker.drain(&broker.names.dead_queue("push")).await;
+    assert_eq!(dead_copies.len(), 1);
+    broker.cleanup(&cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_broker_is_logged_once_not_per_retry() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    // A port nothing listens on: bind, read the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = worker_env(
+        &db,
+        &prefix,
+        // Retries are logged at debug: shown here only to count them.
+        "info,hookfleet::consumer::supervisor=debug,hookfleet::outbox::relay=debug",
+    );
+    let secret = "s3cret-pw";
+    env.extend(
+        [
+            (
+                "HOOKFLEET_AMQP__URL",
+                format!("amqp://guest:{secret}@127.0.0.1:{port}/%2f"),
+            ),
+            ("HOOKFLEET_AMQP__RECONNECT_MIN", "20ms".into()),
+            ("HOOKFLEET_AMQP__RECONNECT_MAX", "100ms".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let consumer_retry = "still cannot start consuming";
+    let relay_retry = "relay: still failing";
+    let count = |seen: &[Value], msg: &str| seen.iter().filter(|v| message(v) == msg).count();
+    let mut worker = Worker::spawn(&env);
+    // Both the consumer and the relay retry at least five times.
+    let (mut c, mut r) = (0, 0);
+    worker
+        .line_where("5 consumer and 5 relay retries at debug", |v| {
+            c += usize::from(message(v) == consumer_retry);
+            r += usize::from(message(v) == relay_retry);
+            c >= 5 && r >= 5
+        })
+        .await;
+    assert_eq!(worker.terminate().await, Some(0), "SIGTERM exits 0");
+
+    let (consumer, relay) = (
+        count(&worker.seen, consumer_retry),
+        count(&worker.seen, relay_retry),
+    );
+    assert!(
+        consumer >= 5 && relay >= 5,
+        "retries: consumer {consumer}, relay {relay}"
+    );
+    // Each component reports the outage once, however many retries it makes.
+    let loud: Vec<&Value> = worker
+        .seen
+        .iter()
+        .filter(|v| v["level"] == "ERROR" || v["level"] == "WARN")
+        .collect();
+    let mut per_target: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in &loud {
+        *per_target
+            .entry(v["target"].as_str().unwrap_or_default())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_target,
+        BTreeMap::from([
+            ("hookfleet::consumer::supervisor", 1),
+            ("hookfleet::outbox::relay", 1)
+        ]),
+        "one warning or error per component: {loud:#?}"
+    );
+    let broker = format!("127.0.0.1:{port}");
+    for v in &loud {
+        let text = v["fields"]["error"].as_str().unwrap_or_default();
+        assert!(text.contains(&broker), "names the broker: {v}");
+    }
+    for v in &worker.seen {
+        assert!(!v.to_string().contains(secret), "secret in log: {v}");
+    }
+}
