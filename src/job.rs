@@ -24,18 +24,27 @@ pub struct Job {
     pub attempt: u32,
     /// The broker marked this delivery redelivered (a previous consumer died).
     pub redelivered: bool,
-    /// The JSON body.
-    pub body: serde_json::Value,
+    /// The raw JSON body (already checked to be valid JSON).
+    pub raw: Vec<u8>,
+    /// The body as a JSON value, parsed on first use.
+    pub parsed: std::sync::OnceLock<serde_json::Value>,
 }
 
 impl Job {
     /// Decodes the body into `T`; a mismatch is a permanent error (bad input never
     /// gets better by retrying).
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, JobError> {
-        serde_json::from_value(self.body.clone()).map_err(|e| {
+        serde_json::from_slice(&self.raw).map_err(|e| {
             JobError::permanent(format!("body does not match the {} job: {e}", self.kind))
         })
     }
+    /// The body as a JSON value (parsed once, on first use; handlers that know
+    /// their type should use [`Job::decode`], which skips the intermediate value).
+    pub fn body(&self) -> &serde_json::Value {
+        self.parsed
+            .get_or_init(|| serde_json::from_slice(&self.raw).unwrap_or(serde_json::Value::Null))
+    }
+
     /// The message id as text, for logs.
     pub fn message_id(&self) -> String {
         self.envelope.message_id.to_string()

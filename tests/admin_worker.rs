@@ -28,7 +28,7 @@ impl Handler for GatedHandler {
         &self.kind
     }
     async fn handle(&self, job: Job) -> Result<Done, JobError> {
-        if job.body["block"].as_bool() == Some(true) {
+        if job.body()["block"].as_bool() == Some(true) {
             self.gate.acquire().await.unwrap().forget();
         }
         Ok(Done::Handled)

@@ -76,7 +76,7 @@ impl TestHandler {
     }
 
     async fn run(&self, job: &Job) -> Result<Done, JobError> {
-        let n = job.body["n"].as_u64().unwrap_or(0);
+        let n = job.body()["n"].as_u64().unwrap_or(0);
         self.rec
             .attempts
             .lock()
@@ -87,21 +87,21 @@ impl TestHandler {
         if let Some(gate) = &self.gate {
             let _p = gate.acquire().await.unwrap();
         }
-        if let Some(ms) = job.body["sleep_ms"].as_u64() {
+        if let Some(ms) = job.body()["sleep_ms"].as_u64() {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         if job.attempt == 1
-            && let Some(ms) = job.body["sleep_on_first_ms"].as_u64()
+            && let Some(ms) = job.body()["sleep_on_first_ms"].as_u64()
         {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        if job.body["panic_until"]
+        if job.body()["panic_until"]
             .as_u64()
             .is_some_and(|k| u64::from(job.attempt) <= k)
         {
             panic!("test panic for job {n}");
         }
-        if job.body["fail_until"]
+        if job.body()["fail_until"]
             .as_u64()
             .is_some_and(|k| u64::from(job.attempt) <= k)
         {
@@ -110,7 +110,7 @@ impl TestHandler {
                 job.attempt
             )));
         }
-        if job.body["permanent"].as_bool() == Some(true) {
+        if job.body()["permanent"].as_bool() == Some(true) {
             return Err(JobError::permanent("bad input"));
         }
         *self

@@ -34,7 +34,7 @@ impl TxHandler for NoteHandler {
         tx: &mut Transaction<'static, Postgres>,
         job: &Job,
     ) -> Result<(), JobError> {
-        let text = job.body["text"].as_str().unwrap_or_default().to_string();
+        let text = job.body()["text"].as_str().unwrap_or_default().to_string();
         sqlx::query("INSERT INTO notes (message_id, text) VALUES ($1, $2)")
             .bind(job.envelope.message_id)
             .bind(&text)
@@ -56,7 +56,7 @@ impl TxHandler for NoteHandler {
             ),
         ];
         outbox::enqueue_many(tx, &events).await?;
-        if job.body["fail"].as_bool() == Some(true) {
+        if job.body()["fail"].as_bool() == Some(true) {
             return Err(JobError::permanent("told to fail after writing"));
         }
         Ok(())

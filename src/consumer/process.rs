@@ -212,29 +212,28 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: &Delivery) -> Set
         attempt,
     );
     async move {
-        let body = match serde_json::from_slice::<serde_json::Value>(&delivery.data) {
-            Ok(b) => b,
-            Err(e) => {
-                let reason = format!("body is not valid JSON: {e}");
-                tracing::warn!(reason = %reason, "poison message: dead-lettering");
-                return finish_failure(
-                    ctx,
-                    queue,
-                    kind,
-                    delivery,
-                    attempt,
-                    ErrorClass::Poison,
-                    reason,
-                    None,
-                )
-                .await;
-            }
-        };
+        // Validate without building a value: handlers decode straight from the bytes.
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&delivery.data) {
+            let reason = format!("body is not valid JSON: {e}");
+            tracing::warn!(reason = %reason, "poison message: dead-lettering");
+            return finish_failure(
+                ctx,
+                queue,
+                kind,
+                delivery,
+                attempt,
+                ErrorClass::Poison,
+                reason,
+                None,
+            )
+            .await;
+        }
         let job = Job {
             kind: kind.to_string(),
             attempt,
             redelivered: delivery.redelivered,
-            body,
+            raw: delivery.data.clone(),
+            parsed: std::sync::OnceLock::new(),
             envelope: envelope.clone(),
         };
         let _inflight = ctx.inflight.start(InFlightJob {
