@@ -220,11 +220,17 @@ async fn read_with(
         // New commits are exactly those not on any other ref: all distinct.
         let input = Some(not_others.as_bytes());
         data.commits = log(repo, &[&max, "--reverse", &head, "--stdin"], input).await?;
-        data.total_commits = count(repo, &[&head, "--stdin"], input).await?;
+        data.total_commits = match uncapped(&data.commits, max_commits) {
+            Some(n) => n,
+            None => count(repo, &[&head, "--stdin"], input).await?,
+        };
     } else {
         data.forced = !is_ancestor(repo, &update.before, &head).await?;
         data.commits = log(repo, &[&max, "--reverse", &head, &exclude_before], None).await?;
-        data.total_commits = count(repo, &[&head, &exclude_before], None).await?;
+        data.total_commits = match uncapped(&data.commits, max_commits) {
+            Some(n) => n,
+            None => count(repo, &[&head, &exclude_before], None).await?,
+        };
         let new_ids = repo
             .run(
                 &["rev-list", &head, &exclude_before, "--stdin"],
@@ -267,6 +273,12 @@ async fn peel_commit(repo: &GitRepo, id: &str) -> Result<Option<String>, GitErro
     Ok(Some(
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
     ))
+}
+
+/// The true count when the list was not cut by the cap (saves a `git rev-list
+/// --count` process for the common small push).
+fn uncapped(commits: &[CommitInfo], max_commits: u32) -> Option<u64> {
+    (commits.len() < max_commits as usize).then_some(commits.len() as u64)
 }
 
 /// `true` when `a` is an ancestor of (or equal to) `b`.
