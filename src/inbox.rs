@@ -85,7 +85,11 @@ impl<H: TxHandler> Handler for Transactional<H> {
         let span = tracing::Span::current();
         let task = commits().spawn(tracing::Instrument::instrument(
             async move {
+                let waited = std::time::Instant::now();
                 let mut tx = pool.begin().await?;
+                crate::metrics::metrics()
+                    .db_acquire_wait_seconds
+                    .observe(waited.elapsed().as_secs_f64());
                 if !claim(&mut tx, job.envelope.message_id, &queue).await? {
                     tx.rollback().await?;
                     tracing::info!("duplicate delivery skipped (already in the inbox)");

@@ -41,7 +41,7 @@ pub struct Metrics {
     pub relay_batch_duration_seconds: Histogram,
     /// Database pool connections by state (idle, used).
     pub db_pool_connections: IntGaugeVec,
-    /// Time waiting for a pooled connection.
+    /// Time to get a pooled connection for a handler transaction (including BEGIN).
     pub db_acquire_wait_seconds: Histogram,
     /// Webhook deliveries by outcome.
     pub webhook_deliveries_total: IntCounterVec,
@@ -174,7 +174,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
             Histogram::with_opts(
                 HistogramOpts::new(
                     "hookfleet_db_acquire_wait_seconds",
-                    "Time waiting for a pooled database connection.",
+                    "Time to get a pooled database connection for a handler transaction (including BEGIN).",
                 )
                 .buckets(secs),
             )?,
