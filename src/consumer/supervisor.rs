@@ -129,7 +129,7 @@ impl Supervisor {
                     {
                         tracing::info!(amqp = %address, after_failures = failures, "reconnected; consuming again");
                     } else {
-                        tracing::info!(amqp = %address, "connected; consuming");
+                        tracing::info!(amqp = %address, "ready: connected, topology declared, consuming");
                     }
                     failures = 0;
                     up.set(1);
