@@ -119,8 +119,8 @@ async fn every_line_of_a_delivery_carries_its_span_fields() {
     let broker = Broker::new(&cfg).await;
     let mut worker = Worker::spawn(&env);
     worker
-        .line_where("connected; consuming", |v| {
-            message(v) == "connected; consuming"
+        .line_where("ready: connected, topology declared, consuming", |v| {
+            message(v) == "ready: connected, topology declared, consuming"
         })
         .await;
 
