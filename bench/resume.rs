@@ -4,22 +4,60 @@
 //! meanwhile, then the proxy lets connections through again. Measured from that
 //! restore to the message being handled.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hookfleet::amqp::topology::Names;
+use hookfleet::amqp::{self, publish, topology::Names};
 use hookfleet::config::{Config, SecretUrl};
-use hookfleet::job::Handler;
+use hookfleet::job::{Done, Handler, Job, JobError};
+use hookfleet::message::Envelope;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::common::proxy::TcpProxy;
-use crate::consume::Noop;
-use crate::support::{declare_topology, delete_topology, publish_raw};
+use crate::support::{body, declare_topology, delete_topology};
 
-async fn wait_count(count: &AtomicU64, want: u64, timeout: Duration) -> anyhow::Result<()> {
+/// Remembers the message ids it handled (a redelivery after a cut must not count
+/// as the next trial's message).
+struct Seen(Arc<Mutex<HashSet<Uuid>>>);
+
+#[async_trait::async_trait]
+impl Handler for Seen {
+    fn kind(&self) -> &str {
+        "noop"
+    }
+    async fn handle(&self, job: Job) -> Result<Done, JobError> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job.envelope.message_id);
+        Ok(Done::Handled)
+    }
+}
+
+/// Publishes one message straight to the broker; returns its id.
+async fn publish_one(cfg: &Config, queue: &str) -> anyhow::Result<Uuid> {
+    let conn = amqp::connect(&cfg.amqp, "bench-publisher").await?;
+    let ch = publish::confirm_channel(&conn).await?;
+    let env = Envelope::new("noop", None);
+    publish::publish_confirmed(
+        &ch,
+        "",
+        queue,
+        &body(),
+        env.to_properties(),
+        true,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let _ = conn.close(200, "ok".into()).await;
+    Ok(env.message_id)
+}
+
+async fn wait_for(seen: &Mutex<HashSet<Uuid>>, id: Uuid, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
-    while count.load(Ordering::Relaxed) < want {
+    while !seen.lock().unwrap_or_else(|e| e.into_inner()).contains(&id) {
         anyhow::ensure!(Instant::now() < deadline, "no delivery within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -39,10 +77,8 @@ pub async fn resume_after_cut(
     let proxy = TcpProxy::start("127.0.0.1:5672".parse()?).await?;
     let mut via = direct.clone();
     via.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr));
-    let count = Arc::new(AtomicU64::new(0));
-    let handler: Arc<dyn Handler> = Arc::new(Noop {
-        count: count.clone(),
-    });
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let handler: Arc<dyn Handler> = Arc::new(Seen(seen.clone()));
     let token = CancellationToken::new();
     let state = hookfleet::worker::WorkerState::default();
     let worker = tokio::spawn(hookfleet::worker::run_with(
@@ -54,15 +90,15 @@ pub async fn resume_after_cut(
     let queue = Names::new(&direct.amqp.prefix).queue("noop");
     let mut out = Vec::new();
     let result = async {
-        publish_raw(&direct, "", &queue, 1, "noop", false).await?;
-        wait_count(&count, 1, Duration::from_secs(30)).await?;
-        for t in 0..trials as u64 {
+        let id = publish_one(&direct, &queue).await?;
+        wait_for(&seen, id, Duration::from_secs(30)).await?;
+        for _ in 0..trials {
             proxy.block();
             tokio::time::sleep(outage).await;
-            publish_raw(&direct, "", &queue, 1, "noop", false).await?;
+            let id = publish_one(&direct, &queue).await?;
             proxy.unblock();
             let restored = Instant::now();
-            wait_count(&count, t + 2, Duration::from_secs(60)).await?;
+            wait_for(&seen, id, Duration::from_secs(60)).await?;
             out.push(restored.elapsed().as_secs_f64() * 1000.0);
         }
         anyhow::Ok(())
