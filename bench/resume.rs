@@ -76,6 +76,11 @@ pub async fn resume_after_cut(
     declare_topology(&direct).await?;
     let proxy = TcpProxy::start("127.0.0.1:5672".parse()?).await?;
     let mut via = direct.clone();
+    // The reconnect backoff resets only after a session that lasted
+    // `healthy_after` (30 s by default). Trials seconds apart would otherwise
+    // continue one growing series; each trial should find a worker that has been
+    // healthy for a while, as a single outage in production does.
+    via.amqp.healthy_after = Duration::from_millis(500);
     via.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr));
     let seen = Arc::new(Mutex::new(HashSet::new()));
     let handler: Arc<dyn Handler> = Arc::new(Seen(seen.clone()));
@@ -93,6 +98,7 @@ pub async fn resume_after_cut(
         let id = publish_one(&direct, &queue).await?;
         wait_for(&seen, id, Duration::from_secs(30)).await?;
         for _ in 0..trials {
+            tokio::time::sleep(Duration::from_millis(600)).await;
             proxy.block();
             tokio::time::sleep(outage).await;
             let id = publish_one(&direct, &queue).await?;
