@@ -1,34 +1,30 @@
-//! `hookfleet-bench`: throughput figures of hookfleet next to raw baselines, measured
-//! in one run on the same broker and database. Prints a markdown table and writes
-//! JSON (`bench-results/bench.json`). Never part of `cargo test`.
+//! `hookfleet-bench`: hookfleet's figures next to raw baselines, measured in one
+//! run on the local broker and database. Prints a markdown table and writes JSON
+//! (`bench-results/bench.json`). Never part of `cargo test`.
 //!
-//! Usage: `cargo run --release --bin hookfleet-bench -- [--quick] [--out FILE]`
+//! Usage: `scripts/bench [--quick] [--out FILE]` (builds `hookfleet` and this
+//! binary in release, then runs it; the RSS and `git push` figures run the real
+//! `hookfleet` binary next to this one).
+//!
+//! Rows: no-op consume vs raw lapin consume; relay vs raw publish-with-confirms;
+//! relay commit→consume latency; end-to-end pushes/s vs the push transaction
+//! alone (pgbench-style through sqlx); e2e latency at full and half load; resume
+//! after a broker outage; RSS idle and under a backlog; `git push` with and
+//! without the hook.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+mod consume;
+mod e2e;
+mod gitpush;
+mod relay;
+mod resume;
+mod rss;
+mod support;
+mod txn;
+
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use hookfleet::amqp::{self, publish, topology};
-use hookfleet::config::{Config, QueueType};
-use hookfleet::job::{Done, Handler, Job, JobError};
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-use serde::Serialize;
-use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, Serialize)]
-struct Row {
-    name: String,
-    hookfleet: f64,
-    baseline_name: String,
-    baseline: f64,
-    unit: String,
-    ratio: f64,
-    target: String,
-}
+use support::{Row, base_config, create_database, drop_database, table};
 
 struct Opts {
     quick: bool,
@@ -46,221 +42,256 @@ fn opts() -> Opts {
     Opts { quick, out }
 }
 
-const BODY_SIZE: usize = 1024;
-const PREFETCH: u16 = 256;
-
-fn base_config(prefix: &str) -> anyhow::Result<Config> {
-    let mut c = Config::load(None)?;
-    c.amqp.prefix = prefix.to_string();
-    c.amqp.queue_type = QueueType::Quorum;
-    c.worker.concurrency = u32::from(PREFETCH);
-    c.worker.kind_concurrency.clear();
-    c.log.level = "warn".into();
-    Ok(c)
+/// Sizes of one run.
+struct Sizes {
+    consume: u64,
+    relay: u64,
+    latency_rate: u64,
+    latency_secs: u64,
+    txn_secs: u64,
+    e2e_full: usize,
+    e2e_half_secs: u64,
+    resume_trials: usize,
+    backlog: usize,
+    rss_sample: Duration,
+    git_pushes: usize,
 }
 
-fn body() -> Vec<u8> {
-    let pad = "x".repeat(BODY_SIZE - 20);
-    format!("{{\"n\":0,\"pad\":\"{pad}\"}}").into_bytes()
-}
-
-/// Publishes `n` messages with pipelined confirms (window 256) to `queue` via the default exchange.
-async fn prefill(cfg: &Config, queue: &str, n: u64, kind: &str) -> anyhow::Result<f64> {
-    let conn = amqp::connect(&cfg.amqp, "bench-publisher").await?;
-    let ch = publish::confirm_channel(&conn).await?;
-    let data = body();
-    let start = Instant::now();
-    let mut pending = std::collections::VecDeque::new();
-    for _ in 0..n {
-        let env = hookfleet::message::Envelope::new(kind, None);
-        let c = publish::send(&ch, "", queue, &data, env.to_properties(), false).await?;
-        pending.push_back(c);
-        if pending.len() >= usize::from(PREFETCH)
-            && let Some(c) = pending.pop_front()
-        {
-            publish::confirmed(c, Duration::from_secs(30)).await?;
+fn sizes(quick: bool) -> Sizes {
+    if quick {
+        Sizes {
+            consume: 20_000,
+            relay: 10_000,
+            latency_rate: 200,
+            latency_secs: 3,
+            txn_secs: 3,
+            e2e_full: 1_000,
+            e2e_half_secs: 3,
+            resume_trials: 2,
+            backlog: 20_000,
+            rss_sample: Duration::from_secs(3),
+            git_pushes: 5,
         }
-    }
-    for c in pending {
-        publish::confirmed(c, Duration::from_secs(30)).await?;
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = conn.close(200, "ok".into()).await;
-    Ok(rate)
-}
-
-async fn declare_queue(cfg: &Config, queue: &str) -> anyhow::Result<()> {
-    let conn = amqp::connect(&cfg.amqp, "bench-setup").await?;
-    let ch = conn.create_channel().await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await?;
-    let _ = conn.close(200, "ok".into()).await;
-    Ok(())
-}
-
-async fn delete_queue(cfg: &Config, queue: &str) -> anyhow::Result<()> {
-    let conn = amqp::connect(&cfg.amqp, "bench-setup").await?;
-    let ch = conn.create_channel().await?;
-    ch.queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await?;
-    let _ = conn.close(200, "ok".into()).await;
-    Ok(())
-}
-
-/// Baseline: a lapin loop that acks with `multiple: true` every 64 deliveries.
-async fn raw_consume(cfg: &Config, queue: &str, n: u64) -> anyhow::Result<f64> {
-    let conn = amqp::connect(&cfg.amqp, "bench-raw").await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "raw".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    // The clock starts at the first delivery, as it does for hookfleet.
-    let mut start = Instant::now();
-    let mut seen = 0u64;
-    while let Some(d) = consumer.next().await {
-        let d = d?;
-        seen += 1;
-        if seen == 1 {
-            start = Instant::now();
+    } else {
+        Sizes {
+            consume: 100_000,
+            relay: 50_000,
+            latency_rate: 500,
+            latency_secs: 10,
+            txn_secs: 10,
+            e2e_full: 5_000,
+            e2e_half_secs: 10,
+            resume_trials: 3,
+            backlog: 100_000,
+            rss_sample: Duration::from_secs(10),
+            git_pushes: 20,
         }
-        if seen.is_multiple_of(64) || seen == n {
-            ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
-                .await?;
-        }
-        if seen == n {
-            break;
-        }
-    }
-    let rate = (n - 1) as f64 / start.elapsed().as_secs_f64();
-    let _ = conn.close(200, "ok".into()).await;
-    Ok(rate)
-}
-
-struct Noop {
-    count: Arc<AtomicU64>,
-}
-
-#[async_trait::async_trait]
-impl Handler for Noop {
-    fn kind(&self) -> &str {
-        "noop"
-    }
-    async fn handle(&self, _job: Job) -> Result<Done, JobError> {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        Ok(Done::Handled)
-    }
-}
-
-/// hookfleet's worker with a no-op handler on a pre-filled queue.
-async fn hookfleet_noop(cfg: &Config, n: u64) -> anyhow::Result<f64> {
-    let mut cfg = cfg.clone();
-    cfg.worker.kinds = vec!["noop".into()];
-    let count = Arc::new(AtomicU64::new(0));
-    let token = CancellationToken::new();
-    let state = hookfleet::worker::WorkerState::default();
-    let handler: Arc<dyn Handler> = Arc::new(Noop {
-        count: count.clone(),
-    });
-    // Declare and fill while no consumer runs, then start the clock with the worker.
-    {
-        let conn = amqp::connect(&cfg.amqp, "bench-setup").await?;
-        let ch = conn.create_channel().await?;
-        topology::declare(&ch, &cfg.amqp, &cfg.retry.tiers, &cfg.worker.kinds).await?;
-        let _ = conn.close(200, "ok".into()).await;
-    }
-    let queue = topology::Names::new(&cfg.amqp.prefix).queue("noop");
-    prefill(&cfg, &queue, n, "noop").await?;
-    let task = tokio::spawn(hookfleet::worker::run_with(
-        cfg.clone(),
-        state.clone(),
-        Box::new(move |_, _| vec![handler]),
-        token.clone(),
-    ));
-    // The clock starts at the first handled message (start-up is measured elsewhere).
-    while count.load(Ordering::Relaxed) < 1 {
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    let start = Instant::now();
-    while count.load(Ordering::Relaxed) < n {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let rate = (n - 1) as f64 / start.elapsed().as_secs_f64();
-    token.cancel();
-    let _ = task.await;
-    let conn = amqp::connect(&cfg.amqp, "bench-setup").await?;
-    let ch = conn.create_channel().await?;
-    let _ = topology::delete(&ch, &cfg.amqp.prefix, &cfg.retry.tiers, &cfg.worker.kinds).await;
-    Ok(rate)
-}
-
-fn print_table(rows: &[Row]) {
-    println!("| figure | hookfleet | baseline | ratio | target |");
-    println!("| --- | --- | --- | --- | --- |");
-    for r in rows {
-        println!(
-            "| {} | {:.0} {} | {:.0} {} ({}) | {:.2} | {} |",
-            r.name, r.hookfleet, r.unit, r.baseline, r.unit, r.baseline_name, r.ratio, r.target
-        );
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let o = opts();
-    let n: u64 = if o.quick { 20_000 } else { 100_000 };
-    let prefix = format!("bench{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let cfg = base_config(&prefix)?;
-    let mut rows = Vec::new();
+    let rand = &uuid::Uuid::now_v7().simple().to_string()[20..];
+    let prefix = format!("bench{rand}");
+    let db_name = format!("hookfleet_bench_{rand}");
+    let cfg = base_config(&prefix, &db_name)?;
+    create_database(&db_name, &cfg).await?;
+    let dir = common::repo::temp_dir("hookfleet-bench")?;
+    let result = run(&o, &cfg, &dir).await;
+    let _ = drop_database(&db_name).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (rows, extra) = result?;
 
-    // Consume: raw lapin vs hookfleet no-op, same queue type, size and prefetch.
-    let raw_q = format!("{prefix}.raw");
-    declare_queue(&cfg, &raw_q).await?;
-    let publish_rate = prefill(&cfg, &raw_q, n, "raw").await?;
-    let raw = raw_consume(&cfg, &raw_q, n).await?;
-    delete_queue(&cfg, &raw_q).await?;
-    let noop = hookfleet_noop(&cfg, n).await?;
-    rows.push(Row {
-        name: "no-op worker throughput".into(),
-        hookfleet: noop,
-        baseline_name: "raw lapin consume, multiple-ack every 64".into(),
-        baseline: raw,
-        unit: "msg/s".into(),
-        ratio: noop / raw,
-        target: ">= 0.95 (issue 9), >= 0.80 (issue 4)".into(),
-    });
-    eprintln!("raw publish-with-confirms (window {PREFETCH}): {publish_rate:.0} msg/s");
-
-    print_table(&rows);
+    let t = table(&rows);
+    println!("{t}");
     if let Some(dir) = std::path::Path::new(&o.out).parent() {
         std::fs::create_dir_all(dir)?;
     }
     let json = serde_json::json!({
-        "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
-        "messages": n,
-        "body_bytes": BODY_SIZE,
-        "prefetch": PREFETCH,
+        "mode": if o.quick { "quick" } else { "full" },
+        "machine": {
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "cpu": cpu_model(),
+        },
+        "body_bytes": support::BODY_SIZE,
+        "prefetch_and_window": support::PREFETCH,
         "queue_type": "quorum",
         "rows": rows,
+        "details": extra,
     });
     std::fs::write(&o.out, serde_json::to_string_pretty(&json)?)?;
-    println!("\nJSON written to {}", o.out);
+    println!("JSON written to {}", o.out);
     Ok(())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+async fn run(
+    o: &Opts,
+    cfg: &hookfleet::config::Config,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Vec<Row>, serde_json::Value)> {
+    let s = sizes(o.quick);
+    let started = Instant::now();
+    let step = |what: &str| eprintln!("[{:>5.1}s] {what}", started.elapsed().as_secs_f64());
+    let mut rows = Vec::new();
+    let pool = hookfleet::db::connect(&cfg.database).await?;
+    let exe = common::procs::hookfleet_exe()?;
+    let repo = common::repo::TinyRepo::create(dir)?;
+
+    // Consume: raw lapin vs hookfleet no-op.
+    step("consume: raw lapin");
+    let raw_q = format!("{}.raw", cfg.amqp.prefix);
+    support::declare_queue(cfg, &raw_q, None).await?;
+    support::publish_raw(cfg, "", &raw_q, s.consume, "raw", false).await?;
+    let raw = consume::raw_consume(cfg, &raw_q, s.consume).await?;
+    support::delete_queue(cfg, &raw_q).await?;
+    step("consume: hookfleet no-op worker");
+    let noop = consume::hookfleet_noop(cfg, s.consume).await?;
+    rows.push(Row::vs(
+        "no-op worker throughput",
+        noop,
+        "raw lapin consume, multiple-ack every 64",
+        raw,
+        "msg/s",
+        0.95,
+    ));
+
+    // Relay vs raw publish-with-confirms to the events exchange.
+    let mut relay_cfg = cfg.clone();
+    relay_cfg.worker.kinds = vec!["push".into()];
+    support::declare_topology(&relay_cfg).await?;
+    let events = hookfleet::amqp::topology::Names::new(&cfg.amqp.prefix).events_exchange();
+    step("relay: raw publish-with-confirms");
+    let sink = format!("{}.pub-sink", cfg.amqp.prefix);
+    support::declare_queue(cfg, &sink, Some((&events, "#"))).await?;
+    let raw_pub =
+        support::publish_raw(cfg, &events, "bench.event", s.relay, "bench.event", true).await?;
+    support::delete_queue(cfg, &sink).await?;
+    step("relay: throughput from a pre-filled outbox");
+    let relay = relay::relay_throughput(cfg, &pool, s.relay).await?;
+    rows.push(Row::vs(
+        &format!(
+            "relay throughput ({} rows, batch {})",
+            s.relay,
+            support::PREFETCH
+        ),
+        relay,
+        "raw publish-with-confirms, window 256",
+        raw_pub,
+        "msg/s",
+        0.90,
+    ));
+    step("relay: commit→consume latency");
+    let (p50, p99) = relay::relay_latency(cfg, &pool, s.latency_rate, s.latency_secs).await?;
+    rows.push(Row::alone(
+        &format!("relay commit→consume latency p50 at {}/s", s.latency_rate),
+        p50,
+        "ms",
+        None,
+    ));
+    rows.push(Row::alone(
+        &format!("relay commit→consume latency p99 at {}/s", s.latency_rate),
+        p99,
+        "ms",
+        None,
+    ));
+    support::delete_topology(&relay_cfg).await?;
+
+    // End to end vs the transaction alone.
+    step("transaction baseline (16 connections)");
+    let txn = txn::push_transactions(&pool, &cfg.amqp.prefix, 16, s.txn_secs).await?;
+    step("end to end: full and half load");
+    let e = e2e::end_to_end(cfg, &pool, &repo, s.e2e_full, s.e2e_half_secs).await?;
+    rows.push(Row::vs(
+        "end-to-end pushes/s (hook publish → handler + git → outbox → relay → consumer)",
+        e.full_rate,
+        "push transaction alone, 16 sqlx connections",
+        txn,
+        "push/s",
+        0.75,
+    ));
+    for (load, l) in [("full", e.full), ("half", e.half)] {
+        rows.push(Row::alone(
+            &format!("end-to-end latency p50 / p95 / p99 at {load} load: p50"),
+            l.p50,
+            "ms",
+            None,
+        ));
+        rows.push(Row::alone(
+            &format!("... at {load} load: p95"),
+            l.p95,
+            "ms",
+            None,
+        ));
+        rows.push(Row::alone(
+            &format!("... at {load} load: p99"),
+            l.p99,
+            "ms",
+            None,
+        ));
+    }
+
+    step("resume after a 1 s broker outage");
+    let mut resumes =
+        resume::resume_after_cut(cfg, Duration::from_secs(1), s.resume_trials).await?;
+    let worst = resumes.iter().copied().fold(0.0, f64::max);
+    rows.push(Row::alone(
+        &format!("resume after a 1 s outage (worst of {})", resumes.len()),
+        worst / 1000.0,
+        "s",
+        Some(1.0),
+    ));
+
+    step("RSS of a hookfleet worker process");
+    let (idle, busy) = rss::rss(&exe, cfg, &repo, s.backlog, s.rss_sample).await?;
+    rows.push(Row::alone(
+        "RSS idle (after ready)",
+        idle,
+        "MiB",
+        Some(15.0),
+    ));
+    rows.push(Row::alone(
+        &format!("RSS peak working through a {}-push backlog", s.backlog),
+        busy,
+        "MiB",
+        None,
+    ));
+
+    step("git push with and without the hook");
+    let (without, with, published) = gitpush::git_push_times(&exe, cfg, s.git_pushes).await?;
+    rows.push(Row {
+        name: format!(
+            "`git push` wall time with the hook (median of {})",
+            s.git_pushes
+        ),
+        hookfleet: with,
+        baseline_name: "without a hook".into(),
+        baseline: Some(without),
+        unit: "ms".into(),
+        ratio: Some(with / without.max(0.001)),
+        target: "-".into(),
+        met: None,
+    });
+    step("done");
+    pool.close().await;
+    let extra = serde_json::json!({
+        "e2e": e,
+        "resume_ms": { "trials": resumes.clone(), "median": support::percentile(&mut resumes, 50.0) },
+        "git_push": { "without_ms": without, "with_ms": with, "jobs_published_by_hook": published, "pushes": s.git_pushes },
+        "relay_latency": { "rate_per_s": s.latency_rate, "secs": s.latency_secs },
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    Ok((rows, extra))
 }

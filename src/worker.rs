@@ -155,6 +155,13 @@ pub async fn run_with(
         bg_stop.clone(),
     ));
 
+    // The relay publishes what handlers commit to the outbox; it stops only after
+    // the drained consumers' transactions have committed (bg_stop below).
+    if config.outbox.relay {
+        background.spawn(relay_task(config.clone(), pool.clone(), bg_stop.clone()));
+    }
+    background.spawn(pruner_task(config.clone(), pool.clone(), bg_stop.clone()));
+
     let supervisor = Supervisor::new(ctx, handlers, state.health.clone());
     background.spawn(sample_pool(supervisor.pool(), bg_stop.clone()));
     supervisor.run(shutdown.clone()).await;
@@ -260,5 +267,20 @@ async fn sample_pool(pool: crate::consumer::pool::TaskPool, stop: CancellationTo
             _ = stop.cancelled() => return,
             _ = tick.tick() => pool.sample_metrics(),
         }
+    }
+}
+
+/// The outbox relay inside the worker (`outbox.relay`); it only returns on `stop`.
+async fn relay_task(config: Arc<Config>, pool: PgPool, stop: CancellationToken) {
+    let r = crate::outbox::run_relay(config.amqp.clone(), config.outbox.clone(), pool, stop).await;
+    if let Err(e) = r {
+        tracing::error!(error = %crate::cli::error_chain(e.as_ref()), "outbox relay stopped");
+    }
+}
+
+/// Retention pruning of the outbox and inbox inside the worker.
+async fn pruner_task(config: Arc<Config>, pool: PgPool, stop: CancellationToken) {
+    if let Err(e) = crate::outbox::run_pruner(pool, config.outbox.clone(), stop).await {
+        tracing::error!(error = %crate::cli::error_chain(e.as_ref()), "outbox pruner stopped");
     }
 }

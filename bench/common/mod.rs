@@ -1,0 +1,8 @@
+//! Helpers shared by `hookfleet-bench` and `hookfleet-soak`: a TCP proxy that
+//! cuts connections, a tiny real git repository, and `hookfleet worker`
+//! processes (spawn, readiness, RSS, SIGKILL). Never used by the library.
+#![allow(dead_code)]
+
+pub mod procs;
+pub mod proxy;
+pub mod repo;

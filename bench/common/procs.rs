@@ -1,0 +1,138 @@
+//! `hookfleet worker` processes: spawn the real binary with environment
+//! overrides, wait for `/readyz`, read its RSS, SIGKILL it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// The `hookfleet` binary next to the running executable (same profile).
+pub fn hookfleet_exe() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let dir = me.parent().context("executable has no directory")?;
+    // Integration tests run from target/<profile>/deps.
+    for d in [dir.to_path_buf(), dir.join("..")] {
+        let p = d.join("hookfleet");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!("no hookfleet binary next to {}", me.display())
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A running `hookfleet worker`.
+pub struct WorkerProc {
+    /// The child (killed on drop).
+    pub child: Child,
+    /// Its admin port.
+    pub admin_port: u16,
+}
+
+impl WorkerProc {
+    /// Spawns `exe worker` with `env` (HOOKFLEET_* variables of this process are
+    /// removed first), `HOOKFLEET_ADMIN__LISTEN` set to `admin_port`, and stdout
+    /// and stderr appended to `log`.
+    pub fn spawn(
+        exe: &Path,
+        env: &[(String, String)],
+        admin_port: u16,
+        log: &Path,
+    ) -> anyhow::Result<WorkerProc> {
+        let mut c = Command::new(exe);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HOOKFLEET_") {
+                c.env_remove(k);
+            }
+        }
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        c.arg("worker")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("HOOKFLEET_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true);
+        let child = c
+            .spawn()
+            .with_context(|| format!("spawning {}", exe.display()))?;
+        Ok(WorkerProc { child, admin_port })
+    }
+
+    /// Waits until `/readyz` answers 200, up to `timeout`.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                anyhow::bail!("worker exited before it was ready: {status}");
+            }
+            if readyz(self.admin_port).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("worker not ready after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Resident set size in KiB (`VmRSS` of /proc/<pid>/status).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// SIGKILL, then reap.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+
+    /// SIGTERM (drain), then SIGKILL if it has not exited within `grace`.
+    pub async fn terminate(&mut self, grace: Duration) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            if tokio::time::timeout(grace, self.child.wait()).await.is_ok() {
+                return;
+            }
+        }
+        self.kill().await;
+    }
+}
+
+/// `true` when `GET /readyz` on `port` answers 200 within a second.
+pub async fn readyz(port: u16) -> bool {
+    let attempt = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        Some(buf.starts_with(b"HTTP/1.1 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), attempt).await,
+        Ok(Some(true))
+    )
+}

@@ -1,0 +1,104 @@
+//! Consuming: raw lapin consume-with-ack vs hookfleet's worker with a no-op
+//! handler, same queue type, message size and prefetch.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hookfleet::amqp::{self, topology};
+use hookfleet::config::Config;
+use hookfleet::job::{Done, Handler, Job, JobError};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{PREFETCH, declare_topology, delete_topology, publish_raw};
+
+/// Baseline: a lapin loop that acks with `multiple: true` every 64 deliveries.
+pub async fn raw_consume(cfg: &Config, queue: &str, n: u64) -> anyhow::Result<f64> {
+    let conn = amqp::connect(&cfg.amqp, "bench-raw").await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    // The clock starts at the first delivery, as it does for hookfleet.
+    let mut start = Instant::now();
+    let mut seen = 0u64;
+    while let Some(d) = consumer.next().await {
+        let d = d?;
+        seen += 1;
+        if seen == 1 {
+            start = Instant::now();
+        }
+        if seen.is_multiple_of(64) || seen == n {
+            ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
+                .await?;
+        }
+        if seen == n {
+            break;
+        }
+    }
+    let rate = (n - 1) as f64 / start.elapsed().as_secs_f64();
+    let _ = conn.close(200, "ok".into()).await;
+    Ok(rate)
+}
+
+/// Counts jobs and does nothing else.
+pub struct Noop {
+    /// Jobs handled.
+    pub count: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Noop {
+    fn kind(&self) -> &str {
+        "noop"
+    }
+    async fn handle(&self, _job: Job) -> Result<Done, JobError> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Ok(Done::Handled)
+    }
+}
+
+/// hookfleet's worker with a no-op handler on a pre-filled queue.
+pub async fn hookfleet_noop(cfg: &Config, n: u64) -> anyhow::Result<f64> {
+    let mut cfg = cfg.clone();
+    cfg.worker.kinds = vec!["noop".into()];
+    cfg.outbox.relay = false;
+    let count = Arc::new(AtomicU64::new(0));
+    let token = CancellationToken::new();
+    let state = hookfleet::worker::WorkerState::default();
+    let handler: Arc<dyn Handler> = Arc::new(Noop {
+        count: count.clone(),
+    });
+    // Declare and fill while no consumer runs, then start the clock with the worker.
+    declare_topology(&cfg).await?;
+    let queue = topology::Names::new(&cfg.amqp.prefix).queue("noop");
+    publish_raw(&cfg, "", &queue, n, "noop", false).await?;
+    let task = tokio::spawn(hookfleet::worker::run_with(
+        cfg.clone(),
+        state.clone(),
+        Box::new(move |_, _| vec![handler]),
+        token.clone(),
+    ));
+    // The clock starts at the first handled message (start-up is measured elsewhere).
+    while count.load(Ordering::Relaxed) < 1 {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let start = Instant::now();
+    while count.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rate = (n - 1) as f64 / start.elapsed().as_secs_f64();
+    token.cancel();
+    let _ = task.await;
+    delete_topology(&cfg).await?;
+    Ok(rate)
+}

@@ -1,0 +1,235 @@
+//! End to end: push jobs published as the hook does (`<prefix>.jobs`, routing key
+//! `push`, the job's envelope, confirmed) → the worker's push handler reading a
+//! real tiny repository → outbox → the worker's relay → a queue bound to
+//! `<prefix>.events`. Throughput at full load (publisher unthrottled) and latency
+//! (push's `pushed_at` → its last event consumed) at full and half load.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use hookfleet::amqp::{self, publish, topology::Names};
+use hookfleet::config::Config;
+use hookfleet::push::job::{PUSH_KIND, PushJob};
+use hookfleet::push::update::RefUpdate;
+use lapin::Consumer;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::common::repo::TinyRepo;
+use crate::support::{
+    PREFETCH, declare_queue, declare_topology, delete_queue, delete_topology, percentile,
+};
+
+/// Latency percentiles in ms.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Lat {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// The end-to-end figures.
+#[derive(Debug, serde::Serialize)]
+pub struct E2e {
+    /// pushes/s at full load.
+    pub full_rate: f64,
+    /// Latency at full load.
+    pub full: Lat,
+    /// The paced rate of the half-load run.
+    pub half_rate: f64,
+    /// Latency at half load.
+    pub half: Lat,
+}
+
+/// The last event of a branch-creating push (`git.push` comes first).
+const LAST_EVENT: &str = "git.branch.created";
+
+fn job(repo: &TinyRepo, i: usize) -> PushJob {
+    PushJob {
+        push_id: Uuid::now_v7(),
+        repository: repo.name.clone(),
+        pusher: Some("bench".into()),
+        push_options: Vec::new(),
+        pushed_at: Utc::now(),
+        updates: vec![RefUpdate {
+            refname: format!("refs/heads/e2e-{i}"),
+            before: "0".repeat(40),
+            after: repo.c2.clone(),
+        }],
+    }
+}
+
+/// Consumes until `n` pushes completed (their last event arrived); returns the
+/// latencies in ms and when the last one arrived.
+async fn collect(mut consumer: Consumer, n: usize) -> (Consumer, Vec<f64>, Instant) {
+    let mut lat = Vec::with_capacity(n);
+    let mut last = Instant::now();
+    while lat.len() < n {
+        let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(60), consumer.next()).await
+        else {
+            eprintln!("e2e: gave up waiting with {} of {n} pushes done", lat.len());
+            break;
+        };
+        if d.properties.kind().as_ref().map(|k| k.as_str()) != Some(LAST_EVENT) {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
+        if let Some(at) = v["pushed_at"]
+            .as_str()
+            .and_then(|s| s.parse::<DateTime<Utc>>().ok())
+        {
+            lat.push((Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+        last = Instant::now();
+    }
+    (consumer, lat, last)
+}
+
+fn lat(v: &mut [f64]) -> Lat {
+    Lat {
+        p50: percentile(v, 50.0),
+        p95: percentile(v, 95.0),
+        p99: percentile(v, 99.0),
+    }
+}
+
+/// Publishes `n` jobs, one every `every` (zero: as fast as the window allows).
+async fn publish_jobs(
+    cfg: &Config,
+    repo: &TinyRepo,
+    first: usize,
+    n: usize,
+    every: Duration,
+) -> anyhow::Result<()> {
+    let conn = amqp::connect(&cfg.amqp, "bench-hook").await?;
+    let ch = publish::confirm_channel(&conn).await?;
+    let exchange = Names::new(&cfg.amqp.prefix).jobs_exchange();
+    let mut pending = VecDeque::new();
+    let start = Instant::now();
+    for i in 0..n {
+        if !every.is_zero() {
+            tokio::time::sleep_until((start + every.mul_f64(i as f64)).into()).await;
+        }
+        let j = job(repo, first + i);
+        let c = publish::send(
+            &ch,
+            &exchange,
+            PUSH_KIND,
+            &j.to_json(),
+            j.envelope().to_properties(),
+            true,
+        )
+        .await?;
+        pending.push_back(c);
+        while pending.len() >= usize::from(PREFETCH)
+            || pending
+                .front()
+                .is_some_and(|_| !every.is_zero() && pending.len() > 1)
+        {
+            if let Some(c) = pending.pop_front() {
+                publish::confirmed(c, Duration::from_secs(30)).await?;
+            }
+        }
+    }
+    for c in pending {
+        publish::confirmed(c, Duration::from_secs(30)).await?;
+    }
+    let _ = conn.close(200, "ok".into()).await;
+    Ok(())
+}
+
+/// Runs both loads; `n_full` pushes at full load, `half_secs` of half load.
+pub async fn end_to_end(
+    cfg: &Config,
+    pool: &PgPool,
+    repo: &TinyRepo,
+    n_full: usize,
+    half_secs: u64,
+) -> anyhow::Result<E2e> {
+    let mut cfg = cfg.clone();
+    cfg.worker.kinds = vec![PUSH_KIND.into()];
+    cfg.worker.kind_concurrency.insert(PUSH_KIND.into(), 16);
+    cfg.outbox.relay = true;
+    cfg.hook.repositories_root = repo.root.display().to_string();
+    declare_topology(&cfg).await?;
+    let names = Names::new(&cfg.amqp.prefix);
+    let sink = format!("{}.e2e-sink", cfg.amqp.prefix);
+    declare_queue(&cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
+
+    let token = CancellationToken::new();
+    let state = hookfleet::worker::WorkerState::default();
+    let worker = tokio::spawn(hookfleet::worker::run_with(
+        cfg.clone(),
+        state.clone(),
+        hookfleet::worker::default_handlers(),
+        token.clone(),
+    ));
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while !state.health.consuming() {
+        anyhow::ensure!(Instant::now() < ready_by, "worker not consuming after 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let conn = amqp::connect(&cfg.amqp, "bench-sink").await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(1000, BasicQosOptions::default()).await?;
+    let consumer = ch
+        .basic_consume(
+            sink.as_str().into(),
+            "e2e".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+
+    // Full load: the publisher is not throttled.
+    let start = Instant::now();
+    let collector = tokio::spawn(collect(consumer, n_full));
+    publish_jobs(&cfg, repo, 0, n_full, Duration::ZERO).await?;
+    let (consumer, mut full, last) = collector.await?;
+    let full_rate = full.len() as f64 / (last - start).as_secs_f64();
+
+    // Half load, paced.
+    let half_rate = full_rate / 2.0;
+    let n_half = ((half_rate * half_secs as f64) as usize).max(10);
+    let collector = tokio::spawn(collect(consumer, n_half));
+    publish_jobs(
+        &cfg,
+        repo,
+        n_full,
+        n_half,
+        Duration::from_secs_f64(1.0 / half_rate),
+    )
+    .await?;
+    let (_consumer, mut half, _) = collector.await?;
+
+    token.cancel();
+    let _ = worker.await;
+    let _ = conn.close(200, "ok".into()).await;
+    delete_queue(&cfg, &sink).await?;
+    delete_topology(&cfg).await?;
+    sqlx::query("TRUNCATE inbox, pushes, ref_state, outbox")
+        .execute(pool)
+        .await?;
+    Ok(E2e {
+        full_rate,
+        full: lat(&mut full),
+        half_rate,
+        half: lat(&mut half),
+    })
+}
+
+/// Fills `<prefix>.push` with `n` push jobs (the topology must exist).
+pub async fn publish_backlog(cfg: &Config, repo: &TinyRepo, n: usize) -> anyhow::Result<()> {
+    publish_jobs(cfg, repo, 0, n, Duration::ZERO).await
+}

@@ -1,0 +1,131 @@
+//! The relay: throughput from a pre-filled outbox (vs raw publish-with-confirms
+//! of the same size and window), and commit→consume latency at a steady rate.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hookfleet::amqp::{self, topology::Names};
+use hookfleet::config::Config;
+use hookfleet::outbox::{self, Event};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{BODY_SIZE, declare_queue, delete_queue, now_micros, percentile};
+
+fn event(names: &Names, t: i64) -> Event {
+    // Same size on the wire as the baselines' bodies.
+    let pad = "x".repeat(BODY_SIZE - 30);
+    Event::new(names, "bench.event", None, json!({ "t": t, "pad": pad }))
+}
+
+async fn unpublished(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Relay msg/s from an outbox of `n` rows (relay batch = the window).
+/// The events exchange must exist.
+pub async fn relay_throughput(cfg: &Config, pool: &PgPool, n: u64) -> anyhow::Result<f64> {
+    let names = Names::new(&cfg.amqp.prefix);
+    let sink = format!("{}.relay-sink", cfg.amqp.prefix);
+    declare_queue(cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(1000);
+        let events: Vec<Event> = (0..k).map(|_| event(&names, 0)).collect();
+        let mut tx = pool.begin().await?;
+        outbox::enqueue_many(&mut tx, &events).await?;
+        tx.commit().await?;
+        left -= k;
+    }
+    let token = CancellationToken::new();
+    let start = Instant::now();
+    let relay = tokio::spawn(outbox::run_relay(
+        cfg.amqp.clone(),
+        cfg.outbox.clone(),
+        pool.clone(),
+        token.clone(),
+    ));
+    while unpublished(pool).await? > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    token.cancel();
+    let _ = relay.await;
+    delete_queue(cfg, &sink).await?;
+    Ok(rate)
+}
+
+/// Commit→consume latency (p50, p99 in ms): `rate` single-row transactions per
+/// second for `secs`, relay running, a consumer on a bound queue; latency =
+/// consume time - the commit's timestamp in the body.
+pub async fn relay_latency(
+    cfg: &Config,
+    pool: &PgPool,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let names = Names::new(&cfg.amqp.prefix);
+    let sink = format!("{}.latency-sink", cfg.amqp.prefix);
+    declare_queue(cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
+    let token = CancellationToken::new();
+    let relay = tokio::spawn(outbox::run_relay(
+        cfg.amqp.clone(),
+        cfg.outbox.clone(),
+        pool.clone(),
+        token.clone(),
+    ));
+    let total = rate * secs;
+    let conn = amqp::connect(&cfg.amqp, "bench-consumer").await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            sink.as_str().into(),
+            "latency".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let collector = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(total as usize);
+        while lat.len() < total as usize {
+            let Ok(Some(Ok(d))) =
+                tokio::time::timeout(Duration::from_secs(30), consumer.next()).await
+            else {
+                break;
+            };
+            let now = now_micros();
+            let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
+            if let Some(t) = v["t"].as_i64() {
+                lat.push((now - t) as f64 / 1000.0);
+            }
+        }
+        lat
+    });
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for _ in 0..total {
+        tick.tick().await;
+        let mut tx = pool.begin().await?;
+        // The timestamp is taken just before COMMIT.
+        outbox::enqueue(&mut tx, &event(&names, now_micros())).await?;
+        tx.commit().await?;
+    }
+    let mut lat = collector.await?;
+    token.cancel();
+    let _ = relay.await;
+    let _ = conn.close(200, "ok".into()).await;
+    delete_queue(cfg, &sink).await?;
+    sqlx::query("DELETE FROM outbox").execute(pool).await?;
+    Ok((percentile(&mut lat, 50.0), percentile(&mut lat, 99.0)))
+}

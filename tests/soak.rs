@@ -1,0 +1,52 @@
+//! The chaos drill in small, so CI catches regressions: 300 push jobs through two
+//! real `hookfleet worker` processes while the broker connections are cut once
+//! and one worker is SIGKILLed and restarted (no service restarts: CI may lack
+//! the permission). The drill itself (`bench/soak`) verifies exactly-once effects
+//! and at-least-once events from the database and a sink queue.
+
+use std::process::Command;
+
+#[test]
+fn short_chaos_drill_loses_nothing_and_applies_each_push_once() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hookfleet-soak"))
+        .args([
+            "--jobs",
+            "300",
+            "--workers",
+            "2",
+            "--kills",
+            "1",
+            "--cuts",
+            "1",
+        ])
+        .args(["--event-every", "2", "--cut-every", "1"])
+        .args([
+            "--no-broker-restart",
+            "--no-db-restart",
+            "--max-seconds",
+            "50",
+        ])
+        .args(["--hookfleet", env!("CARGO_BIN_EXE_hookfleet")])
+        .output()
+        .expect("run hookfleet-soak");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "soak failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for line in [
+        "| pushes processed (rows in `pushes`) | 300 |",
+        "| **lost jobs** | 0 |",
+        "| **dead-lettered** | 0 |",
+        "| inbox rows for the push queue | 300 |",
+        "| **events missing at the sink** | 0 |",
+        "| outbox rows | 500 |",
+        "chaos: connection cuts / worker SIGKILLs / broker restarts / db restarts | 1 / 1 / 0 / 0 |",
+    ] {
+        let found = stdout.lines().any(|l| l.ends_with(line));
+        assert!(found, "missing {line:?} in:\n{stdout}");
+    }
+    assert!(stdout.contains("result: PASS"), "{stdout}");
+}
