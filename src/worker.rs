@@ -121,27 +121,6 @@ pub async fn run_with(
         state.health.clone(),
         bg_stop.clone(),
     ));
-    if config.outbox.relay {
-        let (amqp, outbox, pool, stop) = (
-            config.amqp.clone(),
-            config.outbox.clone(),
-            pool.clone(),
-            bg_stop.clone(),
-        );
-        background.spawn(async move {
-            if let Err(e) = crate::outbox::run_relay(amqp, outbox, pool, stop).await {
-                tracing::error!(error = %format!("{e:#}"), "relay stopped");
-            }
-        });
-    }
-    {
-        let (outbox, pool, stop) = (config.outbox.clone(), pool.clone(), bg_stop.clone());
-        background.spawn(async move {
-            if let Err(e) = crate::outbox::run_pruner(pool, outbox, stop).await {
-                tracing::error!(error = %format!("{e:#}"), "pruner stopped");
-            }
-        });
-    }
     background.spawn(crate::push::spool::run_spool_flusher(
         (*config).clone(),
         bg_stop.clone(),
