@@ -8,6 +8,11 @@
 //! [`super::prune`]) and never drops a transaction mid-commit: shutdown is only
 //! observed between batches.
 //!
+//! Pipelining: the next batch is claimed (SKIP LOCKED skips the rows still locked)
+//! and published while the previous batch's marks and COMMIT run, so the database
+//! and the broker work at the same time. Publishing itself stays sequential on one
+//! channel: batch N+1 is sent only after batch N's confirms are in.
+//!
 //! Wake-ups: `LISTEN hookfleet_outbox` is registered before the first claim, so no
 //! notification for a row committed after that can be missed; notifications sent
 //! while the listener was disconnected are lost, which the `outbox.poll_interval`
@@ -75,6 +80,55 @@ struct Outcome {
     failed: Vec<Failure>,
     /// The channel or connection broke: unconfirmed rows were left alone.
     broken: Option<AmqpError>,
+}
+
+/// A published batch whose rows still have to be marked and committed.
+struct Settle {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    claimed: usize,
+    outcome: Outcome,
+    started: Instant,
+}
+
+/// What one pipeline step did.
+enum Step {
+    /// Nothing was due.
+    Idle,
+    /// A batch was claimed and published.
+    Published(Box<Settle>),
+}
+
+/// Marks the batch's confirmed rows published and its failed rows backed off,
+/// commits, records metrics; returns the broken-channel error, if any.
+async fn settle_batch_inner(batch: Settle) -> anyhow::Result<Option<AmqpError>> {
+    let Settle {
+        mut tx,
+        outcome,
+        started,
+        ..
+    } = batch;
+    storage::mark_published(&mut tx, &outcome.published)
+        .await
+        .context("relay: marking rows published")?;
+    storage::mark_failed(&mut tx, &outcome.failed)
+        .await
+        .context("relay: recording failed rows")?;
+    tx.commit().await.context("relay: commit")?;
+    let m = metrics();
+    m.relay_published_total
+        .inc_by(outcome.published.len() as u64);
+    m.relay_failed_total.inc_by(outcome.failed.len() as u64);
+    m.relay_batch_duration_seconds
+        .observe(started.elapsed().as_secs_f64());
+    for f in &outcome.failed {
+        tracing::warn!(outbox.id = f.id, error = %f.error, retry_in = ?f.retry_in, "relay: row not published");
+    }
+    Ok(outcome.broken)
+}
+
+/// Settles a batch that was full and unbroken (the pipelined case).
+async fn settle_batch(batch: Settle) -> anyhow::Result<()> {
+    settle_batch_inner(batch).await.map(|_| ())
 }
 
 /// Relay state across batches.
@@ -163,12 +217,116 @@ impl Relay {
             self.listener = Some(l);
         }
         self.ensure_broker().await?;
+        // Two-stage pipeline: while batch N's marks and COMMIT run, batch N+1 is
+        // claimed and published. Publishing stays strictly sequential on one channel
+        // (N+1 is sent only after N's confirms), so the ordering guarantee holds.
+        let mut settling: Option<Settle> = None;
         loop {
-            let claimed = self.batch().await?;
+            let claimed = match self.claim_and_publish(settling.take()).await {
+                Ok(c) => c,
+                Err(e) => return Err(e),
+            };
             self.sample_stats().await;
-            if claimed < self.outbox.batch_size as usize || shutdown.is_cancelled() {
-                return Ok(());
+            match claimed {
+                Step::Idle => return Ok(()),
+                Step::Published(batch) => {
+                    let full = batch.claimed >= self.outbox.batch_size as usize;
+                    if batch.outcome.broken.is_some() || !full || shutdown.is_cancelled() {
+                        return self.settle(*batch).await;
+                    }
+                    settling = Some(*batch);
+                }
             }
+        }
+    }
+
+    /// Claims the next batch and publishes it while `previous` (already published)
+    /// is marked and committed. Never drops a transaction mid-commit: both halves
+    /// run to completion before this returns.
+    async fn claim_and_publish(&mut self, previous: Option<Settle>) -> anyhow::Result<Step> {
+        let started = Instant::now();
+        // Claiming while the previous batch still holds its row locks is safe:
+        // SKIP LOCKED hands out the next ids.
+        let claimed = async {
+            let mut tx = self.pool.begin().await.context("relay: begin")?;
+            let rows = storage::claim(&mut tx, self.outbox.batch_size)
+                .await
+                .context("relay: claiming rows")?;
+            Ok::<_, anyhow::Error>((tx, rows))
+        }
+        .await;
+        let (tx, rows) = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(prev) = previous {
+                    settle_batch(prev).await?;
+                }
+                return Err(e);
+            }
+        };
+        let claimed_in = started.elapsed();
+        if rows.is_empty() {
+            tx.commit().await.context("relay: commit")?;
+            if let Some(prev) = previous {
+                settle_batch(prev).await?;
+            }
+            return Ok(Step::Idle);
+        }
+        let publish = async {
+            match self.broker.as_mut() {
+                Some(broker) => {
+                    publish_rows(
+                        broker,
+                        &rows,
+                        self.amqp.publish_timeout,
+                        self.outbox.max_backoff,
+                    )
+                    .await
+                }
+                None => Outcome {
+                    broken: Some(AmqpError::Rejected("relay has no broker connection".into())),
+                    ..Outcome::default()
+                },
+            }
+        };
+        // The broker takes this batch while the database settles the previous one.
+        let (outcome, earlier) = match previous {
+            Some(prev) => tokio::join!(publish, settle_batch(prev)),
+            None => (publish.await, Ok(())),
+        };
+        tracing::debug!(
+            rows = rows.len(),
+            claim_ms = claimed_in.as_secs_f64() * 1e3,
+            publish_ms = (started.elapsed() - claimed_in).as_secs_f64() * 1e3,
+            "relay: batch claimed and published"
+        );
+        if outcome.broken.is_some() {
+            self.broker = None;
+            metrics()
+                .amqp_connection_up
+                .with_label_values(&[ROLE])
+                .set(0);
+        }
+        let current = Settle {
+            tx,
+            claimed: rows.len(),
+            outcome,
+            started,
+        };
+        if let Err(e) = earlier {
+            // Keep what this batch achieved before reporting the failure.
+            let _ = settle_batch_inner(current).await;
+            return Err(e);
+        }
+        Ok(Step::Published(Box::new(current)))
+    }
+
+    /// Marks and commits one published batch, then reports a broken channel.
+    async fn settle(&mut self, batch: Settle) -> anyhow::Result<()> {
+        let broken = settle_batch_inner(batch).await?;
+        match broken {
+            Some(e) => Err(anyhow::Error::new(e).context("relay: broker channel failed")),
+            None => Ok(()),
         }
     }
 
@@ -213,60 +371,6 @@ impl Relay {
             known_exchanges: HashSet::from([String::new()]),
         });
         Ok(())
-    }
-
-    /// One claim → publish → mark → commit cycle; returns the number of rows claimed.
-    async fn batch(&mut self) -> anyhow::Result<usize> {
-        let started = Instant::now();
-        let mut tx = self.pool.begin().await.context("relay: begin")?;
-        let rows = storage::claim(&mut tx, self.outbox.batch_size)
-            .await
-            .context("relay: claiming rows")?;
-        if rows.is_empty() {
-            tx.commit().await.context("relay: commit")?;
-            return Ok(0);
-        }
-        let outcome = match self.broker.as_mut() {
-            Some(broker) => {
-                publish_rows(
-                    broker,
-                    &rows,
-                    self.amqp.publish_timeout,
-                    self.outbox.max_backoff,
-                )
-                .await
-            }
-            None => Outcome {
-                broken: Some(AmqpError::Rejected("relay has no broker connection".into())),
-                ..Outcome::default()
-            },
-        };
-        storage::mark_published(&mut tx, &outcome.published)
-            .await
-            .context("relay: marking rows published")?;
-        storage::mark_failed(&mut tx, &outcome.failed)
-            .await
-            .context("relay: recording failed rows")?;
-        tx.commit().await.context("relay: commit")?;
-
-        let m = metrics();
-        m.relay_published_total
-            .inc_by(outcome.published.len() as u64);
-        m.relay_failed_total.inc_by(outcome.failed.len() as u64);
-        m.relay_batch_duration_seconds
-            .observe(started.elapsed().as_secs_f64());
-        for f in &outcome.failed {
-            tracing::warn!(outbox.id = f.id, error = %f.error, retry_in = ?f.retry_in, "relay: row not published");
-        }
-        if let Some(e) = outcome.broken {
-            self.broker = None;
-            metrics()
-                .amqp_connection_up
-                .with_label_values(&[ROLE])
-                .set(0);
-            return Err(anyhow::Error::new(e).context("relay: broker channel failed"));
-        }
-        Ok(rows.len())
     }
 
     async fn sample_stats(&mut self) {
