@@ -63,6 +63,7 @@ pub async fn connect(cfg: &AmqpConfig, role: &str) -> Result<Connection, AmqpErr
         url: cfg.url.redacted(),
         message,
     })?;
+    uri.query.frame_max = Some(cfg.frame_max);
     uri.query.heartbeat = Some(u16::try_from(cfg.heartbeat.as_secs()).unwrap_or(u16::MAX));
     uri.query.connection_timeout =
         Some(u64::try_from(cfg.connect_timeout.as_millis()).unwrap_or(u64::MAX));

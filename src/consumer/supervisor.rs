@@ -100,6 +100,10 @@ impl Supervisor {
         let address = cfg.amqp.url.address();
         let mut backoff = Reconnect::new(cfg.amqp.reconnect_min, cfg.amqp.reconnect_max);
         let mut failures: u64 = 0;
+        // After losing a session that ran a while, try once at once: a cut
+        // connection usually comes straight back, and every millisecond here is
+        // time not consuming. A session that dies young goes through the backoff.
+        let mut retry_now = false;
         let up = metrics().amqp_connection_up.with_label_values(&[ROLE]);
         up.set(0);
         loop {
@@ -147,12 +151,16 @@ impl Supervisor {
                     if started.elapsed() >= cfg.amqp.healthy_after {
                         backoff.reset();
                     }
+                    retry_now = started.elapsed() >= Duration::from_secs(1);
                 }
             }
             metrics()
                 .amqp_reconnects_total
                 .with_label_values(&[ROLE])
                 .inc();
+            if std::mem::take(&mut retry_now) {
+                continue;
+            }
             let delay = backoff.next_delay();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
