@@ -28,6 +28,8 @@ use support::{Row, base_config, create_database, drop_database, table};
 
 struct Opts {
     quick: bool,
+    /// `--consume-only`: just the no-op row (for repeated runs of the noisiest figure).
+    consume_only: bool,
     out: String,
 }
 
@@ -39,7 +41,12 @@ fn opts() -> Opts {
         .position(|a| a == "--out")
         .and_then(|i| args.get(i + 1).cloned())
         .unwrap_or_else(|| "bench-results/bench.json".into());
-    Opts { quick, out }
+    let consume_only = args.iter().any(|a| a == "--consume-only");
+    Opts {
+        quick,
+        consume_only,
+        out,
+    }
 }
 
 /// Sizes of one run.
@@ -167,6 +174,9 @@ async fn run(
         "msg/s",
         0.95,
     ));
+    if o.consume_only {
+        return Ok((rows, serde_json::json!({})));
+    }
 
     // Relay vs raw publish-with-confirms to the events exchange.
     let mut relay_cfg = cfg.clone();

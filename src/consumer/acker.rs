@@ -3,23 +3,25 @@
 //! One awaited `basic.ack` per message caps throughput at a third of what the
 //! broker can do; acking with `multiple: true` is the cure, but a multiple-ack
 //! covers every earlier tag, so it may only be sent up to the highest tag below
-//! which *all* work has finished. This task owns that bookkeeping: tasks report a
-//! finished delivery tag, the acker advances the contiguous watermark and sends
-//! one `multiple` ack per batch (at most `flush_every` completions or
-//! `flush_interval` late). Tags finished above a gap (a slow job below them) are
-//! acked one by one on the timer so a single slow job cannot exhaust the
-//! channel's prefetch window.
+//! which *all* work has finished. This module owns that bookkeeping: tasks record
+//! a finished delivery tag in a shared window (a short lock, no wake-up), and the
+//! acker task sends one `multiple` ack per batch (woken after `FLUSH_EVERY`
+//! completions, or by its `flush_interval` timer). Tags finished above a gap (a
+//! slow job below them) are acked one by one after [`GAP_GRACE`] so a single slow
+//! job cannot exhaust the channel's prefetch window. A requeue is sent before any
+//! ack can cover its tag: the tag counts as finished only once its nack is out.
 //!
 //! It never acks a tag that has not been reported finished. An ack that fails
-//! because the channel died is logged; the broker redelivers and the inbox makes
-//! that harmless.
+//! because the channel died is logged once; the broker redelivers and the inbox
+//! makes that harmless.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// What to tell the broker about a finished delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,33 +37,67 @@ pub const FLUSH_EVERY: u64 = 64;
 /// Tags finished above a gap are acked one by one once the gap is this old.
 pub const GAP_GRACE: Duration = Duration::from_millis(200);
 
-/// Sender side: cheap to clone, one per task.
+/// Sender side: cheap to clone, one per task. The acker task ends (after a final
+/// flush) once every handle is gone.
 #[derive(Clone, Debug)]
 pub struct AckHandle {
-    tx: mpsc::UnboundedSender<(u64, Settle)>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    window: Window,
+    /// Tags to nack-requeue, not yet sent (and not yet in the window).
+    requeue: Vec<u64>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the window inconsistent
+        // (every update is a single call), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl AckHandle {
-    /// Reports a finished delivery. Never blocks.
+    /// Reports a finished delivery. Never blocks on I/O.
     pub fn settle(&self, tag: u64, how: Settle) {
-        if self.tx.send((tag, how)).is_err() {
-            tracing::debug!(delivery_tag = tag, "acker gone; the broker will redeliver");
+        let wake = {
+            let mut s = self.shared.lock();
+            match how {
+                Settle::Ack => {
+                    s.window.settle(tag);
+                    s.window.pending() >= FLUSH_EVERY
+                }
+                Settle::Requeue => {
+                    s.requeue.push(tag);
+                    true
+                }
+            }
+        };
+        if wake {
+            self.shared.wake.notify_one();
         }
     }
 }
 
-/// Spawns the acker for `channel` and returns its handle and task. The task ends
-/// when every handle is dropped, after a final flush.
+/// Spawns the acker for `channel` and returns its handle and task.
 pub fn spawn(
     channel: Channel,
     flush_interval: Duration,
 ) -> (AckHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(channel, rx, flush_interval));
-    (AckHandle { tx }, task)
+    let shared = Arc::new(Shared::default());
+    let task = tokio::spawn(run(channel, shared.clone(), flush_interval));
+    (AckHandle { shared }, task)
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Window {
     /// Every tag ≤ this is settled (delivery tags start at 1 on each channel).
     watermark: u64,
@@ -74,7 +110,7 @@ struct Window {
     /// Highest watermark already acked on the wire.
     acked: u64,
     /// Since when tags have waited above a gap (reset whenever the watermark moves).
-    gap_since: Option<std::time::Instant>,
+    gap_since: Option<Instant>,
 }
 
 impl Window {
@@ -89,96 +125,97 @@ impl Window {
         if self.done.is_empty() {
             self.gap_since = None;
         } else if self.watermark != before || self.gap_since.is_none() {
-            self.gap_since = Some(std::time::Instant::now());
+            self.gap_since = Some(Instant::now());
         }
     }
+
     fn pending(&self) -> u64 {
         self.watermark - self.acked
     }
+
+    /// The tag to multiple-ack now, if any: the highest settled tag not already
+    /// settled on the wire. Marks everything up to the watermark as acked.
+    fn take_flush(&mut self) -> Option<u64> {
+        if self.pending() == 0 {
+            return None;
+        }
+        let watermark = self.watermark;
+        let mut tag = watermark;
+        while tag > self.acked && self.sent.contains(&tag) {
+            tag -= 1;
+        }
+        let wire = tag > self.acked;
+        self.acked = watermark;
+        self.sent = self.sent.split_off(&(watermark + 1));
+        wire.then_some(tag)
+    }
+
+    /// Tags above a gap to ack one by one (all of them when `now`, else only once
+    /// the gap is older than [`GAP_GRACE`]); marks them sent.
+    fn take_gaps(&mut self, now: bool) -> Vec<u64> {
+        let stuck = self.gap_since.is_some_and(|t| t.elapsed() >= GAP_GRACE);
+        if self.done.is_empty() || !(now || stuck) {
+            return Vec::new();
+        }
+        let unsent: Vec<u64> = self.done.difference(&self.sent).copied().collect();
+        self.sent.extend(unsent.iter().copied());
+        unsent
+    }
 }
 
-async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<(u64, Settle)>, interval: Duration) {
-    let mut w = Window::default();
+async fn run(channel: Channel, shared: Arc<Shared>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dead = false;
     loop {
-        tokio::select! {
-            msg = rx.recv() => match msg {
-                Some((tag, how)) => {
-                    if how == Settle::Requeue {
-                        nack_one(&channel, tag, &mut dead).await;
-                        w.sent.insert(tag);
-                    }
-                    w.settle(tag);
-                    // Drain whatever else is queued without waiting.
-                    while let Ok((tag, how)) = rx.try_recv() {
-                        if how == Settle::Requeue {
-                            nack_one(&channel, tag, &mut dead).await;
-                            w.sent.insert(tag);
-                        }
-                        w.settle(tag);
-                    }
-                    if w.pending() >= FLUSH_EVERY {
-                        flush(&channel, &mut w, &mut dead).await;
-                    }
-                }
-                None => {
-                    flush(&channel, &mut w, &mut dead).await;
-                    ack_gaps(&channel, &mut w, &mut dead, true).await;
-                    return;
-                }
-            },
-            _ = tick.tick() => {
-                flush(&channel, &mut w, &mut dead).await;
-                ack_gaps(&channel, &mut w, &mut dead, false).await;
+        let ticked = tokio::select! {
+            _ = shared.wake.notified() => false,
+            _ = tick.tick() => true,
+        };
+        // Only this task holds the Arc once every handle is dropped.
+        let last = Arc::strong_count(&shared) == 1;
+
+        let requeue = std::mem::take(&mut shared.lock().requeue);
+        for tag in &requeue {
+            nack_one(&channel, *tag, &mut dead).await;
+        }
+        let (flush, gaps) = {
+            let mut s = shared.lock();
+            for tag in requeue {
+                s.window.sent.insert(tag);
+                s.window.settle(tag);
             }
+            let flush = if ticked || last || s.window.pending() >= FLUSH_EVERY {
+                s.window.take_flush()
+            } else {
+                None
+            };
+            let gaps = if ticked || last {
+                s.window.take_gaps(last)
+            } else {
+                Vec::new()
+            };
+            (flush, gaps)
+        };
+        if let Some(tag) = flush {
+            ack(&channel, tag, true, &mut dead).await;
+        }
+        for tag in gaps {
+            ack(&channel, tag, false, &mut dead).await;
+        }
+        if last {
+            return;
         }
     }
 }
 
-async fn flush(channel: &Channel, w: &mut Window, dead: &mut bool) {
-    if w.pending() == 0 {
+async fn ack(channel: &Channel, tag: u64, multiple: bool, dead: &mut bool) {
+    if *dead {
         return;
     }
-    let watermark = w.watermark;
-    let mut tag = watermark;
-    while tag > w.acked && w.sent.contains(&tag) {
-        tag -= 1;
-    }
-    let wire = tag > w.acked;
-    w.acked = watermark;
-    w.sent = w.sent.split_off(&(watermark + 1));
-    if *dead || !wire {
-        return;
-    }
-    if let Err(e) = channel
-        .basic_ack(tag, BasicAckOptions { multiple: true })
-        .await
-    {
+    if let Err(e) = channel.basic_ack(tag, BasicAckOptions { multiple }).await {
         *dead = true;
         tracing::warn!(error = %e, delivery_tag = tag, "ack failed: channel closed; unacked deliveries will be redelivered");
-    }
-}
-
-async fn ack_gaps(channel: &Channel, w: &mut Window, dead: &mut bool, now: bool) {
-    let stuck = w.gap_since.is_some_and(|t| t.elapsed() >= GAP_GRACE);
-    if w.done.is_empty() || !(now || stuck) {
-        return;
-    }
-    let unsent: Vec<u64> = w.done.difference(&w.sent).copied().collect();
-    for tag in unsent {
-        w.sent.insert(tag);
-        if *dead {
-            continue;
-        }
-        if let Err(e) = channel
-            .basic_ack(tag, BasicAckOptions { multiple: false })
-            .await
-        {
-            *dead = true;
-            tracing::warn!(error = %e, delivery_tag = tag, "ack failed: channel closed; unacked deliveries will be redelivered");
-        }
     }
 }
 
@@ -206,6 +243,7 @@ mod tests {
         w.settle(2);
         w.settle(3);
         assert_eq!(w.watermark, 0, "tag 1 is still running");
+        assert_eq!(w.take_flush(), None);
         w.settle(1);
         assert_eq!(w.watermark, 3);
         w.settle(5);
@@ -213,6 +251,8 @@ mod tests {
         w.settle(4);
         assert_eq!(w.watermark, 5);
         assert!(w.done.is_empty());
+        assert_eq!(w.take_flush(), Some(5));
+        assert_eq!(w.take_flush(), None, "nothing new to ack");
     }
 
     #[test]
@@ -220,16 +260,24 @@ mod tests {
         let mut w = Window::default();
         w.settle(2);
         w.settle(3);
-        w.sent.extend([2, 3]); // gap-acked while 1 was slow
+        assert_eq!(w.take_gaps(true), vec![2, 3], "gap-acked while 1 was slow");
+        assert!(w.take_gaps(true).is_empty(), "each gap tag is sent once");
         w.settle(1);
         assert_eq!(w.watermark, 3);
-        let mut tag = w.watermark;
-        while tag > w.acked && w.sent.contains(&tag) {
-            tag -= 1;
-        }
         assert_eq!(
-            tag, 1,
-            "the multiple ack names tag 1, which is still outstanding"
+            w.take_flush(),
+            Some(1),
+            "the multiple ack names tag 1, still outstanding"
         );
+        assert!(w.sent.is_empty());
+    }
+
+    #[test]
+    fn a_window_of_only_individually_settled_tags_sends_no_multiple_ack() {
+        let mut w = Window::default();
+        w.settle(1);
+        w.sent.insert(1); // requeued
+        assert_eq!(w.take_flush(), None);
+        assert_eq!(w.acked, 1);
     }
 }
