@@ -2,16 +2,16 @@
 //!
 //! Owns the loop LISTEN → claim (`FOR UPDATE SKIP LOCKED`, id order) → publish the
 //! batch pipelined with `mandatory` → await confirms → mark confirmed rows published
-//! and failed rows backed off → COMMIT, and the relay's own broker connection (role
+//! and failed rows backed off → COMMIT (batches overlapped, see below), and the relay's own broker connection (role
 //! `relay`), reconnected with exponential backoff and jitter when it closes. It
 //! never publishes anything that is not an outbox row, never deletes rows (see
 //! [`super::prune`]) and never drops a transaction mid-commit: shutdown is only
 //! observed between batches.
 //!
-//! Pipelining: the next batch is claimed (SKIP LOCKED skips the rows still locked)
-//! and published while the previous batch's marks and COMMIT run, so the database
-//! and the broker work at the same time. Publishing itself stays sequential on one
-//! channel: batch N+1 is sent only after batch N's confirms are in.
+//! Pipelining: batch N+1 is claimed (SKIP LOCKED skips the rows still locked) and
+//! sent while batch N's confirms are still arriving; only then are N's confirms
+//! awaited and N marked and committed. The broker always has work and the database
+//! settles in parallel. Sends stay in id order on one channel.
 //!
 //! Wake-ups: `LISTEN hookfleet_outbox` is registered before the first claim, so no
 //! notification for a row committed after that can be missed; notifications sent
@@ -34,7 +34,7 @@ use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind, PublisherConfirm};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
@@ -86,7 +86,7 @@ struct Outcome {
 struct Settle {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
     claimed: usize,
-    outcome: Outcome,
+    sent: Sent,
     started: Instant,
 }
 
@@ -103,10 +103,11 @@ enum Step {
 async fn settle_batch_inner(batch: Settle) -> anyhow::Result<Option<AmqpError>> {
     let Settle {
         mut tx,
-        outcome,
+        sent,
         started,
         ..
     } = batch;
+    let outcome = await_confirms(sent).await;
     storage::mark_published(&mut tx, &outcome.published)
         .await
         .context("relay: marking rows published")?;
@@ -124,11 +125,6 @@ async fn settle_batch_inner(batch: Settle) -> anyhow::Result<Option<AmqpError>> 
         tracing::warn!(outbox.id = f.id, error = %f.error, retry_in = ?f.retry_in, "relay: row not published");
     }
     Ok(outcome.broken)
-}
-
-/// Settles a batch that was full and unbroken (the pipelined case).
-async fn settle_batch(batch: Settle) -> anyhow::Result<()> {
-    settle_batch_inner(batch).await.map(|_| ())
 }
 
 /// Relay state across batches.
@@ -231,7 +227,7 @@ impl Relay {
                 Step::Idle => return Ok(()),
                 Step::Published(batch) => {
                     let full = batch.claimed >= self.outbox.batch_size as usize;
-                    if batch.outcome.broken.is_some() || !full || shutdown.is_cancelled() {
+                    if batch.sent.outcome.broken.is_some() || !full || shutdown.is_cancelled() {
                         return self.settle(*batch).await;
                     }
                     settling = Some(*batch);
@@ -240,9 +236,10 @@ impl Relay {
         }
     }
 
-    /// Claims the next batch and publishes it while `previous` (already published)
-    /// is marked and committed. Never drops a transaction mid-commit: both halves
-    /// run to completion before this returns.
+    /// Claims the next batch and sends it while `previous` (sent, confirms maybe
+    /// still outstanding) is confirmed, marked and committed. Sends stay in id
+    /// order on one channel; the broker always has the next batch before the
+    /// previous one is settled. Never drops a transaction mid-commit.
     async fn claim_and_publish(&mut self, previous: Option<Settle>) -> anyhow::Result<Step> {
         let started = Instant::now();
         // Claiming while the previous batch still holds its row locks is safe:
@@ -259,73 +256,85 @@ impl Relay {
             Ok(c) => c,
             Err(e) => {
                 if let Some(prev) = previous {
-                    settle_batch(prev).await?;
+                    self.settle(prev).await?;
                 }
                 return Err(e);
             }
         };
-        let claimed_in = started.elapsed();
         if rows.is_empty() {
             tx.commit().await.context("relay: commit")?;
             if let Some(prev) = previous {
-                settle_batch(prev).await?;
+                self.settle(prev).await?;
             }
             return Ok(Step::Idle);
         }
-        let publish = async {
-            match self.broker.as_mut() {
-                Some(broker) => {
-                    publish_rows(
-                        broker,
-                        &rows,
-                        self.amqp.publish_timeout,
-                        self.outbox.max_backoff,
-                    )
-                    .await
-                }
-                None => Outcome {
+        let sent = match self.broker.as_mut() {
+            Some(broker) => {
+                send_rows(
+                    broker,
+                    &rows,
+                    self.amqp.publish_timeout,
+                    self.outbox.max_backoff,
+                )
+                .await
+            }
+            None => Sent {
+                pending: Vec::new(),
+                outcome: Outcome {
                     broken: Some(AmqpError::Rejected("relay has no broker connection".into())),
                     ..Outcome::default()
                 },
+                deadline: tokio::time::Instant::now(),
+                max_backoff: self.outbox.max_backoff,
+                timeout: self.amqp.publish_timeout,
+            },
+        };
+        if sent.outcome.broken.is_some() {
+            self.drop_broker();
+        }
+        let current = Settle {
+            tx,
+            claimed: rows.len(),
+            sent,
+            started,
+        };
+        // While the broker takes this batch, settle the previous one.
+        if let Some(prev) = previous {
+            match settle_batch_inner(prev).await {
+                Ok(None) => {}
+                Ok(Some(broken)) => {
+                    // The channel died under the previous batch: this one was sent
+                    // on it too. Keep what was confirmed, then reconnect.
+                    self.drop_broker();
+                    let _ = settle_batch_inner(current).await;
+                    return Err(anyhow::Error::new(broken).context("relay: broker channel failed"));
+                }
+                Err(e) => {
+                    let _ = settle_batch_inner(current).await;
+                    return Err(e);
+                }
             }
-        };
-        // The broker takes this batch while the database settles the previous one.
-        let (outcome, earlier) = match previous {
-            Some(prev) => tokio::join!(publish, settle_batch(prev)),
-            None => (publish.await, Ok(())),
-        };
-        tracing::debug!(
-            rows = rows.len(),
-            claim_ms = claimed_in.as_secs_f64() * 1e3,
-            publish_ms = (started.elapsed() - claimed_in).as_secs_f64() * 1e3,
-            "relay: batch claimed and published"
-        );
-        if outcome.broken.is_some() {
-            self.broker = None;
+        }
+        Ok(Step::Published(Box::new(current)))
+    }
+
+    fn drop_broker(&mut self) {
+        if self.broker.take().is_some() {
             metrics()
                 .amqp_connection_up
                 .with_label_values(&[ROLE])
                 .set(0);
         }
-        let current = Settle {
-            tx,
-            claimed: rows.len(),
-            outcome,
-            started,
-        };
-        if let Err(e) = earlier {
-            // Keep what this batch achieved before reporting the failure.
-            let _ = settle_batch_inner(current).await;
-            return Err(e);
-        }
-        Ok(Step::Published(Box::new(current)))
     }
 
-    /// Marks and commits one published batch, then reports a broken channel.
+    /// Confirms, marks and commits one sent batch, then reports a broken channel.
     async fn settle(&mut self, batch: Settle) -> anyhow::Result<()> {
         let broken = settle_batch_inner(batch).await?;
         match broken {
-            Some(e) => Err(anyhow::Error::new(e).context("relay: broker channel failed")),
+            Some(e) => {
+                self.drop_broker();
+                Err(anyhow::Error::new(e).context("relay: broker channel failed"))
+            }
             None => Ok(()),
         }
     }
@@ -476,21 +485,33 @@ async fn exchange_exists(
         })?
 }
 
-/// Publishes `rows` in id order on the broker's channel, pipelined, then awaits
-/// every confirm against one deadline.
-async fn publish_rows(
+/// A batch sent to the broker whose confirms may still be outstanding.
+struct Sent {
+    /// Outbox id, attempts so far, and the confirm to await.
+    pending: Vec<(i64, i32, PublisherConfirm)>,
+    /// Rows already known to have failed, and a broken channel met while sending.
+    outcome: Outcome,
+    deadline: tokio::time::Instant,
+    max_backoff: Duration,
+    timeout: Duration,
+}
+
+/// Sends `rows` in id order on the broker's channel without waiting for their
+/// confirms (see [`await_confirms`]). Rows aimed at an exchange that does not
+/// exist are failed here, before they could close the channel.
+async fn send_rows(
     broker: &mut Broker,
     rows: &[OutboxRow],
     timeout: Duration,
     max_backoff: Duration,
-) -> Outcome {
-    let mut out = Outcome::default();
-    let fail = |row: &OutboxRow, error: String| Failure {
-        id: row.id,
-        error,
-        retry_in: row_backoff(row.publish_attempts.saturating_add(1), max_backoff),
+) -> Sent {
+    let mut sent = Sent {
+        pending: Vec::with_capacity(rows.len()),
+        outcome: Outcome::default(),
+        deadline: tokio::time::Instant::now() + timeout,
+        max_backoff,
+        timeout,
     };
-
     let mut missing: HashSet<String> = HashSet::new();
     for row in rows {
         if broker.known_exchanges.contains(&row.exchange) || missing.contains(&row.exchange) {
@@ -504,24 +525,22 @@ async fn publish_rows(
                 missing.insert(row.exchange.clone());
             }
             Err(e) => {
-                out.broken = Some(e);
-                return out;
+                sent.outcome.broken = Some(e);
+                return sent;
             }
         }
     }
-
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut pending = Vec::with_capacity(rows.len());
     for row in rows {
         if missing.contains(&row.exchange) {
-            out.failed.push(fail(
-                row,
-                format!("exchange {:?} does not exist", row.exchange),
-            ));
+            sent.outcome.failed.push(Failure {
+                id: row.id,
+                error: format!("exchange {:?} does not exist", row.exchange),
+                retry_in: row_backoff(row.publish_attempts.saturating_add(1), max_backoff),
+            });
             continue;
         }
-        let sent = tokio::time::timeout_at(
-            deadline,
+        let result = tokio::time::timeout_at(
+            sent.deadline,
             publish::send(
                 &broker.channel,
                 &row.exchange,
@@ -532,14 +551,14 @@ async fn publish_rows(
             ),
         )
         .await;
-        match sent {
-            Ok(Ok(confirm)) => pending.push((row, confirm)),
+        match result {
+            Ok(Ok(confirm)) => sent.pending.push((row.id, row.publish_attempts, confirm)),
             Ok(Err(e)) => {
-                out.broken = Some(e);
+                sent.outcome.broken = Some(e);
                 break;
             }
             Err(_) => {
-                out.broken = Some(AmqpError::Timeout {
+                sent.outcome.broken = Some(AmqpError::Timeout {
                     what: "publish",
                     timeout,
                 });
@@ -547,23 +566,38 @@ async fn publish_rows(
             }
         }
     }
-    for (row, confirm) in pending {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    sent
+}
+
+/// Awaits every confirm of a sent batch (against the batch's deadline).
+async fn await_confirms(sent: Sent) -> Outcome {
+    let Sent {
+        pending,
+        mut outcome,
+        deadline,
+        max_backoff,
+        timeout,
+    } = sent;
+    for (id, attempts, confirm) in pending {
+        // A batch sent just before a slow settle still gets its full window.
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(timeout / 2);
         match publish::confirmed(confirm, left).await {
-            Ok(()) => out.published.push(row.id),
-            Err(AmqpError::Rejected(why)) => out.failed.push(fail(row, why)),
+            Ok(()) => outcome.published.push(id),
+            Err(AmqpError::Rejected(why)) => outcome.failed.push(Failure {
+                id,
+                error: why,
+                retry_in: row_backoff(attempts.saturating_add(1), max_backoff),
+            }),
             Err(e) => {
-                if out.broken.is_none() {
-                    out.broken = Some(e);
+                if outcome.broken.is_none() {
+                    outcome.broken = Some(e);
                 }
             }
         }
     }
-    if out.broken.is_some() {
-        // A closed channel may mean an exchange vanished: check again next time.
-        broker.known_exchanges.retain(String::is_empty);
-    }
-    out
+    outcome
 }
 
 #[cfg(test)]
