@@ -2,7 +2,7 @@
 //! run on the local broker and database. Prints a markdown table and writes JSON
 //! (`bench-results/bench.json`). Never part of `cargo test`.
 //!
-//! Usage: `scripts/bench [--quick] [--out FILE]` (builds `hookfleet` and this
+//! Usage: `scripts/bench [--quick] [--only GROUP] [--rounds N] [--out FILE]` (builds `hookfleet` and this
 //! binary in release, then runs it; the RSS and `git push` figures run the real
 //! `hookfleet` binary next to this one).
 //!
@@ -28,8 +28,11 @@ use support::{Row, base_config, create_database, drop_database, table};
 
 struct Opts {
     quick: bool,
-    /// `--consume-only`: just the no-op row (for repeated runs of the noisiest figure).
-    consume_only: bool,
+    /// `--only consume|relay|e2e|resume|rss|gitpush`: just that group of rows
+    /// (for repeated runs of a noisy figure, or profiling one path).
+    only: Option<String>,
+    /// `--rounds N`: overrides the mode's number of alternating throughput rounds.
+    rounds: Option<usize>,
     out: String,
 }
 
@@ -41,16 +44,34 @@ fn opts() -> Opts {
         .position(|a| a == "--out")
         .and_then(|i| args.get(i + 1).cloned())
         .unwrap_or_else(|| "bench-results/bench.json".into());
-    let consume_only = args.iter().any(|a| a == "--consume-only");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned())
+        // Kept for scripts written before `--only`.
+        .or_else(|| {
+            args.iter()
+                .any(|a| a == "--consume-only")
+                .then(|| "consume".into())
+        });
+    let rounds = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .filter(|n: &usize| *n > 0);
     Opts {
         quick,
-        consume_only,
+        only,
+        rounds,
         out,
     }
 }
 
 /// Sizes of one run.
 struct Sizes {
+    /// Alternating baseline/hookfleet rounds of the throughput rows (medians reported).
+    rounds: usize,
     consume: u64,
     relay: u64,
     latency_rate: u64,
@@ -67,6 +88,7 @@ struct Sizes {
 fn sizes(quick: bool) -> Sizes {
     if quick {
         Sizes {
+            rounds: 1,
             consume: 20_000,
             relay: 10_000,
             latency_rate: 200,
@@ -81,6 +103,7 @@ fn sizes(quick: bool) -> Sizes {
         }
     } else {
         Sizes {
+            rounds: 5,
             consume: 100_000,
             relay: 50_000,
             latency_rate: 500,
@@ -149,62 +172,202 @@ async fn run(
     cfg: &hookfleet::config::Config,
     dir: &std::path::Path,
 ) -> anyhow::Result<(Vec<Row>, serde_json::Value)> {
-    let s = sizes(o.quick);
+    let mut s = sizes(o.quick);
+    s.rounds = o.rounds.unwrap_or(s.rounds);
     let started = Instant::now();
     let step = |what: &str| eprintln!("[{:>5.1}s] {what}", started.elapsed().as_secs_f64());
+    let want = |group: &str| o.only.as_deref().is_none_or(|g| g == group);
     let mut rows = Vec::new();
+    let mut extra = serde_json::Map::new();
     let pool = hookfleet::db::connect(&cfg.database).await?;
     let exe = common::procs::hookfleet_exe()?;
     let repo = common::repo::TinyRepo::create(dir)?;
 
-    // Consume: raw lapin vs hookfleet no-op.
-    step("consume: raw lapin");
-    let raw_q = format!("{}.raw", cfg.amqp.prefix);
-    support::declare_queue(cfg, &raw_q, None).await?;
-    support::publish_raw(cfg, "", &raw_q, s.consume, "raw", false).await?;
-    let raw = consume::raw_consume(cfg, &raw_q, s.consume).await?;
-    support::delete_queue(cfg, &raw_q).await?;
-    step("consume: hookfleet no-op worker");
-    let noop = consume::hookfleet_noop(cfg, s.consume).await?;
-    rows.push(Row::vs(
-        "no-op worker throughput",
-        noop,
-        "raw lapin consume, multiple-ack every 64",
-        raw,
-        "msg/s",
-        0.95,
-    ));
-    if o.consume_only {
-        return Ok((rows, serde_json::json!({})));
+    if want("consume") {
+        // Alternating rounds, medians: the broker's own throughput drifts by tens
+        // of percent between minutes on a shared 2-core machine.
+        let (mut raws, mut noops) = (Vec::new(), Vec::new());
+        for round in 1..=s.rounds {
+            step(&format!("consume round {round}/{}: raw lapin", s.rounds));
+            let raw_q = format!("{}.raw", cfg.amqp.prefix);
+            support::declare_queue(cfg, &raw_q, None).await?;
+            support::publish_raw(cfg, "", &raw_q, s.consume, "raw", false).await?;
+            raws.push(consume::raw_consume(cfg, &raw_q, s.consume).await?);
+            support::delete_queue(cfg, &raw_q).await?;
+            step(&format!(
+                "consume round {round}/{}: hookfleet no-op worker",
+                s.rounds
+            ));
+            noops.push(consume::hookfleet_noop(cfg, s.consume).await?);
+        }
+        extra.insert(
+            "consume_rounds".into(),
+            serde_json::json!({ "raw": raws.clone(), "hookfleet": noops.clone() }),
+        );
+        rows.push(Row::vs(
+            &format!("no-op worker throughput (median of {})", s.rounds),
+            support::percentile(&mut noops, 50.0),
+            "raw lapin consume, multiple-ack every 64",
+            support::percentile(&mut raws, 50.0),
+            "msg/s",
+            0.95,
+        ));
     }
 
-    // Relay vs raw publish-with-confirms to the events exchange.
+    if want("relay") {
+        relay_rows(cfg, &pool, &s, &step, &mut rows, &mut extra).await?;
+    }
+
+    if want("e2e") {
+        step("transaction baseline (16 connections)");
+        let txn = txn::push_transactions(&pool, &cfg.amqp.prefix, 16, s.txn_secs).await?;
+        step("end to end: full and half load");
+        let e = e2e::end_to_end(cfg, &pool, &repo, s.e2e_full, s.e2e_half_secs).await?;
+        rows.push(Row::vs(
+            "end-to-end pushes/s (hook publish → handler + git → outbox → relay → consumer)",
+            e.full_rate,
+            "push transaction alone, 16 sqlx connections",
+            txn,
+            "push/s",
+            0.75,
+        ));
+        for (load, l) in [("full", e.full), ("half", e.half)] {
+            rows.push(Row::alone(
+                &format!("end-to-end latency p50 / p95 / p99 at {load} load: p50"),
+                l.p50,
+                "ms",
+                None,
+            ));
+            rows.push(Row::alone(
+                &format!("... at {load} load: p95"),
+                l.p95,
+                "ms",
+                None,
+            ));
+            rows.push(Row::alone(
+                &format!("... at {load} load: p99"),
+                l.p99,
+                "ms",
+                None,
+            ));
+        }
+        extra.insert("e2e".into(), serde_json::to_value(&e)?);
+    }
+
+    if want("resume") {
+        step("resume after a 1 s broker outage");
+        let mut resumes =
+            resume::resume_after_cut(cfg, Duration::from_secs(1), s.resume_trials).await?;
+        let worst = resumes.iter().copied().fold(0.0, f64::max);
+        rows.push(Row::alone(
+            &format!("resume after a 1 s outage (worst of {})", resumes.len()),
+            worst / 1000.0,
+            "s",
+            Some(1.0),
+        ));
+        extra.insert(
+            "resume_ms".into(),
+            serde_json::json!({ "trials": resumes.clone(), "median": support::percentile(&mut resumes, 50.0) }),
+        );
+    }
+
+    if want("rss") {
+        step("RSS of a hookfleet worker process");
+        let (idle, busy) = rss::rss(&exe, cfg, &repo, s.backlog, s.rss_sample).await?;
+        rows.push(Row::alone(
+            "RSS idle (after ready)",
+            idle,
+            "MiB",
+            Some(15.0),
+        ));
+        rows.push(Row::alone(
+            &format!("RSS peak working through a {}-push backlog", s.backlog),
+            busy,
+            "MiB",
+            None,
+        ));
+    }
+
+    if want("gitpush") {
+        step("git push with and without the hook");
+        let (without, with, published) = gitpush::git_push_times(&exe, cfg, s.git_pushes).await?;
+        rows.push(Row {
+            name: format!(
+                "`git push` wall time with the hook (median of {})",
+                s.git_pushes
+            ),
+            hookfleet: with,
+            baseline_name: "without a hook".into(),
+            baseline: Some(without),
+            unit: "ms".into(),
+            ratio: Some(with / without.max(0.001)),
+            target: "-".into(),
+            met: None,
+        });
+        extra.insert(
+            "git_push".into(),
+            serde_json::json!({ "without_ms": without, "with_ms": with, "jobs_published_by_hook": published, "pushes": s.git_pushes }),
+        );
+    }
+    step("done");
+    pool.close().await;
+    extra.insert(
+        "seconds".into(),
+        serde_json::json!(started.elapsed().as_secs_f64()),
+    );
+    Ok((rows, serde_json::Value::Object(extra)))
+}
+
+/// Relay throughput vs raw publish-with-confirms, and commit→consume latency.
+async fn relay_rows(
+    cfg: &hookfleet::config::Config,
+    pool: &sqlx::PgPool,
+    s: &Sizes,
+    step: &impl Fn(&str),
+    rows: &mut Vec<Row>,
+    extra: &mut serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
     let mut relay_cfg = cfg.clone();
     relay_cfg.worker.kinds = vec!["push".into()];
     support::declare_topology(&relay_cfg).await?;
     let events = hookfleet::amqp::topology::Names::new(&cfg.amqp.prefix).events_exchange();
-    step("relay: raw publish-with-confirms");
-    let sink = format!("{}.pub-sink", cfg.amqp.prefix);
-    support::declare_queue(cfg, &sink, Some((&events, "#"))).await?;
-    let raw_pub =
-        support::publish_raw(cfg, &events, "bench.event", s.relay, "bench.event", true).await?;
-    support::delete_queue(cfg, &sink).await?;
-    step("relay: throughput from a pre-filled outbox");
-    let relay = relay::relay_throughput(cfg, &pool, s.relay).await?;
+    let (mut raws, mut relays) = (Vec::new(), Vec::new());
+    for round in 1..=s.rounds {
+        step(&format!(
+            "relay round {round}/{}: raw publish-with-confirms",
+            s.rounds
+        ));
+        let sink = format!("{}.pub-sink", cfg.amqp.prefix);
+        support::declare_queue(cfg, &sink, Some((&events, "#"))).await?;
+        raws.push(
+            support::publish_raw(cfg, &events, "bench.event", s.relay, "bench.event", true).await?,
+        );
+        support::delete_queue(cfg, &sink).await?;
+        step(&format!(
+            "relay round {round}/{}: throughput from a pre-filled outbox",
+            s.rounds
+        ));
+        relays.push(relay::relay_throughput(cfg, pool, s.relay).await?);
+    }
+    extra.insert(
+        "relay_rounds".into(),
+        serde_json::json!({ "raw": raws.clone(), "hookfleet": relays.clone() }),
+    );
     rows.push(Row::vs(
         &format!(
-            "relay throughput ({} rows, batch {})",
+            "relay throughput ({} rows, batch {}, median of {})",
             s.relay,
-            support::PREFETCH
+            support::PREFETCH,
+            s.rounds
         ),
-        relay,
+        support::percentile(&mut relays, 50.0),
         "raw publish-with-confirms, window 256",
-        raw_pub,
+        support::percentile(&mut raws, 50.0),
         "msg/s",
         0.90,
     ));
     step("relay: commit→consume latency");
-    let (p50, p99) = relay::relay_latency(cfg, &pool, s.latency_rate, s.latency_secs).await?;
+    let (p50, p99) = relay::relay_latency(cfg, pool, s.latency_rate, s.latency_secs).await?;
     rows.push(Row::alone(
         &format!("relay commit→consume latency p50 at {}/s", s.latency_rate),
         p50,
@@ -217,91 +380,9 @@ async fn run(
         "ms",
         None,
     ));
-    support::delete_topology(&relay_cfg).await?;
-
-    // End to end vs the transaction alone.
-    step("transaction baseline (16 connections)");
-    let txn = txn::push_transactions(&pool, &cfg.amqp.prefix, 16, s.txn_secs).await?;
-    step("end to end: full and half load");
-    let e = e2e::end_to_end(cfg, &pool, &repo, s.e2e_full, s.e2e_half_secs).await?;
-    rows.push(Row::vs(
-        "end-to-end pushes/s (hook publish → handler + git → outbox → relay → consumer)",
-        e.full_rate,
-        "push transaction alone, 16 sqlx connections",
-        txn,
-        "push/s",
-        0.75,
-    ));
-    for (load, l) in [("full", e.full), ("half", e.half)] {
-        rows.push(Row::alone(
-            &format!("end-to-end latency p50 / p95 / p99 at {load} load: p50"),
-            l.p50,
-            "ms",
-            None,
-        ));
-        rows.push(Row::alone(
-            &format!("... at {load} load: p95"),
-            l.p95,
-            "ms",
-            None,
-        ));
-        rows.push(Row::alone(
-            &format!("... at {load} load: p99"),
-            l.p99,
-            "ms",
-            None,
-        ));
-    }
-
-    step("resume after a 1 s broker outage");
-    let mut resumes =
-        resume::resume_after_cut(cfg, Duration::from_secs(1), s.resume_trials).await?;
-    let worst = resumes.iter().copied().fold(0.0, f64::max);
-    rows.push(Row::alone(
-        &format!("resume after a 1 s outage (worst of {})", resumes.len()),
-        worst / 1000.0,
-        "s",
-        Some(1.0),
-    ));
-
-    step("RSS of a hookfleet worker process");
-    let (idle, busy) = rss::rss(&exe, cfg, &repo, s.backlog, s.rss_sample).await?;
-    rows.push(Row::alone(
-        "RSS idle (after ready)",
-        idle,
-        "MiB",
-        Some(15.0),
-    ));
-    rows.push(Row::alone(
-        &format!("RSS peak working through a {}-push backlog", s.backlog),
-        busy,
-        "MiB",
-        None,
-    ));
-
-    step("git push with and without the hook");
-    let (without, with, published) = gitpush::git_push_times(&exe, cfg, s.git_pushes).await?;
-    rows.push(Row {
-        name: format!(
-            "`git push` wall time with the hook (median of {})",
-            s.git_pushes
-        ),
-        hookfleet: with,
-        baseline_name: "without a hook".into(),
-        baseline: Some(without),
-        unit: "ms".into(),
-        ratio: Some(with / without.max(0.001)),
-        target: "-".into(),
-        met: None,
-    });
-    step("done");
-    pool.close().await;
-    let extra = serde_json::json!({
-        "e2e": e,
-        "resume_ms": { "trials": resumes.clone(), "median": support::percentile(&mut resumes, 50.0) },
-        "git_push": { "without_ms": without, "with_ms": with, "jobs_published_by_hook": published, "pushes": s.git_pushes },
-        "relay_latency": { "rate_per_s": s.latency_rate, "secs": s.latency_secs },
-        "seconds": started.elapsed().as_secs_f64(),
-    });
-    Ok((rows, extra))
+    extra.insert(
+        "relay_latency".into(),
+        serde_json::json!({ "rate_per_s": s.latency_rate, "secs": s.latency_secs }),
+    );
+    support::delete_topology(&relay_cfg).await
 }

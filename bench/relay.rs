@@ -35,6 +35,9 @@ pub async fn relay_throughput(cfg: &Config, pool: &PgPool, n: u64) -> anyhow::Re
     let names = Names::new(&cfg.amqp.prefix);
     let sink = format!("{}.relay-sink", cfg.amqp.prefix);
     declare_queue(cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
+    // Every round starts from the same table: exactly `n` rows, no published rows
+    // (and their dead index entries) left by earlier rounds.
+    sqlx::query("TRUNCATE outbox").execute(pool).await?;
     let mut left = n;
     while left > 0 {
         let k = left.min(1000);
@@ -45,6 +48,10 @@ pub async fn relay_throughput(cfg: &Config, pool: &PgPool, n: u64) -> anyhow::Re
         left -= k;
     }
     let token = CancellationToken::new();
+    // Done = the relay's own counter of committed publications moved by `n`: an
+    // in-process read, where polling `count(*)` would load the database it measures.
+    let published = || hookfleet::metrics::metrics().relay_published_total.get();
+    let target = published() + n;
     let start = Instant::now();
     let relay = tokio::spawn(outbox::run_relay(
         cfg.amqp.clone(),
@@ -52,10 +59,16 @@ pub async fn relay_throughput(cfg: &Config, pool: &PgPool, n: u64) -> anyhow::Re
         pool.clone(),
         token.clone(),
     ));
-    while unpublished(pool).await? > 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let deadline = start + Duration::from_secs(600);
+    while published() < target {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "relay did not drain the outbox in 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
+    anyhow::ensure!(unpublished(pool).await? == 0, "rows left unpublished");
     token.cancel();
     let _ = relay.await;
     delete_queue(cfg, &sink).await?;
@@ -74,6 +87,7 @@ pub async fn relay_latency(
     let names = Names::new(&cfg.amqp.prefix);
     let sink = format!("{}.latency-sink", cfg.amqp.prefix);
     declare_queue(cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
+    sqlx::query("TRUNCATE outbox").execute(pool).await?;
     let token = CancellationToken::new();
     let relay = tokio::spawn(outbox::run_relay(
         cfg.amqp.clone(),

@@ -365,3 +365,57 @@ async fn pruning_removes_only_rows_older_than_retention() {
         .unwrap();
     assert_eq!(again, outbox::prune::Pruned::default());
 }
+
+/// The plan of the relay's claim in `begin_claim` after a burst, before any
+/// ANALYZE: the pending index walked in id order, no sort of every pending row.
+async fn claim_plan(tx: &mut sqlx::Transaction<'static, sqlx::Postgres>) -> String {
+    let lines: Vec<String> = sqlx::query_scalar(&format!(
+        "EXPLAIN {}",
+        outbox::storage::claim_sql().replace("$1", "256")
+    ))
+    .fetch_all(&mut **tx)
+    .await
+    .unwrap();
+    lines.join("\n")
+}
+
+#[tokio::test]
+async fn a_claim_after_a_burst_walks_the_pending_index_without_sorting() {
+    let (db, cfg, _q) = setup().await;
+    let burst = events(&cfg, 5_000, "burst");
+    commit_events(&db.pool, &burst).await;
+
+    // The statistics are stale (no ANALYZE yet): a plain transaction gets the
+    // planner's guess — the plan this test guards against.
+    let mut plain = db.pool.begin().await.unwrap();
+    let guessed = claim_plan(&mut plain).await;
+    plain.rollback().await.unwrap();
+
+    // One connection: the session that ran the claim is the one checked below.
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let mut tx = outbox::storage::begin_claim(&one).await.unwrap();
+    let plan = claim_plan(&mut tx).await;
+    assert!(
+        plan.contains("Index Scan using outbox_pending_id_idx") && !plan.contains("Sort"),
+        "claim plan:\n{plan}\n(plain transaction's plan:\n{guessed})"
+    );
+    let rows = outbox::storage::claim(&mut tx, 256).await.unwrap();
+    assert_eq!(rows.len(), 256);
+    assert!(rows.windows(2).all(|w| w[0].id < w[1].id), "id order");
+    tx.rollback().await.unwrap();
+
+    // The settings were LOCAL: they did not outlive the transaction on the pooled
+    // session.
+    let mut conn = one.acquire().await.unwrap();
+    for setting in ["enable_bitmapscan", "enable_seqscan"] {
+        let v: String = sqlx::query_scalar(&format!("SHOW {setting}"))
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(v, "on", "{setting} leaked to the session");
+    }
+}

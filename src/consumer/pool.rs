@@ -64,6 +64,20 @@ impl TaskPool {
         }
     }
 
+    /// Both permits if they are free right now (the consume loop's fast path: no
+    /// waiter is registered when the pool has room, which is the common case).
+    pub fn try_acquire(&self, kind: &str) -> Option<Permits> {
+        let kind_permit = match self.per_kind.get(kind) {
+            Some(s) => Some(s.clone().try_acquire_owned().ok()?),
+            None => None,
+        };
+        let global = self.global.clone().try_acquire_owned().ok()?;
+        Some(Permits {
+            _global: global,
+            _kind: kind_permit,
+        })
+    }
+
     /// Publishes the free permits of every semaphore to the metrics.
     pub fn sample_metrics(&self) {
         let m = metrics();

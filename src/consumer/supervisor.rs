@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
@@ -376,14 +376,25 @@ impl ConsumeLoop {
     /// Returns why it ended.
     async fn run(self, mut consumer: lapin::Consumer) -> String {
         loop {
+            // Fast paths first (a free permit, a delivery already buffered): no
+            // waiter is registered on the pool, the stream or the stop token then.
+            if self.stop.is_cancelled() {
+                return "stopped".into();
+            }
             // The permit comes first: never pull a delivery we have no room for.
-            let permits = tokio::select! {
-                _ = self.stop.cancelled() => return "stopped".into(),
-                p = self.pool.acquire(&self.kind) => p,
+            let permits = match self.pool.try_acquire(&self.kind) {
+                Some(p) => p,
+                None => tokio::select! {
+                    _ = self.stop.cancelled() => return "stopped".into(),
+                    p = self.pool.acquire(&self.kind) => p,
+                },
             };
-            let next = tokio::select! {
-                _ = self.stop.cancelled() => return "stopped".into(),
-                d = consumer.next() => d,
+            let next = match consumer.next().now_or_never() {
+                Some(d) => d,
+                None => tokio::select! {
+                    _ = self.stop.cancelled() => return "stopped".into(),
+                    d = consumer.next() => d,
+                },
             };
             let delivery = match next {
                 None => {

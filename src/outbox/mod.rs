@@ -157,10 +157,10 @@ pub fn row_properties(row: &storage::OutboxRow) -> BasicProperties {
     row_envelope(row).to_properties()
 }
 
-/// The body of a stored row: its payload as JSON bytes.
-pub fn row_body(row: &storage::OutboxRow) -> Vec<u8> {
-    // Serialising a `serde_json::Value` to a Vec cannot fail (no I/O, string keys).
-    serde_json::to_vec(&row.payload).unwrap_or_default()
+/// The body of a stored row: its payload as JSON text, exactly as PostgreSQL
+/// prints the `jsonb` (read as text: no parse and re-serialise per row).
+pub fn row_body(row: &storage::OutboxRow) -> &[u8] {
+    row.payload.as_bytes()
 }
 
 #[cfg(test)]

@@ -8,9 +8,10 @@
 //! [`super::prune`]) and never drops a transaction mid-commit: shutdown is only
 //! observed between batches.
 //!
-//! Pipelining: batch N+1 is claimed (SKIP LOCKED skips the rows still locked) and
-//! sent while batch N's confirms are still arriving; only then are N's confirms
-//! awaited and N marked and committed. The broker always has work and the database
+//! Pipelining: a sender claims a batch (SKIP LOCKED skips rows still locked by
+//! earlier batches) and publishes it, then claims the next, while a settler
+//! awaits each sent batch's confirms, marks it and commits, in order, at most
+//! [`PIPELINE_DEPTH`] batches behind. The broker always has work and the database
 //! settles in parallel. Sends stay in id order on one channel.
 //!
 //! Wake-ups: `LISTEN hookfleet_outbox` is registered before the first claim, so no
@@ -31,16 +32,17 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind, PublisherConfirm};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::storage::{self, Failure, OutboxRow};
 use crate::amqp::{self, AmqpError, publish};
+use crate::backoff::Reconnect;
 use crate::config::{AmqpConfig, OutboxConfig};
 use crate::metrics::metrics;
 
@@ -48,6 +50,10 @@ use crate::metrics::metrics;
 pub const ROLE: &str = "relay";
 /// First delay before a failed row is retried; doubles per attempt.
 pub const ROW_BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Sent batches queued for the settler (confirms, marks, COMMIT) besides the one
+/// it is settling: how far the sender may run ahead. Each holds a pooled
+/// connection until it commits.
+pub const PIPELINE_DEPTH: usize = 2;
 /// How often pending statistics (`outbox_pending`, oldest age) are sampled.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -85,17 +91,8 @@ struct Outcome {
 /// A published batch whose rows still have to be marked and committed.
 struct Settle {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    claimed: usize,
     sent: Sent,
     started: Instant,
-}
-
-/// What one pipeline step did.
-enum Step {
-    /// Nothing was due.
-    Idle,
-    /// A batch was claimed and published.
-    Published(Box<Settle>),
 }
 
 /// Marks the batch's confirmed rows published and its failed rows backed off,
@@ -147,11 +144,6 @@ pub async fn run_relay(
     pool: PgPool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let backoff_builder = ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(amqp.reconnect_min)
-        .with_max_delay(amqp.reconnect_max)
-        .without_max_times();
     let mut relay = Relay {
         amqp,
         outbox,
@@ -161,7 +153,7 @@ pub async fn run_relay(
         connected_once: false,
         last_stats: None,
     };
-    let mut backoff: Option<ExponentialBackoff> = None;
+    let mut backoff = Reconnect::new(relay.amqp.reconnect_min, relay.amqp.reconnect_max);
     // Consecutive failed batches: an outage is logged once at warn, its retries at
     // debug, so a long broker outage does not flood the log.
     let mut failures: u64 = 0;
@@ -172,15 +164,12 @@ pub async fn run_relay(
                     tracing::info!(failures, "relay: working again");
                 }
                 failures = 0;
-                backoff = None;
+                backoff.reset();
                 relay.wait_for_work(&shutdown).await;
             }
             Err(e) => {
                 failures += 1;
-                let delay = backoff
-                    .get_or_insert_with(|| backoff_builder.build())
-                    .next()
-                    .unwrap_or(relay.amqp.reconnect_max);
+                let delay = backoff.next_delay();
                 let error = crate::cli::error_chain(e.as_ref());
                 if failures == 1 {
                     tracing::warn!(%error, retry_in = ?delay, "relay: batch failed, backing off");
@@ -213,109 +202,99 @@ impl Relay {
             self.listener = Some(l);
         }
         self.ensure_broker().await?;
-        // Two-stage pipeline: while batch N's marks and COMMIT run, batch N+1 is
-        // claimed and published. Publishing stays strictly sequential on one channel
-        // (N+1 is sent only after N's confirms), so the ordering guarantee holds.
-        let mut settling: Option<Settle> = None;
-        loop {
-            let claimed = match self.claim_and_publish(settling.take()).await {
-                Ok(c) => c,
-                Err(e) => return Err(e),
-            };
-            self.sample_stats().await;
-            match claimed {
-                Step::Idle => return Ok(()),
-                Step::Published(batch) => {
-                    let full = batch.claimed >= self.outbox.batch_size as usize;
-                    if batch.sent.outcome.broken.is_some() || !full || shutdown.is_cancelled() {
-                        return self.settle(*batch).await;
-                    }
-                    settling = Some(*batch);
-                }
+        // The sender claims and publishes batches; the settler awaits their
+        // confirms, marks and commits them, in the same order, PIPELINE_DEPTH
+        // batches behind at most. A failure on either side stops the sender; the
+        // settler always settles every batch already sent (never a dropped commit).
+        let (to_settle, mut sent_batches) = mpsc::channel::<Settle>(PIPELINE_DEPTH);
+        let failed = CancellationToken::new();
+        let settler = async {
+            let mut first: Option<(anyhow::Error, bool)> = None;
+            while let Some(batch) = sent_batches.recv().await {
+                let error = match settle_batch_inner(batch).await {
+                    Ok(None) => continue,
+                    Ok(Some(broken)) => (
+                        anyhow::Error::new(broken).context("relay: broker channel failed"),
+                        true,
+                    ),
+                    Err(e) => (e, false),
+                };
+                failed.cancel();
+                first.get_or_insert(error);
             }
+            first
+        };
+        let (sent, settled) =
+            tokio::join!(self.send_batches(shutdown, &failed, to_settle), settler);
+        if let Some((error, broken)) = settled {
+            if broken {
+                self.drop_broker();
+            }
+            return Err(error);
         }
+        sent
     }
 
-    /// Claims the next batch and sends it while `previous` (sent, confirms maybe
-    /// still outstanding) is confirmed, marked and committed. Sends stay in id
-    /// order on one channel; the broker always has the next batch before the
-    /// previous one is settled. Never drops a transaction mid-commit.
-    async fn claim_and_publish(&mut self, previous: Option<Settle>) -> anyhow::Result<Step> {
-        let started = Instant::now();
-        // Claiming while the previous batch still holds its row locks is safe:
-        // SKIP LOCKED hands out the next ids.
-        let claimed = async {
-            let mut tx = self.pool.begin().await.context("relay: begin")?;
+    /// Claims batches and sends them, handing each to the settler, until one comes
+    /// back short (nothing more due), a send breaks the channel, the settler
+    /// failed, or shutdown is requested. Claiming while earlier batches still hold
+    /// their row locks is safe: SKIP LOCKED hands out the next ids. Sends stay in
+    /// id order on one channel.
+    async fn send_batches(
+        &mut self,
+        shutdown: &CancellationToken,
+        failed: &CancellationToken,
+        to_settle: mpsc::Sender<Settle>,
+    ) -> anyhow::Result<()> {
+        let batch_size = self.outbox.batch_size as usize;
+        while !failed.is_cancelled() {
+            let started = Instant::now();
+            let mut tx = storage::begin_claim(&self.pool)
+                .await
+                .context("relay: begin")?;
             let rows = storage::claim(&mut tx, self.outbox.batch_size)
                 .await
                 .context("relay: claiming rows")?;
-            Ok::<_, anyhow::Error>((tx, rows))
-        }
-        .await;
-        let (tx, rows) = match claimed {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(prev) = previous {
-                    self.settle(prev).await?;
+            self.sample_stats().await;
+            if rows.is_empty() {
+                tx.commit().await.context("relay: commit")?;
+                return Ok(());
+            }
+            let sent = match self.broker.as_mut() {
+                Some(broker) => {
+                    send_rows(
+                        broker,
+                        &rows,
+                        self.amqp.publish_timeout,
+                        self.outbox.max_backoff,
+                    )
+                    .await
                 }
-                return Err(e);
-            }
-        };
-        if rows.is_empty() {
-            tx.commit().await.context("relay: commit")?;
-            if let Some(prev) = previous {
-                self.settle(prev).await?;
-            }
-            return Ok(Step::Idle);
-        }
-        let sent = match self.broker.as_mut() {
-            Some(broker) => {
-                send_rows(
-                    broker,
-                    &rows,
-                    self.amqp.publish_timeout,
-                    self.outbox.max_backoff,
-                )
-                .await
-            }
-            None => Sent {
-                pending: Vec::new(),
-                outcome: Outcome {
-                    broken: Some(AmqpError::Rejected("relay has no broker connection".into())),
-                    ..Outcome::default()
+                None => Sent {
+                    pending: Vec::new(),
+                    outcome: Outcome {
+                        broken: Some(AmqpError::Rejected("relay has no broker connection".into())),
+                        ..Outcome::default()
+                    },
+                    deadline: tokio::time::Instant::now(),
+                    max_backoff: self.outbox.max_backoff,
+                    timeout: self.amqp.publish_timeout,
                 },
-                deadline: tokio::time::Instant::now(),
-                max_backoff: self.outbox.max_backoff,
-                timeout: self.amqp.publish_timeout,
-            },
-        };
-        if sent.outcome.broken.is_some() {
-            self.drop_broker();
-        }
-        let current = Settle {
-            tx,
-            claimed: rows.len(),
-            sent,
-            started,
-        };
-        // While the broker takes this batch, settle the previous one.
-        if let Some(prev) = previous {
-            match settle_batch_inner(prev).await {
-                Ok(None) => {}
-                Ok(Some(broken)) => {
-                    // The channel died under the previous batch: this one was sent
-                    // on it too. Keep what was confirmed, then reconnect.
-                    self.drop_broker();
-                    let _ = settle_batch_inner(current).await;
-                    return Err(anyhow::Error::new(broken).context("relay: broker channel failed"));
-                }
-                Err(e) => {
-                    let _ = settle_batch_inner(current).await;
-                    return Err(e);
-                }
+            };
+            let broken = sent.outcome.broken.is_some();
+            if broken {
+                self.drop_broker();
+            }
+            let batch = Settle { tx, sent, started };
+            // The settler outlives this loop (it drains the channel to the end).
+            if to_settle.send(batch).await.is_err() || broken {
+                return Ok(());
+            }
+            if rows.len() < batch_size || shutdown.is_cancelled() {
+                return Ok(());
             }
         }
-        Ok(Step::Published(Box::new(current)))
+        Ok(())
     }
 
     fn drop_broker(&mut self) {
@@ -324,18 +303,6 @@ impl Relay {
                 .amqp_connection_up
                 .with_label_values(&[ROLE])
                 .set(0);
-        }
-    }
-
-    /// Confirms, marks and commits one sent batch, then reports a broken channel.
-    async fn settle(&mut self, batch: Settle) -> anyhow::Result<()> {
-        let broken = settle_batch_inner(batch).await?;
-        match broken {
-            Some(e) => {
-                self.drop_broker();
-                Err(anyhow::Error::new(e).context("relay: broker channel failed"))
-            }
-            None => Ok(()),
         }
     }
 
@@ -545,7 +512,7 @@ async fn send_rows(
                 &broker.channel,
                 &row.exchange,
                 &row.routing_key,
-                &super::row_body(row),
+                super::row_body(row),
                 super::row_properties(row),
                 true,
             ),

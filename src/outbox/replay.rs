@@ -372,7 +372,7 @@ async fn publish_all(
                     &channel,
                     exchange,
                     key,
-                    &body,
+                    body,
                     envelope.to_properties(),
                     true,
                 ),

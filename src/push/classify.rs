@@ -216,7 +216,10 @@ async fn read_with(
     let not_others: String = others.iter().map(|r| format!("^{}\n", r.commit)).collect();
     let max = format!("--max-count={max_commits}");
     let exclude_before = format!("^{}", update.before);
-    if created {
+    if created && others.iter().any(|r| r.commit == head) {
+        // The tip of another ref (a branch made from one): everything it reaches is
+        // reachable from that ref, so it brought no commits. Saves a `git log`.
+    } else if created {
         // New commits are exactly those not on any other ref: all distinct.
         let input = Some(not_others.as_bytes());
         data.commits = log(repo, &[&max, "--reverse", &head, "--stdin"], input).await?;
