@@ -15,6 +15,8 @@ use crate::{build_info, db, health::Health, outbox, push, shutdown, telemetry, w
 
 /// Exit code for bad usage or invalid configuration.
 pub const EXIT_USAGE: u8 = 2;
+/// How long the runtime's blocking threads get once the command has returned.
+pub const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Parser)]
 #[command(name = "hookfleet", version = LONG_VERSION.as_str(), about = "Turns git pushes into reliable, observable work")]
@@ -274,6 +276,9 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(run(cli.command, cli.config, config));
+    // Dropping a runtime waits for its blocking threads without limit (a DNS lookup
+    // or file write stuck on a dead peer would keep a drained process alive).
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -6,9 +6,15 @@
 //! never gives up on a missing broker or database: it retries with backoff and
 //! reports not ready meanwhile. Shutdown: the supervisor drains (stop consuming,
 //! finish in-flight work up to `worker.drain_timeout`), then transactions already
-//! started are allowed to finish, then connections close.
+//! started are allowed to finish, then the background tasks stop and connections
+//! close. Those steps after the drain share [`AFTER_DRAIN_GRACE`]: each normally
+//! takes milliseconds, but one that waits on a wedged peer (a broker that never
+//! answers a close, a connection never returned to the pool) must not keep the
+//! process alive until the kubelet's SIGKILL; it is logged by name and abandoned.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +31,11 @@ use crate::inflight::InFlight;
 use crate::job::Handler;
 use crate::push::handler::PushHandler;
 use crate::{db, inbox};
+
+/// What the shutdown steps after the drain get in all (commits already begun, the
+/// relay's batch in hand, closing connections). Below the Helm chart's
+/// `terminationGraceMarginSeconds` (15 s), which is what is left after the drain.
+pub const AFTER_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Shared state of a running worker that tests and the admin server look at.
 #[derive(Clone, Default)]
@@ -146,16 +157,29 @@ pub async fn run_with(
     supervisor.run(shutdown.clone()).await;
 
     // Consumers are drained; let started transactions finish, then stop the rest.
-    inbox::wait_for_commits().await;
+    let deadline = tokio::time::Instant::now() + AFTER_DRAIN_GRACE;
+    shutdown_step("commits already begun", deadline, inbox::wait_for_commits()).await;
     bg_stop.cancel();
     background.close();
-    background.wait().await;
-    publisher.close().await;
+    shutdown_step("background tasks", deadline, background.wait()).await;
+    shutdown_step("publisher connection", deadline, publisher.close()).await;
     admin_stop.cancel();
-    let _ = admin_task.await;
-    pool.close().await;
+    shutdown_step("admin server", deadline, admin_task).await;
+    shutdown_step("database pool", deadline, pool.close()).await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Runs one shutdown step until it ends or `deadline` passes (then it is logged
+/// and abandoned: see the module doc).
+async fn shutdown_step<F: Future>(step: &'static str, deadline: tokio::time::Instant, work: F) {
+    tracing::debug!(step, "shutdown step");
+    if tokio::time::timeout_at(deadline, work).await.is_err() {
+        tracing::warn!(
+            step,
+            "shutdown step did not finish within the grace period; going on without it"
+        );
+    }
 }
 
 /// Waits until the database answers (in dev: creating and migrating it first),

@@ -528,6 +528,40 @@ async fn drain_finishes_in_flight_work_and_acks_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_broker_hangs_still_stops() {
+    // Every broker connection (consumer, publisher, relay) goes through the proxy,
+    // which then stops forwarding without closing anything: closes and cancels are
+    // never answered. Shutdown must still end (bounded steps), not wait on them.
+    let db = TestDb::new().await;
+    let mut cfg = config(&db, &["work"]);
+    let broker = Broker::new(&cfg).await;
+    let proxy = TcpProxy::rabbitmq().await;
+    cfg.amqp.url = SecretUrl::new(proxy.amqp_url());
+    let rec = Arc::new(Recorder::default());
+    let worker = RunningWorker::start(
+        cfg.clone(),
+        vec![Arc::new(TestHandler::new("work", rec.clone()))],
+    );
+    worker.ready().await;
+    // A dead-lettered job opens the publisher's connection too.
+    broker
+        .publish_job("work", &json!({"n": 1, "permanent": true}))
+        .await;
+    let b = &broker;
+    let dead = &b.names.dead_queue("work");
+    eventually(
+        Duration::from_secs(30),
+        "the job dead-lettered",
+        || async move { (b.depth(dead).await == 1).then_some(()) },
+    )
+    .await;
+    proxy.stall();
+    // `stop` fails the test if the worker has not returned within 60 s.
+    worker.stop().await.unwrap();
+    broker.cleanup(&cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_while_the_broker_is_down_and_consumes_once_it_is_up() {
     let db = TestDb::new().await;
     let mut cfg = config(&db, &["work"]);

@@ -81,10 +81,24 @@ impl Worker {
             }
             self.child.wait().await
         };
-        let status = tokio::time::timeout(Duration::from_secs(60), rest)
-            .await
-            .expect("worker exits within 60s of SIGTERM")
-            .expect("wait for worker");
+        let status = match tokio::time::timeout(Duration::from_secs(60), rest).await {
+            Ok(status) => status.expect("wait for worker"),
+            Err(_) => {
+                // Name the step it hung in: the last lines it logged.
+                let tail: Vec<String> = self
+                    .seen
+                    .iter()
+                    .rev()
+                    .take(25)
+                    .rev()
+                    .map(|v| v.to_string())
+                    .collect();
+                panic!(
+                    "worker did not exit within 60s of SIGTERM; its last lines:\n{}",
+                    tail.join("\n")
+                );
+            }
+        };
         status.code()
     }
 }

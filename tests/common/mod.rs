@@ -188,6 +188,8 @@ pub struct TcpProxy {
 
 struct ProxyState {
     generation: CancellationToken,
+    /// Cancelled: open connections stop forwarding but stay open (a peer that hangs).
+    stalled: CancellationToken,
     blocked: bool,
     accepted: u64,
 }
@@ -199,6 +201,7 @@ impl TcpProxy {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(ProxyState {
             generation: CancellationToken::new(),
+            stalled: CancellationToken::new(),
             blocked: false,
             accepted: 0,
         }));
@@ -213,10 +216,10 @@ impl TcpProxy {
                 let Ok((mut inbound, _)) = accepted else {
                     continue;
                 };
-                let (blocked, gen_token) = {
+                let (blocked, gen_token, stall_token) = {
                     let mut s = st.lock().unwrap();
                     s.accepted += 1;
-                    (s.blocked, s.generation.clone())
+                    (s.blocked, s.generation.clone(), s.stalled.clone())
                 };
                 if blocked {
                     drop(inbound);
@@ -228,6 +231,8 @@ impl TcpProxy {
                     };
                     tokio::select! {
                         _ = gen_token.cancelled() => {}
+                        // Both sockets stay open, nothing moves, until the next cut.
+                        _ = stall_token.cancelled() => gen_token.cancelled().await,
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                     }
                 });
@@ -250,6 +255,14 @@ impl TcpProxy {
     pub fn cut(&self) {
         let mut s = self.state.lock().unwrap();
         let old = std::mem::replace(&mut s.generation, CancellationToken::new());
+        old.cancel();
+    }
+
+    /// Open connections stop forwarding in both directions but stay open (a broker
+    /// that hangs instead of closing), until the next `cut`.
+    pub fn stall(&self) {
+        let mut s = self.state.lock().unwrap();
+        let old = std::mem::replace(&mut s.stalled, CancellationToken::new());
         old.cancel();
     }
 
