@@ -1,8 +1,8 @@
 //! The transaction baseline: a pgbench-style loop of the push transaction's
 //! shape through sqlx, with as many concurrent connections as the worker uses
-//! for push jobs — BEGIN; INSERT inbox; pg_advisory_xact_lock + INSERT pushes
-//! and ref_state (one statement, `push::handler::record`); INSERT two outbox
-//! rows (one statement); COMMIT. No git, no broker: the database's ceiling.
+//! for push jobs — BEGIN; INSERT inbox; pg_advisory_xact_lock + INSERT pushes,
+//! ref_state and two outbox rows (one statement, `push::handler::record`, as the
+//! handler runs it); COMMIT. No git, no broker: the database's ceiling.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use hookfleet::amqp::topology::Names;
-use hookfleet::outbox::{self, Event};
+use hookfleet::outbox::Event;
 use hookfleet::push::job::PushJob;
 use hookfleet::push::update::RefUpdate;
 use serde_json::json;
@@ -54,8 +54,7 @@ pub async fn push_transactions(
                 ];
                 let mut tx = pool.begin().await?;
                 hookfleet::inbox::claim(&mut tx, push.push_id, "bench.push").await?;
-                hookfleet::push::handler::record(&mut tx, &push).await?;
-                outbox::enqueue_many(&mut tx, &events).await?;
+                hookfleet::push::handler::record(&mut tx, &push, &events).await?;
                 tx.commit().await?;
                 done.fetch_add(1, Ordering::Relaxed);
             }

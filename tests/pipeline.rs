@@ -457,3 +457,106 @@ async fn concurrent_pushes_to_one_repository_end_at_the_last_push() {
     worker.stop().await.unwrap();
     broker.cleanup(&cfg).await;
 }
+
+/// A push to a repository without an event: `record` needs one row to write.
+fn push_of(repo: &str, branch: &str) -> (PushJob, Vec<Event>) {
+    let push = PushJob {
+        push_id: uuid::Uuid::now_v7(),
+        repository: repo.into(),
+        pusher: None,
+        push_options: vec![],
+        pushed_at: chrono::Utc::now(),
+        updates: vec![RefUpdate {
+            refname: format!("refs/heads/{branch}"),
+            before: "0".repeat(40),
+            after: "a".repeat(40),
+        }],
+    };
+    let names = Names::new("lock-test");
+    let corr = Some(push.push_id.to_string());
+    let events = vec![
+        Event::new(&names, "git.push", corr.clone(), json!({"n": 1})),
+        Event::new(&names, "git.branch.created", corr, json!({"n": 2})),
+    ];
+    (push, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_writes_nothing_and_draws_no_outbox_id_before_it_holds_the_repository_lock() {
+    // `record` is one statement (lock, push, ref state, outbox); its inserts must
+    // wait for the lock, or outbox ids of one repository would not follow commit
+    // order.
+    let db = TestDb::new().await;
+    let (a, a_events) = push_of("repo.git", "a");
+    let (b, b_events) = push_of("repo.git", "b");
+    let mut tx_a = db.pool.begin().await.unwrap();
+    hookfleet::push::handler::record(&mut tx_a, &a, &a_events)
+        .await
+        .unwrap();
+    let last_id_of_a: i64 = sqlx::query_scalar("SELECT max(id) FROM outbox")
+        .fetch_one(&mut *tx_a)
+        .await
+        .unwrap();
+    let (a_id, b_id) = (a.push_id.to_string(), b.push_id.to_string());
+    let pool = db.pool.clone();
+    let second = tokio::spawn(async move {
+        let mut tx_b = pool.begin().await.unwrap();
+        hookfleet::push::handler::record(&mut tx_b, &b, &b_events)
+            .await
+            .unwrap();
+        tx_b.commit().await.unwrap();
+    });
+    eventually(
+        Duration::from_secs(30),
+        "the second push waiting on the advisory lock",
+        || {
+            let pool = db.pool.clone();
+            async move {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                )
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+                (waiting == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    // Sequences are not transactional: an id drawn by the waiting statement would
+    // show here even though it has not committed.
+    let seq_last: i64 = sqlx::query_scalar("SELECT last_value FROM outbox_id_seq")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(seq_last, last_id_of_a, "no outbox id drawn while waiting");
+    assert!(!second.is_finished());
+    tx_a.commit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the second push goes on once the first commits")
+        .unwrap();
+    let order: Vec<String> = sqlx::query_scalar(
+        "SELECT p.payload->>'n' || ':' || o.correlation_id FROM outbox o, \
+         LATERAL (SELECT o.payload) p ORDER BY o.id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        order,
+        vec![
+            format!("1:{a_id}"),
+            format!("2:{a_id}"),
+            format!("1:{b_id}"),
+            format!("2:{b_id}"),
+        ],
+        "ids follow lock order, and each push's events keep their order"
+    );
+    let (pushes, refs): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM pushes), (SELECT count(*) FROM ref_state)")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((pushes, refs), (2, 2));
+}

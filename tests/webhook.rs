@@ -189,7 +189,7 @@ impl Env {
         .unwrap()
     }
 
-    /// Runs `enqueue_for_push` for one synthetic `git.push` event of `repo`.
+    /// Runs `deliveries_for_push` (and enqueues its jobs) for one synthetic `git.push` event of `repo`.
     async fn push_event(&self, repo: &str) -> usize {
         let push = PushJob {
             push_id: Uuid::now_v7(),
@@ -206,11 +206,12 @@ impl Env {
             serde_json::json!({ "ref": "refs/heads/main", "push_id": push.push_id }),
         );
         let mut tx = self.db.pool.begin().await.unwrap();
-        let n = webhook::enqueue_for_push(&mut tx, &self.names, &push, &[ev])
+        let jobs = webhook::deliveries_for_push(&mut tx, &self.names, &push, &[ev])
             .await
             .unwrap();
+        outbox::enqueue_many(&mut tx, &jobs).await.unwrap();
         tx.commit().await.unwrap();
-        n
+        jobs.len()
     }
 
     async fn dead(&self, n: u32) {
@@ -535,7 +536,7 @@ async fn consecutive_failures_disable_the_subscription_and_enable_restores_it() 
     assert_eq!(disabled["subscription_id"], sub);
 
     // A pending delivery while disabled: recorded as failed, no request.
-    // (enqueue_for_push skips inactive subscriptions, so create one by hand
+    // (deliveries_for_push skips inactive subscriptions, so create one by hand
     // as if it had been enqueued just before the disable.)
     admin::set_active(&env.db.pool, sub, true).await.unwrap();
     let mut tx = env.db.pool.begin().await.unwrap();
@@ -548,9 +549,10 @@ async fn consecutive_failures_disable_the_subscription_and_enable_restores_it() 
         updates: vec![],
     };
     let ev = Event::new(&env.names, "git.push", None, serde_json::json!({"n": 2}));
-    webhook::enqueue_for_push(&mut tx, &env.names, &push, &[ev])
+    let jobs = webhook::deliveries_for_push(&mut tx, &env.names, &push, &[ev])
         .await
         .unwrap();
+    outbox::enqueue_many(&mut tx, &jobs).await.unwrap();
     sqlx::query("UPDATE webhook_subscriptions SET active = false WHERE id = $1")
         .bind(sub)
         .execute(&mut *tx)

@@ -41,6 +41,82 @@ pub struct OutboxRow {
 const ROW_COLUMNS: &str = "id, message_id, exchange, routing_key, event_type, correlation_id, \
                            headers, payload::text AS payload, created_at, publish_attempts";
 
+/// The parameter arrays of an outbox insert (`INSERT ... SELECT ... UNNEST`), so
+/// the insert can run alone ([`insert_events`]) or be folded into a caller's
+/// statement as a CTE ([`crate::push::handler::record`]: one round trip for a
+/// push's effects and events). One definition of the SQL either way.
+pub struct EventArrays {
+    ids: Vec<Uuid>,
+    exchanges: Vec<String>,
+    keys: Vec<String>,
+    types: Vec<String>,
+    corr: Vec<Option<String>>,
+    headers: Vec<serde_json::Value>,
+    payloads: Vec<serde_json::Value>,
+}
+
+/// How many parameters [`EventArrays::insert_sql`] uses.
+pub const EVENT_PARAMS: usize = 7;
+
+impl EventArrays {
+    /// The arrays of `events`, in order (ids are assigned in this order).
+    pub fn new(events: &[Event]) -> Self {
+        let n = events.len();
+        let mut a = EventArrays {
+            ids: Vec::with_capacity(n),
+            exchanges: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            corr: Vec::with_capacity(n),
+            headers: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+        };
+        for e in events {
+            a.ids.push(e.envelope.message_id);
+            a.exchanges.push(e.exchange.clone());
+            a.keys.push(e.routing_key.clone());
+            a.types.push(e.event_type().to_string());
+            a.corr.push(e.envelope.correlation_id.clone());
+            a.headers.push(super::headers_to_json(&e.envelope.headers));
+            a.payloads.push(e.payload.clone());
+        }
+        a
+    }
+
+    /// The INSERT reading the arrays from parameters `$first` to
+    /// `$first + EVENT_PARAMS - 1`; `join` (e.g. `"lock, "`) is put in front of
+    /// the UNNEST in the FROM list, so the rows are produced only after it.
+    /// Rows are inserted in array order (`WITH ORDINALITY`), so ids follow it.
+    pub fn insert_sql(first: usize, join: &str) -> String {
+        let p: Vec<String> = (first..first + EVENT_PARAMS)
+            .map(|i| format!("${i}"))
+            .collect();
+        format!(
+            "INSERT INTO outbox (message_id, exchange, routing_key, event_type, correlation_id, \
+                                 headers, payload) \
+             SELECT e.m, e.x, e.k, e.t, e.c, e.h, e.p \
+             FROM {join}UNNEST({}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[], \
+                               {}::jsonb[], {}::jsonb[]) WITH ORDINALITY AS e(m, x, k, t, c, h, p, n) \
+             ORDER BY e.n",
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+        )
+    }
+
+    /// Binds the arrays (in [`Self::insert_sql`]'s parameter order) to `q`.
+    pub fn bind<'q>(
+        self,
+        q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        q.bind(self.ids)
+            .bind(self.exchanges)
+            .bind(self.keys)
+            .bind(self.types)
+            .bind(self.corr)
+            .bind(self.headers)
+            .bind(self.payloads)
+    }
+}
+
 /// Inserts all `events` with one statement (one round trip, one NOTIFY).
 pub async fn insert_events(
     tx: &mut Transaction<'static, Postgres>,
@@ -49,40 +125,11 @@ pub async fn insert_events(
     if events.is_empty() {
         return Ok(());
     }
-    let n = events.len();
-    let (mut ids, mut exchanges, mut keys, mut types, mut corr, mut headers, mut payloads) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for e in events {
-        ids.push(e.envelope.message_id);
-        exchanges.push(e.exchange.clone());
-        keys.push(e.routing_key.clone());
-        types.push(e.event_type().to_string());
-        corr.push(e.envelope.correlation_id.clone());
-        headers.push(super::headers_to_json(&e.envelope.headers));
-        payloads.push(e.payload.clone());
-    }
-    sqlx::query(
-        "INSERT INTO outbox (message_id, exchange, routing_key, event_type, correlation_id, \
-                             headers, payload) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                              $6::jsonb[], $7::jsonb[])",
-    )
-    .bind(ids)
-    .bind(exchanges)
-    .bind(keys)
-    .bind(types)
-    .bind(corr)
-    .bind(headers)
-    .bind(payloads)
-    .execute(&mut **tx)
-    .await?;
+    let sql = EventArrays::insert_sql(1, "");
+    EventArrays::new(events)
+        .bind(sqlx::query(&sql))
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

@@ -25,7 +25,8 @@ use super::update::is_zero;
 use crate::amqp::topology::Names;
 use crate::config::Config;
 use crate::job::{Job, JobError, TxHandler};
-use crate::outbox::{self, Event};
+use crate::outbox::Event;
+use crate::outbox::storage::EventArrays;
 
 /// Handles `push` jobs.
 pub struct PushHandler {
@@ -98,13 +99,18 @@ impl TxHandler for PushHandler {
                 )
             })
             .collect();
-        record(tx, &push).await?;
-        outbox::enqueue_many(tx, &events).await?;
-        let webhooks = crate::webhook::enqueue_for_push(tx, &self.names, &push, &events).await?;
+        // Deliveries first: reading subscriptions and inserting deliveries needs no
+        // repository lock, so the lock is held for one statement and the COMMIT.
+        let jobs = crate::webhook::deliveries_for_push(tx, &self.names, &push, &events).await?;
+        let webhooks = jobs.len();
+        let events_count = events.len();
+        let mut outgoing = events;
+        outgoing.extend(jobs);
+        record(tx, &push, &outgoing).await?;
         tracing::info!(
             repository = %push.repository,
             refs = push.updates.len(),
-            events = events.len(),
+            events = events_count,
             webhooks,
             "push recorded"
         );
@@ -112,43 +118,51 @@ impl TxHandler for PushHandler {
     }
 }
 
-/// Locks the repository for this transaction, records the push and moves ref
-/// state forward: two statements after the lock.
+/// Locks the repository for this transaction, records the push, moves ref state
+/// forward and enqueues `events` in the outbox: one statement, one round trip.
+///
+/// Why one statement: pushes to one repository serialize on the lock, which is
+/// held until COMMIT, so every round trip after it is taken is paid by every
+/// push of that repository in turn. Here the lock is the first CTE and every
+/// insert reads from it, so no row is written (and no outbox id drawn) before
+/// the lock is held: outbox ids of one repository still follow commit order.
 pub async fn record(
     tx: &mut Transaction<'static, Postgres>,
     push: &PushJob,
+    events: &[Event],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(&push.repository)
-        .execute(&mut **tx)
-        .await?;
     let updates = serde_json::to_value(&push.updates).unwrap_or(serde_json::Value::Null);
     let refs: Vec<&str> = push.updates.iter().map(|u| u.refname.as_str()).collect();
     let shas: Vec<&str> = push.updates.iter().map(|u| u.after.as_str()).collect();
     let deleted: Vec<bool> = push.updates.iter().map(|u| is_zero(&u.after)).collect();
-    sqlx::query(
-        "WITH p AS (
+    let sql = format!(
+        "WITH lock AS MATERIALIZED (
+             SELECT pg_advisory_xact_lock(hashtextextended($2, 0))
+         ),
+         p AS (
              INSERT INTO pushes (push_id, repository, pusher, pushed_at, ref_count, updates)
-             VALUES ($1, $2, $3, $4, $5, $6)
+             SELECT $1, $2, $3, $4, $5, $6 FROM lock
              ON CONFLICT (push_id) DO NOTHING
-         )
+         ),
+         o AS ({})
          INSERT INTO ref_state (repository, ref, sha, deleted, push_id)
-         SELECT $2, r, s, d, $1 FROM unnest($7::text[], $8::text[], $9::bool[]) AS u(r, s, d)
+         SELECT $2, r, s, d, $1 FROM lock, unnest($7::text[], $8::text[], $9::bool[]) AS u(r, s, d)
          ON CONFLICT (repository, ref) DO UPDATE
              SET sha = EXCLUDED.sha, deleted = EXCLUDED.deleted,
                  push_id = EXCLUDED.push_id, updated_at = now()
              WHERE ref_state.push_id < EXCLUDED.push_id",
-    )
-    .bind(push.push_id)
-    .bind(&push.repository)
-    .bind(&push.pusher)
-    .bind(push.pushed_at)
-    .bind(i32::try_from(push.updates.len()).unwrap_or(i32::MAX))
-    .bind(updates)
-    .bind(&refs)
-    .bind(&shas)
-    .bind(&deleted)
-    .execute(&mut **tx)
-    .await?;
+        EventArrays::insert_sql(10, "lock, ")
+    );
+    let q = sqlx::query(&sql)
+        .bind(push.push_id)
+        .bind(&push.repository)
+        .bind(&push.pusher)
+        .bind(push.pushed_at)
+        .bind(i32::try_from(push.updates.len()).unwrap_or(i32::MAX))
+        .bind(updates)
+        .bind(&refs)
+        .bind(&shas)
+        .bind(&deleted);
+    EventArrays::new(events).bind(q).execute(&mut **tx).await?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Webhook delivery: subscriptions, delivery jobs, the HTTP POST, attempts.
 //!
 //! # Flow
-//! 1. The push handler calls [`enqueue_for_push`] inside its transaction: for each
+//! 1. The push handler calls [`deliveries_for_push`] inside its transaction: for each
 //!    active subscription whose repository pattern and event categories match, a
 //!    `webhook_deliveries` row (payload stored once, delivery id = UUID v7) and a
 //!    `webhook` job in the outbox (jobs exchange, routing key `webhook`), so
@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::amqp::topology::Names;
 use crate::config::WebhookConfig;
 use crate::message::Envelope;
-use crate::outbox::{self, Event};
+use crate::outbox::Event;
 use crate::push::job::PushJob;
 pub use handler::{WEBHOOK_KIND, WebhookHandler, WebhookJob};
 
@@ -47,21 +47,23 @@ pub fn job_event(names: &Names, job: &WebhookJob, correlation_id: Option<String>
     }
 }
 
-/// Creates the deliveries of a push in the push handler's transaction: one per
-/// matching active subscription and event. Returns how many.
-pub async fn enqueue_for_push(
+/// Creates the deliveries of a push in the push handler's transaction (one row per
+/// matching active subscription and event) and returns their `webhook` job
+/// events, which the caller puts in the outbox in the same transaction (the push
+/// handler folds them into its one effects-and-events statement).
+pub async fn deliveries_for_push(
     tx: &mut Transaction<'static, Postgres>,
     names: &Names,
     push: &PushJob,
     events: &[Event],
-) -> Result<usize, sqlx::Error> {
+) -> Result<Vec<Event>, sqlx::Error> {
     let subs: Vec<_> = storage::active_subscriptions(tx)
         .await?
         .into_iter()
         .filter(|s| subscription::matches(&s.repository_pattern, &push.repository))
         .collect();
     if subs.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let mut rows = Vec::new();
     let mut jobs = Vec::new();
@@ -85,8 +87,7 @@ pub async fn enqueue_for_push(
         }
     }
     storage::insert_deliveries(tx, &rows).await?;
-    outbox::enqueue_many(tx, &jobs).await?;
-    Ok(rows.len())
+    Ok(jobs)
 }
 
 /// Deletes delivery and attempt records older than `cfg.retention`, every
