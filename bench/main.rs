@@ -36,36 +36,51 @@ struct Opts {
     out: String,
 }
 
-fn opts() -> Opts {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| "bench-results/bench.json".into());
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1).cloned())
-        // Kept for scripts written before `--only`.
-        .or_else(|| {
-            args.iter()
-                .any(|a| a == "--consume-only")
-                .then(|| "consume".into())
-        });
-    let rounds = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .filter(|n: &usize| *n > 0);
-    Opts {
-        quick,
-        only,
-        rounds,
-        out,
+/// The groups `--only` accepts.
+const GROUPS: [&str; 6] = ["consume", "relay", "e2e", "resume", "rss", "gitpush"];
+
+/// Parses the arguments; a bad one is an error naming it (never silently ignored:
+/// a typo in `--only` would otherwise run the whole 4-minute bench).
+fn opts() -> Result<Opts, String> {
+    let mut o = Opts {
+        quick: false,
+        only: None,
+        rounds: None,
+        out: "bench-results/bench.json".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--quick" => o.quick = true,
+            // Kept for scripts written before `--only`.
+            "--consume-only" => o.only = Some("consume".into()),
+            "--only" => {
+                let g = value("--only")?;
+                if !GROUPS.contains(&g.as_str()) {
+                    return Err(format!(
+                        "--only must be one of {}, got {g:?}",
+                        GROUPS.join("|")
+                    ));
+                }
+                o.only = Some(g);
+            }
+            "--rounds" => {
+                let n = value("--rounds")?;
+                o.rounds = match n.parse::<usize>() {
+                    Ok(n) if (1..=100).contains(&n) => Some(n),
+                    _ => return Err(format!("--rounds must be 1..=100, got {n:?}")),
+                };
+            }
+            "--out" => o.out = value("--out")?,
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?} (usage: [--quick] [--only GROUP] [--rounds N] [--out FILE])"
+                ));
+            }
+        }
     }
+    Ok(o)
 }
 
 /// Sizes of one run.
@@ -121,7 +136,13 @@ fn sizes(quick: bool) -> Sizes {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let o = opts();
+    let o = match opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("hookfleet-bench: {e}");
+            std::process::exit(2);
+        }
+    };
     let rand = &uuid::Uuid::now_v7().simple().to_string()[20..];
     let prefix = format!("bench{rand}");
     let db_name = format!("hookfleet_bench_{rand}");
