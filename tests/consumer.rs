@@ -131,6 +131,18 @@ fn config(db: &TestDb, kinds: &[&str]) -> Config {
     c
 }
 
+/// Starts a worker handling kind `work` whose broker connections (consumer,
+/// publisher, relay) all go through `proxy`.
+fn start_behind(cfg: &mut Config, proxy: &TcpProxy) -> (RunningWorker, Arc<Recorder>) {
+    cfg.amqp.url = SecretUrl::new(proxy.amqp_url());
+    let rec = Arc::new(Recorder::default());
+    let worker = RunningWorker::start(
+        cfg.clone(),
+        vec![Arc::new(TestHandler::new("work", rec.clone()))],
+    );
+    (worker, rec)
+}
+
 async fn all_done(rec: &Arc<Recorder>, n: usize, what: &str) {
     let rec = rec.clone();
     eventually(Duration::from_secs(60), what, || {
@@ -407,12 +419,7 @@ async fn reconnects_after_a_cut_and_redeclares_a_deleted_queue() {
     cfg.worker.concurrency = 8;
     let broker = Broker::new(&cfg).await;
     let proxy = TcpProxy::rabbitmq().await;
-    cfg.amqp.url = SecretUrl::new(proxy.amqp_url());
-    let rec = Arc::new(Recorder::default());
-    let worker = RunningWorker::start(
-        cfg.clone(),
-        vec![Arc::new(TestHandler::new("work", rec.clone()))],
-    );
+    let (worker, rec) = start_behind(&mut cfg, &proxy);
     worker.ready().await;
     let mut ids = Vec::new();
     for n in 0..300u64 {
@@ -536,12 +543,7 @@ async fn a_worker_whose_broker_hangs_still_stops() {
     let mut cfg = config(&db, &["work"]);
     let broker = Broker::new(&cfg).await;
     let proxy = TcpProxy::rabbitmq().await;
-    cfg.amqp.url = SecretUrl::new(proxy.amqp_url());
-    let rec = Arc::new(Recorder::default());
-    let worker = RunningWorker::start(
-        cfg.clone(),
-        vec![Arc::new(TestHandler::new("work", rec.clone()))],
-    );
+    let (worker, _rec) = start_behind(&mut cfg, &proxy);
     worker.ready().await;
     // A dead-lettered job opens the publisher's connection too.
     broker
@@ -568,12 +570,7 @@ async fn starts_while_the_broker_is_down_and_consumes_once_it_is_up() {
     let broker = Broker::new(&cfg).await;
     let proxy = TcpProxy::rabbitmq().await;
     proxy.block();
-    cfg.amqp.url = SecretUrl::new(proxy.amqp_url());
-    let rec = Arc::new(Recorder::default());
-    let worker = RunningWorker::start(
-        cfg.clone(),
-        vec![Arc::new(TestHandler::new("work", rec.clone()))],
-    );
+    let (worker, rec) = start_behind(&mut cfg, &proxy);
     let p = &proxy;
     eventually(
         Duration::from_secs(30),

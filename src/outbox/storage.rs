@@ -5,6 +5,7 @@
 //! status sampling, replay selection and retention pruning. It never talks to the
 //! broker and never decides policy (backoff, batch sizes): callers pass those in.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -88,17 +89,14 @@ impl EventArrays {
     /// the UNNEST in the FROM list, so the rows are produced only after it.
     /// Rows are inserted in array order (`WITH ORDINALITY`), so ids follow it.
     pub fn insert_sql(first: usize, join: &str) -> String {
-        let p: Vec<String> = (first..first + EVENT_PARAMS)
-            .map(|i| format!("${i}"))
-            .collect();
+        let [m, x, k, t, c, h, p] = std::array::from_fn::<usize, EVENT_PARAMS, _>(|i| first + i);
         format!(
             "INSERT INTO outbox (message_id, exchange, routing_key, event_type, correlation_id, \
                                  headers, payload) \
              SELECT e.m, e.x, e.k, e.t, e.c, e.h, e.p \
-             FROM {join}UNNEST({}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[], \
-                               {}::jsonb[], {}::jsonb[]) WITH ORDINALITY AS e(m, x, k, t, c, h, p, n) \
-             ORDER BY e.n",
-            p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+             FROM {join}UNNEST(${m}::uuid[], ${x}::text[], ${k}::text[], ${t}::text[], ${c}::text[], \
+                               ${h}::jsonb[], ${p}::jsonb[]) WITH ORDINALITY AS e(m, x, k, t, c, h, p, n) \
+             ORDER BY e.n"
         )
     }
 
@@ -125,9 +123,9 @@ pub async fn insert_events(
     if events.is_empty() {
         return Ok(());
     }
-    let sql = EventArrays::insert_sql(1, "");
+    static SQL: LazyLock<String> = LazyLock::new(|| EventArrays::insert_sql(1, ""));
     EventArrays::new(events)
-        .bind(sqlx::query(&sql))
+        .bind(sqlx::query(&SQL))
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -155,7 +153,7 @@ pub async fn claim(
     tx: &mut Transaction<'static, Postgres>,
     limit: u32,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    sqlx::query_as(&claim_sql())
+    sqlx::query_as(claim_sql())
         .bind(i64::from(limit))
         .fetch_all(&mut **tx)
         .await
@@ -163,12 +161,15 @@ pub async fn claim(
 
 /// The claim statement ([`claim`]; `$1` is the batch size): exposed so its plan can
 /// be checked with `EXPLAIN` inside [`begin_claim`].
-pub fn claim_sql() -> String {
-    format!(
-        "SELECT {ROW_COLUMNS} FROM outbox \
-         WHERE published_at IS NULL AND next_attempt_at <= now() \
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
-    )
+pub fn claim_sql() -> &'static str {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {ROW_COLUMNS} FROM outbox \
+             WHERE published_at IS NULL AND next_attempt_at <= now() \
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+        )
+    });
+    &SQL
 }
 
 /// Marks `ids` published (one statement).

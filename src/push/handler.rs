@@ -13,7 +13,7 @@
 //! that times out is transient. It never publishes to the broker itself.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use sqlx::{Postgres, Transaction};
 
@@ -135,25 +135,27 @@ pub async fn record(
     let refs: Vec<&str> = push.updates.iter().map(|u| u.refname.as_str()).collect();
     let shas: Vec<&str> = push.updates.iter().map(|u| u.after.as_str()).collect();
     let deleted: Vec<bool> = push.updates.iter().map(|u| is_zero(&u.after)).collect();
-    let sql = format!(
-        "WITH lock AS MATERIALIZED (
-             SELECT pg_advisory_xact_lock(hashtextextended($2, 0))
-         ),
-         p AS (
-             INSERT INTO pushes (push_id, repository, pusher, pushed_at, ref_count, updates)
-             SELECT $1, $2, $3, $4, $5, $6 FROM lock
-             ON CONFLICT (push_id) DO NOTHING
-         ),
-         o AS ({})
-         INSERT INTO ref_state (repository, ref, sha, deleted, push_id)
-         SELECT $2, r, s, d, $1 FROM lock, unnest($7::text[], $8::text[], $9::bool[]) AS u(r, s, d)
-         ON CONFLICT (repository, ref) DO UPDATE
-             SET sha = EXCLUDED.sha, deleted = EXCLUDED.deleted,
-                 push_id = EXCLUDED.push_id, updated_at = now()
-             WHERE ref_state.push_id < EXCLUDED.push_id",
-        EventArrays::insert_sql(10, "lock, ")
-    );
-    let q = sqlx::query(&sql)
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH lock AS MATERIALIZED (
+                 SELECT pg_advisory_xact_lock(hashtextextended($2, 0))
+             ),
+             p AS (
+                 INSERT INTO pushes (push_id, repository, pusher, pushed_at, ref_count, updates)
+                 SELECT $1, $2, $3, $4, $5, $6 FROM lock
+                 ON CONFLICT (push_id) DO NOTHING
+             ),
+             o AS ({})
+             INSERT INTO ref_state (repository, ref, sha, deleted, push_id)
+             SELECT $2, r, s, d, $1 FROM lock, unnest($7::text[], $8::text[], $9::bool[]) AS u(r, s, d)
+             ON CONFLICT (repository, ref) DO UPDATE
+                 SET sha = EXCLUDED.sha, deleted = EXCLUDED.deleted,
+                     push_id = EXCLUDED.push_id, updated_at = now()
+                 WHERE ref_state.push_id < EXCLUDED.push_id",
+            EventArrays::insert_sql(10, "lock, ")
+        )
+    });
+    let q = sqlx::query(&SQL)
         .bind(push.push_id)
         .bind(&push.repository)
         .bind(&push.pusher)
