@@ -354,9 +354,8 @@ pub struct HookConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushConfig {
-    /// git executable.
-    pub git: String,
-    /// Upper bound on one git command; exceeding it is a transient error.
+    /// Upper bound on reading one push from its repository; exceeding it is a
+    /// transient error.
     #[serde(with = "humantime_serde")]
     pub git_timeout: Duration,
     /// Commits listed per ref (the true count is kept).
