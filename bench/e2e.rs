@@ -43,10 +43,10 @@ pub struct E2e {
     pub full_rate: f64,
     /// Latency at full load.
     pub full: Lat,
-    /// The paced rate of the half-load run.
-    pub half_rate: f64,
-    /// Latency at half load.
-    pub half: Lat,
+    /// The paced rate of the half-load run, when it ran.
+    pub half_rate: Option<f64>,
+    /// Latency at half load, when it ran.
+    pub half: Option<Lat>,
 }
 
 /// The last event of a branch-creating push (`git.push` comes first).
@@ -146,7 +146,8 @@ async fn publish_jobs(
     Ok(())
 }
 
-/// Runs both loads; `n_full` pushes at full load, `half_secs` of half load.
+/// Runs `n_full` pushes at full load, then (unless `half_secs` is 0) `half_secs`
+/// of half load, paced at half the full-load rate.
 pub async fn end_to_end(
     cfg: &Config,
     pool: &PgPool,
@@ -200,18 +201,22 @@ pub async fn end_to_end(
     let full_rate = full.len() as f64 / (last - start).as_secs_f64();
 
     // Half load, paced.
-    let half_rate = full_rate / 2.0;
-    let n_half = ((half_rate * half_secs as f64) as usize).max(10);
-    let collector = tokio::spawn(collect(consumer, n_half));
-    publish_jobs(
-        &cfg,
-        repo,
-        n_full,
-        n_half,
-        Duration::from_secs_f64(1.0 / half_rate),
-    )
-    .await?;
-    let (_consumer, mut half, _) = collector.await?;
+    let mut half_load = None;
+    if half_secs > 0 {
+        let half_rate = full_rate / 2.0;
+        let n_half = ((half_rate * half_secs as f64) as usize).max(10);
+        let collector = tokio::spawn(collect(consumer, n_half));
+        publish_jobs(
+            &cfg,
+            repo,
+            n_full,
+            n_half,
+            Duration::from_secs_f64(1.0 / half_rate),
+        )
+        .await?;
+        let (_consumer, mut half, _) = collector.await?;
+        half_load = Some((half_rate, lat(&mut half)));
+    }
 
     token.cancel();
     let _ = worker.await;
@@ -224,8 +229,8 @@ pub async fn end_to_end(
     Ok(E2e {
         full_rate,
         full: lat(&mut full),
-        half_rate,
-        half: lat(&mut half),
+        half_rate: half_load.map(|(rate, _)| rate),
+        half: half_load.map(|(_, l)| l),
     })
 }
 
