@@ -3,6 +3,11 @@
 //! real tiny repository → outbox → the worker's relay → a queue bound to
 //! `<prefix>.events`. Throughput at full load (publisher unthrottled) and latency
 //! (push's `pushed_at` → its last event consumed) at full and half load.
+//!
+//! The worker is a real `hookfleet worker` process, as deployed: sharing this
+//! bench's runtime with the publisher and the sink consumer would delay its
+//! tasks' wake-ups, and a push holds its repository lock across one of them
+//! (the statement's reply → COMMIT).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -17,8 +22,9 @@ use lapin::Consumer;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::common::procs::{WorkerProc, free_port};
 
 use crate::common::repo::TinyRepo;
 use crate::support::{
@@ -149,35 +155,23 @@ async fn publish_jobs(
 /// Runs `n_full` pushes at full load, then (unless `half_secs` is 0) `half_secs`
 /// of half load, paced at half the full-load rate.
 pub async fn end_to_end(
+    exe: &std::path::Path,
     cfg: &Config,
     pool: &PgPool,
     repo: &TinyRepo,
     n_full: usize,
     half_secs: u64,
 ) -> anyhow::Result<E2e> {
-    let mut cfg = cfg.clone();
-    cfg.worker.kinds = vec![PUSH_KIND.into()];
-    cfg.worker.kind_concurrency.insert(PUSH_KIND.into(), 16);
-    cfg.outbox.relay = true;
-    cfg.hook.repositories_root = repo.root.display().to_string();
+    let cfg = cfg.clone();
     declare_topology(&cfg).await?;
     let names = Names::new(&cfg.amqp.prefix);
     let sink = format!("{}.e2e-sink", cfg.amqp.prefix);
     declare_queue(&cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
 
-    let token = CancellationToken::new();
-    let state = hookfleet::worker::WorkerState::default();
-    let worker = tokio::spawn(hookfleet::worker::run_with(
-        cfg.clone(),
-        state.clone(),
-        hookfleet::worker::default_handlers(),
-        token.clone(),
-    ));
-    let ready_by = Instant::now() + Duration::from_secs(30);
-    while !state.health.consuming() {
-        anyhow::ensure!(Instant::now() < ready_by, "worker not consuming after 30 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let log = repo.root.join("e2e-worker.log");
+    let mut worker =
+        WorkerProc::spawn(exe, &crate::rss::worker_env(&cfg, repo), free_port()?, &log)?;
+    worker.wait_ready(Duration::from_secs(30)).await?;
     let conn = amqp::connect(&cfg.amqp, "bench-sink").await?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(1000, BasicQosOptions::default()).await?;
@@ -218,8 +212,7 @@ pub async fn end_to_end(
         half_load = Some((half_rate, lat(&mut half)));
     }
 
-    token.cancel();
-    let _ = worker.await;
+    worker.terminate(Duration::from_secs(30)).await;
     let _ = conn.close(200, "ok".into()).await;
     delete_queue(&cfg, &sink).await?;
     delete_topology(&cfg).await?;

@@ -253,12 +253,12 @@ async fn run(
                 "e2e round {round}/{}: end to end, full load",
                 s.rounds
             ));
-            let e = e2e::end_to_end(cfg, &pool, &repo, s.e2e_full, 0).await?;
+            let e = e2e::end_to_end(&exe, cfg, &pool, &repo, s.e2e_full, 0).await?;
             fulls.push(e.full_rate);
             lats.push(e.full);
         }
         step("end to end: half load");
-        let e = e2e::end_to_end(cfg, &pool, &repo, s.e2e_full, s.e2e_half_secs).await?;
+        let e = e2e::end_to_end(&exe, cfg, &pool, &repo, s.e2e_full, s.e2e_half_secs).await?;
         extra.insert(
             "e2e_rounds".into(),
             serde_json::json!({ "baseline": txns.clone(), "hookfleet": fulls.clone() }),

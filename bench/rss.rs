@@ -13,18 +13,10 @@ use crate::common::procs::{WorkerProc, free_port};
 use crate::common::repo::TinyRepo;
 use crate::support::{declare_topology, delete_topology};
 
-/// (idle MiB, peak MiB under the backlog).
-pub async fn rss(
-    exe: &Path,
-    cfg: &Config,
-    repo: &TinyRepo,
-    backlog: usize,
-    sample: Duration,
-) -> anyhow::Result<(f64, f64)> {
-    let mut cfg = cfg.clone();
-    cfg.amqp.prefix = format!("{}rss", cfg.amqp.prefix);
-    cfg.worker.kinds = vec![PUSH_KIND.into()];
-    let env = vec![
+/// HOOKFLEET_* variables for a `hookfleet worker` process that runs only push
+/// jobs (and the relay) under `cfg`'s prefix, for repositories under `repo`.
+pub fn worker_env(cfg: &Config, repo: &TinyRepo) -> Vec<(String, String)> {
+    vec![
         (
             "HOOKFLEET_AMQP__PREFIX".to_string(),
             cfg.amqp.prefix.clone(),
@@ -44,7 +36,21 @@ pub async fn rss(
             repo.root.join("spool").display().to_string(),
         ),
         ("HOOKFLEET_LOG__LEVEL".into(), "warn".into()),
-    ];
+    ]
+}
+
+/// (idle MiB, peak MiB under the backlog).
+pub async fn rss(
+    exe: &Path,
+    cfg: &Config,
+    repo: &TinyRepo,
+    backlog: usize,
+    sample: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let mut cfg = cfg.clone();
+    cfg.amqp.prefix = format!("{}rss", cfg.amqp.prefix);
+    cfg.worker.kinds = vec![PUSH_KIND.into()];
+    let env = worker_env(&cfg, repo);
     let log = repo.root.join("rss-worker.log");
 
     let mut idle = WorkerProc::spawn(exe, &env, free_port()?, &log)?;
