@@ -26,9 +26,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -m 0755 target/release/hookfleet /usr/local/bin/hookfleet
 
 FROM debian:bookworm-slim
-# ca-certificates: amqps:// and sslmode=require; git: the push handler runs git.
+# ca-certificates: amqps:// and sslmode=require. No git: the push handler reads
+# repositories in process.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates git \
+    && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 hookfleet \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
