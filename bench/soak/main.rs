@@ -91,14 +91,22 @@ fn opts() -> Opts {
         v.and_then(|v| v.parse().ok())
             .unwrap_or_else(|| usage(&format!("{flag} needs a number")))
     }
+    /// Seconds > 0 and finite (`Duration::from_secs_f64` panics otherwise).
+    fn secs(flag: &str, v: Option<String>) -> Duration {
+        let s: f64 = num(flag, v);
+        if !(s.is_finite() && s > 0.0 && s < 1e6) {
+            usage(&format!("{flag} needs a positive number of seconds"));
+        }
+        Duration::from_secs_f64(s)
+    }
     while let Some(a) = args.next() {
         match a.as_str() {
             "--jobs" => o.jobs = num(&a, args.next()),
             "--workers" => o.workers = num(&a, args.next()),
             "--kills" => o.kills = num(&a, args.next()),
             "--cuts" => o.cuts = Some(num(&a, args.next())),
-            "--cut-every" => o.cut_every = Duration::from_secs_f64(num(&a, args.next())),
-            "--event-every" => o.event_every = Duration::from_secs_f64(num(&a, args.next())),
+            "--cut-every" => o.cut_every = secs(&a, args.next()),
+            "--event-every" => o.event_every = secs(&a, args.next()),
             "--no-broker-restart" => o.broker_restart = false,
             "--no-db-restart" => o.db_restart = false,
             "--max-seconds" => o.max_seconds = num(&a, args.next()),

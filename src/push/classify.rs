@@ -182,7 +182,10 @@ fn read_with(
         return Ok(data);
     }
 
+    // Many refs share a commit (tags of a release, merged branches): walk each once.
     let mut hidden: Vec<ObjectId> = others.iter().map(|o| o.commit).collect();
+    hidden.sort_unstable();
+    hidden.dedup();
     let max = max_commits as usize;
     if created && others.iter().any(|o| o.commit == head) {
         // The tip of another ref (a branch made from one): everything it reaches is
