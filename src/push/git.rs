@@ -10,8 +10,10 @@
 //! Owns the repository boundary: the repository is opened isolated (no global or
 //! system git config, no `GIT_*` environment), read on a blocking thread, never
 //! written. `push.git_timeout` bounds one whole read: the caller stops waiting at
-//! the deadline, and the reader checks the deadline between commits so an
-//! abandoned read stops soon after. The error taxonomy: a missing repository or
+//! the deadline, and the reader checks the deadline between the commits it walks
+//! and reads, so an abandoned read stops soon after (one step, such as a single
+//! tree diff or gitoxide's marking of the hidden history before a walk, is not
+//! interrupted). The error taxonomy: a missing repository or
 //! object is [`GitError::NotFound`] (permanent), a deadline passed
 //! [`GitError::Timeout`] (transient), anything else [`GitError::Failed`].
 
