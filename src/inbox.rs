@@ -1,7 +1,8 @@
 //! The inbox and the handler transaction: effectively-once handling.
 //!
 //! [`Transactional`] turns a [`TxHandler`] into a [`Handler`]. For each job it
-//! opens a transaction, claims the message id in `inbox`
+//! runs the handler's `prepare` (no connection held), then opens a transaction,
+//! claims the message id in `inbox`
 //! (`INSERT ... ON CONFLICT DO NOTHING`; a concurrent redelivery waits on the
 //! first one's row lock and then sees it), runs the handler, and commits. A
 //! message already in the inbox is skipped, so a redelivery never repeats effects
@@ -51,6 +52,14 @@ pub async fn claim(
     Ok(r.rows_affected() == 1)
 }
 
+/// Whether `message_id` is in the inbox (handled by some queue before).
+async fn handled_before(pool: &PgPool, message_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE message_id = $1)")
+        .bind(message_id)
+        .fetch_one(pool)
+        .await
+}
+
 /// A [`TxHandler`] run inside the inbox transaction.
 pub struct Transactional<H> {
     inner: Arc<H>,
@@ -78,6 +87,20 @@ impl<H: TxHandler> Handler for Transactional<H> {
     }
 
     async fn handle(&self, job: Job) -> Result<Done, JobError> {
+        // Outside the tracked task: an abandoned job (timeout, shutdown) just stops
+        // here, with nothing started in the database.
+        let prepared = match self.inner.prepare(&job).await {
+            Ok(p) => p,
+            // A redelivery of a job handled before is skipped, not failed: its read
+            // may fail now (the repository deleted since) though the job succeeded.
+            Err(e) => match handled_before(&self.pool, job.envelope.message_id).await {
+                Ok(true) => {
+                    tracing::info!("duplicate delivery skipped (already in the inbox)");
+                    return Ok(Done::Duplicate);
+                }
+                _ => return Err(e),
+            },
+        };
         let inner = self.inner.clone();
         let pool = self.pool.clone();
         let queue = self.queue.clone();
@@ -95,7 +118,7 @@ impl<H: TxHandler> Handler for Transactional<H> {
                     tracing::info!("duplicate delivery skipped (already in the inbox)");
                     return Ok(Done::Duplicate);
                 }
-                match tokio::time::timeout(timeout, inner.handle(&mut tx, &job)).await {
+                match tokio::time::timeout(timeout, inner.handle(&mut tx, &job, prepared)).await {
                     Err(_) => {
                         // Dropping `tx` rolls back.
                         return Err(JobError::Transient(anyhow::anyhow!(

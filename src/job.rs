@@ -114,14 +114,28 @@ pub trait Handler: Send + Sync + 'static {
 
 /// A job kind whose effects and outgoing events go into one PostgreSQL
 /// transaction; hookfleet claims the inbox first and commits after.
+///
+/// Work in two steps: [`TxHandler::prepare`] reads what the job needs from
+/// outside the database (a repository, say) before any connection is taken, then
+/// [`TxHandler::handle`] writes inside the transaction. Why: a slow read inside
+/// the transaction would hold a pooled connection and an open transaction for its
+/// whole length, and a few slow jobs would starve every other user of the pool
+/// (the relay included) and hold back vacuum.
 #[async_trait::async_trait]
 pub trait TxHandler: Send + Sync + 'static {
+    /// What `prepare` hands to `handle`.
+    type Prepared: Send + 'static;
     /// The kind, which names the queue.
     fn kind(&self) -> &str;
+    /// Decodes the job and reads what it needs, holding no database connection.
+    /// It must have no effects: it also runs for a redelivery that the inbox
+    /// then skips.
+    async fn prepare(&self, job: &Job) -> Result<Self::Prepared, JobError>;
     /// Handles one job inside `tx`. Do not commit or roll back: the caller does.
     async fn handle(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         job: &Job,
+        prepared: Self::Prepared,
     ) -> Result<(), JobError>;
 }

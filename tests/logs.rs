@@ -123,6 +123,60 @@ fn worker_env(db: &TestDb, prefix: &str, rust_log: &str) -> Vec<(String, String)
     .collect()
 }
 
+fn push_job(repository: String, after: String) -> PushJob {
+    PushJob {
+        push_id: uuid::Uuid::now_v7(),
+        repository,
+        pusher: Some("logs-test".into()),
+        push_options: Vec::new(),
+        pushed_at: chrono::Utc::now(),
+        updates: vec![RefUpdate {
+            refname: "refs/heads/main".into(),
+            before: "0".repeat(40),
+            after,
+        }],
+    }
+}
+
+async fn publish(broker: &Broker, job: &PushJob) {
+    broker
+        .publish_raw("push", &job.to_json(), job.envelope().to_properties())
+        .await;
+}
+
+/// The lines of one delivery: ours (consumer, inbox, push handler) and sqlx's
+/// debug lines for its statements on `inbox` (logged from the delivery task or
+/// the spawned transaction task).
+fn delivery_lines(seen: &[Value]) -> Vec<&Value> {
+    seen.iter()
+        .filter(|v| {
+            let target = v["target"].as_str().unwrap_or_default();
+            let ours = [
+                "hookfleet::consumer::process",
+                "hookfleet::inbox",
+                "hookfleet::push",
+            ]
+            .iter()
+            .any(|t| target.starts_with(t));
+            // The claim and the duplicate lookup (not the pruner's DELETE).
+            let inbox_query = target == "sqlx::query"
+                && v["fields"]["db.statement"].as_str().is_some_and(|s| {
+                    s.contains("INSERT INTO inbox")
+                        || s.contains("FROM inbox WHERE message_id = $1")
+                });
+            ours || inbox_query
+        })
+        .collect()
+}
+
+/// Every line carries the delivery's span with its message and correlation id.
+fn assert_span(lines: &[&Value], id: &str) {
+    for v in lines {
+        assert_eq!(v["span"]["message.id"], id, "line without span: {v}");
+        assert_eq!(v["span"]["correlation.id"], id, "{v}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_line_of_a_delivery_carries_its_span_fields() {
     let db = TestDb::new().await;
@@ -138,24 +192,38 @@ async fn every_line_of_a_delivery_carries_its_span_fields() {
         })
         .await;
 
-    // A push to a repository that does not exist: a permanent error, dead-lettered.
-    let job = PushJob {
-        push_id: uuid::Uuid::now_v7(),
-        repository: format!("/nonexistent/{prefix}.git"),
-        pusher: Some("logs-test".into()),
-        push_options: Vec::new(),
-        pushed_at: chrono::Utc::now(),
-        updates: vec![RefUpdate {
-            refname: "refs/heads/main".into(),
-            before: "0".repeat(40),
-            after: "a".repeat(40),
-        }],
-    };
-    let id = job.push_id.to_string();
-    broker
-        .publish_raw("push", &job.to_json(), job.envelope().to_properties())
-        .await;
+    // A push to a real repository: handled, its transaction in a task of its own.
+    let repos = common::gitrepo::Repos::new(false);
+    repos.git(&["push", "-q", "origin", "HEAD:refs/heads/main"]);
+    let head = repos.git(&["rev-parse", "HEAD"]);
+    let ok = push_job(repos.bare.display().to_string(), head);
+    let ok_id = ok.push_id.to_string();
     let started = worker.seen.len();
+    publish(&broker, &ok).await;
+    // "handled" is the delivery's last line (after the commit).
+    worker
+        .line_where("the push handled", |v| {
+            message(v) == "handled" && v["span"]["message.id"] == ok_id.as_str()
+        })
+        .await;
+    let lines = delivery_lines(&worker.seen[started..]);
+    let from_tx_task = |v: &&&Value| {
+        v["target"] == "hookfleet::push::handler"
+            || v["fields"]["db.statement"]
+                .as_str()
+                .is_some_and(|s| s.contains("INSERT INTO inbox"))
+    };
+    assert!(
+        lines.iter().filter(from_tx_task).count() >= 2,
+        "the inbox claim and the push recorded, logged in the transaction task: {lines:#?}"
+    );
+    assert_span(&lines, &ok_id);
+
+    // A push to a repository that does not exist: a permanent error, dead-lettered.
+    let bad = push_job(format!("/nonexistent/{prefix}.git"), "a".repeat(40));
+    let id = bad.push_id.to_string();
+    let started = worker.seen.len();
+    publish(&broker, &bad).await;
     let dead = worker
         .line_where("the dead-lettered warning", |v| {
             message(v) == "dead-lettered"
@@ -168,40 +236,12 @@ async fn every_line_of_a_delivery_carries_its_span_fields() {
     assert_eq!(span["correlation.id"], id.as_str(), "{dead}");
     assert_eq!(span["queue"], broker.names.queue("push").as_str(), "{dead}");
     assert_eq!(span["attempt"].as_u64(), Some(1), "{dead}");
-
-    // Every line the delivery produced has the span: ours (consumer, inbox,
-    // handler) and a library's (sqlx's debug line for the inbox claim, logged in
-    // the spawned transaction task).
-    let delivery_lines: Vec<&Value> = worker.seen[started..]
-        .iter()
-        .filter(|v| {
-            let target = v["target"].as_str().unwrap_or_default();
-            let ours = [
-                "hookfleet::consumer::process",
-                "hookfleet::inbox",
-                "hookfleet::push",
-            ]
-            .iter()
-            .any(|t| target.starts_with(t));
-            let inbox_query = target == "sqlx::query"
-                && v["fields"]["db.statement"]
-                    .as_str()
-                    .is_some_and(|s| s.contains("INSERT INTO inbox"));
-            ours || inbox_query
-        })
-        .collect();
+    let lines = delivery_lines(&worker.seen[started..]);
     assert!(
-        delivery_lines.len() >= 2,
-        "the inbox claim and the dead-letter warning: {delivery_lines:#?}"
+        lines.len() >= 2,
+        "the inbox lookup and the dead-letter warning: {lines:#?}"
     );
-    for v in &delivery_lines {
-        assert_eq!(
-            v["span"]["message.id"],
-            id.as_str(),
-            "line without span: {v}"
-        );
-        assert_eq!(v["span"]["correlation.id"], id.as_str(), "{v}");
-    }
+    assert_span(&lines, &id);
 
     assert_eq!(worker.terminate().await, Some(0), "SIGTERM exits 0");
     let dead_copies = broker.drain(&broker.names.dead_queue("push")).await;

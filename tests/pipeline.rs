@@ -26,13 +26,18 @@ struct NoteHandler {
 
 #[async_trait::async_trait]
 impl TxHandler for NoteHandler {
+    type Prepared = ();
     fn kind(&self) -> &str {
         "note"
+    }
+    async fn prepare(&self, _job: &Job) -> Result<(), JobError> {
+        Ok(())
     }
     async fn handle(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         job: &Job,
+        _: (),
     ) -> Result<(), JobError> {
         let text = job.body()["text"].as_str().unwrap_or_default().to_string();
         sqlx::query("INSERT INTO notes (message_id, text) VALUES ($1, $2)")
@@ -559,4 +564,147 @@ async fn a_push_writes_nothing_and_draws_no_outbox_id_before_it_holds_the_reposi
             .await
             .unwrap();
     assert_eq!((pushes, refs), (2, 2));
+}
+
+/// Writes a note in `handle`; its `prepare` (the read outside the database)
+/// waits for a permit when the body says `wait`, and fails when it says
+/// `fail_read`.
+struct GatedHandler {
+    gate: Arc<tokio::sync::Semaphore>,
+    entered: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl TxHandler for GatedHandler {
+    type Prepared = String;
+    fn kind(&self) -> &str {
+        "gated"
+    }
+    async fn prepare(&self, job: &Job) -> Result<String, JobError> {
+        if job.body()["fail_read"].as_bool() == Some(true) {
+            return Err(JobError::permanent("the read failed"));
+        }
+        if job.body()["wait"].as_bool() == Some(true) {
+            self.entered.notify_one();
+            let _permit = self.gate.acquire().await;
+        }
+        Ok(job.body()["text"].as_str().unwrap_or_default().to_string())
+    }
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        job: &Job,
+        text: String,
+    ) -> Result<(), JobError> {
+        sqlx::query("INSERT INTO notes (message_id, text) VALUES ($1, $2)")
+            .bind(job.envelope.message_id)
+            .bind(text)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+fn gated_job(id: uuid::Uuid, body: serde_json::Value) -> Job {
+    let mut envelope = hookfleet::message::Envelope::new("gated", None);
+    envelope.message_id = id;
+    Job {
+        kind: "gated".into(),
+        attempt: 1,
+        redelivered: false,
+        raw: serde_json::to_vec(&body).unwrap(),
+        parsed: std::sync::OnceLock::new(),
+        envelope,
+    }
+}
+
+async fn gated(db: &TestDb, max_connections: u32) -> (Transactional<GatedHandler>, GatedParts) {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS notes (message_id uuid PRIMARY KEY, text text NOT NULL)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let parts = GatedParts {
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        entered: Arc::new(tokio::sync::Notify::new()),
+    };
+    let handler = GatedHandler {
+        gate: parts.gate.clone(),
+        entered: parts.entered.clone(),
+    };
+    let t = Transactional::new(handler, pool, "test.gated", Duration::from_secs(30));
+    (t, parts)
+}
+
+struct GatedParts {
+    gate: Arc<tokio::sync::Semaphore>,
+    entered: Arc<tokio::sync::Notify>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_still_reading_its_input_holds_no_database_connection() {
+    let db = TestDb::new().await;
+    // One connection in the pool: if the read held it, nothing else could commit.
+    let (t, parts) = gated(&db, 1).await;
+    let t = Arc::new(t);
+    let slow = {
+        let t = t.clone();
+        tokio::spawn(async move {
+            t.handle(gated_job(
+                uuid::Uuid::now_v7(),
+                json!({"wait": true, "text": "slow"}),
+            ))
+            .await
+        })
+    };
+    parts.entered.notified().await;
+    let quick = tokio::time::timeout(
+        Duration::from_secs(10),
+        t.handle(gated_job(uuid::Uuid::now_v7(), json!({"text": "quick"}))),
+    )
+    .await
+    .expect("a job finished while another was still reading: the read holds no connection");
+    assert!(
+        matches!(quick, Ok(hookfleet::job::Done::Handled)),
+        "{quick:?}"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM notes").await, 1);
+    parts.gate.add_permits(1);
+    let slow = slow.await.unwrap();
+    assert!(
+        matches!(slow, Ok(hookfleet::job::Done::Handled)),
+        "{slow:?}"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM notes").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_whose_read_now_fails_is_skipped_as_a_duplicate() {
+    let db = TestDb::new().await;
+    let (t, _parts) = gated(&db, 2).await;
+    let id = uuid::Uuid::now_v7();
+    let first = t.handle(gated_job(id, json!({"text": "once"}))).await;
+    assert!(
+        matches!(first, Ok(hookfleet::job::Done::Handled)),
+        "{first:?}"
+    );
+    // The same message again, and its read fails now (say, the repository is gone).
+    let again = t.handle(gated_job(id, json!({"fail_read": true}))).await;
+    assert!(
+        matches!(again, Ok(hookfleet::job::Done::Duplicate)),
+        "{again:?}"
+    );
+    // A new message whose read fails is a failure, not a duplicate.
+    let other = t
+        .handle(gated_job(uuid::Uuid::now_v7(), json!({"fail_read": true})))
+        .await;
+    assert!(matches!(other, Err(JobError::Permanent(_))), "{other:?}");
+    assert_eq!(count(&db, "SELECT count(*) FROM notes").await, 1);
 }

@@ -1,5 +1,6 @@
-//! The push handler (queue `<prefix>.push`): git data in, effects and events out,
-//! in one transaction.
+//! The push handler (queue `<prefix>.push`): git data in (read before the
+//! transaction, holding no connection), effects and events out, in one
+//! transaction.
 //!
 //! Owns what a push *means* for the database: under `pg_advisory_xact_lock` on the
 //! repository (so pushes to one repository apply one at a time; the lock lives in
@@ -9,8 +10,8 @@
 //! are time-ordered UUID v7) does not overwrite it, so two pushes handled out of
 //! order still end at the last push.
 //!
-//! A repository or object that does not exist is a permanent error; a git command
-//! that times out is transient. It never publishes to the broker itself.
+//! A repository or object that does not exist is a permanent error; a read that
+//! times out is transient. It never publishes to the broker itself.
 
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
@@ -69,17 +70,24 @@ fn git_error(e: GitError) -> JobError {
     }
 }
 
+/// A push read from its repository, ready to be recorded.
+pub struct ReadPush {
+    push: PushJob,
+    events: Vec<Event>,
+}
+
 #[async_trait::async_trait]
 impl TxHandler for PushHandler {
+    type Prepared = ReadPush;
+
     fn kind(&self) -> &str {
         PUSH_KIND
     }
 
-    async fn handle(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-        job: &Job,
-    ) -> Result<(), JobError> {
+    /// Decodes the push and reads its refs and commits from the repository,
+    /// before any database connection is taken (the read of a large push can take
+    /// seconds).
+    async fn prepare(&self, job: &Job) -> Result<ReadPush, JobError> {
         let push: PushJob = job.decode()?;
         push.validate().map_err(JobError::permanent)?;
         let cfg = &self.config.push;
@@ -99,6 +107,16 @@ impl TxHandler for PushHandler {
                 )
             })
             .collect();
+        Ok(ReadPush { push, events })
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        _job: &Job,
+        read: ReadPush,
+    ) -> Result<(), JobError> {
+        let ReadPush { push, events } = read;
         // Deliveries first: reading subscriptions and inserting deliveries needs no
         // repository lock, so the lock is held for one statement and the COMMIT.
         let jobs = crate::webhook::deliveries_for_push(tx, &self.names, &push, &events).await?;
