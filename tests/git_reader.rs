@@ -640,3 +640,30 @@ async fn reads_agree_with_git_log_on_a_branchy_packed_history() {
     range.extend_from_slice(&not_others);
     assert_like_git(&f, &d, &range, &range);
 }
+
+#[tokio::test]
+async fn a_reftable_repository_is_refused_not_misread() {
+    // gitoxide opens such a repository but sees none of its refs, which would make
+    // every commit look new: the read must fail, permanently, and say why.
+    let f = Fixture::new();
+    f.commit(&[("a", Some("a"))], "one");
+    let dir = tempfile::tempdir().unwrap();
+    git_in(
+        dir.path(),
+        &["init", "-q", "--bare", "--ref-format=reftable", "rt.git"],
+    );
+    let bare = dir.path().join("rt.git");
+    f.git(&["push", "-q", bare.to_str().unwrap(), "main"]);
+    let head = f.git(&["rev-parse", "HEAD"]);
+    let u = RefUpdate {
+        refname: "refs/heads/main".into(),
+        before: ZERO.into(),
+        after: head,
+    };
+    let err = read_ref(&GitRepo::new(&push_config(), &bare), &u, 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GitError::Unsupported(_)), "{err:?}");
+    assert!(err.is_permanent());
+    assert!(err.to_string().contains("reftable"), "{err}");
+}

@@ -13,9 +13,10 @@
 //! the deadline, and the reader checks the deadline between the commits it walks
 //! and reads, so an abandoned read stops soon after (one step, such as a single
 //! tree diff or gitoxide's marking of the hidden history before a walk, is not
-//! interrupted). The error taxonomy: a missing repository or
-//! object is [`GitError::NotFound`] (permanent), a deadline passed
-//! [`GitError::Timeout`] (transient), anything else [`GitError::Failed`].
+//! interrupted). The error taxonomy: a missing repository or object is
+//! [`GitError::NotFound`] and a reftable repository (gitoxide does not read its
+//! refs) [`GitError::Unsupported`], both permanent; a deadline passed
+//! [`GitError::Timeout`] (transient); anything else [`GitError::Failed`].
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -36,6 +37,10 @@ pub enum GitError {
     /// The repository or an object does not exist: retrying cannot help.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The repository uses a format this reader cannot read correctly (reftable
+    /// refs): retrying cannot help.
+    #[error("unsupported repository: {0}")]
+    Unsupported(String),
     /// Reading took longer than `push.git_timeout`: may succeed later.
     #[error("reading the repository timed out after {timeout:?} ({step})")]
     Timeout {
@@ -57,7 +62,7 @@ pub enum GitError {
 impl GitError {
     /// `true` for errors that retrying cannot fix (a dead letter at once).
     pub fn is_permanent(&self) -> bool {
-        matches!(self, GitError::NotFound(_))
+        matches!(self, GitError::NotFound(_) | GitError::Unsupported(_))
     }
 }
 
@@ -142,6 +147,15 @@ impl Reader {
         let repo = gix::open_opts(&path, gix::open::Options::isolated()).map_err(|e| {
             GitError::NotFound(format!("not a git repository: {}: {e}", path.display()))
         })?;
+        // gitoxide opens a reftable repository but sees none of its refs: every
+        // commit would look new and `distinct`. Refuse it rather than report that.
+        let ref_storage = repo.config_snapshot().string("extensions.refStorage");
+        if let Some(storage) = ref_storage.filter(|s| !s.eq_ignore_ascii_case(b"files")) {
+            return Err(GitError::Unsupported(format!(
+                "{}: refs stored as {storage} (extensions.refStorage); only the files format is read",
+                path.display()
+            )));
+        }
         Ok(Reader {
             repo,
             deadline,
