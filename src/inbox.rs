@@ -11,8 +11,10 @@
 //! The whole transaction runs in a task of its own, tracked by [`commits`]: the
 //! consumer core may abandon a job on timeout or shutdown, but a started
 //! transaction still finishes (a cancelled sqlx `begin`/`commit` future can leave a
-//! connection mid-transaction). Only the handler body is bounded by the timeout;
-//! when it expires the transaction rolls back.
+//! connection mid-transaction). Inside it only the handler body is bounded by the
+//! timeout; when it expires the transaction rolls back. `prepare` runs before, in
+//! the delivery's own task (bounded by the consumer's handler timeout, with
+//! nothing to roll back when it is abandoned).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
