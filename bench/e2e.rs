@@ -24,8 +24,7 @@ use lapin::types::FieldTable;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::common::procs::{WorkerProc, free_port};
-
+use crate::common::procs::{WorkerProc, free_port, worker_env};
 use crate::common::repo::TinyRepo;
 use crate::support::{
     PREFETCH, declare_queue, declare_topology, delete_queue, delete_topology, percentile,
@@ -162,15 +161,13 @@ pub async fn end_to_end(
     n_full: usize,
     half_secs: u64,
 ) -> anyhow::Result<E2e> {
-    let cfg = cfg.clone();
-    declare_topology(&cfg).await?;
+    declare_topology(cfg).await?;
     let names = Names::new(&cfg.amqp.prefix);
     let sink = format!("{}.e2e-sink", cfg.amqp.prefix);
-    declare_queue(&cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
+    declare_queue(cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
 
     let log = repo.root.join("e2e-worker.log");
-    let mut worker =
-        WorkerProc::spawn(exe, &crate::rss::worker_env(&cfg, repo), free_port()?, &log)?;
+    let mut worker = WorkerProc::spawn(exe, &worker_env(cfg, repo), free_port()?, &log)?;
     worker.wait_ready(Duration::from_secs(30)).await?;
     let conn = amqp::connect(&cfg.amqp, "bench-sink").await?;
     let ch = conn.create_channel().await?;
@@ -190,7 +187,7 @@ pub async fn end_to_end(
     // Full load: the publisher is not throttled.
     let start = Instant::now();
     let collector = tokio::spawn(collect(consumer, n_full));
-    publish_jobs(&cfg, repo, 0, n_full, Duration::ZERO).await?;
+    publish_jobs(cfg, repo, 0, n_full, Duration::ZERO).await?;
     let (consumer, mut full, last) = collector.await?;
     let full_rate = full.len() as f64 / (last - start).as_secs_f64();
 
@@ -201,7 +198,7 @@ pub async fn end_to_end(
         let n_half = ((half_rate * half_secs as f64) as usize).max(10);
         let collector = tokio::spawn(collect(consumer, n_half));
         publish_jobs(
-            &cfg,
+            cfg,
             repo,
             n_full,
             n_half,
@@ -214,8 +211,8 @@ pub async fn end_to_end(
 
     worker.terminate(Duration::from_secs(30)).await;
     let _ = conn.close(200, "ok".into()).await;
-    delete_queue(&cfg, &sink).await?;
-    delete_topology(&cfg).await?;
+    delete_queue(cfg, &sink).await?;
+    delete_topology(cfg).await?;
     sqlx::query("TRUNCATE inbox, pushes, ref_state, outbox")
         .execute(pool)
         .await?;

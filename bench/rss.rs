@@ -9,35 +9,9 @@ use std::time::{Duration, Instant};
 use hookfleet::config::Config;
 use hookfleet::push::job::PUSH_KIND;
 
-use crate::common::procs::{WorkerProc, free_port};
+use crate::common::procs::{WorkerProc, free_port, worker_env};
 use crate::common::repo::TinyRepo;
 use crate::support::{declare_topology, delete_topology};
-
-/// HOOKFLEET_* variables for a `hookfleet worker` process that runs only push
-/// jobs (and the relay) under `cfg`'s prefix, for repositories under `repo`.
-pub fn worker_env(cfg: &Config, repo: &TinyRepo) -> Vec<(String, String)> {
-    vec![
-        (
-            "HOOKFLEET_AMQP__PREFIX".to_string(),
-            cfg.amqp.prefix.clone(),
-        ),
-        (
-            "HOOKFLEET_DATABASE__URL".into(),
-            cfg.database.url.expose().to_string(),
-        ),
-        ("HOOKFLEET_DATABASE__AUTO_MIGRATE".into(), "false".into()),
-        ("HOOKFLEET_WORKER__KINDS".into(), "[\"push\"]".into()),
-        (
-            "HOOKFLEET_HOOK__REPOSITORIES_ROOT".into(),
-            repo.root.display().to_string(),
-        ),
-        (
-            "HOOKFLEET_SPOOL__DIR".into(),
-            repo.root.join("spool").display().to_string(),
-        ),
-        ("HOOKFLEET_LOG__LEVEL".into(), "warn".into()),
-    ]
-}
 
 /// (idle MiB, peak MiB under the backlog).
 pub async fn rss(

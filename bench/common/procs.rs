@@ -10,6 +10,35 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+/// HOOKFLEET_* variables for a `hookfleet worker` process that runs only push
+/// jobs (and the relay) under `cfg`'s prefix, for repositories under `repo`.
+pub fn worker_env(
+    cfg: &hookfleet::config::Config,
+    repo: &super::repo::TinyRepo,
+) -> Vec<(String, String)> {
+    vec![
+        (
+            "HOOKFLEET_AMQP__PREFIX".to_string(),
+            cfg.amqp.prefix.clone(),
+        ),
+        (
+            "HOOKFLEET_DATABASE__URL".into(),
+            cfg.database.url.expose().to_string(),
+        ),
+        ("HOOKFLEET_DATABASE__AUTO_MIGRATE".into(), "false".into()),
+        ("HOOKFLEET_WORKER__KINDS".into(), "[\"push\"]".into()),
+        (
+            "HOOKFLEET_HOOK__REPOSITORIES_ROOT".into(),
+            repo.root.display().to_string(),
+        ),
+        (
+            "HOOKFLEET_SPOOL__DIR".into(),
+            repo.root.join("spool").display().to_string(),
+        ),
+        ("HOOKFLEET_LOG__LEVEL".into(), "warn".into()),
+    ]
+}
+
 /// The `hookfleet` binary next to the running executable (same profile).
 pub fn hookfleet_exe() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;

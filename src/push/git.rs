@@ -104,10 +104,7 @@ impl GitRepo {
                 step: "waiting for the read".into(),
                 timeout,
             }),
-            Ok(Err(e)) => Err(GitError::Failed {
-                step: "read task".into(),
-                message: e.to_string(),
-            }),
+            Ok(Err(e)) => Err(failed("read task")(e)),
             Ok(Ok(result)) => result,
         }
     }
@@ -129,7 +126,8 @@ pub(crate) struct PeeledRef {
     pub commit: ObjectId,
 }
 
-fn failed(step: &str) -> impl FnOnce(gix::Error) -> GitError + '_ {
+/// Maps an error of reading `step` to [`GitError::Failed`].
+fn failed<E: std::fmt::Display>(step: &str) -> impl FnOnce(E) -> GitError + '_ {
     move |e| GitError::Failed {
         step: step.to_string(),
         message: e.to_string(),
@@ -253,10 +251,7 @@ impl Reader {
         let mut kept = Vec::new();
         let mut total = 0u64;
         for info in walk {
-            let info = info.map_err(|e| GitError::Failed {
-                step: "walk".into(),
-                message: e.to_string(),
-            })?;
+            let info = info.map_err(failed("walk"))?;
             if total.is_multiple_of(256) {
                 self.check_deadline("walking history")?;
             }
@@ -296,10 +291,7 @@ impl Reader {
         let c = commit.decode().map_err(failed("commit"))?;
         let author = c.author().map_err(failed("commit author"))?;
         let committer = c.committer().map_err(failed("commit committer"))?;
-        let time = author.time().map_err(|e| GitError::Failed {
-            step: "commit date".into(),
-            message: e.to_string(),
-        })?;
+        let time = author.time().map_err(failed("commit date"))?;
         let tree_id = c.tree();
         let parent = c.parents().next();
         let mut info = CommitInfo {
@@ -359,10 +351,7 @@ impl Reader {
             &self.repo.objects,
             &mut recorder,
         )
-        .map_err(|e| GitError::Failed {
-            step: "tree diff".into(),
-            message: e.to_string(),
-        })?;
+        .map_err(failed("tree diff"))?;
         for change in recorder.records {
             let path = |p: &gix::bstr::BString| p.to_str_lossy().into_owned();
             match change {

@@ -116,15 +116,13 @@ impl TxHandler for PushHandler {
         _job: &Job,
         read: ReadPush,
     ) -> Result<(), JobError> {
-        let ReadPush { push, events } = read;
+        let ReadPush { push, mut events } = read;
         // Deliveries first: reading subscriptions and inserting deliveries needs no
         // repository lock, so the lock is held for one statement and the COMMIT.
         let jobs = crate::webhook::deliveries_for_push(tx, &self.names, &push, &events).await?;
-        let webhooks = jobs.len();
-        let events_count = events.len();
-        let mut outgoing = events;
-        outgoing.extend(jobs);
-        record(tx, &push, &outgoing).await?;
+        let (events_count, webhooks) = (events.len(), jobs.len());
+        events.extend(jobs);
+        record(tx, &push, &events).await?;
         tracing::info!(
             repository = %push.repository,
             refs = push.updates.len(),
