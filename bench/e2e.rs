@@ -52,6 +52,8 @@ pub struct E2e {
     pub half_rate: Option<f64>,
     /// Latency at half load, when it ran.
     pub half: Option<Lat>,
+    /// CPU time of the worker process per push at full load, in ms.
+    pub cpu_ms_per_push: Option<f64>,
 }
 
 /// The last event of a branch-creating push (`git.push` comes first).
@@ -185,11 +187,15 @@ pub async fn end_to_end(
         .await?;
 
     // Full load: the publisher is not throttled.
+    let cpu_before = worker.cpu_seconds();
     let start = Instant::now();
     let collector = tokio::spawn(collect(consumer, n_full));
     publish_jobs(cfg, repo, 0, n_full, Duration::ZERO).await?;
     let (consumer, mut full, last) = collector.await?;
     let full_rate = full.len() as f64 / (last - start).as_secs_f64();
+    let cpu_ms_per_push = cpu_before
+        .zip(worker.cpu_seconds())
+        .map(|(a, b)| (b - a) * 1000.0 / n_full as f64);
 
     // Half load, paced.
     let mut half_load = None;
@@ -221,6 +227,7 @@ pub async fn end_to_end(
         full: lat(&mut full),
         half_rate: half_load.map(|(rate, _)| rate),
         half: half_load.map(|(_, l)| l),
+        cpu_ms_per_push,
     })
 }
 

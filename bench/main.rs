@@ -243,6 +243,7 @@ async fn run(
         // Alternating rounds, medians: the baseline is bound by fsync latency,
         // which on a shared VM drifts by a factor of two between minutes.
         let (mut txns, mut fulls, mut lats) = (Vec::new(), Vec::new(), Vec::new());
+        let mut cpus = Vec::new();
         for round in 1..=s.rounds {
             step(&format!(
                 "e2e round {round}/{}: transaction baseline (16 connections)",
@@ -256,12 +257,13 @@ async fn run(
             let e = e2e::end_to_end(&exe, cfg, &pool, &repo, s.e2e_full, 0).await?;
             fulls.push(e.full_rate);
             lats.push(e.full);
+            cpus.extend(e.cpu_ms_per_push);
         }
         step("end to end: half load");
         let e = e2e::end_to_end(&exe, cfg, &pool, &repo, s.e2e_full, s.e2e_half_secs).await?;
         extra.insert(
             "e2e_rounds".into(),
-            serde_json::json!({ "baseline": txns.clone(), "hookfleet": fulls.clone() }),
+            serde_json::json!({ "baseline": txns.clone(), "hookfleet": fulls.clone(), "cpu_ms_per_push": cpus.clone() }),
         );
         rows.push(Row::vs(
             &format!(
@@ -274,6 +276,19 @@ async fn run(
             "push/s",
             0.75,
         ));
+        // What the worker process itself spends per push (handler, repository
+        // read, relay): steadier than the rate, which the whole machine sets.
+        if !cpus.is_empty() {
+            rows.push(Row::alone(
+                &format!(
+                    "worker CPU time per push at full load (user + system, median of {})",
+                    cpus.len()
+                ),
+                support::percentile(&mut cpus, 50.0),
+                "ms",
+                None,
+            ));
+        }
         // Latency at full load is queueing behind the backlog the unthrottled
         // publisher builds: the last round's, as a shape, not a target.
         let full = lats.last().copied().unwrap_or(e.full);

@@ -360,6 +360,9 @@ pub struct PushConfig {
     pub git_timeout: Duration,
     /// Commits listed per ref (the true count is kept).
     pub max_commits: u32,
+    /// Repositories kept open between pushes (least recently read closed first);
+    /// 0 opens each repository per push.
+    pub open_repositories: usize,
     /// Refs with their own events per push; beyond it one bulk event.
     pub max_refs: u32,
     /// Base of `compare` and repository URLs in payloads.

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub webhook_deliveries_total: IntCounterVec,
     /// Files waiting in the hook spool.
     pub spool_files_pending: IntGauge,
+    /// Repositories opened by the push handler (a read through a repository kept
+    /// open does not count): grows with pushes when `push.open_repositories` is too small.
+    pub git_repository_opens_total: IntCounter,
     /// Constant 1 with version and git SHA labels.
     pub build_info: IntGaugeVec,
 }
@@ -194,6 +197,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             IntGauge::new(
                 "hookfleet_spool_files_pending",
                 "Jobs waiting in the hook spool.",
+            )?,
+        )?,
+        git_repository_opens_total: reg(
+            r,
+            IntCounter::new(
+                "hookfleet_git_repository_opens_total",
+                "Repositories opened by the push handler (reads through a repository kept open do not count).",
             )?,
         )?,
         build_info: reg(

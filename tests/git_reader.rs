@@ -7,18 +7,23 @@ use std::time::Duration;
 
 use hookfleet::config::{Config, PushConfig};
 use hookfleet::push::classify::{RefData, RefKind, read_ref, read_refs};
-use hookfleet::push::git::{GitError, GitRepo};
+use std::sync::Arc;
+
+use hookfleet::push::git::{GitError, GitRepo, RepoCache};
 use hookfleet::push::job::PushJob;
 use hookfleet::push::payload::{events_for_push, refs_to_read};
 use hookfleet::push::update::RefUpdate;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
-/// A bare repository and a working clone of it.
+/// A bare repository and a working clone of it. Reads go through a repository
+/// kept open across the fixture's pushes (as the push handler reads), so every
+/// test here also checks that a kept repository sees what was pushed since.
 struct Fixture {
     _dir: tempfile::TempDir,
     bare: PathBuf,
     work: PathBuf,
+    repos: Arc<RepoCache>,
 }
 
 fn git_in(dir: &Path, args: &[&str]) -> String {
@@ -78,6 +83,7 @@ impl Fixture {
             _dir: dir,
             bare,
             work,
+            repos: Arc::new(RepoCache::new(4)),
         }
     }
 
@@ -126,7 +132,7 @@ impl Fixture {
     }
 
     fn repo(&self) -> GitRepo {
-        GitRepo::new(&push_config(), &self.bare)
+        GitRepo::new(&push_config(), &self.bare).cached(self.repos.clone())
     }
 }
 
@@ -666,4 +672,110 @@ async fn a_reftable_repository_is_refused_not_misread() {
     assert!(matches!(err, GitError::Unsupported(_)), "{err:?}");
     assert!(err.is_permanent());
     assert!(err.to_string().contains("reftable"), "{err}");
+}
+
+#[tokio::test]
+async fn a_kept_open_repository_sees_new_packs_repacks_and_packed_refs() {
+    let f = Fixture::new();
+    // Every push arrives as a pack (as large pushes do), not as loose objects.
+    git_in(&f.bare, &["config", "transfer.unpackLimit", "1"]);
+    let c1 = f.commit(&[("a", Some("1"))], "one");
+    let u = f.push("main", "refs/heads/main");
+    assert_eq!(ids(&read(&f, &u).await), vec![c1]);
+
+    // A new pack the kept repository has never seen.
+    let c2 = f.commit(&[("a", Some("2"))], "two");
+    let u = f.push("main", "refs/heads/main");
+    assert_eq!(ids(&read(&f, &u).await), vec![c2.clone()]);
+
+    // Everything repacked into one new pack (the old ones deleted) and every ref
+    // packed: the next push is read from both, through the same open repository.
+    git_in(&f.bare, &["repack", "-q", "-a", "-d"]);
+    git_in(&f.bare, &["pack-refs", "--all"]);
+    let c3 = f.commit(&[("b", Some("3"))], "three");
+    let u = f.push("main:refs/heads/topic", "refs/heads/topic");
+    let d = read(&f, &u).await;
+    assert!(d.created);
+    assert_eq!(
+        ids(&d),
+        vec![c3.clone()],
+        "only the commit new to the repository"
+    );
+    assert_eq!(d.commits[0].added, vec!["b"]);
+    // A packed ref moved by a push (now a loose ref again) and one deleted.
+    let c4 = f.commit(&[("b", Some("4"))], "four");
+    let u = f.push("main", "refs/heads/main");
+    assert_eq!(ids(&read(&f, &u).await), vec![c3, c4]);
+    let u = f.push(":refs/heads/topic", "refs/heads/topic");
+    assert!(read(&f, &u).await.deleted);
+
+    assert_eq!(
+        f.repos.opened(),
+        1,
+        "every read used the repository kept open"
+    );
+    assert_eq!(f.repos.len(), 1);
+}
+
+#[tokio::test]
+async fn a_kept_repository_that_is_deleted_replaced_or_reconfigured_is_not_read_stale() {
+    let f = Fixture::new();
+    f.commit(&[("a", Some("1"))], "one");
+    let u = f.push("main", "refs/heads/main");
+    read(&f, &u).await;
+    assert_eq!(f.repos.opened(), 1);
+
+    // Deleted: missing, permanently, although it is still open in the cache.
+    std::fs::remove_dir_all(&f.bare).unwrap();
+    let err = read_ref(&f.repo(), &u, 10).await.unwrap_err();
+    assert!(matches!(err, GitError::NotFound(_)), "{err:?}");
+
+    // Replaced by another repository at the same path, a SHA-256 one: a handle
+    // kept from the SHA-1 repository would refuse its ids.
+    let g = Fixture::with_format("sha256");
+    let c2 = g.commit(&[("b", Some("2"))], "two");
+    let u2 = g.push("main", "refs/heads/main");
+    std::fs::rename(&g.bare, &f.bare).unwrap();
+    let d = read_ref(&f.repo(), &u2, 10).await.unwrap();
+    assert_eq!(ids(&d), vec![c2]);
+    assert_eq!(f.repos.opened(), 2, "the replacement was opened afresh");
+
+    // Reconfigured in place (refs migrated to reftable): opened again and refused.
+    git_in(&f.bare, &["refs", "migrate", "--ref-format=reftable"]);
+    let err = read_ref(&f.repo(), &u2, 10).await.unwrap_err();
+    assert!(matches!(err, GitError::Unsupported(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_least_recently_read_repository_is_closed_first() {
+    let cache = Arc::new(RepoCache::new(2));
+    let (a, b, c) = (Fixture::new(), Fixture::new(), Fixture::new());
+    let mut updates = Vec::new();
+    for f in [&a, &b, &c] {
+        f.commit(&[("a", Some("1"))], "one");
+        updates.push(f.push("main", "refs/heads/main"));
+    }
+    let read_in = |f: &Fixture, u: &RefUpdate| {
+        let repo = GitRepo::new(&push_config(), &f.bare).cached(cache.clone());
+        let u = u.clone();
+        async move { read_ref(&repo, &u, 10).await.unwrap() }
+    };
+    read_in(&a, &updates[0]).await;
+    read_in(&b, &updates[1]).await;
+    read_in(&a, &updates[0]).await; // b is now the least recently read
+    assert_eq!(cache.opened(), 2);
+    read_in(&c, &updates[2]).await; // closes b
+    assert_eq!(cache.len(), 2);
+    read_in(&a, &updates[0]).await;
+    assert_eq!(cache.opened(), 3, "a stayed open");
+    read_in(&b, &updates[1]).await;
+    assert_eq!(cache.opened(), 4, "b was closed and is opened again");
+    assert_eq!(cache.len(), 2);
+
+    // Capacity 0 keeps nothing open.
+    let none = Arc::new(RepoCache::new(0));
+    let repo = GitRepo::new(&push_config(), &a.bare).cached(none.clone());
+    read_ref(&repo, &updates[0], 10).await.unwrap();
+    read_ref(&repo, &updates[0], 10).await.unwrap();
+    assert_eq!((none.opened(), none.len()), (2, 0));
 }

@@ -129,6 +129,19 @@ impl WorkerProc {
             .and_then(|v| v.parse().ok())
     }
 
+    /// CPU time used so far by all its threads, user + system (`utime` +
+    /// `stime` of /proc/<pid>/stat, in USER_HZ ticks: 100 per second on Linux).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let pid = self.child.id()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = f.get(11)?.parse().ok()?;
+        let stime: u64 = f.get(12)?.parse().ok()?;
+        Some((utime + stime) as f64 / 100.0)
+    }
+
     /// SIGKILL, then reap.
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();

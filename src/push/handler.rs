@@ -19,7 +19,7 @@ use std::sync::{Arc, LazyLock};
 use sqlx::{Postgres, Transaction};
 
 use super::classify::{self, RefData};
-use super::git::{GitError, GitRepo};
+use super::git::{GitError, GitRepo, RepoCache};
 use super::job::{PUSH_KIND, PushJob};
 use super::payload;
 use super::update::is_zero;
@@ -33,13 +33,19 @@ use crate::outbox::storage::EventArrays;
 pub struct PushHandler {
     config: Arc<Config>,
     names: Names,
+    repos: Arc<RepoCache>,
 }
 
 impl PushHandler {
     /// A handler for `config`.
     pub fn new(config: Arc<Config>) -> Self {
         let names = Names::new(&config.amqp.prefix);
-        Self { config, names }
+        let repos = Arc::new(RepoCache::new(config.push.open_repositories));
+        Self {
+            config,
+            names,
+            repos,
+        }
     }
 
     /// Where the repository named in a job lives on disk.
@@ -91,7 +97,8 @@ impl TxHandler for PushHandler {
         let push: PushJob = job.decode()?;
         push.validate().map_err(JobError::permanent)?;
         let cfg = &self.config.push;
-        let repo = GitRepo::new(cfg, self.repository_path(&push.repository)?);
+        let repo =
+            GitRepo::new(cfg, self.repository_path(&push.repository)?).cached(self.repos.clone());
         let data: Vec<RefData> =
             classify::read_refs(&repo, payload::refs_to_read(&push, cfg), cfg.max_commits)
                 .await
