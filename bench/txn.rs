@@ -1,8 +1,10 @@
 //! The transaction baseline: a pgbench-style loop of the push transaction's
 //! shape through sqlx, with as many concurrent connections as the worker uses
-//! for push jobs — BEGIN; INSERT inbox; pg_advisory_xact_lock + INSERT pushes,
-//! ref_state and two outbox rows (one statement, `push::handler::record`, as the
-//! handler runs it); COMMIT. No git, no broker: the database's ceiling.
+//! for push jobs, and the same database work as the handler: read the webhook
+//! subscriptions (`webhook::deliveries_for_push`), then one statement that claims
+//! the inbox, takes `pg_advisory_xact_lock` and inserts the push, ref_state and
+//! two outbox rows, committing as it ends (`push::handler::record`, as the
+//! handler runs it). No git, no broker: the database's ceiling.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,9 +12,12 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use hookfleet::amqp::topology::Names;
+use hookfleet::inbox::Claim;
 use hookfleet::outbox::Event;
+use hookfleet::push::handler::record;
 use hookfleet::push::job::PushJob;
 use hookfleet::push::update::RefUpdate;
+use hookfleet::webhook::deliveries_for_push;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -52,10 +57,15 @@ pub async fn push_transactions(
                     Event::new(&names, "git.push", corr.clone(), payload.clone()),
                     Event::new(&names, "git.branch.created", corr, payload),
                 ];
-                let mut tx = pool.begin().await?;
-                hookfleet::inbox::claim(&mut tx, push.push_id, "bench.push").await?;
-                hookfleet::push::handler::record(&mut tx, &push, &events).await?;
-                tx.commit().await?;
+                let claim = Claim {
+                    message_id: push.push_id,
+                    queue: "bench.push".into(),
+                };
+                let mut conn = pool.acquire().await?;
+                let d = deliveries_for_push(&mut conn, &names, &push, &events).await?;
+                if !record(&mut *conn, &claim, &push, &events, &d.rows).await? {
+                    anyhow::bail!("push {} claimed twice", push.push_id);
+                }
                 done.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())

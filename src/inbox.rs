@@ -1,5 +1,11 @@
 //! The inbox and the handler transaction: effectively-once handling.
 //!
+//! Two ways to use it, one set of parts: [`Transactional`] (a transaction the
+//! inbox opens, claims in and commits) for any [`TxHandler`]; or, for a handler
+//! whose whole write is one statement (the push handler), [`Claim::insert_sql`]
+//! folded into that statement, run through [`run_to_completion`] with
+//! [`skip_if_handled`] for a failed read.
+//!
 //! [`Transactional`] turns a [`TxHandler`] into a [`Handler`]. For each job it
 //! runs the handler's `prepare` (no connection held), then opens a transaction,
 //! claims the message id in `inbox`
@@ -16,7 +22,8 @@
 //! the delivery's own task (bounded by the consumer's handler timeout, with
 //! nothing to roll back when it is abandoned).
 
-use std::sync::{Arc, OnceLock};
+use std::future::Future;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -39,27 +46,86 @@ pub async fn wait_for_commits() {
     t.reopen();
 }
 
+/// The claim of one delivery: its message id, in the inbox of its queue.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The delivery's message id.
+    pub message_id: Uuid,
+    /// The queue it came from.
+    pub queue: String,
+}
+
+impl Claim {
+    /// The claim's INSERT with the message id at `$first` and the queue at
+    /// `$first + 1`. It returns one row when the message is new and none when
+    /// the inbox has it, so a handler can fold it into its own statement as a CTE
+    /// and make every write read from it (see `push::handler::record`).
+    pub fn insert_sql(first: usize) -> String {
+        format!(
+            "INSERT INTO inbox (message_id, queue) VALUES (${first}, ${}) \
+             ON CONFLICT DO NOTHING RETURNING 1",
+            first + 1
+        )
+    }
+}
+
 /// Claims `message_id` for `queue`; `false` when it was handled before.
 pub async fn claim(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     message_id: Uuid,
     queue: &str,
 ) -> Result<bool, sqlx::Error> {
-    let r =
-        sqlx::query("INSERT INTO inbox (message_id, queue) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(message_id)
-            .bind(queue)
-            .execute(&mut **tx)
-            .await?;
+    static SQL: LazyLock<String> = LazyLock::new(|| Claim::insert_sql(1));
+    let r = sqlx::query(&SQL)
+        .bind(message_id)
+        .bind(queue)
+        .execute(&mut **tx)
+        .await?;
     Ok(r.rows_affected() == 1)
 }
 
-/// Whether `message_id` is in the inbox (handled by some queue before).
-async fn handled_before(pool: &PgPool, message_id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE message_id = $1)")
-        .bind(message_id)
-        .fetch_one(pool)
-        .await
+/// What a job whose `prepare` step failed with `err` comes to: a redelivery of
+/// a job handled before is skipped, not failed (its input may be gone now,
+/// e.g. the repository deleted since, though the job succeeded).
+pub async fn skip_if_handled(
+    pool: &PgPool,
+    message_id: Uuid,
+    err: JobError,
+) -> Result<Done, JobError> {
+    let handled: Result<bool, _> =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE message_id = $1)")
+            .bind(message_id)
+            .fetch_one(pool)
+            .await;
+    match handled {
+        Ok(true) => {
+            tracing::info!("duplicate delivery skipped (already in the inbox)");
+            Ok(Done::Duplicate)
+        }
+        _ => Err(err),
+    }
+}
+
+/// Runs a job's database writes to completion in a task tracked by
+/// [`commits`], in the current span: the caller may be abandoned (timeout,
+/// shutdown), the writes are not (a dropped sqlx future can leave a connection
+/// mid-transaction). A panic in `writes` is re-raised in the caller, where the
+/// consumer core counts it.
+pub async fn run_to_completion<F>(writes: F) -> Result<Done, JobError>
+where
+    F: Future<Output = Result<Done, JobError>> + Send + 'static,
+{
+    let task = commits().spawn(tracing::Instrument::instrument(
+        writes,
+        tracing::Span::current(),
+    ));
+    match task.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(JobError::Transient(anyhow::anyhow!(
+            "transaction task failed: {e}"
+        ))),
+    }
 }
 
 /// A [`TxHandler`] run inside the inbox transaction.
@@ -93,54 +159,36 @@ impl<H: TxHandler> Handler for Transactional<H> {
         // here, with nothing started in the database.
         let prepared = match self.inner.prepare(&job).await {
             Ok(p) => p,
-            // A redelivery of a job handled before is skipped, not failed: its read
-            // may fail now (the repository deleted since) though the job succeeded.
-            Err(e) => match handled_before(&self.pool, job.envelope.message_id).await {
-                Ok(true) => {
-                    tracing::info!("duplicate delivery skipped (already in the inbox)");
-                    return Ok(Done::Duplicate);
-                }
-                _ => return Err(e),
-            },
+            Err(e) => return skip_if_handled(&self.pool, job.envelope.message_id, e).await,
         };
         let inner = self.inner.clone();
         let pool = self.pool.clone();
         let queue = self.queue.clone();
         let timeout = self.timeout;
-        let span = tracing::Span::current();
-        let task = commits().spawn(tracing::Instrument::instrument(
-            async move {
-                let waited = std::time::Instant::now();
-                let mut tx = pool.begin().await?;
-                crate::metrics::metrics()
-                    .db_acquire_wait_seconds
-                    .observe(waited.elapsed().as_secs_f64());
-                if !claim(&mut tx, job.envelope.message_id, &queue).await? {
-                    tx.rollback().await?;
-                    tracing::info!("duplicate delivery skipped (already in the inbox)");
-                    return Ok(Done::Duplicate);
+        run_to_completion(async move {
+            let waited = std::time::Instant::now();
+            let mut tx = pool.begin().await?;
+            crate::metrics::metrics()
+                .db_acquire_wait_seconds
+                .observe(waited.elapsed().as_secs_f64());
+            if !claim(&mut tx, job.envelope.message_id, &queue).await? {
+                tx.rollback().await?;
+                tracing::info!("duplicate delivery skipped (already in the inbox)");
+                return Ok(Done::Duplicate);
+            }
+            match tokio::time::timeout(timeout, inner.handle(&mut tx, &job, prepared)).await {
+                Err(_) => {
+                    // Dropping `tx` rolls back.
+                    return Err(JobError::Transient(anyhow::anyhow!(
+                        "handler timed out after {timeout:?}"
+                    )));
                 }
-                match tokio::time::timeout(timeout, inner.handle(&mut tx, &job, prepared)).await {
-                    Err(_) => {
-                        // Dropping `tx` rolls back.
-                        return Err(JobError::Transient(anyhow::anyhow!(
-                            "handler timed out after {timeout:?}"
-                        )));
-                    }
-                    Ok(Err(e)) => return Err(e),
-                    Ok(Ok(())) => {}
-                }
-                tx.commit().await?;
-                Ok(Done::Handled)
-            },
-            span,
-        ));
-        match task.await {
-            Ok(r) => r,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(JobError::Transient(anyhow::anyhow!(
-                "transaction task failed: {e}"
-            ))),
-        }
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(())) => {}
+            }
+            tx.commit().await?;
+            Ok(Done::Handled)
+        })
+        .await
     }
 }

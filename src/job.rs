@@ -5,7 +5,9 @@
 //! and [`JobError::RetryAfter`] go through the retry tiers; [`JobError::Permanent`]
 //! dead-letters at once. Handlers that write to PostgreSQL implement [`TxHandler`]
 //! instead and are wrapped by `inbox::Transactional`, which owns the transaction,
-//! the inbox dedupe and the commit.
+//! the inbox dedupe and the commit. The push handler is the one exception: its
+//! whole write is one statement with the inbox claim folded in (`inbox::Claim`,
+//! `push::handler` says why), built from the same inbox parts.
 
 use std::time::Duration;
 
@@ -101,9 +103,11 @@ pub enum Done {
     Duplicate,
 }
 
-/// A job kind as the consumer core runs it. Most kinds implement [`TxHandler`]
-/// and are wrapped by `inbox::Transactional`; implement this directly only for
-/// work with no database effects (a no-op, a benchmark).
+/// A job kind as the consumer core runs it. Kinds that write to the database
+/// implement [`TxHandler`] and are wrapped by `inbox::Transactional`; implement
+/// this directly for work with no transactional effects (a no-op, a benchmark,
+/// webhook attempts) or, like the push handler, a write that is one statement
+/// claiming the inbox itself (`inbox::Claim`, `inbox::run_to_completion`).
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// The kind, which names the queue (`<prefix>.<kind>`).

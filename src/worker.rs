@@ -55,13 +55,7 @@ pub type HandlerFactory = Box<dyn FnOnce(&Config, &PgPool) -> Vec<Arc<dyn Handle
 pub fn default_handlers() -> HandlerFactory {
     Box::new(|config: &Config, pool: &PgPool| {
         let config = Arc::new(config.clone());
-        let names = Names::new(&config.amqp.prefix);
-        let push: Arc<dyn Handler> = Arc::new(inbox::Transactional::new(
-            PushHandler::new(config.clone()),
-            pool.clone(),
-            names.queue(crate::push::job::PUSH_KIND),
-            config.worker.handler_timeout,
-        ));
+        let push: Arc<dyn Handler> = Arc::new(PushHandler::new(config.clone(), pool.clone()));
         let webhook: Arc<dyn Handler> = Arc::new(crate::webhook::WebhookHandler::new(
             config.clone(),
             pool.clone(),

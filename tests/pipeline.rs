@@ -11,7 +11,7 @@ use common::{
 };
 use hookfleet::amqp::topology::Names;
 use hookfleet::config::Config;
-use hookfleet::inbox::Transactional;
+use hookfleet::inbox::{Claim, Transactional};
 use hookfleet::job::{Handler, Job, JobError, TxHandler};
 use hookfleet::outbox::{self, Event};
 use hookfleet::push::job::PushJob;
@@ -494,10 +494,19 @@ async fn a_push_writes_nothing_and_draws_no_outbox_id_before_it_holds_the_reposi
     let db = TestDb::new().await;
     let (a, a_events) = push_of("repo.git", "a");
     let (b, b_events) = push_of("repo.git", "b");
+    let claim = |p: &PushJob| Claim {
+        message_id: p.push_id,
+        queue: "lock-test.push".into(),
+    };
+    let (claim_a, claim_b) = (claim(&a), claim(&b));
+    // The first holds the lock in an open transaction; the second runs as the
+    // handler runs it, one statement on a plain connection.
     let mut tx_a = db.pool.begin().await.unwrap();
-    hookfleet::push::handler::record(&mut tx_a, &a, &a_events)
-        .await
-        .unwrap();
+    assert!(
+        hookfleet::push::handler::record(&mut *tx_a, &claim_a, &a, &a_events, &[])
+            .await
+            .unwrap()
+    );
     let last_id_of_a: i64 = sqlx::query_scalar("SELECT max(id) FROM outbox")
         .fetch_one(&mut *tx_a)
         .await
@@ -505,11 +514,12 @@ async fn a_push_writes_nothing_and_draws_no_outbox_id_before_it_holds_the_reposi
     let (a_id, b_id) = (a.push_id.to_string(), b.push_id.to_string());
     let pool = db.pool.clone();
     let second = tokio::spawn(async move {
-        let mut tx_b = pool.begin().await.unwrap();
-        hookfleet::push::handler::record(&mut tx_b, &b, &b_events)
-            .await
-            .unwrap();
-        tx_b.commit().await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        assert!(
+            hookfleet::push::handler::record(&mut *conn, &claim_b, &b, &b_events, &[])
+                .await
+                .unwrap()
+        );
     });
     eventually(
         Duration::from_secs(30),
@@ -707,4 +717,80 @@ async fn a_redelivery_whose_read_now_fails_is_skipped_as_a_duplicate() {
         .await;
     assert!(matches!(other, Err(JobError::Permanent(_))), "{other:?}");
     assert_eq!(count(&db, "SELECT count(*) FROM notes").await, 1);
+}
+
+/// A push job for `repos`' bare repository creating `main` at its clone's HEAD,
+/// as the hook would publish it, with message id `id`.
+fn push_job(repos: &Repos, id: uuid::Uuid) -> Job {
+    let push = PushJob {
+        push_id: uuid::Uuid::now_v7(),
+        repository: "repo.git".into(),
+        pusher: Some("alice".into()),
+        push_options: vec![],
+        pushed_at: chrono::Utc::now(),
+        updates: vec![RefUpdate {
+            refname: "refs/heads/main".into(),
+            before: "0".repeat(40),
+            after: repos.git(&["rev-parse", "HEAD"]),
+        }],
+    };
+    let mut envelope = hookfleet::message::Envelope::new("push", None);
+    envelope.message_id = id;
+    Job {
+        kind: "push".into(),
+        attempt: 1,
+        redelivered: false,
+        raw: serde_json::to_vec(&push).unwrap(),
+        parsed: std::sync::OnceLock::new(),
+        envelope,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_handler_applies_a_message_once_however_often_and_concurrently_it_comes() {
+    // The push handler claims the inbox inside its one statement, not in a
+    // transaction of the inbox's: the same guarantees must hold.
+    let db = TestDb::new().await;
+    let repos = Repos::new(false);
+    repos.git(&["push", "-q", "origin", "main"]);
+    let cfg = push_config(&db, &repos);
+    let h = Arc::new(hookfleet::push::handler::PushHandler::new(
+        Arc::new(cfg),
+        db.pool.clone(),
+    ));
+    let id = uuid::Uuid::now_v7();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let (h, job) = (h.clone(), push_job(&repos, id));
+            tokio::spawn(async move { h.handle(job).await })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for r in runs {
+        done.push(r.await.unwrap().unwrap());
+    }
+    let handled = done
+        .iter()
+        .filter(|d| **d == hookfleet::job::Done::Handled)
+        .count();
+    assert_eq!(handled, 1, "{done:?}");
+    assert_eq!(count(&db, "SELECT count(*) FROM pushes").await, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM inbox").await, 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM outbox").await,
+        2,
+        "git.push and git.branch.created, once"
+    );
+
+    // A redelivery after the repository is gone is still a duplicate, while a
+    // new job for it is a permanent failure.
+    std::fs::remove_dir_all(&repos.bare).unwrap();
+    let again = h.handle(push_job(&repos, id)).await;
+    assert!(
+        matches!(again, Ok(hookfleet::job::Done::Duplicate)),
+        "{again:?}"
+    );
+    let other = h.handle(push_job(&repos, uuid::Uuid::now_v7())).await;
+    assert!(matches!(other, Err(JobError::Permanent(_))), "{other:?}");
+    assert_eq!(count(&db, "SELECT count(*) FROM outbox").await, 2);
 }

@@ -189,7 +189,7 @@ impl Env {
         .unwrap()
     }
 
-    /// Runs `deliveries_for_push` (and enqueues its jobs) for one synthetic `git.push` event of `repo`.
+    /// Runs `deliveries_for_push` (and writes its rows and jobs) for one synthetic `git.push` event of `repo`.
     async fn push_event(&self, repo: &str) -> usize {
         let push = PushJob {
             push_id: Uuid::now_v7(),
@@ -206,12 +206,15 @@ impl Env {
             serde_json::json!({ "ref": "refs/heads/main", "push_id": push.push_id }),
         );
         let mut tx = self.db.pool.begin().await.unwrap();
-        let jobs = webhook::deliveries_for_push(&mut tx, &self.names, &push, &[ev])
+        let d = webhook::deliveries_for_push(&mut tx, &self.names, &push, &[ev])
             .await
             .unwrap();
-        outbox::enqueue_many(&mut tx, &jobs).await.unwrap();
+        webhook::storage::insert_deliveries(&mut tx, &d.rows)
+            .await
+            .unwrap();
+        outbox::enqueue_many(&mut tx, &d.jobs).await.unwrap();
         tx.commit().await.unwrap();
-        jobs.len()
+        d.jobs.len()
     }
 
     async fn dead(&self, n: u32) {
@@ -549,10 +552,13 @@ async fn consecutive_failures_disable_the_subscription_and_enable_restores_it() 
         updates: vec![],
     };
     let ev = Event::new(&env.names, "git.push", None, serde_json::json!({"n": 2}));
-    let jobs = webhook::deliveries_for_push(&mut tx, &env.names, &push, &[ev])
+    let d = webhook::deliveries_for_push(&mut tx, &env.names, &push, &[ev])
         .await
         .unwrap();
-    outbox::enqueue_many(&mut tx, &jobs).await.unwrap();
+    webhook::storage::insert_deliveries(&mut tx, &d.rows)
+        .await
+        .unwrap();
+    outbox::enqueue_many(&mut tx, &d.jobs).await.unwrap();
     sqlx::query("UPDATE webhook_subscriptions SET active = false WHERE id = $1")
         .bind(sub)
         .execute(&mut *tx)

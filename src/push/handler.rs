@@ -1,14 +1,25 @@
-//! The push handler (queue `<prefix>.push`): git data in (read before the
-//! transaction, holding no connection), effects and events out, in one
-//! transaction.
+//! The push handler (queue `<prefix>.push`): git data in (read first, holding no
+//! connection), effects and events out, in one statement that commits as it ends.
 //!
 //! Owns what a push *means* for the database: under `pg_advisory_xact_lock` on the
 //! repository (so pushes to one repository apply one at a time; the lock lives in
-//! the transaction, never on a pooled session) it records the push, moves the
-//! ref-state rows forward, and enqueues the events through the outbox. Ref state
-//! only moves forward: a push older than the one that last set a ref (push ids
-//! are time-ordered UUID v7) does not overwrite it, so two pushes handled out of
+//! the transaction, never on a pooled session) it claims the message in the
+//! inbox, records the push, moves the ref-state rows forward, and enqueues the
+//! events and webhook deliveries through the outbox. Ref state only moves
+//! forward: a push older than the one that last set a ref (push ids are
+//! time-ordered UUID v7) does not overwrite it, so two pushes handled out of
 //! order still end at the last push.
+//!
+//! Why one statement and not the inbox's generic transaction
+//! (`inbox::Transactional`: BEGIN, claim, writes, COMMIT): pushes to one
+//! repository serialize on its lock, and in a transaction the lock is held from
+//! the locking statement until COMMIT, so the reply to that statement, the wake-up
+//! of this task and the COMMIT's round trip were paid by every push of the
+//! repository in turn. Run outside an explicit transaction, the statement is its
+//! own transaction: the lock is taken and released inside the server, around the
+//! writes and the commit only. Same guarantees: the inbox claim and every write
+//! commit together or not at all, and the delivery is acked only after the
+//! statement (and so its commit) has returned.
 //!
 //! A repository or object that does not exist is a permanent error; a read that
 //! times out is transient. It never publishes to the broker itself.
@@ -16,7 +27,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgExecutor, PgPool};
 
 use super::classify::{self, RefData};
 use super::git::{GitError, GitRepo, RepoCache};
@@ -25,26 +36,33 @@ use super::payload;
 use super::update::is_zero;
 use crate::amqp::topology::Names;
 use crate::config::Config;
-use crate::job::{Job, JobError, TxHandler};
+use crate::inbox::{self, Claim};
+use crate::job::{Done, Handler, Job, JobError};
 use crate::outbox::Event;
-use crate::outbox::storage::EventArrays;
+use crate::outbox::storage::{EVENT_PARAMS, EventArrays};
+use crate::webhook::storage::{DeliveryArrays, NewDelivery};
 
 /// Handles `push` jobs.
 pub struct PushHandler {
     config: Arc<Config>,
     names: Names,
     repos: Arc<RepoCache>,
+    pool: PgPool,
+    queue: String,
 }
 
 impl PushHandler {
-    /// A handler for `config`.
-    pub fn new(config: Arc<Config>) -> Self {
+    /// A handler for `config` writing through `pool`.
+    pub fn new(config: Arc<Config>, pool: PgPool) -> Self {
         let names = Names::new(&config.amqp.prefix);
         let repos = Arc::new(RepoCache::new(config.push.open_repositories));
+        let queue = names.queue(PUSH_KIND);
         Self {
             config,
             names,
             repos,
+            pool,
+            queue,
         }
     }
 
@@ -82,18 +100,12 @@ pub struct ReadPush {
     events: Vec<Event>,
 }
 
-#[async_trait::async_trait]
-impl TxHandler for PushHandler {
-    type Prepared = ReadPush;
-
-    fn kind(&self) -> &str {
-        PUSH_KIND
-    }
-
+impl PushHandler {
     /// Decodes the push and reads its refs and commits from the repository,
     /// before any database connection is taken (the read of a large push can take
-    /// seconds).
-    async fn prepare(&self, job: &Job) -> Result<ReadPush, JobError> {
+    /// seconds). It has no effects: it also runs for a redelivery that the inbox
+    /// then skips.
+    async fn read(&self, job: &Job) -> Result<ReadPush, JobError> {
         let push: PushJob = job.decode()?;
         push.validate().map_err(JobError::permanent)?;
         let cfg = &self.config.push;
@@ -116,66 +128,102 @@ impl TxHandler for PushHandler {
             .collect();
         Ok(ReadPush { push, events })
     }
+}
 
-    async fn handle(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-        _job: &Job,
-        read: ReadPush,
-    ) -> Result<(), JobError> {
-        let ReadPush { push, mut events } = read;
-        // Deliveries first: reading subscriptions and inserting deliveries needs no
-        // repository lock, so the lock is held for one statement and the COMMIT.
-        let jobs = crate::webhook::deliveries_for_push(tx, &self.names, &push, &events).await?;
-        let (events_count, webhooks) = (events.len(), jobs.len());
-        events.extend(jobs);
-        record(tx, &push, &events).await?;
-        tracing::info!(
-            repository = %push.repository,
-            refs = push.updates.len(),
-            events = events_count,
-            webhooks,
-            "push recorded"
-        );
-        Ok(())
+#[async_trait::async_trait]
+impl Handler for PushHandler {
+    fn kind(&self) -> &str {
+        PUSH_KIND
+    }
+
+    async fn handle(&self, job: Job) -> Result<Done, JobError> {
+        let claim = Claim {
+            message_id: job.envelope.message_id,
+            queue: self.queue.clone(),
+        };
+        let ReadPush { push, mut events } = match self.read(&job).await {
+            Ok(read) => read,
+            Err(e) => return inbox::skip_if_handled(&self.pool, claim.message_id, e).await,
+        };
+        let (pool, names) = (self.pool.clone(), self.names.clone());
+        inbox::run_to_completion(async move {
+            let waited = std::time::Instant::now();
+            let mut conn = pool.acquire().await?;
+            crate::metrics::metrics()
+                .db_acquire_wait_seconds
+                .observe(waited.elapsed().as_secs_f64());
+            // Reading subscriptions needs no lock: before the statement.
+            let deliveries =
+                crate::webhook::deliveries_for_push(&mut conn, &names, &push, &events).await?;
+            let (events_count, webhooks) = (events.len(), deliveries.jobs.len());
+            events.extend(deliveries.jobs);
+            if !record(&mut *conn, &claim, &push, &events, &deliveries.rows).await? {
+                tracing::info!("duplicate delivery skipped (already in the inbox)");
+                return Ok(Done::Duplicate);
+            }
+            tracing::info!(
+                repository = %push.repository,
+                refs = push.updates.len(),
+                events = events_count,
+                webhooks,
+                "push recorded"
+            );
+            Ok(Done::Handled)
+        })
+        .await
     }
 }
 
-/// Locks the repository for this transaction, records the push, moves ref state
-/// forward and enqueues `events` in the outbox: one statement, one round trip.
+/// Claims the message in the inbox, locks the repository, records the push,
+/// moves ref state forward and enqueues `events` and `deliveries`: one
+/// statement. `false` (and nothing written) when the inbox already had the
+/// message. Run on a plain connection it is its own transaction and commits
+/// before it returns; in a transaction, the lock is held until that commits.
 ///
-/// Why one statement: pushes to one repository serialize on the lock, which is
-/// held until COMMIT, so every round trip after it is taken is paid by every
-/// push of that repository in turn. Here the lock is the first CTE and every
-/// insert reads from it, so no row is written (and no outbox id drawn) before
-/// the lock is held: outbox ids of one repository still follow commit order.
-pub async fn record(
-    tx: &mut Transaction<'static, Postgres>,
+/// The claim is the first CTE and the lock reads from it, and every insert reads
+/// from the lock: nothing is written for a duplicate, and no row is written (and
+/// no outbox id drawn) before the lock is held, so outbox ids of one repository
+/// follow commit order.
+pub async fn record<'c>(
+    conn: impl PgExecutor<'c>,
+    claim: &Claim,
     push: &PushJob,
     events: &[Event],
-) -> Result<(), sqlx::Error> {
+    deliveries: &[NewDelivery],
+) -> Result<bool, sqlx::Error> {
     let updates = serde_json::to_value(&push.updates).unwrap_or(serde_json::Value::Null);
     let refs: Vec<&str> = push.updates.iter().map(|u| u.refname.as_str()).collect();
     let shas: Vec<&str> = push.updates.iter().map(|u| u.after.as_str()).collect();
     let deleted: Vec<bool> = push.updates.iter().map(|u| is_zero(&u.after)).collect();
+    const CLAIM: usize = 10;
+    const EVENTS: usize = CLAIM + 2;
+    const DELIVERIES: usize = EVENTS + EVENT_PARAMS;
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "WITH lock AS MATERIALIZED (
-                 SELECT pg_advisory_xact_lock(hashtextextended($2, 0))
+            "WITH claim AS ({}),
+             lock AS MATERIALIZED (
+                 SELECT pg_advisory_xact_lock(hashtextextended($2, 0)) FROM claim
              ),
              p AS (
                  INSERT INTO pushes (push_id, repository, pusher, pushed_at, ref_count, updates)
                  SELECT $1, $2, $3, $4, $5, $6 FROM lock
                  ON CONFLICT (push_id) DO NOTHING
              ),
-             o AS ({})
-             INSERT INTO ref_state (repository, ref, sha, deleted, push_id)
-             SELECT $2, r, s, d, $1 FROM lock, unnest($7::text[], $8::text[], $9::bool[]) AS u(r, s, d)
-             ON CONFLICT (repository, ref) DO UPDATE
-                 SET sha = EXCLUDED.sha, deleted = EXCLUDED.deleted,
-                     push_id = EXCLUDED.push_id, updated_at = now()
-                 WHERE ref_state.push_id < EXCLUDED.push_id",
-            EventArrays::insert_sql(10, "lock, ")
+             r AS (
+                 INSERT INTO ref_state (repository, ref, sha, deleted, push_id)
+                 SELECT $2, r, s, d, $1
+                 FROM lock, unnest($7::text[], $8::text[], $9::bool[]) AS u(r, s, d)
+                 ON CONFLICT (repository, ref) DO UPDATE
+                     SET sha = EXCLUDED.sha, deleted = EXCLUDED.deleted,
+                         push_id = EXCLUDED.push_id, updated_at = now()
+                     WHERE ref_state.push_id < EXCLUDED.push_id
+             ),
+             o AS ({}),
+             d AS ({})
+             SELECT 1 FROM lock",
+            Claim::insert_sql(CLAIM),
+            EventArrays::insert_sql(EVENTS, "lock, "),
+            DeliveryArrays::insert_sql(DELIVERIES, "lock, "),
         )
     });
     let q = sqlx::query(&SQL)
@@ -187,7 +235,12 @@ pub async fn record(
         .bind(updates)
         .bind(&refs)
         .bind(&shas)
-        .bind(&deleted);
-    EventArrays::new(events).bind(q).execute(&mut **tx).await?;
-    Ok(())
+        .bind(&deleted)
+        .bind(claim.message_id)
+        .bind(&claim.queue);
+    let q = DeliveryArrays::new(deliveries).bind(EventArrays::new(events).bind(q));
+    // All rows, not the first: the statement's writes finish and it commits
+    // only after its row is sent, and an error there must reach the caller.
+    let rows = q.fetch_all(conn).await?;
+    Ok(!rows.is_empty())
 }

@@ -1,7 +1,8 @@
 //! Webhook delivery: subscriptions, delivery jobs, the HTTP POST, attempts.
 //!
 //! # Flow
-//! 1. The push handler calls [`deliveries_for_push`] inside its transaction: for each
+//! 1. The push handler calls [`deliveries_for_push`] and writes what it returns with
+//!    the push's effects, in one statement: for each
 //!    active subscription whose repository pattern and event categories match, a
 //!    `webhook_deliveries` row (payload stored once, delivery id = UUID v7) and a
 //!    `webhook` job in the outbox (jobs exchange, routing key `webhook`), so
@@ -24,7 +25,7 @@ pub mod subscription;
 
 use std::time::Duration;
 
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -47,26 +48,32 @@ pub fn job_event(names: &Names, job: &WebhookJob, correlation_id: Option<String>
     }
 }
 
-/// Creates the deliveries of a push in the push handler's transaction (one row per
-/// matching active subscription and event) and returns their `webhook` job
-/// events, which the caller puts in the outbox in the same transaction (the push
-/// handler folds them into its one effects-and-events statement).
+/// The deliveries of a push and their `webhook` jobs.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    /// One `webhook_deliveries` row per matching active subscription and event.
+    pub rows: Vec<storage::NewDelivery>,
+    /// One `webhook` job event per row, for the outbox.
+    pub jobs: Vec<Event>,
+}
+
+/// Plans the deliveries of a push: reads the active subscriptions and returns a
+/// row and a `webhook` job per matching subscription and event. The caller
+/// writes both with the push's effects, in the same transaction (the push
+/// handler folds them into its one statement), so deliveries exist if and only
+/// if the push committed.
 pub async fn deliveries_for_push(
-    tx: &mut Transaction<'static, Postgres>,
+    conn: &mut sqlx::PgConnection,
     names: &Names,
     push: &PushJob,
     events: &[Event],
-) -> Result<Vec<Event>, sqlx::Error> {
-    let subs: Vec<_> = storage::active_subscriptions(tx)
+) -> Result<Deliveries, sqlx::Error> {
+    let subs: Vec<_> = storage::active_subscriptions(conn)
         .await?
         .into_iter()
         .filter(|s| subscription::matches(&s.repository_pattern, &push.repository))
         .collect();
-    if subs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut rows = Vec::new();
-    let mut jobs = Vec::new();
+    let mut out = Deliveries::default();
     for ev in events {
         for s in subs.iter().filter(|s| s.wants(ev.event_type())) {
             let row = storage::NewDelivery {
@@ -82,12 +89,12 @@ pub async fn deliveries_for_push(
                 event_type: row.event_type.clone(),
                 redelivery: false,
             };
-            jobs.push(job_event(names, &job, row.correlation_id.clone()));
-            rows.push(row);
+            out.jobs
+                .push(job_event(names, &job, row.correlation_id.clone()));
+            out.rows.push(row);
         }
     }
-    storage::insert_deliveries(tx, &rows).await?;
-    Ok(jobs)
+    Ok(out)
 }
 
 /// Deletes delivery and attempt records older than `cfg.retention`, every

@@ -1,8 +1,8 @@
 //! Every SQL statement of the webhook tables (`webhook_subscriptions`,
 //! `webhook_deliveries`, `webhook_attempts`).
 //!
-//! Owns the queries: subscription management, delivery rows written in the push
-//! transaction, the handler's load, attempt recording with the failure count and
+//! Owns the queries: subscription management, delivery rows written with the push
+//! (folded into its statement), the handler's load, attempt recording with the failure count and
 //! auto-disable (one short transaction per attempt), listing and pruning. It
 //! never makes HTTP requests and never decides policy: callers pass thresholds in.
 
@@ -59,12 +59,12 @@ pub async fn list_subscriptions(pool: &PgPool) -> Result<Vec<Subscription>, sqlx
 
 /// Active subscriptions (the push transaction filters them by pattern and event).
 pub async fn active_subscriptions(
-    tx: &mut Transaction<'static, Postgres>,
+    conn: &mut sqlx::PgConnection,
 ) -> Result<Vec<Subscription>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {SUB_COLUMNS} FROM webhook_subscriptions WHERE active ORDER BY id"
     ))
-    .fetch_all(&mut **tx)
+    .fetch_all(conn)
     .await
 }
 
@@ -109,6 +109,59 @@ pub struct NewDelivery {
     pub payload: serde_json::Value,
 }
 
+/// The parameter arrays of a delivery insert, so the insert can run alone
+/// ([`insert_deliveries`]) or be folded into the push handler's one statement
+/// ([`crate::push::handler::record`]). One definition of the SQL either way.
+pub struct DeliveryArrays {
+    ids: Vec<Uuid>,
+    subs: Vec<i64>,
+    types: Vec<String>,
+    corr: Vec<Option<String>>,
+    payloads: Vec<serde_json::Value>,
+}
+
+/// How many parameters [`DeliveryArrays::insert_sql`] uses.
+pub const DELIVERY_PARAMS: usize = 5;
+
+impl DeliveryArrays {
+    /// The arrays of `rows`.
+    pub fn new(rows: &[NewDelivery]) -> Self {
+        DeliveryArrays {
+            ids: rows.iter().map(|r| r.delivery_id).collect(),
+            subs: rows.iter().map(|r| r.subscription_id).collect(),
+            types: rows.iter().map(|r| r.event_type.clone()).collect(),
+            corr: rows.iter().map(|r| r.correlation_id.clone()).collect(),
+            payloads: rows.iter().map(|r| r.payload.clone()).collect(),
+        }
+    }
+
+    /// The INSERT reading the arrays from parameters `$first` to
+    /// `$first + DELIVERY_PARAMS - 1`; `join` (e.g. `"lock, "`) is put in front
+    /// of the UNNEST in the FROM list, so rows are produced only after it.
+    pub fn insert_sql(first: usize, join: &str) -> String {
+        let [i, s, t, c, p] = std::array::from_fn::<usize, DELIVERY_PARAMS, _>(|k| first + k);
+        format!(
+            "INSERT INTO webhook_deliveries (delivery_id, subscription_id, event_type, \
+                                             correlation_id, payload) \
+             SELECT d.i, d.s, d.t, d.c, d.p \
+             FROM {join}UNNEST(${i}::uuid[], ${s}::bigint[], ${t}::text[], ${c}::text[], \
+                               ${p}::jsonb[]) AS d(i, s, t, c, p)"
+        )
+    }
+
+    /// Binds the arrays (in [`Self::insert_sql`]'s parameter order) to `q`.
+    pub fn bind<'q>(
+        self,
+        q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        q.bind(self.ids)
+            .bind(self.subs)
+            .bind(self.types)
+            .bind(self.corr)
+            .bind(self.payloads)
+    }
+}
+
 /// Inserts delivery rows with one statement.
 pub async fn insert_deliveries(
     tx: &mut Transaction<'static, Postgres>,
@@ -117,23 +170,12 @@ pub async fn insert_deliveries(
     if rows.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.delivery_id).collect();
-    let subs: Vec<i64> = rows.iter().map(|r| r.subscription_id).collect();
-    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
-    let corr: Vec<Option<&str>> = rows.iter().map(|r| r.correlation_id.as_deref()).collect();
-    let payloads: Vec<&serde_json::Value> = rows.iter().map(|r| &r.payload).collect();
-    sqlx::query(
-        "INSERT INTO webhook_deliveries (delivery_id, subscription_id, event_type, \
-                                         correlation_id, payload) \
-         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[])",
-    )
-    .bind(ids)
-    .bind(subs)
-    .bind(types)
-    .bind(corr)
-    .bind(payloads)
-    .execute(&mut **tx)
-    .await?;
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| DeliveryArrays::insert_sql(1, ""));
+    DeliveryArrays::new(rows)
+        .bind(sqlx::query(&SQL))
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
