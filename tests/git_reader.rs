@@ -307,6 +307,18 @@ async fn created_branch_lists_only_commits_new_to_the_repository() {
     let a = f2.commit(&[("x", Some("x"))], "x");
     let u = f2.push("main", "refs/heads/main");
     assert_eq!(ids(&read(&f2, &u).await), vec![a]);
+
+    // A ref to a tree is skipped; a commit reachable only through an annotated
+    // tag is not new.
+    let tree = f.git(&["rev-parse", "main^{tree}"]);
+    git_in(&f.bare, &["update-ref", "refs/tags/a-tree", &tree]);
+    f.git(&["checkout", "-q", "-b", "side", "main"]);
+    f.commit(&[("s", Some("1"))], "side one");
+    f.git(&["tag", "-a", "-m", "annotated", "v-side"]);
+    f.push("v-side", "refs/tags/v-side");
+    let s2 = f.commit(&[("s", Some("2"))], "side two");
+    let u = f.push("side", "refs/heads/side");
+    assert_eq!(ids(&read(&f, &u).await), vec![s2]);
 }
 
 #[tokio::test]

@@ -381,16 +381,18 @@ impl Reader {
             if !name.starts_with("refs/") {
                 continue;
             }
-            let Ok(id) = r.peel_to_id() else { continue };
-            let is_commit = matches!(
-                self.repo.try_find_header(id.detach()),
-                Ok(Some(h)) if h.kind() == gix::object::Kind::Commit
-            );
-            if is_commit {
-                out.push(PeeledRef {
-                    name,
-                    commit: id.detach(),
-                });
+            // A direct ref's target is peeled with one object read (peeling a
+            // ref, then checking the kind, read every target twice: a cost per
+            // ref of the repository, paid on every push that creates a branch).
+            let target = match r.target().try_id() {
+                Some(id) => id.to_owned(),
+                None => match r.peel_to_id() {
+                    Ok(id) => id.detach(),
+                    Err(_) => continue,
+                },
+            };
+            if let Ok(Some(commit)) = self.peel_commit(target) {
+                out.push(PeeledRef { name, commit });
             }
         }
         Ok(out)
