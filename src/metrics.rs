@@ -41,7 +41,8 @@ pub struct Metrics {
     pub relay_batch_duration_seconds: Histogram,
     /// Database pool connections by state (idle, used).
     pub db_pool_connections: IntGaugeVec,
-    /// Time to get a pooled connection for a handler transaction (including BEGIN).
+    /// Time to get a pooled connection for a handler's writes (including BEGIN
+    /// for transactional handlers).
     pub db_acquire_wait_seconds: Histogram,
     /// Webhook deliveries by outcome.
     pub webhook_deliveries_total: IntCounterVec,
@@ -177,7 +178,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
             Histogram::with_opts(
                 HistogramOpts::new(
                     "hookfleet_db_acquire_wait_seconds",
-                    "Time to get a pooled database connection for a handler transaction (including BEGIN).",
+                    "Time to get a pooled database connection for a handler's writes (including BEGIN for transactional handlers).",
                 )
                 .buckets(secs),
             )?,

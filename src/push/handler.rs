@@ -95,7 +95,7 @@ fn git_error(e: GitError) -> JobError {
 }
 
 /// A push read from its repository, ready to be recorded.
-pub struct ReadPush {
+struct ReadPush {
     push: PushJob,
     events: Vec<Event>,
 }
