@@ -56,6 +56,44 @@ async fn migrate_twice_is_a_noop() {
 }
 
 #[tokio::test]
+async fn a_pooled_connection_cut_while_idle_is_replaced_not_handed_out() {
+    // The pool pings only connections idle for `PING_AFTER_IDLE`: one cut by the
+    // server while idle (a restart, a failover) must not reach a job.
+    let db = TestDb::new().await;
+    let mut cfg = test_config(&db.url, &unique_prefix()).database;
+    cfg.max_connections = 1;
+    cfg.min_connections = 0;
+    let pool = hookfleet::db::lazy_pool(&cfg).unwrap();
+    let pid = || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+                .fetch_one(&pool)
+                .await
+        }
+    };
+    let first = pid().await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the backend gone", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(first)
+            .fetch_one(&db.pool)
+            .await
+            .ok()?;
+        (n == 0).then_some(())
+    })
+    .await;
+    // Idleness is what is under test: nothing to wait on but the clock.
+    tokio::time::sleep(hookfleet::db::PING_AFTER_IDLE).await;
+    let second = pid().await.expect("a live connection, not the cut one");
+    assert_ne!(second, first);
+}
+
+#[tokio::test]
 async fn worker_reports_ready_and_exits_promptly_on_cancel() {
     let db = TestDb::new().await;
     let config = test_config(&db.url, &unique_prefix());
