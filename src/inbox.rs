@@ -98,12 +98,26 @@ pub async fn skip_if_handled(
             .fetch_one(pool)
             .await;
     match handled {
-        Ok(true) => {
-            tracing::info!("duplicate delivery skipped (already in the inbox)");
-            Ok(Done::Duplicate)
-        }
+        Ok(true) => Ok(duplicate()),
         _ => Err(err),
     }
+}
+
+/// A delivery the inbox already had: logged (in the delivery's span) and skipped.
+pub fn duplicate() -> Done {
+    tracing::info!("duplicate delivery skipped (already in the inbox)");
+    Done::Duplicate
+}
+
+/// Awaits `acquire` (a pooled connection, or a transaction's BEGIN) and records
+/// how long it took in `hookfleet_db_acquire_wait_seconds`.
+pub async fn timed_acquire<T>(acquire: impl Future<Output = T>) -> T {
+    let waited = std::time::Instant::now();
+    let acquired = acquire.await;
+    crate::metrics::metrics()
+        .db_acquire_wait_seconds
+        .observe(waited.elapsed().as_secs_f64());
+    acquired
 }
 
 /// Runs a job's database writes to completion in a task tracked by
@@ -166,15 +180,10 @@ impl<H: TxHandler> Handler for Transactional<H> {
         let queue = self.queue.clone();
         let timeout = self.timeout;
         run_to_completion(async move {
-            let waited = std::time::Instant::now();
-            let mut tx = pool.begin().await?;
-            crate::metrics::metrics()
-                .db_acquire_wait_seconds
-                .observe(waited.elapsed().as_secs_f64());
+            let mut tx = timed_acquire(pool.begin()).await?;
             if !claim(&mut tx, job.envelope.message_id, &queue).await? {
                 tx.rollback().await?;
-                tracing::info!("duplicate delivery skipped (already in the inbox)");
-                return Ok(Done::Duplicate);
+                return Ok(duplicate());
             }
             match tokio::time::timeout(timeout, inner.handle(&mut tx, &job, prepared)).await {
                 Err(_) => {

@@ -615,17 +615,22 @@ impl TxHandler for GatedHandler {
     }
 }
 
-fn gated_job(id: uuid::Uuid, body: serde_json::Value) -> Job {
-    let mut envelope = hookfleet::message::Envelope::new("gated", None);
+/// A first delivery of a `kind` job with message id `id` and `body`.
+fn job_of(kind: &str, id: uuid::Uuid, body: &impl serde::Serialize) -> Job {
+    let mut envelope = hookfleet::message::Envelope::new(kind, None);
     envelope.message_id = id;
     Job {
-        kind: "gated".into(),
+        kind: kind.into(),
         attempt: 1,
         redelivered: false,
-        raw: serde_json::to_vec(&body).unwrap(),
+        raw: serde_json::to_vec(body).unwrap(),
         parsed: std::sync::OnceLock::new(),
         envelope,
     }
+}
+
+fn gated_job(id: uuid::Uuid, body: serde_json::Value) -> Job {
+    job_of("gated", id, &body)
 }
 
 async fn gated(db: &TestDb, max_connections: u32) -> (Transactional<GatedHandler>, GatedParts) {
@@ -734,16 +739,7 @@ fn push_job(repos: &Repos, id: uuid::Uuid) -> Job {
             after: repos.git(&["rev-parse", "HEAD"]),
         }],
     };
-    let mut envelope = hookfleet::message::Envelope::new("push", None);
-    envelope.message_id = id;
-    Job {
-        kind: "push".into(),
-        attempt: 1,
-        redelivered: false,
-        raw: serde_json::to_vec(&push).unwrap(),
-        parsed: std::sync::OnceLock::new(),
-        envelope,
-    }
+    job_of("push", id, &push)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

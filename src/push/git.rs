@@ -174,7 +174,9 @@ impl RepoCache {
         }
     }
 
+    /// Counts a repository just opened and keeps it (unless the capacity is 0).
     fn put(&self, path: PathBuf, identity: Identity, repo: gix::ThreadSafeRepository) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
         if self.capacity == 0 {
             return;
         }
@@ -303,7 +305,6 @@ impl Reader {
                 let repo = shared.to_thread_local();
                 crate::metrics::metrics().git_repository_opens_total.inc();
                 if let Some(c) = cache {
-                    c.opened.fetch_add(1, Ordering::Relaxed);
                     c.put(path, identity, shared);
                 }
                 repo

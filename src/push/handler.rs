@@ -147,19 +147,14 @@ impl Handler for PushHandler {
         };
         let (pool, names) = (self.pool.clone(), self.names.clone());
         inbox::run_to_completion(async move {
-            let waited = std::time::Instant::now();
-            let mut conn = pool.acquire().await?;
-            crate::metrics::metrics()
-                .db_acquire_wait_seconds
-                .observe(waited.elapsed().as_secs_f64());
+            let mut conn = inbox::timed_acquire(pool.acquire()).await?;
             // Reading subscriptions needs no lock: before the statement.
             let deliveries =
                 crate::webhook::deliveries_for_push(&mut conn, &names, &push, &events).await?;
             let (events_count, webhooks) = (events.len(), deliveries.jobs.len());
             events.extend(deliveries.jobs);
             if !record(&mut *conn, &claim, &push, &events, &deliveries.rows).await? {
-                tracing::info!("duplicate delivery skipped (already in the inbox)");
-                return Ok(Done::Duplicate);
+                return Ok(inbox::duplicate());
             }
             tracing::info!(
                 repository = %push.repository,
