@@ -1,5 +1,12 @@
 //! Consuming: raw lapin consume-with-ack vs hookfleet's worker with a no-op
-//! handler, same queue type, message size and prefetch.
+//! handler, on the same queue (hookfleet's own `noop` work queue, declared by
+//! its topology code), message size and prefetch.
+//!
+//! Both rounds are set up alike so that only the consumer differs: declare,
+//! fill with `n` messages, wait for a quiet broker, then consume as a task on
+//! the bench's runtime (the raw loop is spawned too: run inline it would sit on
+//! the main thread, which parks on a futex rather than the I/O driver, a
+//! cheaper wake-up than any worker task gets).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,10 +20,40 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{PREFETCH, declare_topology, delete_topology, publish_raw};
+use crate::support::{
+    PREFETCH, declare_topology, delete_topology, publish_raw, wait_for_quiet_broker,
+};
+
+/// The run's config with only the `noop` kind (and no relay).
+fn noop_config(cfg: &Config) -> Config {
+    let mut cfg = cfg.clone();
+    cfg.worker.kinds = vec!["noop".into()];
+    cfg.outbox.relay = false;
+    cfg
+}
+
+/// Declares the `noop` topology, fills its work queue with `n` messages and
+/// waits for the broker to be quiet; returns the queue's name.
+async fn fill(cfg: &Config, n: u64, tag: &str) -> anyhow::Result<String> {
+    declare_topology(cfg).await?;
+    let queue = topology::Names::new(&cfg.amqp.prefix).queue("noop");
+    publish_raw(cfg, "", &queue, n, tag, false).await?;
+    wait_for_quiet_broker().await;
+    Ok(queue)
+}
+
+/// One baseline round: [`raw_consume`] of `n` messages from a filled `noop` queue.
+pub async fn raw_round(cfg: &Config, n: u64) -> anyhow::Result<f64> {
+    let cfg = noop_config(cfg);
+    let queue = fill(&cfg, n, "raw").await?;
+    let c = cfg.clone();
+    let rate = tokio::spawn(async move { raw_consume(&c, &queue, n).await }).await??;
+    delete_topology(&cfg).await?;
+    Ok(rate)
+}
 
 /// Baseline: a lapin loop that acks with `multiple: true` every 64 deliveries.
-pub async fn raw_consume(cfg: &Config, queue: &str, n: u64) -> anyhow::Result<f64> {
+async fn raw_consume(cfg: &Config, queue: &str, n: u64) -> anyhow::Result<f64> {
     let conn = amqp::connect(&cfg.amqp, "bench-raw").await?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
@@ -67,21 +104,17 @@ impl Handler for Noop {
     }
 }
 
-/// hookfleet's worker with a no-op handler on a pre-filled queue.
+/// One hookfleet round: its worker with a no-op handler on a filled `noop` queue.
 pub async fn hookfleet_noop(cfg: &Config, n: u64) -> anyhow::Result<f64> {
-    let mut cfg = cfg.clone();
-    cfg.worker.kinds = vec!["noop".into()];
-    cfg.outbox.relay = false;
+    let cfg = noop_config(cfg);
     let count = Arc::new(AtomicU64::new(0));
     let token = CancellationToken::new();
     let state = hookfleet::worker::WorkerState::default();
     let handler: Arc<dyn Handler> = Arc::new(Noop {
         count: count.clone(),
     });
-    // Declare and fill while no consumer runs, then start the clock with the worker.
-    declare_topology(&cfg).await?;
-    let queue = topology::Names::new(&cfg.amqp.prefix).queue("noop");
-    publish_raw(&cfg, "", &queue, n, "noop", false).await?;
+    // Fill while no consumer runs, then start the worker.
+    fill(&cfg, n, "noop").await?;
     let task = tokio::spawn(hookfleet::worker::run_with(
         cfg.clone(),
         state.clone(),

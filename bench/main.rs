@@ -210,11 +210,7 @@ async fn run(
         let (mut raws, mut noops) = (Vec::new(), Vec::new());
         for round in 1..=s.rounds {
             step(&format!("consume round {round}/{}: raw lapin", s.rounds));
-            let raw_q = format!("{}.raw", cfg.amqp.prefix);
-            support::declare_queue(cfg, &raw_q, None).await?;
-            support::publish_raw(cfg, "", &raw_q, s.consume, "raw", false).await?;
-            raws.push(consume::raw_consume(cfg, &raw_q, s.consume).await?);
-            support::delete_queue(cfg, &raw_q).await?;
+            raws.push(consume::raw_round(cfg, s.consume).await?);
             step(&format!(
                 "consume round {round}/{}: hookfleet no-op worker",
                 s.rounds

@@ -129,17 +129,9 @@ impl WorkerProc {
             .and_then(|v| v.parse().ok())
     }
 
-    /// CPU time used so far by all its threads, user + system (`utime` +
-    /// `stime` of /proc/<pid>/stat, in USER_HZ ticks: 100 per second on Linux).
+    /// CPU time used so far by all its threads (see [`process_cpu_seconds`]).
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let pid = self.child.id()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name (which may hold spaces) start at field 3.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = f.get(11)?.parse().ok()?;
-        let stime: u64 = f.get(12)?.parse().ok()?;
-        Some((utime + stime) as f64 / 100.0)
+        process_cpu_seconds(self.child.id()?)
     }
 
     /// SIGKILL, then reap.
@@ -177,4 +169,16 @@ pub async fn readyz(port: u16) -> bool {
         tokio::time::timeout(Duration::from_secs(1), attempt).await,
         Ok(Some(true))
     )
+}
+
+/// CPU time a process has used so far, all threads, user + system (`utime` +
+/// `stime` of /proc/<pid>/stat, in USER_HZ ticks: 100 per second on Linux).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
