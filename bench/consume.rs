@@ -3,7 +3,7 @@
 //! its topology code), message size and prefetch.
 //!
 //! Both rounds are set up alike so that only the consumer differs: declare,
-//! fill with `n` messages, wait for a quiet broker, then consume as a task on
+//! fill with `n` messages, wait for quiet services, then consume as a task on
 //! the bench's runtime (the raw loop is spawned too: run inline it would sit on
 //! the main thread, which parks on a futex rather than the I/O driver, a
 //! cheaper wake-up than any worker task gets).
@@ -21,7 +21,7 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{
-    PREFETCH, declare_topology, delete_topology, publish_raw, wait_for_quiet_broker,
+    PREFETCH, declare_topology, delete_topology, publish_raw, wait_for_quiet_services,
 };
 
 /// The run's config with only the `noop` kind (and no relay).
@@ -33,12 +33,12 @@ fn noop_config(cfg: &Config) -> Config {
 }
 
 /// Declares the `noop` topology, fills its work queue with `n` messages and
-/// waits for the broker to be quiet; returns the queue's name.
+/// waits for quiet services; returns the queue's name.
 async fn fill(cfg: &Config, n: u64, tag: &str) -> anyhow::Result<String> {
     declare_topology(cfg).await?;
     let queue = topology::Names::new(&cfg.amqp.prefix).queue("noop");
     publish_raw(cfg, "", &queue, n, tag, false).await?;
-    wait_for_quiet_broker().await;
+    wait_for_quiet_services().await;
     Ok(queue)
 }
 

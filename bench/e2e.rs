@@ -28,6 +28,7 @@ use crate::common::procs::{WorkerProc, free_port, worker_env};
 use crate::common::repo::TinyRepo;
 use crate::support::{
     PREFETCH, declare_queue, declare_topology, delete_queue, delete_topology, percentile,
+    wait_for_quiet_services,
 };
 
 /// Latency percentiles in ms.
@@ -187,6 +188,7 @@ pub async fn end_to_end(
         .await?;
 
     // Full load: the publisher is not throttled.
+    wait_for_quiet_services().await;
     let cpu_before = worker.cpu_seconds();
     let start = Instant::now();
     let collector = tokio::spawn(collect(consumer, n_full));

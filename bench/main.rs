@@ -245,6 +245,7 @@ async fn run(
                 "e2e round {round}/{}: transaction baseline (16 connections)",
                 s.rounds
             ));
+            support::wait_for_quiet_services().await;
             txns.push(txn::push_transactions(&pool, &cfg.amqp.prefix, 16, s.txn_secs).await?);
             step(&format!(
                 "e2e round {round}/{}: end to end, full load",
@@ -397,6 +398,7 @@ async fn relay_rows(
         ));
         let sink = format!("{}.pub-sink", cfg.amqp.prefix);
         support::declare_queue(cfg, &sink, Some((&events, "#"))).await?;
+        support::wait_for_quiet_services().await;
         raws.push(
             support::publish_raw(cfg, &events, "bench.event", s.relay, "bench.event", true).await?,
         );

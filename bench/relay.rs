@@ -13,7 +13,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{BODY_SIZE, declare_queue, delete_queue, now_micros, percentile};
+use crate::support::{
+    BODY_SIZE, declare_queue, delete_queue, now_micros, percentile, wait_for_quiet_services,
+};
 
 fn event(names: &Names, t: i64) -> Event {
     // Same size on the wire as the baselines' bodies.
@@ -47,6 +49,7 @@ pub async fn relay_throughput(cfg: &Config, pool: &PgPool, n: u64) -> anyhow::Re
         tx.commit().await?;
         left -= k;
     }
+    wait_for_quiet_services().await;
     let token = CancellationToken::new();
     // Done = the relay's own counter of committed publications moved by `n`: an
     // in-process read, where polling `count(*)` would load the database it measures.

@@ -294,35 +294,55 @@ pub async fn queue_depth(cfg: &Config, queue: &str) -> anyhow::Result<u32> {
     Ok(q.message_count())
 }
 
-/// The local RabbitMQ's Erlang VM (`beam.smp`), if it runs on this machine.
-fn broker_pid() -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim() == "beam.smp").then_some(pid)
-    })
+/// The processes of the local services: RabbitMQ's Erlang VM (`beam.smp`) and
+/// every PostgreSQL process (server, backends, background workers).
+fn service_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let comm = comm.trim();
+            (comm == "beam.smp" || comm.starts_with("postgres")).then_some(pid)
+        })
+        .collect()
 }
 
-/// Waits (up to 15 s) until the local broker is quiet: under 5 % of a core over
-/// 200 ms. A quorum queue just filled with 100,000 messages keeps the broker
-/// busy for a while (its write-ahead log is flushed into segment files); a
-/// consume round that starts inside that work measures the broker's
-/// housekeeping, not the consumer, and the raw and hookfleet rounds would start
-/// at different points of it. Both start from a quiet broker. A broker on
-/// another machine is not watched (returns at once).
-pub async fn wait_for_quiet_broker() {
-    let Some(pid) = broker_pid() else { return };
+/// CPU seconds each of `pids` has used so far (a process that is gone is left out).
+fn cpu_by_pid(pids: &[u32]) -> Vec<(u32, f64)> {
+    pids.iter()
+        .filter_map(|p| Some((*p, process_cpu_seconds(*p)?)))
+        .collect()
+}
+
+/// Waits (up to 15 s) until the local broker and database are quiet: together
+/// under 5 % of a core over 200 ms. A quorum queue just filled with 100,000
+/// messages keeps the broker busy for a while (its write-ahead log is flushed
+/// into segment files), and a freshly filled table has PostgreSQL writing and
+/// analysing; a round that starts inside that work measures the services'
+/// housekeeping, and the baseline and hookfleet rounds would start at different
+/// points of it. Every throughput round starts from quiet services. Services on
+/// another machine are not watched (returns at once).
+pub async fn wait_for_quiet_services() {
     let window = Duration::from_millis(200);
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        let Some(before) = process_cpu_seconds(pid) else {
+        // Listed afresh each time: backends come and go.
+        let pids = service_pids();
+        if pids.is_empty() {
             return;
-        };
+        }
+        let before = cpu_by_pid(&pids);
         tokio::time::sleep(window).await;
-        let Some(after) = process_cpu_seconds(pid) else {
-            return;
-        };
-        if after - before < 0.05 * window.as_secs_f64() {
+        let after = cpu_by_pid(&pids);
+        // Only processes alive at both reads count (a backend may exit between).
+        let used: f64 = after
+            .iter()
+            .filter_map(|(pid, a)| Some(a - before.iter().find(|(p, _)| p == pid)?.1))
+            .sum();
+        if used < 0.05 * window.as_secs_f64() {
             return;
         }
     }
