@@ -1,6 +1,5 @@
 //! Consuming: raw lapin consume-with-ack vs hookfleet's worker with a no-op
-//! handler, on the same queue (hookfleet's own `noop` work queue, declared by
-//! its topology code), message size and prefetch.
+//! handler, same queue type, message size and prefetch.
 //!
 //! Both rounds are set up alike so that only the consumer differs: declare,
 //! fill with `n` messages, wait for quiet services, then consume as a task on
@@ -21,34 +20,33 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{
-    PREFETCH, declare_topology, delete_topology, publish_raw, wait_for_quiet_services,
+    PREFETCH, declare_queue, declare_topology, delete_queue, delete_topology, publish_raw,
+    wait_for_quiet_services,
 };
 
-/// The run's config with only the `noop` kind (and no relay).
-fn noop_config(cfg: &Config) -> Config {
+/// The run's config with only the `noop` kind (and no relay), under a prefix of
+/// the round's own so that no round declares a queue another just deleted.
+fn noop_config(cfg: &Config, round: usize) -> Config {
     let mut cfg = cfg.clone();
+    cfg.amqp.prefix = format!("{}-noop{round}", cfg.amqp.prefix);
     cfg.worker.kinds = vec!["noop".into()];
     cfg.outbox.relay = false;
     cfg
 }
 
-/// Declares the `noop` topology, fills its work queue with `n` messages and
-/// waits for quiet services; returns the queue's name.
-async fn fill(cfg: &Config, n: u64, tag: &str) -> anyhow::Result<String> {
-    declare_topology(cfg).await?;
-    let queue = topology::Names::new(&cfg.amqp.prefix).queue("noop");
-    publish_raw(cfg, "", &queue, n, tag, false).await?;
+/// One baseline round: [`raw_consume`] of `n` messages from a filled quorum
+/// queue of the round's own (hookfleet's work queue adds a delivery limit and a
+/// dead-letter target; consuming from a queue declared with those arguments
+/// measured the same, and a plain queue keeps the broker's queue churn per
+/// round to one).
+pub async fn raw_round(cfg: &Config, round: usize, n: u64) -> anyhow::Result<f64> {
+    let queue = format!("{}.raw{round}", cfg.amqp.prefix);
+    declare_queue(cfg, &queue, None).await?;
+    publish_raw(cfg, "", &queue, n, "raw", false).await?;
     wait_for_quiet_services().await;
-    Ok(queue)
-}
-
-/// One baseline round: [`raw_consume`] of `n` messages from a filled `noop` queue.
-pub async fn raw_round(cfg: &Config, n: u64) -> anyhow::Result<f64> {
-    let cfg = noop_config(cfg);
-    let queue = fill(&cfg, n, "raw").await?;
-    let c = cfg.clone();
-    let rate = tokio::spawn(async move { raw_consume(&c, &queue, n).await }).await??;
-    delete_topology(&cfg).await?;
+    let (c, q) = (cfg.clone(), queue.clone());
+    let rate = tokio::spawn(async move { raw_consume(&c, &q, n).await }).await??;
+    delete_queue(cfg, &queue).await?;
     Ok(rate)
 }
 
@@ -105,16 +103,19 @@ impl Handler for Noop {
 }
 
 /// One hookfleet round: its worker with a no-op handler on a filled `noop` queue.
-pub async fn hookfleet_noop(cfg: &Config, n: u64) -> anyhow::Result<f64> {
-    let cfg = noop_config(cfg);
+pub async fn hookfleet_noop(cfg: &Config, round: usize, n: u64) -> anyhow::Result<f64> {
+    let cfg = noop_config(cfg, round);
     let count = Arc::new(AtomicU64::new(0));
     let token = CancellationToken::new();
     let state = hookfleet::worker::WorkerState::default();
     let handler: Arc<dyn Handler> = Arc::new(Noop {
         count: count.clone(),
     });
-    // Fill while no consumer runs, then start the worker.
-    fill(&cfg, n, "noop").await?;
+    // Declare and fill while no consumer runs, then start the worker.
+    declare_topology(&cfg).await?;
+    let queue = topology::Names::new(&cfg.amqp.prefix).queue("noop");
+    publish_raw(&cfg, "", &queue, n, "noop", false).await?;
+    wait_for_quiet_services().await;
     let task = tokio::spawn(hookfleet::worker::run_with(
         cfg.clone(),
         state.clone(),

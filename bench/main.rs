@@ -210,12 +210,12 @@ async fn run(
         let (mut raws, mut noops) = (Vec::new(), Vec::new());
         for round in 1..=s.rounds {
             step(&format!("consume round {round}/{}: raw lapin", s.rounds));
-            raws.push(consume::raw_round(cfg, s.consume).await?);
+            raws.push(consume::raw_round(cfg, round, s.consume).await?);
             step(&format!(
                 "consume round {round}/{}: hookfleet no-op worker",
                 s.rounds
             ));
-            noops.push(consume::hookfleet_noop(cfg, s.consume).await?);
+            noops.push(consume::hookfleet_noop(cfg, round, s.consume).await?);
         }
         extra.insert(
             "consume_rounds".into(),

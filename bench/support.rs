@@ -234,12 +234,39 @@ pub async fn declare_queue(
 
 /// Deletes a queue.
 pub async fn delete_queue(cfg: &Config, queue: &str) -> anyhow::Result<()> {
-    let conn = amqp::connect(&cfg.amqp, "bench-setup").await?;
-    let ch = conn.create_channel().await?;
-    ch.queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await?;
-    let _ = conn.close(200, "ok".into()).await;
-    Ok(())
+    with_cleanup_retries(|| async {
+        let conn = amqp::connect(&cfg.amqp, "bench-setup").await?;
+        let ch = conn.create_channel().await?;
+        ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await?;
+        let _ = conn.close(200, "ok".into()).await;
+        Ok(())
+    })
+    .await
+}
+
+/// Runs a cleanup step up to three times, waiting for quiet services between.
+/// Deleting a quorum queue right after 100,000 messages went through it can
+/// fail inside RabbitMQ 3.10 (`wal_down` while its write-ahead log restarts,
+/// seen as INTERNAL_ERROR); the same delete succeeds a moment later, and a
+/// bench should not lose its figures to its own cleanup.
+async fn with_cleanup_retries<F, Fut>(step: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match step().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 3 => {
+                eprintln!("cleanup failed ({e:#}); retrying once the services are quiet");
+                wait_for_quiet_services().await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Declares the run's topology for `kinds`.
@@ -253,12 +280,20 @@ pub async fn declare_topology(cfg: &Config) -> anyhow::Result<()> {
 
 /// Deletes the run's topology for `kinds`.
 pub async fn delete_topology(cfg: &Config) -> anyhow::Result<()> {
-    let conn = amqp::connect(&cfg.amqp, "bench-setup").await?;
-    let ch = conn.create_channel().await?;
-    hookfleet::amqp::topology::delete(&ch, &cfg.amqp.prefix, &cfg.retry.tiers, &cfg.worker.kinds)
+    with_cleanup_retries(|| async {
+        let conn = amqp::connect(&cfg.amqp, "bench-setup").await?;
+        let ch = conn.create_channel().await?;
+        hookfleet::amqp::topology::delete(
+            &ch,
+            &cfg.amqp.prefix,
+            &cfg.retry.tiers,
+            &cfg.worker.kinds,
+        )
         .await?;
-    let _ = conn.close(200, "ok".into()).await;
-    Ok(())
+        let _ = conn.close(200, "ok".into()).await;
+        Ok(())
+    })
+    .await
 }
 
 /// The `p`-th percentile (0..=100) of `v` (sorted in place), in the same unit.

@@ -26,8 +26,9 @@ pub struct Job {
     pub attempt: u32,
     /// The broker marked this delivery redelivered (a previous consumer died).
     pub redelivered: bool,
-    /// The raw JSON body (already checked to be valid JSON).
-    pub raw: Vec<u8>,
+    /// The raw JSON body (already checked to be valid JSON); shared with the
+    /// delivery, not copied.
+    pub raw: bytes::Bytes,
     /// The body as a JSON value, parsed on first use.
     pub parsed: std::sync::OnceLock<serde_json::Value>,
 }

@@ -623,7 +623,7 @@ fn job_of(kind: &str, id: uuid::Uuid, body: &impl serde::Serialize) -> Job {
         kind: kind.into(),
         attempt: 1,
         redelivered: false,
-        raw: serde_json::to_vec(body).unwrap(),
+        raw: serde_json::to_vec(body).unwrap().into(),
         parsed: std::sync::OnceLock::new(),
         envelope,
     }

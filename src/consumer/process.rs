@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
+use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tracing::Instrument;
@@ -177,11 +178,24 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Handles one delivery and returns how to settle it.
-pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: &Delivery) -> Settle {
+/// Handles one delivery and returns how to settle it. The body moves into the
+/// job without a copy; a retry or dead-letter copy is published from the same
+/// bytes.
+pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Settle {
     let kind = lane.kind.as_str();
     let queue = lane.queue.as_str();
-    let envelope = match decode(delivery) {
+    let Delivery {
+        data,
+        properties,
+        redelivered,
+        ..
+    } = delivery;
+    let body = bytes::Bytes::from(data);
+    let original = Original {
+        properties: &properties,
+        body: &body,
+    };
+    let envelope = match decode(&properties) {
         Ok(e) => e,
         Err(reason) => {
             let span = tracing::warn_span!("delivery", queue, "message.id" = tracing::field::Empty);
@@ -191,7 +205,7 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: &Delivery) -> Set
                     ctx,
                     queue,
                     kind,
-                    delivery,
+                    original,
                     1,
                     ErrorClass::Poison,
                     reason,
@@ -211,16 +225,16 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: &Delivery) -> Set
         queue,
         attempt,
     );
-    async move {
+    async {
         // Validate without building a value: handlers decode straight from the bytes.
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&delivery.data) {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
             let reason = format!("body is not valid JSON: {e}");
             tracing::warn!(reason = %reason, "poison message: dead-lettering");
             return finish_failure(
                 ctx,
                 queue,
                 kind,
-                delivery,
+                original,
                 attempt,
                 ErrorClass::Poison,
                 reason,
@@ -228,14 +242,6 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: &Delivery) -> Set
             )
             .await;
         }
-        let job = Job {
-            kind: kind.to_string(),
-            attempt,
-            redelivered: delivery.redelivered,
-            raw: delivery.data.clone(),
-            parsed: std::sync::OnceLock::new(),
-            envelope: envelope.clone(),
-        };
         let _inflight = ctx.inflight.start(InFlightJob {
             message_id: envelope.message_id.to_string(),
             correlation_id: envelope.correlation_id.clone(),
@@ -244,6 +250,14 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: &Delivery) -> Set
             started_at_ms: 0,
             elapsed_seconds: 0.0,
         });
+        let job = Job {
+            kind: kind.to_string(),
+            attempt,
+            redelivered,
+            raw: body.clone(),
+            parsed: std::sync::OnceLock::new(),
+            envelope,
+        };
         lane.in_flight.inc();
         let started = Instant::now();
         let result = run_handler(&lane.handler, job, ctx.config.worker.handler_timeout).await;
@@ -268,7 +282,7 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: &Delivery) -> Set
                     ctx,
                     queue,
                     kind,
-                    delivery,
+                    original,
                     attempt,
                     class,
                     reason,
@@ -282,8 +296,8 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: &Delivery) -> Set
     .await
 }
 
-fn decode(delivery: &Delivery) -> Result<Envelope, String> {
-    if let Some(ct) = delivery.properties.content_type().as_ref() {
+fn decode(properties: &BasicProperties) -> Result<Envelope, String> {
+    if let Some(ct) = properties.content_type().as_ref() {
         let ct = ct.as_str();
         if !ct.eq_ignore_ascii_case(message::CONTENT_TYPE_JSON)
             && !ct.to_ascii_lowercase().starts_with("application/json;")
@@ -294,7 +308,14 @@ fn decode(delivery: &Delivery) -> Result<Envelope, String> {
             ));
         }
     }
-    Envelope::from_properties(&delivery.properties)
+    Envelope::from_properties(properties)
+}
+
+/// The delivery a retry or dead-letter copy is made from.
+#[derive(Clone, Copy)]
+struct Original<'a> {
+    properties: &'a BasicProperties,
+    body: &'a [u8],
 }
 
 type Failure = (ErrorClass, String, Option<Duration>);
@@ -334,7 +355,7 @@ async fn finish_failure(
     ctx: &Ctx,
     queue: &str,
     kind: &str,
-    delivery: &Delivery,
+    original: Original<'_>,
     attempt: u32,
     class: ErrorClass,
     reason: String,
@@ -356,7 +377,7 @@ async fn finish_failure(
         }
         Route::Dead => (ctx.names.dead_queue(kind), attempt, "dead"),
     };
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    let mut headers = original.properties.headers().clone().unwrap_or_default();
     let mut set = |k: &str, v: AMQPValue| {
         headers.insert(ShortString::from(k), v);
     };
@@ -373,7 +394,7 @@ async fn finish_failure(
         AMQPValue::LongString(class.as_str().into()),
     );
     set(message::H_ORIGIN_QUEUE, AMQPValue::LongString(queue.into()));
-    let has_first = delivery
+    let has_first = original
         .properties
         .headers()
         .as_ref()
@@ -384,7 +405,7 @@ async fn finish_failure(
             AMQPValue::LongLongInt(now_ms()),
         );
     }
-    let props = delivery.properties.clone().with_headers(headers);
+    let props = original.properties.clone().with_headers(headers);
 
     // The copy must be confirmed before the original is acked; a few tries ride
     // out a publisher reconnect.
@@ -392,7 +413,7 @@ async fn finish_failure(
     for try_no in 0..3u32 {
         match ctx
             .publisher
-            .publish("", &target, &delivery.data, props.clone(), true)
+            .publish("", &target, original.body, props.clone(), true)
             .await
         {
             Ok(()) => {

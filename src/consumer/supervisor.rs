@@ -411,7 +411,7 @@ impl ConsumeLoop {
                 async move {
                     let _permits = permits;
                     let tag = delivery.delivery_tag;
-                    let settle = process::handle_delivery(&ctx, &lane, &delivery).await;
+                    let settle = process::handle_delivery(&ctx, &lane, delivery).await;
                     ack.settle(tag, settle);
                 }
                 .in_current_span(),
