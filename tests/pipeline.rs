@@ -415,20 +415,8 @@ async fn concurrent_pushes_to_one_repository_end_at_the_last_push() {
     let mut cfg = push_config(&db, &repos);
     cfg.worker.concurrency = 4;
     let broker = Broker::new(&cfg).await;
-    let job = |before: &str, after: &str| PushJob {
-        push_id: uuid::Uuid::now_v7(),
-        repository: "repo.git".into(),
-        pusher: Some("alice".into()),
-        push_options: vec![],
-        pushed_at: chrono::Utc::now(),
-        updates: vec![RefUpdate {
-            refname: "refs/heads/main".into(),
-            before: before.into(),
-            after: after.into(),
-        }],
-    };
-    let first = job(&c1, &c2);
-    let last = job(&c2, &c3);
+    let first = main_moved(&c1, &c2);
+    let last = main_moved(&c2, &c3);
     // The later push is published first: order of arrival must not decide.
     for j in [&last, &first] {
         broker
@@ -727,7 +715,13 @@ async fn a_redelivery_whose_read_now_fails_is_skipped_as_a_duplicate() {
 /// A push job for `repos`' bare repository creating `main` at its clone's HEAD,
 /// as the hook would publish it, with message id `id`.
 fn push_job(repos: &Repos, id: uuid::Uuid) -> Job {
-    let push = PushJob {
+    let push = main_moved(&"0".repeat(40), &repos.git(&["rev-parse", "HEAD"]));
+    job_of("push", id, &push)
+}
+
+/// A push of alice's to `repo.git` moving `main` from `before` to `after`.
+fn main_moved(before: &str, after: &str) -> PushJob {
+    PushJob {
         push_id: uuid::Uuid::now_v7(),
         repository: "repo.git".into(),
         pusher: Some("alice".into()),
@@ -735,11 +729,10 @@ fn push_job(repos: &Repos, id: uuid::Uuid) -> Job {
         pushed_at: chrono::Utc::now(),
         updates: vec![RefUpdate {
             refname: "refs/heads/main".into(),
-            before: "0".repeat(40),
-            after: repos.git(&["rev-parse", "HEAD"]),
+            before: before.into(),
+            after: after.into(),
         }],
-    };
-    job_of("push", id, &push)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
