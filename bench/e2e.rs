@@ -24,7 +24,7 @@ use lapin::types::FieldTable;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::common::procs::{WorkerProc, free_port, worker_env};
+use crate::common::procs::{WorkerProc, free_port, metric, worker_env};
 use crate::common::repo::TinyRepo;
 use crate::support::{
     PREFETCH, declare_queue, declare_topology, delete_queue, delete_topology, percentile,
@@ -55,6 +55,16 @@ pub struct E2e {
     pub half: Option<Lat>,
     /// CPU time of the worker process per push at full load, in ms.
     pub cpu_ms_per_push: Option<f64>,
+    /// Outbox rows per relay batch at full load (from the worker's `/metrics`).
+    pub relay_rows_per_batch: Option<f64>,
+}
+
+/// The relay's published rows and batches so far.
+async fn relay_counts(port: u16) -> Option<(f64, f64)> {
+    Some((
+        metric(port, "hookfleet_relay_published_total").await?,
+        metric(port, "hookfleet_relay_batch_duration_seconds_count").await?,
+    ))
 }
 
 /// The last event of a branch-creating push (`git.push` comes first).
@@ -190,6 +200,7 @@ pub async fn end_to_end(
     // Full load: the publisher is not throttled.
     wait_for_quiet_services().await;
     let cpu_before = worker.cpu_seconds();
+    let relay_before = relay_counts(worker.admin_port).await;
     let start = Instant::now();
     let collector = tokio::spawn(collect(consumer, n_full));
     publish_jobs(cfg, repo, 0, n_full, Duration::ZERO).await?;
@@ -198,6 +209,9 @@ pub async fn end_to_end(
     let cpu_ms_per_push = cpu_before
         .zip(worker.cpu_seconds())
         .map(|(a, b)| (b - a) * 1000.0 / n_full as f64);
+    let relay_rows_per_batch = relay_before.zip(relay_counts(worker.admin_port).await).map(
+        |((rows0, batches0), (rows1, batches1))| (rows1 - rows0) / (batches1 - batches0).max(1.0),
+    );
 
     // Half load, paced.
     let mut half_load = None;
@@ -230,6 +244,7 @@ pub async fn end_to_end(
         half_rate: half_load.map(|(rate, _)| rate),
         half: half_load.map(|(_, l)| l),
         cpu_ms_per_push,
+        relay_rows_per_batch,
     })
 }
 

@@ -239,7 +239,7 @@ async fn run(
         // Alternating rounds, medians: the baseline is bound by fsync latency,
         // which on a shared VM drifts by a factor of two between minutes.
         let (mut txns, mut fulls, mut lats) = (Vec::new(), Vec::new(), Vec::new());
-        let mut cpus = Vec::new();
+        let (mut cpus, mut per_batch) = (Vec::new(), Vec::new());
         for round in 1..=s.rounds {
             step(&format!(
                 "e2e round {round}/{}: transaction baseline (16 connections)",
@@ -255,12 +255,13 @@ async fn run(
             fulls.push(e.full_rate);
             lats.push(e.full);
             cpus.extend(e.cpu_ms_per_push);
+            per_batch.extend(e.relay_rows_per_batch);
         }
         step("end to end: half load");
         let e = e2e::end_to_end(&exe, cfg, &pool, &repo, s.e2e_full, s.e2e_half_secs).await?;
         extra.insert(
             "e2e_rounds".into(),
-            serde_json::json!({ "baseline": txns.clone(), "hookfleet": fulls.clone(), "cpu_ms_per_push": cpus.clone() }),
+            serde_json::json!({ "baseline": txns.clone(), "hookfleet": fulls.clone(), "cpu_ms_per_push": cpus.clone(), "relay_rows_per_batch": per_batch.clone() }),
         );
         rows.push(Row::vs(
             &format!(
@@ -283,6 +284,17 @@ async fn run(
                 ),
                 support::percentile(&mut cpus, 50.0),
                 "ms",
+                None,
+            ));
+        }
+        if !per_batch.is_empty() {
+            rows.push(Row::alone(
+                &format!(
+                    "outbox rows per relay batch at full load (median of {})",
+                    per_batch.len()
+                ),
+                support::percentile(&mut per_batch, 50.0),
+                "rows",
                 None,
             ));
         }

@@ -154,21 +154,38 @@ impl WorkerProc {
     }
 }
 
-/// `true` when `GET /readyz` on `port` answers 200 within a second.
-pub async fn readyz(port: u16) -> bool {
+/// The raw HTTP response to `GET path` on `port`, within a second.
+async fn get(port: u16, path: &str) -> Option<Vec<u8>> {
     let attempt = async {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
-        Some(buf.starts_with(b"HTTP/1.1 200"))
+        Some(buf)
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), attempt).await,
-        Ok(Some(true))
-    )
+    tokio::time::timeout(Duration::from_secs(1), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// `true` when `GET /readyz` on `port` answers 200 within a second.
+pub async fn readyz(port: u16) -> bool {
+    get(port, "/readyz")
+        .await
+        .is_some_and(|buf| buf.starts_with(b"HTTP/1.1 200"))
+}
+
+/// The value of the unlabelled sample `name` (a counter, or a histogram's
+/// `_count` / `_sum`) on the worker's `/metrics` at `port`.
+pub async fn metric(port: u16, name: &str) -> Option<f64> {
+    let buf = get(port, "/metrics").await?;
+    let text = String::from_utf8_lossy(&buf);
+    text.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// CPU time a process has used so far, all threads, user + system (`utime` +
