@@ -363,6 +363,10 @@ pub struct PushConfig {
     /// Repositories kept open between pushes (least recently read closed first);
     /// 0 opens each repository per push.
     pub open_repositories: usize,
+    /// Objects cached per repository handle kept between pushes, in bytes (0:
+    /// none). Up to 16 handles are kept idle, so 16 times this is the most the
+    /// cache holds.
+    pub object_cache_bytes: usize,
     /// Refs with their own events per push; beyond it one bulk event.
     pub max_refs: u32,
     /// Base of `compare` and repository URLs in payloads.

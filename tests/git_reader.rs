@@ -730,6 +730,33 @@ async fn a_kept_open_repository_sees_new_packs_repacks_and_packed_refs() {
 }
 
 #[tokio::test]
+async fn a_kept_repository_serves_objects_it_read_before_from_its_cache() {
+    let f = Fixture::new();
+    f.commit(&[("a", Some("1"))], "one");
+    f.push("main", "refs/heads/main");
+    let parent_tree = f.git(&["rev-parse", "HEAD^{tree}"]);
+    f.commit(&[("b", Some("2"))], "two");
+    let u = f.push("main", "refs/heads/main");
+    let first = read(&f, &u).await;
+    assert_eq!(
+        first.commits[0].added,
+        vec!["b"],
+        "diffed against the parent tree"
+    );
+    assert_eq!(f.repos.idle_handles(), 1, "the read gave its handle back");
+
+    // The parent's tree leaves the disk (as a prune would): the kept handle still
+    // has it, a repository opened afresh does not.
+    let (dir, file) = parent_tree.split_at(2);
+    std::fs::remove_file(f.bare.join("objects").join(dir).join(file)).unwrap();
+    let again = read(&f, &u).await;
+    assert_eq!(again.commits[0].added, vec!["b"]);
+    assert_eq!(f.repos.opened(), 1);
+    let fresh = GitRepo::new(&push_config(), &f.bare);
+    assert!(read_ref(&fresh, &u, 2048).await.is_err());
+}
+
+#[tokio::test]
 async fn a_kept_repository_that_is_deleted_replaced_or_reconfigured_is_not_read_stale() {
     let f = Fixture::new();
     f.commit(&[("a", Some("1"))], "one");

@@ -87,6 +87,7 @@ impl GitError {
 #[derive(Default)]
 pub struct RepoCache {
     capacity: usize,
+    object_cache_bytes: usize,
     entries: Mutex<Entries>,
     opened: AtomicU64,
 }
@@ -95,13 +96,34 @@ pub struct RepoCache {
 struct Entries {
     by_path: HashMap<PathBuf, Entry>,
     clock: u64,
+    /// Idle handles in all entries.
+    idle: usize,
 }
 
 struct Entry {
     repo: gix::ThreadSafeRepository,
     identity: Identity,
     last_used: u64,
+    /// Handles not in use, their object caches warm (see [`IDLE_HANDLES`]).
+    idle: Vec<gix::Repository>,
 }
+
+/// Default object cache of one repository handle, in bytes
+/// (`push.object_cache_bytes`).
+///
+/// Why: git objects never change, and a push reads many objects the previous
+/// push to the repository read too: the tips of the other refs (to tell which
+/// commits are new to the repository), the parent commit and its trees. Without
+/// a cache each of them is a loose-object file opened, mapped, inflated and
+/// unmapped again, or a pack entry with its deltas resolved again.
+pub const OBJECT_CACHE_BYTES: usize = 256 * 1024;
+
+/// Handles kept idle across all kept repositories, each with up to
+/// `push.object_cache_bytes` cached (4 MiB in all by default). A read takes an
+/// idle handle of its repository or makes a fresh one, and gives it back after;
+/// measured on the bench's push (a branch created on a two-commit repository):
+/// 0.32 ms of CPU per read without the cache, 0.18 ms with it.
+pub const IDLE_HANDLES: usize = 16;
 
 /// What must not have changed for a kept repository to be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,8 +151,17 @@ impl RepoCache {
     pub fn new(capacity: usize) -> RepoCache {
         RepoCache {
             capacity,
+            object_cache_bytes: OBJECT_CACHE_BYTES,
             entries: Mutex::default(),
             opened: AtomicU64::new(0),
+        }
+    }
+
+    /// The same cache with `bytes` of object cache per handle (0: none).
+    pub fn with_object_cache(self, bytes: usize) -> RepoCache {
+        RepoCache {
+            object_cache_bytes: bytes,
+            ..self
         }
     }
 
@@ -143,6 +174,11 @@ impl RepoCache {
     /// How many repositories are open.
     pub fn len(&self) -> usize {
         self.lock().by_path.len()
+    }
+
+    /// Handles idle in the cache, ready for the next read of their repository.
+    pub fn idle_handles(&self) -> usize {
+        self.lock().idle
     }
 
     /// `true` when none is.
@@ -158,19 +194,43 @@ impl RepoCache {
     }
 
     fn get(&self, path: &Path, identity: Identity) -> Option<gix::Repository> {
-        let mut e = self.lock();
+        let mut guard = self.lock();
+        let e = &mut *guard;
         e.clock += 1;
-        let now = e.clock;
         match e.by_path.get_mut(path) {
             Some(entry) if entry.identity == identity => {
-                entry.last_used = now;
-                Some(entry.repo.to_thread_local())
+                entry.last_used = e.clock;
+                match entry.idle.pop() {
+                    Some(h) => {
+                        e.idle -= 1;
+                        Some(h)
+                    }
+                    // Made under the lock: cheap (no I/O), and it keeps the entry
+                    // from being closed in between.
+                    None => Some(handle(&entry.repo, self.object_cache_bytes)),
+                }
             }
             Some(_) => {
-                e.by_path.remove(path);
+                e.remove(path);
                 None
             }
             None => None,
+        }
+    }
+
+    /// Keeps `repo`, a handle of the repository at `path`, for the next read,
+    /// unless the repository was closed or changed meanwhile or enough handles
+    /// are idle already.
+    fn give_back(&self, path: &Path, identity: Identity, repo: gix::Repository) {
+        let mut e = self.lock();
+        if e.idle >= IDLE_HANDLES {
+            return;
+        }
+        if let Some(entry) = e.by_path.get_mut(path)
+            && entry.identity == identity
+        {
+            entry.idle.push(repo);
+            e.idle += 1;
         }
     }
 
@@ -190,18 +250,36 @@ impl RepoCache {
                 .min_by_key(|(_, v)| v.last_used)
                 .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
-                e.by_path.remove(&k);
+                e.remove(&k);
             }
         }
+        e.remove(&path);
         e.by_path.insert(
             path,
             Entry {
                 repo,
                 identity,
                 last_used,
+                idle: Vec::new(),
             },
         );
     }
+}
+
+impl Entries {
+    fn remove(&mut self, path: &Path) {
+        if let Some(entry) = self.by_path.remove(path) {
+            self.idle -= entry.idle.len();
+        }
+    }
+}
+
+/// A handle for one read of `repo`, with an object cache of up to
+/// `object_cache_bytes` (0: none).
+fn handle(repo: &gix::ThreadSafeRepository, object_cache_bytes: usize) -> gix::Repository {
+    let mut r = repo.to_thread_local();
+    r.object_cache_size(object_cache_bytes);
+    r
 }
 
 /// A bare repository on disk and the deadline for one read of it.
@@ -247,7 +325,11 @@ impl GitRepo {
         let deadline = Instant::now() + timeout;
         let task = tokio::task::spawn_blocking(move || {
             let reader = Reader::open(path, cache.as_deref(), deadline, timeout)?;
-            read(&reader)
+            let result = read(&reader);
+            if let Some(cache) = cache.as_deref() {
+                reader.give_back(cache);
+            }
+            result
         });
         match tokio::time::timeout(timeout, task).await {
             Err(_) => Err(GitError::Timeout {
@@ -263,6 +345,9 @@ impl GitRepo {
 /// An open repository plus the deadline of the read in progress.
 pub(crate) struct Reader {
     repo: gix::Repository,
+    /// Where the handle came from, to give it back to the cache after the read.
+    path: PathBuf,
+    identity: Identity,
     deadline: Instant,
     timeout: Duration,
 }
@@ -302,19 +387,27 @@ impl Reader {
             Some(repo) => repo,
             None => {
                 let shared = Self::open_checked(&path)?;
-                let repo = shared.to_thread_local();
+                let bytes = cache.map_or(OBJECT_CACHE_BYTES, |c| c.object_cache_bytes);
+                let repo = handle(&shared, bytes);
                 crate::metrics::metrics().git_repository_opens_total.inc();
                 if let Some(c) = cache {
-                    c.put(path, identity, shared);
+                    c.put(path.clone(), identity, shared);
                 }
                 repo
             }
         };
         Ok(Reader {
             repo,
+            path,
+            identity,
             deadline,
             timeout,
         })
+    }
+
+    /// Gives the handle, its object cache warm, back to `cache` for the next read.
+    fn give_back(self, cache: &RepoCache) {
+        cache.give_back(&self.path, self.identity, self.repo);
     }
 
     /// Opens the repository at `path` isolated, refusing formats it cannot read.

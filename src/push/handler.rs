@@ -55,7 +55,10 @@ impl PushHandler {
     /// A handler for `config` writing through `pool`.
     pub fn new(config: Arc<Config>, pool: PgPool) -> Self {
         let names = Names::new(&config.amqp.prefix);
-        let repos = Arc::new(RepoCache::new(config.push.open_repositories));
+        let repos = Arc::new(
+            RepoCache::new(config.push.open_repositories)
+                .with_object_cache(config.push.object_cache_bytes),
+        );
         let queue = names.queue(PUSH_KIND);
         Self {
             config,
