@@ -276,28 +276,12 @@ async fn run(
         ));
         // What the worker process itself spends per push (handler, repository
         // read, relay): steadier than the rate, which the whole machine sets.
-        if !cpus.is_empty() {
-            rows.push(Row::alone(
-                &format!(
-                    "worker CPU time per push at full load (user + system, median of {})",
-                    cpus.len()
-                ),
-                support::percentile(&mut cpus, 50.0),
-                "ms",
-                None,
-            ));
-        }
-        if !per_batch.is_empty() {
-            rows.push(Row::alone(
-                &format!(
-                    "outbox rows per relay batch at full load (median of {})",
-                    per_batch.len()
-                ),
-                support::percentile(&mut per_batch, 50.0),
-                "rows",
-                None,
-            ));
-        }
+        median_row(&mut rows, &mut cpus, "ms", |n| {
+            format!("worker CPU time per push at full load (user + system, median of {n})")
+        });
+        median_row(&mut rows, &mut per_batch, "rows", |n| {
+            format!("outbox rows per relay batch at full load (median of {n})")
+        });
         // Latency at full load is queueing behind the backlog the unthrottled
         // publisher builds: the last round's, as a shape, not a target.
         let full = lats.last().copied().unwrap_or(e.full);
@@ -390,6 +374,20 @@ async fn run(
 }
 
 /// Relay throughput vs raw publish-with-confirms, and commit→consume latency.
+/// A row with the median of `values` (none when there are no values); `label`
+/// gets their count.
+fn median_row(
+    rows: &mut Vec<Row>,
+    values: &mut [f64],
+    unit: &str,
+    label: impl Fn(usize) -> String,
+) {
+    if !values.is_empty() {
+        let median = support::percentile(values, 50.0);
+        rows.push(Row::alone(&label(values.len()), median, unit, None));
+    }
+}
+
 async fn relay_rows(
     cfg: &hookfleet::config::Config,
     pool: &sqlx::PgPool,

@@ -96,8 +96,6 @@ pub struct RepoCache {
 struct Entries {
     by_path: HashMap<PathBuf, Entry>,
     clock: u64,
-    /// Idle handles in all entries.
-    idle: usize,
 }
 
 struct Entry {
@@ -179,7 +177,7 @@ impl RepoCache {
 
     /// Handles idle in the cache, ready for the next read of their repository.
     pub fn idle_handles(&self) -> usize {
-        self.lock().idle
+        self.lock().idle_handles()
     }
 
     /// `true` when none is.
@@ -201,18 +199,17 @@ impl RepoCache {
         match e.by_path.get_mut(path) {
             Some(entry) if entry.identity == identity => {
                 entry.last_used = e.clock;
-                match entry.idle.pop() {
-                    Some(h) => {
-                        e.idle -= 1;
-                        Some(h)
-                    }
-                    // Made under the lock: cheap (no I/O), and it keeps the entry
-                    // from being closed in between.
-                    None => Some(handle(&entry.repo, self.object_cache_bytes)),
-                }
+                // A fresh handle is made under the lock: cheap (no I/O), and it
+                // keeps the entry from being closed in between.
+                Some(
+                    entry
+                        .idle
+                        .pop()
+                        .unwrap_or_else(|| handle(&entry.repo, self.object_cache_bytes)),
+                )
             }
             Some(_) => {
-                e.remove(path);
+                e.by_path.remove(path);
                 None
             }
             None => None,
@@ -224,14 +221,13 @@ impl RepoCache {
     /// are idle already.
     fn give_back(&self, path: &Path, identity: Identity, repo: gix::Repository) {
         let mut e = self.lock();
-        if e.idle >= IDLE_HANDLES {
+        if e.idle_handles() >= IDLE_HANDLES {
             return;
         }
         if let Some(entry) = e.by_path.get_mut(path)
             && entry.identity == identity
         {
             entry.idle.push(repo);
-            e.idle += 1;
         }
     }
 
@@ -251,10 +247,9 @@ impl RepoCache {
                 .min_by_key(|(_, v)| v.last_used)
                 .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
-                e.remove(&k);
+                e.by_path.remove(&k);
             }
         }
-        e.remove(&path);
         e.by_path.insert(
             path,
             Entry {
@@ -268,10 +263,10 @@ impl RepoCache {
 }
 
 impl Entries {
-    fn remove(&mut self, path: &Path) {
-        if let Some(entry) = self.by_path.remove(path) {
-            self.idle -= entry.idle.len();
-        }
+    /// Idle handles across all entries (at most `push.open_repositories` of them
+    /// to add up).
+    fn idle_handles(&self) -> usize {
+        self.by_path.values().map(|e| e.idle.len()).sum()
     }
 }
 
