@@ -24,6 +24,7 @@ use lapin::types::FieldTable;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::ceiling::{machine_busy_seconds, ms_per};
 use crate::common::procs::{WorkerProc, free_port, metric, worker_env};
 use crate::common::repo::TinyRepo;
 use crate::support::{
@@ -57,6 +58,9 @@ pub struct E2e {
     pub cpu_ms_per_push: Option<f64>,
     /// Outbox rows per relay batch at full load (from the worker's `/metrics`).
     pub relay_rows_per_batch: Option<f64>,
+    /// The whole machine's busy CPU time per push at full load, in ms
+    /// (worker, broker, database and this bench; [`crate::ceiling`]).
+    pub machine_cpu_ms_per_push: Option<f64>,
 }
 
 /// The relay's published rows and batches so far.
@@ -201,10 +205,12 @@ pub async fn end_to_end(
     wait_for_quiet_services().await;
     let cpu_before = worker.cpu_seconds();
     let relay_before = relay_counts(worker.admin_port).await;
+    let busy_before = machine_busy_seconds();
     let start = Instant::now();
     let collector = tokio::spawn(collect(consumer, n_full));
     publish_jobs(cfg, repo, 0, n_full, Duration::ZERO).await?;
     let (consumer, mut full, last) = collector.await?;
+    let machine_cpu_ms_per_push = ms_per(busy_before, machine_busy_seconds(), full.len() as f64);
     let full_rate = full.len() as f64 / (last - start).as_secs_f64();
     let cpu_ms_per_push = cpu_before
         .zip(worker.cpu_seconds())
@@ -245,6 +251,7 @@ pub async fn end_to_end(
         half: half_load.map(|(_, l)| l),
         cpu_ms_per_push,
         relay_rows_per_batch,
+        machine_cpu_ms_per_push,
     })
 }
 

@@ -12,6 +12,7 @@
 //! after a broker outage; RSS idle and under a backlog; `git push` with and
 //! without the hook.
 
+mod ceiling;
 mod common;
 mod consume;
 mod e2e;
@@ -176,6 +177,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The machine's cores, for the CPU ceiling (what the services and the bench share).
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -240,13 +246,19 @@ async fn run(
         // which on a shared VM drifts by a factor of two between minutes.
         let (mut txns, mut fulls, mut lats) = (Vec::new(), Vec::new(), Vec::new());
         let (mut cpus, mut per_batch) = (Vec::new(), Vec::new());
+        // Machine CPU per push (all processes): end to end, the transaction
+        // alone, the broker traffic alone; and the ceiling they set.
+        let (mut m_e2e, mut m_txn, mut m_broker) = (Vec::new(), Vec::new(), Vec::new());
+        let mut ceilings = Vec::new();
         for round in 1..=s.rounds {
             step(&format!(
                 "e2e round {round}/{}: transaction baseline (16 connections)",
                 s.rounds
             ));
             support::wait_for_quiet_services().await;
-            txns.push(txn::push_transactions(&pool, &cfg.amqp.prefix, 16, s.txn_secs).await?);
+            let t = txn::push_transactions(&pool, &cfg.amqp.prefix, 16, s.txn_secs).await?;
+            txns.push(t.rate);
+            m_txn.extend(t.cpu_ms);
             step(&format!(
                 "e2e round {round}/{}: end to end, full load",
                 s.rounds
@@ -256,13 +268,29 @@ async fn run(
             lats.push(e.full);
             cpus.extend(e.cpu_ms_per_push);
             per_batch.extend(e.relay_rows_per_batch);
+            m_e2e.extend(e.machine_cpu_ms_per_push);
+            step(&format!(
+                "e2e round {round}/{}: broker traffic of the pushes alone (raw lapin)",
+                s.rounds
+            ));
+            let (_, broker_ms) = ceiling::broker_traffic(cfg, s.e2e_full as u64).await?;
+            m_broker.extend(broker_ms);
+            if let (Some(b), Some(t)) = (broker_ms, t.cpu_ms) {
+                ceilings.push(cores() * 1000.0 / (b + t));
+            }
         }
         step("end to end: half load");
         let e = e2e::end_to_end(&exe, cfg, &pool, &repo, s.e2e_full, s.e2e_half_secs).await?;
         extra.insert(
             "e2e_rounds".into(),
-            serde_json::json!({ "baseline": txns.clone(), "hookfleet": fulls.clone(), "cpu_ms_per_push": cpus.clone(), "relay_rows_per_batch": per_batch.clone() }),
+            serde_json::json!({
+                "baseline": txns.clone(), "hookfleet": fulls.clone(),
+                "cpu_ms_per_push": cpus.clone(), "relay_rows_per_batch": per_batch.clone(),
+                "machine_cpu_ms_per_push": { "end_to_end": m_e2e.clone(), "transaction": m_txn.clone(), "broker_traffic": m_broker.clone() },
+                "ceiling_push_per_s": ceilings.clone(),
+            }),
         );
+        let baseline = support::percentile(&mut txns.clone(), 50.0);
         rows.push(Row::vs(
             &format!(
                 "end-to-end pushes/s (hook publish → handler + git → outbox → relay → consumer, median of {})",
@@ -282,6 +310,39 @@ async fn run(
         median_row(&mut rows, &mut per_batch, "rows", |n| {
             format!("outbox rows per relay batch at full load (median of {n})")
         });
+        // Why the ratio is what it is: the machine's CPU per push of the whole
+        // run and of its parts alone, and the ceiling the parts set.
+        let cores = cores();
+        for (values, what) in [
+            (&mut m_e2e, "end to end at full load"),
+            (&mut m_txn, "push transaction alone (the baseline)"),
+            (
+                &mut m_broker,
+                "broker traffic of a push alone (raw lapin, no database)",
+            ),
+        ] {
+            median_row(&mut rows, values, "ms", |n| {
+                format!(
+                    "machine CPU per push, all processes on {cores} cores: {what} (median of {n})"
+                )
+            });
+        }
+        if !ceilings.is_empty() {
+            let ceiling = support::percentile(&mut ceilings, 50.0);
+            rows.push(Row {
+                name: format!(
+                    "end-to-end ceiling for a worker that cost no CPU: {cores} cores / (transaction + broker traffic CPU per push) (median of {})",
+                    ceilings.len()
+                ),
+                hookfleet: ceiling,
+                baseline_name: "push transaction alone".into(),
+                baseline: Some(baseline),
+                unit: "push/s".into(),
+                ratio: Some(ceiling / baseline.max(0.001)),
+                target: "-".into(),
+                met: None,
+            });
+        }
         // Latency at full load is queueing behind the backlog the unthrottled
         // publisher builds: the last round's, as a shape, not a target.
         let full = lats.last().copied().unwrap_or(e.full);

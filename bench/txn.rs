@@ -22,6 +22,17 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::ceiling::{machine_busy_seconds, ms_per};
+
+/// One baseline round.
+pub struct TxnRun {
+    /// Transactions/s.
+    pub rate: f64,
+    /// The machine's busy CPU time per transaction, in ms (all processes: the
+    /// database and this loop's client side; [`crate::ceiling`]).
+    pub cpu_ms: Option<f64>,
+}
+
 /// Transactions/s over `secs` with `conns` concurrent loops, all on one repository
 /// (so they serialize on the advisory lock, as the e2e pushes do).
 pub async fn push_transactions(
@@ -29,10 +40,11 @@ pub async fn push_transactions(
     prefix: &str,
     conns: usize,
     secs: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<TxnRun> {
     let names = Names::new(prefix);
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs);
+    let busy_before = machine_busy_seconds();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conns {
@@ -74,9 +86,13 @@ pub async fn push_transactions(
     for t in tasks {
         t.await??;
     }
-    let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let count = done.load(Ordering::Relaxed) as f64;
+    let run = TxnRun {
+        rate: count / start.elapsed().as_secs_f64(),
+        cpu_ms: ms_per(busy_before, machine_busy_seconds(), count),
+    };
     sqlx::query("TRUNCATE inbox, pushes, ref_state, outbox")
         .execute(pool)
         .await?;
-    Ok(rate)
+    Ok(run)
 }
