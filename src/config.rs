@@ -396,6 +396,11 @@ pub struct WebhookConfig {
     /// Allow private, loopback, link-local, unique-local and CGNAT addresses
     /// (cloud-metadata addresses still need an `allowed_hosts` entry).
     pub allow_private: bool,
+    /// A PEM file of root certificates trusted for `https` webhooks besides the
+    /// platform's (a private CA of internal receivers); empty for none. Checked
+    /// when the config loads, so a bad file stops the worker at start rather
+    /// than failing every delivery.
+    pub ca_file: String,
     /// Delivery and attempt records are kept this long, then pruned (every
     /// `outbox.prune_interval`). Redelivery needs the record.
     #[serde(with = "humantime_serde")]
@@ -745,6 +750,14 @@ impl Config {
             self.webhook.disable_after_failures.into(),
             1..=1_000,
         )?;
+        if !self.webhook.ca_file.trim().is_empty() {
+            crate::webhook::deliver::read_ca_file(Path::new(self.webhook.ca_file.trim())).map_err(
+                |message| ConfigError::Invalid {
+                    key: "webhook.ca_file".into(),
+                    message,
+                },
+            )?;
+        }
         for entry in &self.webhook.allowed_hosts {
             if let Err(message) = crate::webhook::ssrf::Allowed::parse(entry) {
                 return Err(ConfigError::Invalid {

@@ -2,7 +2,7 @@
 //!
 //! Owns the connection: resolve and validate with [`Guard::resolve`], connect
 //! (bounded by `webhook.connect_timeout`) to a validated address only, TLS with
-//! rustls (ring, native roots) for https, one HTTP/1.1 request, and reading at most
+//! rustls (ring; the platform's roots plus `webhook.ca_file`'s) for https, one HTTP/1.1 request, and reading at most
 //! [`MAX_RESPONSE_BYTES`] of the response; the whole attempt is bounded by
 //! `webhook.timeout`. Redirects are never followed (hyper's connection-level client
 //! does not follow them). A per-host semaphore bounds attempts in flight per host.
@@ -11,12 +11,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use url::Url;
@@ -83,12 +86,24 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `cfg`. TLS roots are the platform's; without any, https
-    /// attempts fail (transiently) and are logged.
+    /// A client for `cfg`. TLS roots are the platform's plus those of
+    /// `webhook.ca_file`; without any, https attempts fail (transiently) and are
+    /// logged.
     pub fn new(cfg: &WebhookConfig) -> Self {
+        let path = cfg.ca_file.trim();
+        let extra = if path.is_empty() {
+            Vec::new()
+        } else {
+            // Checked when the config loaded; a file changed since then is
+            // logged and the platform's roots still apply.
+            read_ca_file(Path::new(path)).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "webhook.ca_file unusable; using the platform's roots only");
+                Vec::new()
+            })
+        };
         Self {
             guard: Guard::new(cfg),
-            tls: tls_connector(),
+            tls: tls_connector(extra),
             timeout: cfg.timeout,
             connect_timeout: cfg.connect_timeout,
             per_host: usize::try_from(cfg.per_host_concurrency)
@@ -172,10 +187,33 @@ impl Client {
     }
 }
 
-fn tls_connector() -> Option<tokio_rustls::TlsConnector> {
+/// The root certificates of a PEM file: at least one, each usable as a trust
+/// anchor. The error names the file and what is wrong with it.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{shown} is not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{shown} holds no PEM certificate"));
+    }
+    let mut check = rustls::RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        check.add(cert.clone()).map_err(|e| {
+            format!(
+                "certificate {} of {shown} is not usable as a root: {e}",
+                i + 1
+            )
+        })?;
+    }
+    Ok(certs)
+}
+
+fn tls_connector(extra: Vec<CertificateDer<'static>>) -> Option<tokio_rustls::TlsConnector> {
     let loaded = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
-    for cert in loaded.certs {
+    for cert in loaded.certs.into_iter().chain(extra) {
         let _ = roots.add(cert);
     }
     if roots.is_empty() {
