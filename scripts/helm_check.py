@@ -182,7 +182,7 @@ def check_case(args, case: str, sets: list[str], expect) -> None:
                     fail(case, f"{who}: liveness probe must GET /healthz")
                 if c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
                     fail(case, f"{who}: readiness probe must GET /readyz")
-                if effective["outbox"]["relay"] != (case not in ("relay", "combo")):
+                if effective["outbox"]["relay"] != (case not in ("relay", "combo", "private-ca")):
                     fail(case, f"{who}: outbox.relay is {effective['outbox']['relay']}")
             elif c["name"] == "relay" and cargs[:1] != ["relay"]:
                 fail(case, f"{who}: must run `hookfleet relay`")
@@ -265,12 +265,25 @@ def expect_combo(k):
     assert k["Service"][0]["spec"]["ports"][0]["port"] == 9191
 
 
+def expect_private_ca(k):
+    pods = [pod_spec(d) for d in k["Deployment"] + k.get("Job", [])]
+    assert len(pods) == 3, "worker, relay and migrations"
+    for pod in pods:
+        vols = {v["name"]: v for v in pod["volumes"]}
+        assert vols.get("private-ca", {}).get("configMap") == {"name": "corp-ca"}, vols
+        mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts.get("private-ca") == {"name": "private-ca", "mountPath": "/etc/hookfleet-ca",
+                                            "readOnly": True}, mounts
+
+
 CASES = {
     "default": ([], expect_default),
     "hpa": (["--set", "autoscaling.mode=hpa"], expect_hpa),
     "keda": (["--set", "autoscaling.mode=keda"], expect_keda),
     "relay": (["--set", "relay.separate=true"], expect_relay),
     "servicemonitor": (["--set", "monitoring.serviceMonitor.enabled=true"], expect_servicemonitor),
+    "private-ca": (["--set", "privateCA.configMap=corp-ca", "--set", "relay.separate=true"],
+                   expect_private_ca),
     "combo": ([
         "--set", "relay.separate=true", "--set", "autoscaling.mode=hpa",
         "--set", "monitoring.serviceMonitor.enabled=true", "--set", "migrations.enabled=false",

@@ -178,6 +178,10 @@ pub enum LogFormat {
 pub struct AmqpConfig {
     /// Broker URL, `amqp://` or `amqps://` (TLS via rustls).
     pub url: SecretUrl,
+    /// A PEM file of root certificates trusted for `amqps://` besides the
+    /// platform's (a broker with a private CA); empty for none. Read at every
+    /// connect, so a renewed file applies at the next reconnect.
+    pub ca_file: String,
     /// Prefix of every exchange and queue name (`<prefix>.jobs`, `<prefix>.push`...),
     /// so several deployments or tests can share a broker.
     pub prefix: String,
@@ -750,13 +754,18 @@ impl Config {
             self.webhook.disable_after_failures.into(),
             1..=1_000,
         )?;
-        if !self.webhook.ca_file.trim().is_empty() {
-            crate::webhook::deliver::read_ca_file(Path::new(self.webhook.ca_file.trim())).map_err(
-                |message| ConfigError::Invalid {
-                    key: "webhook.ca_file".into(),
-                    message,
-                },
-            )?;
+        for (key, file) in [
+            ("amqp.ca_file", &self.amqp.ca_file),
+            ("webhook.ca_file", &self.webhook.ca_file),
+        ] {
+            if !file.trim().is_empty() {
+                crate::tls::read_ca_file(Path::new(file.trim())).map_err(|message| {
+                    ConfigError::Invalid {
+                        key: key.into(),
+                        message,
+                    }
+                })?;
+            }
         }
         for entry in &self.webhook.allowed_hosts {
             if let Err(message) = crate::webhook::ssrf::Allowed::parse(entry) {

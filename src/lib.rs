@@ -40,5 +40,6 @@ pub mod outbox;
 pub mod push;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;
 pub mod worker;

@@ -1,13 +1,20 @@
 //! Production connections use TLS: `amqps://` URLs and PostgreSQL `sslmode=require`
 //! must start a real TLS handshake (rustls), not fail as unsupported or fall back
-//! to plain text. A fake server reads what the client sends first.
+//! to plain text (a fake server reads what the client sends first). And a whole
+//! amqps session works against a broker whose certificate comes from a private CA
+//! trusted through `amqp.ca_file`: a TLS endpoint made for the test forwards the
+//! decrypted stream to the local broker.
 mod common;
 
 use std::time::Duration;
 
-use hookfleet::config::SecretUrl;
+use common::pki::Pki;
+use hookfleet::amqp::{AmqpError, publish};
+use hookfleet::config::{Config, SecretUrl};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// TLS handshake record: content type 22, then major version 3.
 fn is_client_hello(bytes: &[u8]) -> bool {
@@ -80,4 +87,127 @@ async fn postgres_sslmode_require_speaks_tls() {
         "expected a TLS ClientHello, got {:?}",
         &first[..first.len().min(16)]
     );
+}
+
+/// An amqps endpoint on 127.0.0.1 presenting `pki`'s `localhost` certificate and
+/// forwarding each decrypted connection to the local broker; returns its port.
+async fn tls_broker(pki: &Pki) -> u16 {
+    let acceptor = pki.acceptor();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A refused handshake (an untrusted CA) ends here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut broker) = TcpStream::connect("127.0.0.1:5672").await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+            });
+        }
+    });
+    port
+}
+
+fn amqps_config(port: u16, ca_file: &str) -> Config {
+    let mut cfg = common::test_config("postgres://unused@127.0.0.1/x", "tls");
+    cfg.amqp.url = SecretUrl::new(format!("amqps://guest:guest@localhost:{port}/%2f"));
+    cfg.amqp.ca_file = ca_file.to_string();
+    cfg.amqp.connect_timeout = Duration::from_secs(10);
+    cfg
+}
+
+#[tokio::test]
+async fn amqps_to_a_broker_of_the_private_ca_in_amqp_ca_file_publishes_and_consumes() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = tls_broker(&pki).await;
+    let cfg = amqps_config(port, &pki.write_ca(dir.path()));
+
+    let conn = hookfleet::amqp::connect(&cfg.amqp, "tls-test")
+        .await
+        .expect("amqps connection through the private CA");
+    let ch = publish::confirm_channel(&conn).await.unwrap();
+    let queue = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let confirm = publish::send(
+        &ch,
+        "",
+        queue.name().as_str(),
+        b"over tls",
+        Default::default(),
+        false,
+    )
+    .await
+    .unwrap();
+    publish::confirmed(confirm, Duration::from_secs(10))
+        .await
+        .expect("the broker confirmed over TLS");
+    let got = ch
+        .basic_get(
+            queue.name().as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the message is in the queue");
+    assert_eq!(got.delivery.data, b"over tls");
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[tokio::test]
+async fn amqps_to_a_broker_of_an_untrusted_ca_is_refused() {
+    let pki = Pki::new();
+    let port = tls_broker(&pki).await;
+    // The platform's roots only: the test CA is in none of them.
+    let cfg = amqps_config(port, "");
+
+    let err = hookfleet::amqp::connect(&cfg.amqp, "tls-test")
+        .await
+        .expect_err("an unknown issuer must not be trusted");
+    assert!(matches!(err, AmqpError::Connect { .. }), "{err}");
+}
+
+#[test]
+fn a_ca_file_that_is_missing_or_not_pem_is_a_config_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let garbage = garbage.display().to_string();
+    let valid = Pki::new().write_ca(dir.path());
+    let default = Config::load_from(None, Vec::new()).unwrap();
+
+    for key in ["amqp.ca_file", "webhook.ca_file"] {
+        let with = |file: &str| {
+            let mut c = default.clone();
+            match key {
+                "amqp.ca_file" => c.amqp.ca_file = file.to_string(),
+                _ => c.webhook.ca_file = file.to_string(),
+            }
+            c.validate().map_err(|e| e.to_string())
+        };
+        let err = with(&missing).expect_err("missing file");
+        assert!(err.starts_with(&format!("{key} cannot read")), "{err}");
+        assert!(err.contains("missing.pem"), "{err}");
+        let err = with(&garbage).expect_err("no certificate");
+        assert!(err.starts_with(key), "{err}");
+        assert!(err.contains("holds no PEM certificate"), "{err}");
+        with(&valid).expect("a CA certificate is accepted");
+        with("").expect("empty means none");
+    }
 }

@@ -3,56 +3,25 @@
 //! webhook handler builds it. Trusting that CA through `webhook.ca_file` is what
 //! lets a deployment reach internal receivers; without it the handshake fails.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
+
+use common::pki::Pki;
 
 use bytes::Bytes;
 use hookfleet::config::Config;
 use hookfleet::webhook::deliver::{Client, DeliverError};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use url::Url;
-
-/// A private CA and a `localhost` certificate it signed.
-struct Pki {
-    ca_pem: String,
-    leaf: CertificateDer<'static>,
-    leaf_key: PrivateKeyDer<'static>,
-}
-
-fn pki() -> Pki {
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "hookfleet test CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
-    let leaf_key = KeyPair::generate().expect("leaf key");
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .expect("leaf params")
-        .signed_by(&leaf_key, &ca_cert, &ca_key)
-        .expect("leaf certificate");
-    Pki {
-        ca_pem: ca_cert.pem(),
-        leaf: leaf.der().clone(),
-        leaf_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-    }
-}
 
 /// What the receiver got: the request head and body of each request.
 type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
 /// An https receiver answering 200 to every request; returns its port.
 async fn receiver(pki: &Pki, got: Requests) -> u16 {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![pki.leaf.clone()], pki.leaf_key.clone_key())
-        .expect("server certificate");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = pki.acceptor();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("local addr").port();
     tokio::spawn(async move {
@@ -118,14 +87,13 @@ fn webhook_config(ca_file: &str) -> hookfleet::config::WebhookConfig {
 
 #[tokio::test]
 async fn https_delivery_trusts_the_private_ca_of_webhook_ca_file() {
-    let pki = pki();
+    let pki = Pki::new();
     let dir = tempfile::tempdir().expect("temp dir");
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &pki.ca_pem).expect("write CA");
+    let ca_file = pki.write_ca(dir.path());
     let got: Requests = Arc::default();
     let port = receiver(&pki, got.clone()).await;
 
-    let client = Client::new(&webhook_config(&ca_file.display().to_string()));
+    let client = Client::new(&webhook_config(&ca_file));
     let url = Url::parse(&format!("https://localhost:{port}/hook")).expect("url");
     let headers = vec![("X-Hookfleet-Event".to_string(), "git.push".to_string())];
     let response = client
@@ -153,7 +121,7 @@ async fn https_delivery_trusts_the_private_ca_of_webhook_ca_file() {
 
 #[tokio::test]
 async fn https_delivery_to_a_receiver_of_an_untrusted_ca_fails_the_handshake() {
-    let pki = pki();
+    let pki = Pki::new();
     let got: Requests = Arc::default();
     let port = receiver(&pki, got.clone()).await;
 
@@ -168,26 +136,4 @@ async fn https_delivery_to_a_receiver_of_an_untrusted_ca_fails_the_handshake() {
     assert!(matches!(err, DeliverError::Tls(_)), "{err}");
     assert!(err.is_transient(), "a TLS failure is retried");
     assert!(got.lock().expect("requests").is_empty(), "nothing was sent");
-}
-
-#[test]
-fn a_ca_file_that_is_missing_or_not_pem_is_a_config_error_naming_the_key() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let missing = dir.path().join("missing.pem");
-    let garbage = dir.path().join("garbage.pem");
-    std::fs::write(&garbage, "not a certificate\n").expect("write");
-    let mut config = Config::load_from(None, Vec::new()).expect("default config");
-
-    config.webhook.ca_file = missing.display().to_string();
-    let err = config.validate().expect_err("missing file").to_string();
-    assert!(err.starts_with("webhook.ca_file cannot read"), "{err}");
-    assert!(err.contains("missing.pem"), "{err}");
-
-    config.webhook.ca_file = garbage.display().to_string();
-    let err = config.validate().expect_err("no certificate").to_string();
-    assert!(err.starts_with("webhook.ca_file"), "{err}");
-    assert!(err.contains("holds no PEM certificate"), "{err}");
-
-    config.webhook.ca_file = String::new();
-    config.validate().expect("empty means none");
 }

@@ -3,8 +3,10 @@
 //! Every connection hookfleet makes goes through [`connect`]: consumers, publishers,
 //! the relay and the hook. It never logs the URL itself, only `host:port`.
 
+use std::path::Path;
 use std::time::Duration;
 
+use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties, uri::AMQPUri};
 
 use crate::config::AmqpConfig;
@@ -36,6 +38,14 @@ pub enum AmqpError {
         address: String,
         /// Client error.
         source: lapin::Error,
+    },
+    /// `amqp.ca_file` could not be used.
+    #[error("cannot connect to RabbitMQ at {address}: amqp.ca_file: {message}")]
+    CaFile {
+        /// host:port.
+        address: String,
+        /// What is wrong with the file.
+        message: String,
     },
     /// A channel operation failed.
     #[error("RabbitMQ: {0}")]
@@ -70,7 +80,21 @@ pub async fn connect(cfg: &AmqpConfig, role: &str) -> Result<Connection, AmqpErr
     let props =
         ConnectionProperties::default().with_connection_name(format!("hookfleet-{role}").into());
     let address = cfg.url.address();
-    match tokio::time::timeout(cfg.connect_timeout, Connection::connect_uri(uri, props)).await {
+    let mut tls = OwnedTLSConfig::default();
+    let ca_file = cfg.ca_file.trim();
+    if !ca_file.is_empty() {
+        // Checked when the config loaded; read again here so that a renewed
+        // file applies at the next reconnect.
+        let ca =
+            crate::tls::read_ca_file(Path::new(ca_file)).map_err(|message| AmqpError::CaFile {
+                address: address.clone(),
+                message,
+            })?;
+        tls.cert_chain = Some(ca.pem);
+    }
+    let connecting =
+        Connection::connect_uri_with_config(uri, props, tls, async_rs::Runtime::tokio_current());
+    match tokio::time::timeout(cfg.connect_timeout, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(source)) => Err(AmqpError::Connect { address, source }),
         Err(_) => Err(AmqpError::ConnectTimeout {

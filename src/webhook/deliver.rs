@@ -19,7 +19,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use url::Url;
@@ -96,10 +95,12 @@ impl Client {
         } else {
             // Checked when the config loaded; a file changed since then is
             // logged and the platform's roots still apply.
-            read_ca_file(Path::new(path)).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "webhook.ca_file unusable; using the platform's roots only");
-                Vec::new()
-            })
+            crate::tls::read_ca_file(Path::new(path))
+                .map(|ca| ca.certs)
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "webhook.ca_file unusable; using the platform's roots only");
+                    Vec::new()
+                })
         };
         Self {
             guard: Guard::new(cfg),
@@ -185,29 +186,6 @@ impl Client {
         }
         Err(DeliverError::Connect(last))
     }
-}
-
-/// The root certificates of a PEM file: at least one, each usable as a trust
-/// anchor. The error names the file and what is wrong with it.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let shown = path.display();
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let certs = CertificateDer::pem_slice_iter(&text)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{shown} is not a PEM certificate file: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{shown} holds no PEM certificate"));
-    }
-    let mut check = rustls::RootCertStore::empty();
-    for (i, cert) in certs.iter().enumerate() {
-        check.add(cert.clone()).map_err(|e| {
-            format!(
-                "certificate {} of {shown} is not usable as a root: {e}",
-                i + 1
-            )
-        })?;
-    }
-    Ok(certs)
 }
 
 fn tls_connector(extra: Vec<CertificateDer<'static>>) -> Option<tokio_rustls::TlsConnector> {

@@ -6,6 +6,7 @@
 //! next run) and its own AMQP name prefix, so tests run in parallel.
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod prom;
 
 use std::future::Future;

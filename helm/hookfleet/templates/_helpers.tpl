@@ -136,6 +136,24 @@ everything else `key = <JSON>` (JSON strings, numbers, booleans and arrays are v
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.volumes.tmpSizeLimit }}
+{{ include "hookfleet.privateCAVolume" . }}
+{{- end }}
+
+{{/* The privateCA ConfigMap as a volume (nothing when unset); every pod that loads the config mounts it. */}}
+{{- define "hookfleet.privateCAVolume" -}}
+{{- with .Values.privateCA.configMap }}
+- name: private-ca
+  configMap:
+    name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "hookfleet.privateCAMount" -}}
+{{- if .Values.privateCA.configMap }}
+- name: private-ca
+  mountPath: /etc/hookfleet-ca
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{- define "hookfleet.volumeMounts" -}}
@@ -146,4 +164,5 @@ everything else `key = <JSON>` (JSON strings, numbers, booleans and arrays are v
   mountPath: /var/lib/hookfleet/spool
 - name: tmp
   mountPath: /tmp
+{{ include "hookfleet.privateCAMount" . }}
 {{- end }}
