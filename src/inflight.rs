@@ -19,16 +19,16 @@ pub struct InFlightJob {
     pub kind: String,
     /// 1-based attempt.
     pub attempt: u32,
-    /// Start time, epoch milliseconds.
+    /// Start time, epoch milliseconds (filled when listed).
     pub started_at_ms: u64,
     /// Seconds since start (filled when listed).
     pub elapsed_seconds: f64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Entry {
-    job: Option<InFlightJob>,
-    started: Option<Instant>,
+    job: InFlightJob,
+    started: Instant,
 }
 
 /// In-flight registry.
@@ -53,21 +53,14 @@ impl Drop for InFlightGuard<'_> {
 }
 
 impl InFlight {
-    /// Records a started job until the guard drops.
-    pub fn start(&self, mut job: InFlightJob) -> InFlightGuard<'_> {
+    /// Records a job started at `started` until the guard drops. The caller's
+    /// own start time is taken, not a fresh reading: one clock read per delivery
+    /// serves the registry and the duration metric; wall-clock start times are
+    /// worked out when listed.
+    pub fn start(&self, job: InFlightJob, started: Instant) -> InFlightGuard<'_> {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        job.started_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         if let Ok(mut m) = self.map.lock() {
-            m.insert(
-                key,
-                Entry {
-                    job: Some(job),
-                    started: Some(Instant::now()),
-                },
-            );
+            m.insert(key, Entry { job, started });
         }
         InFlightGuard {
             registry: self,
@@ -80,12 +73,18 @@ impl InFlight {
         let Ok(m) = self.map.lock() else {
             return Vec::new();
         };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let mut out: Vec<InFlightJob> = m
             .values()
-            .filter_map(|e| {
-                let mut j = e.job.clone()?;
-                j.elapsed_seconds = e.started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
-                Some(j)
+            .map(|e| {
+                let elapsed = e.started.elapsed();
+                let mut j = e.job.clone();
+                j.elapsed_seconds = elapsed.as_secs_f64();
+                j.started_at_ms = now_ms.saturating_sub(elapsed.as_millis() as u64);
+                j
             })
             .collect();
         out.sort_by_key(|j| j.started_at_ms);

@@ -160,14 +160,17 @@ async fn jobs_lists_in_flight_deliveries_until_the_guard_drops() {
     assert_eq!(status, 200);
     assert_eq!(body, serde_json::json!([]));
 
-    let guard = a.inflight.start(InFlightJob {
-        message_id: "0190c0de-0000-7000-8000-000000000001".into(),
-        correlation_id: Some("push-42".into()),
-        kind: "push".into(),
-        attempt: 2,
-        started_at_ms: 0,
-        elapsed_seconds: 0.0,
-    });
+    let guard = a.inflight.start(
+        InFlightJob {
+            message_id: "0190c0de-0000-7000-8000-000000000001".into(),
+            correlation_id: Some("push-42".into()),
+            kind: "push".into(),
+            attempt: 2,
+            started_at_ms: 0,
+            elapsed_seconds: 0.0,
+        },
+        std::time::Instant::now(),
+    );
     let (_, body) = a.get_json("/jobs").await;
     let jobs = body.as_array().unwrap();
     assert_eq!(jobs.len(), 1, "{body}");

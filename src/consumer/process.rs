@@ -242,14 +242,18 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
             ))
             .await;
         }
-        let _inflight = ctx.inflight.start(InFlightJob {
-            message_id: envelope.message_id.to_string(),
-            correlation_id: envelope.correlation_id.clone(),
-            kind: kind.to_string(),
-            attempt,
-            started_at_ms: 0,
-            elapsed_seconds: 0.0,
-        });
+        let started = Instant::now();
+        let _inflight = ctx.inflight.start(
+            InFlightJob {
+                message_id: envelope.message_id.to_string(),
+                correlation_id: envelope.correlation_id.clone(),
+                kind: kind.to_string(),
+                attempt,
+                started_at_ms: 0,
+                elapsed_seconds: 0.0,
+            },
+            started,
+        );
         let job = Job {
             kind: kind.to_string(),
             attempt,
@@ -259,7 +263,6 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
             envelope,
         };
         lane.in_flight.inc();
-        let started = Instant::now();
         let result = run_handler(&lane.handler, job, ctx.config.worker.handler_timeout).await;
         lane.in_flight.dec();
         lane.duration.observe(started.elapsed().as_secs_f64());
