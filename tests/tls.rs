@@ -1,9 +1,10 @@
 //! Production connections use TLS: `amqps://` URLs and PostgreSQL `sslmode=require`
 //! must start a real TLS handshake (rustls), not fail as unsupported or fall back
-//! to plain text (a fake server reads what the client sends first). And a whole
-//! amqps session works against a broker whose certificate comes from a private CA
-//! trusted through `amqp.ca_file`: a TLS endpoint made for the test forwards the
-//! decrypted stream to the local broker.
+//! to plain text (a fake server reads what the client sends first). And whole
+//! sessions work against services whose certificates come from a private CA: the
+//! broker trusted through `amqp.ca_file`, PostgreSQL through `sslmode=verify-full`
+//! and `sslrootcert=` in its URL. TLS endpoints made for the test forward the
+//! decrypted streams to the local services.
 mod common;
 
 use std::time::Duration;
@@ -210,4 +211,69 @@ fn a_ca_file_that_is_missing_or_not_pem_is_a_config_error_naming_the_key() {
         with(&valid).expect("a CA certificate is accepted");
         with("").expect("empty means none");
     }
+}
+
+/// A PostgreSQL endpoint on 127.0.0.1 that speaks TLS with `pki`'s `localhost`
+/// certificate and forwards each decrypted connection to the local server (whose
+/// trust authentication accepts it as a plain connection); returns its port.
+/// PostgreSQL negotiates TLS inside its protocol: the client sends an SSLRequest
+/// (length 8, code 80877103), the server answers `S`, then the handshake starts.
+async fn tls_postgres(pki: &Pki) -> u16 {
+    let acceptor = pki.acceptor();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let mut req = [0u8; 8];
+                if tcp.read_exact(&mut req).await.is_err()
+                    || req != [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]
+                    || tcp.write_all(b"S").await.is_err()
+                {
+                    return;
+                }
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut server) = TcpStream::connect("127.0.0.1:5432").await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut server).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn postgres_verify_full_with_sslrootcert_of_a_private_ca_runs_queries() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki.write_ca(dir.path());
+    let port = tls_postgres(&pki).await;
+    let mut cfg = common::test_config("postgres://unused@127.0.0.1/x", "tls");
+    cfg.database.connect_timeout = Duration::from_secs(10);
+
+    cfg.database.url = SecretUrl::new(format!(
+        "postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={ca}"
+    ));
+    let pool = hookfleet::db::connect(&cfg.database)
+        .await
+        .expect("TLS verified against the private CA");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    pool.close().await;
+
+    // Without the CA the same server is not trusted.
+    cfg.database.url = SecretUrl::new(format!(
+        "postgres://postgres@localhost:{port}/postgres?sslmode=verify-full"
+    ));
+    assert!(
+        hookfleet::db::connect(&cfg.database).await.is_err(),
+        "an unknown issuer must not be trusted"
+    );
 }
