@@ -90,24 +90,42 @@ async fn postgres_sslmode_require_speaks_tls() {
     );
 }
 
-/// An amqps endpoint on 127.0.0.1 presenting `pki`'s `localhost` certificate and
-/// forwarding each decrypted connection to the local broker; returns its port.
-async fn tls_broker(pki: &Pki) -> u16 {
+/// How a service starts TLS: at once (amqps), or after PostgreSQL's SSLRequest
+/// (length 8, code 80877103), which the server answers with `S`.
+#[derive(Clone, Copy)]
+enum StartTls {
+    AtOnce,
+    PostgresRequest,
+}
+
+/// A TLS endpoint on 127.0.0.1 presenting `pki`'s `localhost` certificate that
+/// forwards each decrypted connection to the local service at `target` (as a
+/// plain connection, which the local services accept); returns its port.
+async fn tls_endpoint(pki: &Pki, start: StartTls, target: &'static str) -> u16 {
     let acceptor = pki.acceptor();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
+        while let Ok((mut tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
+                if let StartTls::PostgresRequest = start {
+                    let mut req = [0u8; 8];
+                    if tcp.read_exact(&mut req).await.is_err()
+                        || req != [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]
+                        || tcp.write_all(b"S").await.is_err()
+                    {
+                        return;
+                    }
+                }
                 // A refused handshake (an untrusted CA) ends here.
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let Ok(mut broker) = TcpStream::connect("127.0.0.1:5672").await else {
+                let Ok(mut service) = TcpStream::connect(target).await else {
                     return;
                 };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut service).await;
             });
         }
     });
@@ -126,7 +144,7 @@ fn amqps_config(port: u16, ca_file: &str) -> Config {
 async fn amqps_to_a_broker_of_the_private_ca_in_amqp_ca_file_publishes_and_consumes() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let port = tls_broker(&pki).await;
+    let port = tls_endpoint(&pki, StartTls::AtOnce, "127.0.0.1:5672").await;
     let cfg = amqps_config(port, &pki.write_ca(dir.path()));
 
     let conn = hookfleet::amqp::connect(&cfg.amqp, "tls-test")
@@ -173,7 +191,7 @@ async fn amqps_to_a_broker_of_the_private_ca_in_amqp_ca_file_publishes_and_consu
 #[tokio::test]
 async fn amqps_to_a_broker_of_an_untrusted_ca_is_refused() {
     let pki = Pki::new();
-    let port = tls_broker(&pki).await;
+    let port = tls_endpoint(&pki, StartTls::AtOnce, "127.0.0.1:5672").await;
     // The platform's roots only: the test CA is in none of them.
     let cfg = amqps_config(port, "");
 
@@ -213,45 +231,12 @@ fn a_ca_file_that_is_missing_or_not_pem_is_a_config_error_naming_the_key() {
     }
 }
 
-/// A PostgreSQL endpoint on 127.0.0.1 that speaks TLS with `pki`'s `localhost`
-/// certificate and forwards each decrypted connection to the local server (whose
-/// trust authentication accepts it as a plain connection); returns its port.
-/// PostgreSQL negotiates TLS inside its protocol: the client sends an SSLRequest
-/// (length 8, code 80877103), the server answers `S`, then the handshake starts.
-async fn tls_postgres(pki: &Pki) -> u16 {
-    let acceptor = pki.acceptor();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let mut req = [0u8; 8];
-                if tcp.read_exact(&mut req).await.is_err()
-                    || req != [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]
-                    || tcp.write_all(b"S").await.is_err()
-                {
-                    return;
-                }
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut server) = TcpStream::connect("127.0.0.1:5432").await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut server).await;
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test]
 async fn postgres_verify_full_with_sslrootcert_of_a_private_ca_runs_queries() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let ca = pki.write_ca(dir.path());
-    let port = tls_postgres(&pki).await;
+    let port = tls_endpoint(&pki, StartTls::PostgresRequest, "127.0.0.1:5432").await;
     let mut cfg = common::test_config("postgres://unused@127.0.0.1/x", "tls");
     cfg.database.connect_timeout = Duration::from_secs(10);
 
