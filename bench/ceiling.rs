@@ -14,7 +14,7 @@
 //! updates, the repository read and every cycle of the worker itself.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use hookfleet::amqp::{self, publish};
@@ -23,7 +23,9 @@ use hookfleet::message::Envelope;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
-use crate::support::{PREFETCH, body, declare_queue, delete_queue, wait_for_quiet_services};
+use crate::support::{
+    PREFETCH, body, declare_queue, delete_queue, publish_raw_data, wait_for_quiet_services,
+};
 
 /// Busy CPU time of the whole machine so far, all cores, in seconds: user, nice,
 /// system, irq, softirq and steal of the `cpu` line of `/proc/stat` (USER_HZ
@@ -52,9 +54,8 @@ pub fn ms_per(before: Option<f64>, after: Option<f64>, items: f64) -> Option<f64
 /// messages with confirms (window [`PREFETCH`]) to a quorum queue; a consumer
 /// (prefetch [`PREFETCH`], a multiple-ack every 64) publishes two
 /// [`body`]-sized events with confirms for each job to a second quorum queue;
-/// a sink consumes those. Returns pushes/s (first publish → last event
-/// consumed) and the machine's CPU ms per push.
-pub async fn broker_traffic(cfg: &Config, n: u64) -> anyhow::Result<(f64, Option<f64>)> {
+/// a sink consumes those. Returns the machine's CPU ms per push.
+pub async fn broker_traffic(cfg: &Config, n: u64) -> anyhow::Result<Option<f64>> {
     let jobs = format!("{}.ceiling-jobs", cfg.amqp.prefix);
     let sink = format!("{}.ceiling-sink", cfg.amqp.prefix);
     declare_queue(cfg, &jobs, None).await?;
@@ -90,7 +91,6 @@ pub async fn broker_traffic(cfg: &Config, n: u64) -> anyhow::Result<(f64, Option
     let events_ch = publish::confirm_channel(&conn).await?;
 
     let busy_before = machine_busy_seconds();
-    let start = Instant::now();
     let sink_task = tokio::spawn(async move {
         let mut seen = 0u64;
         while seen < 2 * n {
@@ -135,36 +135,13 @@ pub async fn broker_traffic(cfg: &Config, n: u64) -> anyhow::Result<(f64, Option
         }
         anyhow::Ok(())
     });
-    publish_jobs(cfg, &jobs, n).await?;
+    // Job-sized messages: a one-ref push job is about 400 bytes.
+    publish_raw_data(cfg, "", &jobs, &[b'x'; 400], n, "push", true).await?;
     worker_task.await??;
     sink_task.await??;
-    let elapsed = start.elapsed().as_secs_f64();
     let cpu = ms_per(busy_before, machine_busy_seconds(), n as f64);
     let _ = conn.close(200, "ok".into()).await;
     delete_queue(cfg, &jobs).await?;
     delete_queue(cfg, &sink).await?;
-    Ok((n as f64 / elapsed, cpu))
-}
-
-/// `n` job-sized messages (a one-ref push job is about 400 bytes) to `queue`,
-/// confirmed, window [`PREFETCH`], as the bench's hook-like publisher sends them.
-async fn publish_jobs(cfg: &Config, queue: &str, n: u64) -> anyhow::Result<()> {
-    let conn = amqp::connect(&cfg.amqp, "bench-ceiling-publisher").await?;
-    let ch = publish::confirm_channel(&conn).await?;
-    let job = vec![b'x'; 400];
-    let mut pending = VecDeque::new();
-    for _ in 0..n {
-        let props = Envelope::new("push", None).to_properties();
-        pending.push_back(publish::send(&ch, "", queue, &job, props, true).await?);
-        if pending.len() >= usize::from(PREFETCH)
-            && let Some(c) = pending.pop_front()
-        {
-            publish::confirmed(c, Duration::from_secs(30)).await?;
-        }
-    }
-    for c in pending {
-        publish::confirmed(c, Duration::from_secs(30)).await?;
-    }
-    let _ = conn.close(200, "ok".into()).await;
-    Ok(())
+    Ok(cpu)
 }

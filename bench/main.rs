@@ -273,7 +273,7 @@ async fn run(
                 "e2e round {round}/{}: broker traffic of the pushes alone (raw lapin)",
                 s.rounds
             ));
-            let (_, broker_ms) = ceiling::broker_traffic(cfg, s.e2e_full as u64).await?;
+            let broker_ms = ceiling::broker_traffic(cfg, s.e2e_full as u64).await?;
             m_broker.extend(broker_ms);
             if let (Some(b), Some(t)) = (broker_ms, t.cpu_ms) {
                 ceilings.push(cores() * 1000.0 / (b + t));
@@ -290,7 +290,7 @@ async fn run(
                 "ceiling_push_per_s": ceilings.clone(),
             }),
         );
-        let baseline = support::percentile(&mut txns.clone(), 50.0);
+        let baseline = support::percentile(&mut txns, 50.0);
         rows.push(Row::vs(
             &format!(
                 "end-to-end pushes/s (hook publish → handler + git → outbox → relay → consumer, median of {})",
@@ -298,7 +298,7 @@ async fn run(
             ),
             support::percentile(&mut fulls, 50.0),
             "push transaction alone, 16 sqlx connections",
-            support::percentile(&mut txns, 50.0),
+            baseline,
             "push/s",
             0.75,
         ));

@@ -164,9 +164,21 @@ pub async fn publish_raw(
     kind: &str,
     mandatory: bool,
 ) -> anyhow::Result<f64> {
+    publish_raw_data(cfg, exchange, routing_key, &body(), n, kind, mandatory).await
+}
+
+/// [`publish_raw`] with `data` as every message's body.
+pub async fn publish_raw_data(
+    cfg: &Config,
+    exchange: &str,
+    routing_key: &str,
+    data: &[u8],
+    n: u64,
+    kind: &str,
+    mandatory: bool,
+) -> anyhow::Result<f64> {
     let conn = amqp::connect(&cfg.amqp, "bench-publisher").await?;
     let ch = publish::confirm_channel(&conn).await?;
-    let data = body();
     let start = Instant::now();
     let mut pending = VecDeque::new();
     for _ in 0..n {
@@ -175,7 +187,7 @@ pub async fn publish_raw(
             &ch,
             exchange,
             routing_key,
-            &data,
+            data,
             env.to_properties(),
             mandatory,
         )

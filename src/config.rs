@@ -758,14 +758,10 @@ impl Config {
             ("amqp.ca_file", &self.amqp.ca_file),
             ("webhook.ca_file", &self.webhook.ca_file),
         ] {
-            if !file.trim().is_empty() {
-                crate::tls::read_ca_file(Path::new(file.trim())).map_err(|message| {
-                    ConfigError::Invalid {
-                        key: key.into(),
-                        message,
-                    }
-                })?;
-            }
+            crate::tls::configured_ca(file).map_err(|message| ConfigError::Invalid {
+                key: key.into(),
+                message,
+            })?;
         }
         for entry in &self.webhook.allowed_hosts {
             if let Err(message) = crate::webhook::ssrf::Allowed::parse(entry) {

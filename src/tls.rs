@@ -21,6 +21,16 @@ pub struct CaFile {
     pub certs: Vec<CertificateDer<'static>>,
 }
 
+/// The CA file a `*.ca_file` setting names: `None` when the setting is empty
+/// (surrounding spaces ignored), else the file as [`read_ca_file`] reads it.
+pub fn configured_ca(setting: &str) -> Result<Option<CaFile>, String> {
+    let path = setting.trim();
+    if path.is_empty() {
+        return Ok(None);
+    }
+    read_ca_file(Path::new(path)).map(Some)
+}
+
 /// Reads a PEM file of root certificates. The error names the file and what
 /// is wrong with it: unreadable, not PEM, no certificate, or a certificate
 /// that cannot be a root.

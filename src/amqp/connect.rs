@@ -3,7 +3,6 @@
 //! Every connection hookfleet makes goes through [`connect`]: consumers, publishers,
 //! the relay and the hook. It never logs the URL itself, only `host:port`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use lapin::tcp::OwnedTLSConfig;
@@ -80,18 +79,16 @@ pub async fn connect(cfg: &AmqpConfig, role: &str) -> Result<Connection, AmqpErr
     let props =
         ConnectionProperties::default().with_connection_name(format!("hookfleet-{role}").into());
     let address = cfg.url.address();
-    let mut tls = OwnedTLSConfig::default();
-    let ca_file = cfg.ca_file.trim();
-    if !ca_file.is_empty() {
-        // Checked when the config loaded; read again here so that a renewed
-        // file applies at the next reconnect.
-        let ca =
-            crate::tls::read_ca_file(Path::new(ca_file)).map_err(|message| AmqpError::CaFile {
-                address: address.clone(),
-                message,
-            })?;
-        tls.cert_chain = Some(ca.pem);
-    }
+    // Checked when the config loaded; read again here so that a renewed file
+    // applies at the next reconnect.
+    let ca = crate::tls::configured_ca(&cfg.ca_file).map_err(|message| AmqpError::CaFile {
+        address: address.clone(),
+        message,
+    })?;
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: ca.map(|ca| ca.pem),
+    };
     let connecting =
         Connection::connect_uri_with_config(uri, props, tls, async_rs::Runtime::tokio_current());
     match tokio::time::timeout(cfg.connect_timeout, connecting).await {

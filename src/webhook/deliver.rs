@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,18 +88,14 @@ impl Client {
     /// `webhook.ca_file`; without any, https attempts fail (transiently) and are
     /// logged.
     pub fn new(cfg: &WebhookConfig) -> Self {
-        let path = cfg.ca_file.trim();
-        let extra = if path.is_empty() {
-            Vec::new()
-        } else {
-            // Checked when the config loaded; a file changed since then is
-            // logged and the platform's roots still apply.
-            crate::tls::read_ca_file(Path::new(path))
-                .map(|ca| ca.certs)
-                .unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "webhook.ca_file unusable; using the platform's roots only");
-                    Vec::new()
-                })
+        // Checked when the config loaded; a file changed since then is logged
+        // and the platform's roots still apply.
+        let extra = match crate::tls::configured_ca(&cfg.ca_file) {
+            Ok(ca) => ca.map(|ca| ca.certs).unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(error = %e, "webhook.ca_file unusable; using the platform's roots only");
+                Vec::new()
+            }
         };
         Self {
             guard: Guard::new(cfg),
