@@ -58,17 +58,46 @@ pub struct E2e {
     pub cpu_ms_per_push: Option<f64>,
     /// Outbox rows per relay batch at full load (from the worker's `/metrics`).
     pub relay_rows_per_batch: Option<f64>,
+    /// Pushes per statement of the group commit at full load (`/metrics`).
+    pub pushes_per_statement: Option<f64>,
+    /// The same at half load, when it ran.
+    pub half_pushes_per_statement: Option<f64>,
     /// The whole machine's busy CPU time per push at full load, in ms
     /// (worker, broker, database and this bench; [`crate::ceiling`]).
     pub machine_cpu_ms_per_push: Option<f64>,
 }
 
-/// The relay's published rows and batches so far.
-async fn relay_counts(port: u16) -> Option<(f64, f64)> {
-    Some((
-        metric(port, "hookfleet_relay_published_total").await?,
-        metric(port, "hookfleet_relay_batch_duration_seconds_count").await?,
-    ))
+/// Pairs of counters from the worker's `/metrics`: what was done and in how
+/// many steps (rows and relay batches; pushes and group-commit statements).
+#[derive(Clone, Copy)]
+struct Counts {
+    relay: (f64, f64),
+    group: (f64, f64),
+}
+
+impl Counts {
+    async fn read(port: u16) -> Option<Counts> {
+        Some(Counts {
+            relay: (
+                metric(port, "hookfleet_relay_published_total").await?,
+                metric(port, "hookfleet_relay_batch_duration_seconds_count").await?,
+            ),
+            group: (
+                metric(port, "hookfleet_push_group_size_sum").await?,
+                metric(port, "hookfleet_push_group_size_count").await?,
+            ),
+        })
+    }
+
+    /// Items per step between two readings.
+    fn per_step(
+        before: Option<Counts>,
+        after: Option<Counts>,
+        pick: fn(Counts) -> (f64, f64),
+    ) -> Option<f64> {
+        let ((items0, steps0), (items1, steps1)) = (pick(before?), pick(after?));
+        Some((items1 - items0) / (steps1 - steps0).max(1.0))
+    }
 }
 
 /// The last event of a branch-creating push (`git.push` comes first).
@@ -204,7 +233,7 @@ pub async fn end_to_end(
     // Full load: the publisher is not throttled.
     wait_for_quiet_services().await;
     let cpu_before = worker.cpu_seconds();
-    let relay_before = relay_counts(worker.admin_port).await;
+    let counts_before = Counts::read(worker.admin_port).await;
     let busy_before = machine_busy_seconds();
     let start = Instant::now();
     let collector = tokio::spawn(collect(consumer, n_full));
@@ -215,9 +244,9 @@ pub async fn end_to_end(
     let cpu_ms_per_push = cpu_before
         .zip(worker.cpu_seconds())
         .map(|(a, b)| (b - a) * 1000.0 / n_full as f64);
-    let relay_rows_per_batch = relay_before.zip(relay_counts(worker.admin_port).await).map(
-        |((rows0, batches0), (rows1, batches1))| (rows1 - rows0) / (batches1 - batches0).max(1.0),
-    );
+    let counts_full = Counts::read(worker.admin_port).await;
+    let relay_rows_per_batch = Counts::per_step(counts_before, counts_full, |c| c.relay);
+    let pushes_per_statement = Counts::per_step(counts_before, counts_full, |c| c.group);
 
     // Half load, paced.
     let mut half_load = None;
@@ -234,7 +263,11 @@ pub async fn end_to_end(
         )
         .await?;
         let (_consumer, mut half, _) = collector.await?;
-        half_load = Some((half_rate, lat(&mut half)));
+        let per_statement =
+            Counts::per_step(counts_full, Counts::read(worker.admin_port).await, |c| {
+                c.group
+            });
+        half_load = Some((half_rate, lat(&mut half), per_statement));
     }
 
     worker.terminate(Duration::from_secs(30)).await;
@@ -247,8 +280,10 @@ pub async fn end_to_end(
     Ok(E2e {
         full_rate,
         full: lat(&mut full),
-        half_rate: half_load.map(|(rate, _)| rate),
-        half: half_load.map(|(_, l)| l),
+        half_rate: half_load.map(|(rate, _, _)| rate),
+        half: half_load.map(|(_, l, _)| l),
+        half_pushes_per_statement: half_load.and_then(|(_, _, g)| g),
+        pushes_per_statement,
         cpu_ms_per_push,
         relay_rows_per_batch,
         machine_cpu_ms_per_push,

@@ -245,7 +245,7 @@ async fn run(
         // Alternating rounds, medians: the baseline is bound by fsync latency,
         // which on a shared VM drifts by a factor of two between minutes.
         let (mut txns, mut fulls, mut lats) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut cpus, mut per_batch) = (Vec::new(), Vec::new());
+        let (mut cpus, mut per_batch, mut per_statement) = (Vec::new(), Vec::new(), Vec::new());
         // Machine CPU per push (all processes): end to end, the transaction
         // alone, the broker traffic alone; and the ceiling they set.
         let (mut m_e2e, mut m_txn, mut m_broker) = (Vec::new(), Vec::new(), Vec::new());
@@ -268,6 +268,7 @@ async fn run(
             lats.push(e.full);
             cpus.extend(e.cpu_ms_per_push);
             per_batch.extend(e.relay_rows_per_batch);
+            per_statement.extend(e.pushes_per_statement);
             m_e2e.extend(e.machine_cpu_ms_per_push);
             step(&format!(
                 "e2e round {round}/{}: broker traffic of the pushes alone (raw lapin)",
@@ -286,6 +287,7 @@ async fn run(
             serde_json::json!({
                 "baseline": txns.clone(), "hookfleet": fulls.clone(),
                 "cpu_ms_per_push": cpus.clone(), "relay_rows_per_batch": per_batch.clone(),
+                "pushes_per_statement": per_statement.clone(),
                 "machine_cpu_ms_per_push": { "end_to_end": m_e2e.clone(), "transaction": m_txn.clone(), "broker_traffic": m_broker.clone() },
                 "ceiling_push_per_s": ceilings.clone(),
             }),
@@ -310,6 +312,17 @@ async fn run(
         median_row(&mut rows, &mut per_batch, "rows", |n| {
             format!("outbox rows per relay batch at full load (median of {n})")
         });
+        median_row(&mut rows, &mut per_statement, "pushes", |n| {
+            format!("pushes written per statement (group commit) at full load (median of {n})")
+        });
+        if let Some(g) = e.half_pushes_per_statement {
+            rows.push(Row::alone(
+                "pushes written per statement (group commit) at half load",
+                g,
+                "pushes",
+                None,
+            ));
+        }
         // Why the ratio is what it is: the machine's CPU per push of the whole
         // run and of its parts alone, and the ceiling the parts set.
         let cores = cores();

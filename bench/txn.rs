@@ -3,8 +3,10 @@
 //! for push jobs, and the same database work as the handler: read the webhook
 //! subscriptions (`webhook::deliveries_for_push`), then one statement that claims
 //! the inbox, takes `pg_advisory_xact_lock` and inserts the push, ref_state and
-//! two outbox rows, committing as it ends (`push::handler::record`, as the
-//! handler runs it). No git, no broker: the database's ceiling.
+//! two outbox rows, committing as it ends (`push::record::record`, as the
+//! handler runs it for a push written alone). One push per transaction, as
+//! pgbench runs a script: the worker's group commit, which writes the pushes
+//! that are ready together, has no counterpart here. No git, no broker.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,10 +14,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use hookfleet::amqp::topology::Names;
-use hookfleet::inbox::Claim;
 use hookfleet::outbox::Event;
-use hookfleet::push::handler::record;
 use hookfleet::push::job::PushJob;
+use hookfleet::push::record::{PushWrite, record};
 use hookfleet::push::update::RefUpdate;
 use hookfleet::webhook::deliveries_for_push;
 use serde_json::json;
@@ -69,14 +70,21 @@ pub async fn push_transactions(
                     Event::new(&names, "git.push", corr.clone(), payload.clone()),
                     Event::new(&names, "git.branch.created", corr, payload),
                 ];
-                let claim = Claim {
-                    message_id: push.push_id,
-                    queue: "bench.push".into(),
-                };
                 let mut conn = pool.acquire().await?;
-                let d = deliveries_for_push(&mut conn, &names, &push, &events).await?;
-                if !record(&mut *conn, &claim, &push, &events, &d.rows).await? {
-                    anyhow::bail!("push {} claimed twice", push.push_id);
+                let mut d = deliveries_for_push(&mut conn, &names, &push, &events).await?;
+                let mut events = events.to_vec();
+                events.append(&mut d.jobs);
+                let write = PushWrite {
+                    message_id: push.push_id,
+                    push,
+                    events,
+                    deliveries: d.rows,
+                };
+                if record(&mut *conn, "bench.push", std::slice::from_ref(&write))
+                    .await?
+                    .is_empty()
+                {
+                    anyhow::bail!("push {} claimed twice", write.push.push_id);
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }

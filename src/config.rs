@@ -373,6 +373,11 @@ pub struct PushConfig {
     pub object_cache_bytes: usize,
     /// Refs with their own events per push; beyond it one bulk event.
     pub max_refs: u32,
+    /// Statements writing pushes at once (group commit), each on a pooled
+    /// connection. Pushes ready while they run wait and are written together.
+    pub group_writers: u32,
+    /// Most pushes written by one statement.
+    pub group_max: u32,
     /// Base of `compare` and repository URLs in payloads.
     pub compare_base_url: String,
 }
@@ -728,6 +733,12 @@ impl Config {
             MAX_COMMITS_RANGE,
         )?;
         range("push.max_refs", self.push.max_refs.into(), 1..=10_000)?;
+        range(
+            "push.group_writers",
+            self.push.group_writers.into(),
+            1..=self.database.max_connections.into(),
+        )?;
+        range("push.group_max", self.push.group_max.into(), 1..=1_000)?;
 
         positive("webhook.timeout", self.webhook.timeout)?;
         positive("webhook.connect_timeout", self.webhook.connect_timeout)?;

@@ -85,14 +85,32 @@ impl From<sqlx::Error> for JobError {
     /// Database errors are transient unless they say the input is wrong
     /// (SQLSTATE class 22: data exception, 23: integrity violation).
     fn from(e: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db) = &e
-            && let Some(code) = db.code()
-            && (code.starts_with("22") || code.starts_with("23"))
-        {
-            return JobError::Permanent(e.into());
+        if is_bad_input(&e) {
+            JobError::Permanent(e.into())
+        } else {
+            JobError::Transient(e.into())
         }
-        JobError::Transient(e.into())
     }
+}
+
+impl JobError {
+    /// The error of one of several jobs that shared a failed database call (the
+    /// error itself goes to one of them): classed as [`From<sqlx::Error>`]
+    /// classes it, with its message.
+    pub fn shared_db(e: &sqlx::Error) -> Self {
+        let e2 = anyhow::anyhow!("{e}");
+        if is_bad_input(e) {
+            JobError::Permanent(e2)
+        } else {
+            JobError::Transient(e2)
+        }
+    }
+}
+
+/// SQLSTATE class 22 (data exception) or 23 (integrity violation).
+fn is_bad_input(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")))
 }
 
 /// How a job that did not fail ended.

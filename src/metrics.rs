@@ -44,6 +44,8 @@ pub struct Metrics {
     /// Time to get a pooled connection for a handler's writes (including BEGIN
     /// for transactional handlers).
     pub db_acquire_wait_seconds: Histogram,
+    /// Pushes written per statement by the push handler's group commit.
+    pub push_group_size: Histogram,
     /// Webhook deliveries by outcome.
     pub webhook_deliveries_total: IntCounterVec,
     /// Files waiting in the hook spool.
@@ -181,6 +183,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
                     "Time to get a pooled database connection for a handler's writes (including BEGIN for transactional handlers).",
                 )
                 .buckets(secs),
+            )?,
+        )?,
+        push_group_size: reg(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "hookfleet_push_group_size",
+                    "Pushes written by one statement of the push handler's group commit.",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
             )?,
         )?,
         webhook_deliveries_total: reg(

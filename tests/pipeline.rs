@@ -11,10 +11,11 @@ use common::{
 };
 use hookfleet::amqp::topology::Names;
 use hookfleet::config::Config;
-use hookfleet::inbox::{Claim, Transactional};
+use hookfleet::inbox::Transactional;
 use hookfleet::job::{Handler, Job, JobError, TxHandler};
 use hookfleet::outbox::{self, Event};
 use hookfleet::push::job::PushJob;
+use hookfleet::push::record::{PushWrite, record};
 use hookfleet::push::update::RefUpdate;
 use serde_json::json;
 use sqlx::{Postgres, Transaction};
@@ -482,18 +483,21 @@ async fn a_push_writes_nothing_and_draws_no_outbox_id_before_it_holds_the_reposi
     let db = TestDb::new().await;
     let (a, a_events) = push_of("repo.git", "a");
     let (b, b_events) = push_of("repo.git", "b");
-    let claim = |p: &PushJob| Claim {
-        message_id: p.push_id,
-        queue: "lock-test.push".into(),
+    let write = |push: &PushJob, events: Vec<Event>| PushWrite {
+        message_id: push.push_id,
+        push: push.clone(),
+        events,
+        deliveries: vec![],
     };
-    let (claim_a, claim_b) = (claim(&a), claim(&b));
+    let (write_a, write_b) = (write(&a, a_events), write(&b, b_events));
     // The first holds the lock in an open transaction; the second runs as the
     // handler runs it, one statement on a plain connection.
     let mut tx_a = db.pool.begin().await.unwrap();
-    assert!(
-        hookfleet::push::handler::record(&mut *tx_a, &claim_a, &a, &a_events, &[])
+    assert_eq!(
+        record(&mut *tx_a, "lock-test.push", std::slice::from_ref(&write_a))
             .await
-            .unwrap()
+            .unwrap(),
+        vec![a.push_id]
     );
     let last_id_of_a: i64 = sqlx::query_scalar("SELECT max(id) FROM outbox")
         .fetch_one(&mut *tx_a)
@@ -503,10 +507,11 @@ async fn a_push_writes_nothing_and_draws_no_outbox_id_before_it_holds_the_reposi
     let pool = db.pool.clone();
     let second = tokio::spawn(async move {
         let mut conn = pool.acquire().await.unwrap();
-        assert!(
-            hookfleet::push::handler::record(&mut *conn, &claim_b, &b, &b_events, &[])
+        assert_eq!(
+            record(&mut *conn, "lock-test.push", std::slice::from_ref(&write_b))
                 .await
-                .unwrap()
+                .unwrap(),
+            vec![write_b.message_id]
         );
     });
     eventually(

@@ -44,8 +44,9 @@ const ROW_COLUMNS: &str = "id, message_id, exchange, routing_key, event_type, co
 
 /// The parameter arrays of an outbox insert (`INSERT ... SELECT ... UNNEST`), so
 /// the insert can run alone ([`insert_events`]) or be folded into a caller's
-/// statement as a CTE ([`crate::push::handler::record`]: one round trip for a
-/// push's effects and events). One definition of the SQL either way.
+/// statement as a CTE ([`crate::push::record`]: one round trip for the effects
+/// and events of a group of pushes). One definition of the SQL either way.
+#[derive(Default)]
 pub struct EventArrays {
     ids: Vec<Uuid>,
     exchanges: Vec<String>,
@@ -59,44 +60,73 @@ pub struct EventArrays {
 /// How many parameters [`EventArrays::insert_sql`] uses.
 pub const EVENT_PARAMS: usize = 7;
 
+/// An array insert folded into a statement that writes for several owners (the
+/// pushes of one group commit), some of which may be skipped (duplicates): one
+/// more parameter, `param`, a `uuid[]` parallel to the arrays naming each row's
+/// owner, and `owners`, an SQL set expression of the owners whose rows are
+/// inserted (e.g. `(SELECT message_id FROM mine)`). Reading `owners` also makes
+/// the insert wait for whatever produces them (the repository locks).
+#[derive(Debug, Clone, Copy)]
+pub struct Owned<'a> {
+    /// Parameter number of the owner array.
+    pub param: usize,
+    /// The owners whose rows are inserted.
+    pub owners: &'a str,
+}
+
+impl Owned<'_> {
+    /// The extra UNNEST column, its alias and the WHERE clause (all empty for
+    /// `None`).
+    pub(crate) fn parts(owned: Option<Owned<'_>>) -> (String, &'static str, String) {
+        match owned {
+            None => (String::new(), "", String::new()),
+            Some(o) => (
+                format!(", ${}::uuid[]", o.param),
+                ", owner",
+                format!("WHERE owner IN {} ", o.owners),
+            ),
+        }
+    }
+}
+
 impl EventArrays {
     /// The arrays of `events`, in order (ids are assigned in this order).
     pub fn new(events: &[Event]) -> Self {
-        let n = events.len();
-        let mut a = EventArrays {
-            ids: Vec::with_capacity(n),
-            exchanges: Vec::with_capacity(n),
-            keys: Vec::with_capacity(n),
-            types: Vec::with_capacity(n),
-            corr: Vec::with_capacity(n),
-            headers: Vec::with_capacity(n),
-            payloads: Vec::with_capacity(n),
-        };
-        for e in events {
-            a.ids.push(e.envelope.message_id);
-            a.exchanges.push(e.exchange.clone());
-            a.keys.push(e.routing_key.clone());
-            a.types.push(e.event_type().to_string());
-            a.corr.push(e.envelope.correlation_id.clone());
-            a.headers.push(super::headers_to_json(&e.envelope.headers));
-            a.payloads.push(e.payload.clone());
-        }
+        let mut a = EventArrays::default();
+        a.extend(events);
         a
     }
 
+    /// Appends `events`.
+    pub fn extend(&mut self, events: &[Event]) {
+        for e in events {
+            self.ids.push(e.envelope.message_id);
+            self.exchanges.push(e.exchange.clone());
+            self.keys.push(e.routing_key.clone());
+            self.types.push(e.event_type().to_string());
+            self.corr.push(e.envelope.correlation_id.clone());
+            self.headers
+                .push(super::headers_to_json(&e.envelope.headers));
+            self.payloads.push(e.payload.clone());
+        }
+    }
+
     /// The INSERT reading the arrays from parameters `$first` to
-    /// `$first + EVENT_PARAMS - 1`; `join` (e.g. `"lock, "`) is put in front of
-    /// the UNNEST in the FROM list, so the rows are produced only after it.
-    /// Rows are inserted in array order (`WITH ORDINALITY`), so ids follow it.
-    pub fn insert_sql(first: usize, join: &str) -> String {
+    /// `$first + EVENT_PARAMS - 1`, every row, or with `owned` only the rows of
+    /// some owners (see [`Owned`]); `join` (e.g. `"lock, "`) is put in front of
+    /// the UNNEST in the FROM list, so the rows are produced only after it. Rows
+    /// are inserted in array order (`WITH ORDINALITY`), so ids follow it.
+    pub fn insert_sql(first: usize, join: &str, owned: Option<Owned<'_>>) -> String {
         let [m, x, k, t, c, h, p] = std::array::from_fn::<usize, EVENT_PARAMS, _>(|i| first + i);
+        let (owner_col, owner_alias, filter) = Owned::parts(owned);
         format!(
             "INSERT INTO outbox (message_id, exchange, routing_key, event_type, correlation_id, \
                                  headers, payload) \
              SELECT e.m, e.x, e.k, e.t, e.c, e.h, e.p \
              FROM {join}UNNEST(${m}::uuid[], ${x}::text[], ${k}::text[], ${t}::text[], ${c}::text[], \
-                               ${h}::jsonb[], ${p}::jsonb[]) WITH ORDINALITY AS e(m, x, k, t, c, h, p, n) \
-             ORDER BY e.n"
+                         ${h}::jsonb[], ${p}::jsonb[]{owner_col}) \
+                  WITH ORDINALITY AS e(m, x, k, t, c, h, p{owner_alias}, n) \
+             {filter}ORDER BY e.n"
         )
     }
 
@@ -123,7 +153,7 @@ pub async fn insert_events(
     if events.is_empty() {
         return Ok(());
     }
-    static SQL: LazyLock<String> = LazyLock::new(|| EventArrays::insert_sql(1, ""));
+    static SQL: LazyLock<String> = LazyLock::new(|| EventArrays::insert_sql(1, "", None));
     EventArrays::new(events)
         .bind(sqlx::query(&SQL))
         .execute(&mut **tx)

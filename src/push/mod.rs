@@ -10,15 +10,19 @@
 //! - [`git`]: running the git CLI with a deadline; [`classify`]: what a ref update
 //!   means (created, deleted, forced, commits, distinct).
 //! - [`payload`]: GitHub-compatible event payloads, `events_for_push` (pure).
+//! - [`handler`]: the push job; [`record`]: its writes as one statement for a
+//!   group of pushes; [`group_commit`]: which pushes are written together.
 
 pub mod classify;
 pub mod git;
+pub mod group_commit;
 pub mod handler;
 pub mod hook;
 pub mod install;
 pub mod job;
 pub mod payload;
 pub mod publish;
+pub mod record;
 pub mod refname;
 pub mod spool;
 pub mod update;

@@ -1,7 +1,7 @@
 //! Webhook delivery: subscriptions, delivery jobs, the HTTP POST, attempts.
 //!
 //! # Flow
-//! 1. The push handler calls [`deliveries_for_push`] and writes what it returns with
+//! 1. The push writer calls [`plan_deliveries`] and writes what it returns with
 //!    the push's effects, in one statement: for each
 //!    active subscription whose repository pattern and event categories match, a
 //!    `webhook_deliveries` row (payload stored once, delivery id = UUID v7) and a
@@ -58,19 +58,31 @@ pub struct Deliveries {
 }
 
 /// Plans the deliveries of a push: reads the active subscriptions and returns a
-/// row and a `webhook` job per matching subscription and event. The caller
-/// writes both with the push's effects, in the same transaction (the push
-/// handler folds them into its one statement), so deliveries exist if and only
-/// if the push committed.
+/// row and a `webhook` job per matching subscription and event (see
+/// [`plan_deliveries`]).
 pub async fn deliveries_for_push(
     conn: &mut sqlx::PgConnection,
     names: &Names,
     push: &PushJob,
     events: &[Event],
 ) -> Result<Deliveries, sqlx::Error> {
-    let subs: Vec<_> = storage::active_subscriptions(conn)
-        .await?
-        .into_iter()
+    let subs = storage::active_subscriptions(conn).await?;
+    Ok(plan_deliveries(&subs, names, push, events))
+}
+
+/// A row and a `webhook` job per subscription of `active` matching the push's
+/// repository and an event's category. The caller writes both with the push's
+/// effects, in the same transaction (the push handler folds them into its one
+/// statement), so deliveries exist if and only if the push committed. Pure: the
+/// push writer reads the subscriptions once for a whole group of pushes.
+pub fn plan_deliveries(
+    active: &[subscription::Subscription],
+    names: &Names,
+    push: &PushJob,
+    events: &[Event],
+) -> Deliveries {
+    let subs: Vec<_> = active
+        .iter()
         .filter(|s| subscription::matches(&s.repository_pattern, &push.repository))
         .collect();
     let mut out = Deliveries::default();
@@ -94,7 +106,7 @@ pub async fn deliveries_for_push(
             out.rows.push(row);
         }
     }
-    Ok(out)
+    out
 }
 
 /// Deletes delivery and attempt records older than `cfg.retention`, every

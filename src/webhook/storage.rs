@@ -14,6 +14,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::subscription::Subscription;
+use crate::outbox::storage::Owned;
 
 const SUB_COLUMNS: &str = "id, repository_pattern, url, secret, events, content_type, active, \
                            consecutive_failures, disabled_reason";
@@ -111,7 +112,8 @@ pub struct NewDelivery {
 
 /// The parameter arrays of a delivery insert, so the insert can run alone
 /// ([`insert_deliveries`]) or be folded into the push handler's one statement
-/// ([`crate::push::handler::record`]). One definition of the SQL either way.
+/// ([`crate::push::record`]). One definition of the SQL either way.
+#[derive(Default)]
 pub struct DeliveryArrays {
     ids: Vec<Uuid>,
     subs: Vec<i64>,
@@ -126,26 +128,36 @@ pub const DELIVERY_PARAMS: usize = 5;
 impl DeliveryArrays {
     /// The arrays of `rows`.
     pub fn new(rows: &[NewDelivery]) -> Self {
-        DeliveryArrays {
-            ids: rows.iter().map(|r| r.delivery_id).collect(),
-            subs: rows.iter().map(|r| r.subscription_id).collect(),
-            types: rows.iter().map(|r| r.event_type.clone()).collect(),
-            corr: rows.iter().map(|r| r.correlation_id.clone()).collect(),
-            payloads: rows.iter().map(|r| r.payload.clone()).collect(),
+        let mut a = DeliveryArrays::default();
+        a.extend(rows);
+        a
+    }
+
+    /// Appends `rows`.
+    pub fn extend(&mut self, rows: &[NewDelivery]) {
+        for r in rows {
+            self.ids.push(r.delivery_id);
+            self.subs.push(r.subscription_id);
+            self.types.push(r.event_type.clone());
+            self.corr.push(r.correlation_id.clone());
+            self.payloads.push(r.payload.clone());
         }
     }
 
     /// The INSERT reading the arrays from parameters `$first` to
-    /// `$first + DELIVERY_PARAMS - 1`; `join` (e.g. `"lock, "`) is put in front
+    /// `$first + DELIVERY_PARAMS - 1`, every row, or with `owned` only the rows
+    /// of some owners (see [`Owned`]); `join` (e.g. `"lock, "`) is put in front
     /// of the UNNEST in the FROM list, so rows are produced only after it.
-    pub fn insert_sql(first: usize, join: &str) -> String {
+    pub fn insert_sql(first: usize, join: &str, owned: Option<Owned<'_>>) -> String {
         let [i, s, t, c, p] = std::array::from_fn::<usize, DELIVERY_PARAMS, _>(|k| first + k);
+        let (owner_col, owner_alias, filter) = Owned::parts(owned);
         format!(
             "INSERT INTO webhook_deliveries (delivery_id, subscription_id, event_type, \
                                              correlation_id, payload) \
              SELECT d.i, d.s, d.t, d.c, d.p \
              FROM {join}UNNEST(${i}::uuid[], ${s}::bigint[], ${t}::text[], ${c}::text[], \
-                               ${p}::jsonb[]) AS d(i, s, t, c, p)"
+                         ${p}::jsonb[]{owner_col}) AS d(i, s, t, c, p{owner_alias}) \
+             {filter}"
         )
     }
 
@@ -171,7 +183,7 @@ pub async fn insert_deliveries(
         return Ok(());
     }
     static SQL: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| DeliveryArrays::insert_sql(1, ""));
+        std::sync::LazyLock::new(|| DeliveryArrays::insert_sql(1, "", None));
     DeliveryArrays::new(rows)
         .bind(sqlx::query(&SQL))
         .execute(&mut **tx)

@@ -1,0 +1,302 @@
+//! What a push means for the database, as one statement for a group of pushes.
+//!
+//! Under `pg_advisory_xact_lock` on each repository (so pushes to one repository
+//! apply one at a time; the lock lives in the transaction, never on a pooled
+//! session) the statement claims each push's message in the inbox, records the
+//! push, moves the ref-state rows forward, and enqueues the events, webhook jobs
+//! and webhook deliveries through the outbox. Ref state only moves forward: a
+//! push older than the one that last set a ref (push ids are time-ordered UUID
+//! v7) does not overwrite it, so pushes handled out of order still end at the
+//! last push.
+//!
+//! Why one statement, and not the inbox's generic transaction
+//! (`inbox::Transactional`: BEGIN, claim, writes, COMMIT): pushes to one
+//! repository serialize on its lock, and in a transaction the lock is held from
+//! the locking statement until COMMIT, so the reply to that statement, the
+//! wake-up of the task and the COMMIT's round trip would be paid by every push of
+//! the repository in turn. Run outside an explicit transaction, the statement is
+//! its own transaction: the lock is taken and released inside the server, around
+//! the writes and the commit only.
+//!
+//! Why a group ([`super::group_commit`]): the statement's fixed costs (a round
+//! trip, planning and starting a large statement, the commit's WAL flush and
+//! NOTIFY, taking the lock) are paid once for every push that was waiting, and a
+//! busy repository's lock is taken once per group instead of once per push.
+//!
+//! Duplicates (the inbox already has the message) are skipped one by one: every
+//! write reads from the claimed messages, and the statement returns their ids.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, Row};
+use uuid::Uuid;
+
+use super::job::PushJob;
+use super::update::is_zero;
+use crate::inbox::Claim;
+use crate::outbox::Event;
+use crate::outbox::storage::{EVENT_PARAMS, EventArrays, Owned};
+use crate::webhook::storage::{DELIVERY_PARAMS, DeliveryArrays, NewDelivery};
+
+/// One push's writes.
+#[derive(Debug)]
+pub struct PushWrite {
+    /// The delivery's message id, claimed in the inbox.
+    pub message_id: Uuid,
+    /// The push.
+    pub push: PushJob,
+    /// Outbox rows, in order: the push's events, then its webhook jobs.
+    pub events: Vec<Event>,
+    /// Webhook delivery rows.
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// Records `writes` (claimed in the inbox of `queue`) in one statement and
+/// returns the message ids it claimed: a write whose message the inbox already
+/// had is skipped, with nothing written for it. Run on a plain connection the
+/// statement is its own transaction and commits before it returns; in a
+/// transaction, the locks are held until that commits.
+///
+/// The claims come first and the locks read from them, and every insert reads
+/// from the locks: nothing is written for a duplicate, and no row is written (and
+/// no outbox id drawn) before the locks are held, so outbox ids of one
+/// repository follow commit order. Locks are taken in hash order, so two groups
+/// sharing repositories cannot deadlock on them. Message ids must be distinct
+/// within `writes` (a group never holds one message twice).
+pub async fn record<'c>(
+    conn: impl PgExecutor<'c>,
+    queue: &str,
+    writes: &[PushWrite],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if let [one] = writes {
+        return record_one(conn, queue, one).await;
+    }
+    const ITEMS: usize = 2;
+    const REFS: usize = ITEMS + 7;
+    const EVENTS: usize = REFS + 4;
+    const EVENT_OWNERS: usize = EVENTS + EVENT_PARAMS;
+    const DELIVERIES: usize = EVENT_OWNERS + 1;
+    const DELIVERY_OWNERS: usize = DELIVERIES + DELIVERY_PARAMS;
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        let mine = "(SELECT message_id FROM mine)";
+        format!(
+            "WITH items AS (
+                 SELECT * FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                                      $6::timestamptz[], $7::int4[], $8::jsonb[])
+                     AS i(message_id, push_id, repository, pusher, pushed_at, ref_count, updates)
+             ),
+             claim AS (
+                 INSERT INTO inbox (message_id, queue)
+                 SELECT message_id, $1 FROM items ORDER BY message_id
+                 ON CONFLICT DO NOTHING RETURNING message_id
+             ),
+             lock AS MATERIALIZED (
+                 SELECT count(*) AS repositories FROM (
+                     SELECT pg_advisory_xact_lock(h) FROM (
+                         SELECT DISTINCT hashtextextended(i.repository, 0) AS h
+                         FROM items i JOIN claim USING (message_id) ORDER BY h
+                     ) k
+                 ) l
+             ),
+             mine AS MATERIALIZED (
+                 SELECT i.* FROM lock, items i JOIN claim USING (message_id)
+             ),
+             p AS (
+                 INSERT INTO pushes (push_id, repository, pusher, pushed_at, ref_count, updates)
+                 SELECT push_id, repository, pusher, pushed_at, ref_count, updates FROM mine
+                 ON CONFLICT (push_id) DO NOTHING
+             ),
+             r AS (
+                 INSERT INTO ref_state (repository, ref, sha, deleted, push_id)
+                 SELECT DISTINCT ON (m.repository, u.r) m.repository, u.r, u.s, u.d, m.push_id
+                 FROM mine m
+                 JOIN UNNEST(${REFS}::uuid[], ${}::text[], ${}::text[], ${}::bool[])
+                     AS u(owner, r, s, d) ON u.owner = m.message_id
+                 ORDER BY m.repository, u.r, m.push_id DESC
+                 ON CONFLICT (repository, ref) DO UPDATE
+                     SET sha = EXCLUDED.sha, deleted = EXCLUDED.deleted,
+                         push_id = EXCLUDED.push_id, updated_at = now()
+                     WHERE ref_state.push_id < EXCLUDED.push_id
+             ),
+             o AS ({}),
+             d AS ({})
+             SELECT message_id FROM mine",
+            REFS + 1,
+            REFS + 2,
+            REFS + 3,
+            EventArrays::insert_sql(
+                EVENTS,
+                "",
+                Some(Owned {
+                    param: EVENT_OWNERS,
+                    owners: mine
+                })
+            ),
+            DeliveryArrays::insert_sql(
+                DELIVERIES,
+                "",
+                Some(Owned {
+                    param: DELIVERY_OWNERS,
+                    owners: mine
+                })
+            ),
+        )
+    });
+    let mut items = Items::default();
+    let mut refs = Refs::default();
+    let mut events = EventArrays::default();
+    let mut event_owners: Vec<Uuid> = Vec::new();
+    let mut deliveries = DeliveryArrays::default();
+    let mut delivery_owners: Vec<Uuid> = Vec::new();
+    for w in writes {
+        items.add(w);
+        refs.add(w);
+        events.extend(&w.events);
+        event_owners.extend(std::iter::repeat_n(w.message_id, w.events.len()));
+        deliveries.extend(&w.deliveries);
+        delivery_owners.extend(std::iter::repeat_n(w.message_id, w.deliveries.len()));
+    }
+    let q = sqlx::query(&SQL).bind(queue);
+    let q = refs.bind(items.bind(q));
+    let q = events.bind(q).bind(event_owners);
+    let q = deliveries.bind(q).bind(delivery_owners);
+    // All rows, not the first: the statement's writes finish and it commits
+    // only after its rows are sent, and an error there must reach the caller.
+    q.fetch_all(conn)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<Uuid, _>(0))
+        .collect()
+}
+
+/// [`record`] for a single push: the same writes, without the group's joins
+/// between the pushes and their rows (items, claims, owners), so a push
+/// written alone, the common case below full load, costs the database what it
+/// did before groups: about a fifth less server time than the group statement
+/// with one push (3,000 executions timed in one session, 2026-11-24), and the
+/// repository's lock is held for less.
+async fn record_one<'c>(
+    conn: impl PgExecutor<'c>,
+    queue: &str,
+    w: &PushWrite,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    const CLAIM: usize = 10;
+    const EVENTS: usize = CLAIM + 2;
+    const DELIVERIES: usize = EVENTS + EVENT_PARAMS;
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH claim AS ({}),
+             lock AS MATERIALIZED (
+                 SELECT pg_advisory_xact_lock(hashtextextended($2, 0)) FROM claim
+             ),
+             p AS (
+                 INSERT INTO pushes (push_id, repository, pusher, pushed_at, ref_count, updates)
+                 SELECT $1, $2, $3, $4, $5, $6 FROM lock
+                 ON CONFLICT (push_id) DO NOTHING
+             ),
+             r AS (
+                 INSERT INTO ref_state (repository, ref, sha, deleted, push_id)
+                 SELECT $2, r, s, d, $1
+                 FROM lock, unnest($7::text[], $8::text[], $9::bool[]) AS u(r, s, d)
+                 ON CONFLICT (repository, ref) DO UPDATE
+                     SET sha = EXCLUDED.sha, deleted = EXCLUDED.deleted,
+                         push_id = EXCLUDED.push_id, updated_at = now()
+                     WHERE ref_state.push_id < EXCLUDED.push_id
+             ),
+             o AS ({}),
+             d AS ({})
+             SELECT 1 FROM lock",
+            Claim::insert_sql(CLAIM),
+            EventArrays::insert_sql(EVENTS, "lock, ", None),
+            DeliveryArrays::insert_sql(DELIVERIES, "lock, ", None),
+        )
+    });
+    let mut items = Items::default();
+    items.add(w);
+    let mut refs = Refs::default();
+    refs.add(w);
+    let q = sqlx::query(&SQL)
+        .bind(w.push.push_id)
+        .bind(&w.push.repository)
+        .bind(&w.push.pusher)
+        .bind(w.push.pushed_at)
+        .bind(items.ref_counts[0])
+        .bind(items.updates.swap_remove(0))
+        .bind(refs.refs)
+        .bind(refs.shas)
+        .bind(refs.deleted)
+        .bind(w.message_id)
+        .bind(queue);
+    let q = DeliveryArrays::new(&w.deliveries).bind(EventArrays::new(&w.events).bind(q));
+    // All rows, as in `record`: the commit happens after the row is sent.
+    let claimed = !q.fetch_all(conn).await?.is_empty();
+    Ok(if claimed { vec![w.message_id] } else { vec![] })
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// One entry per push, in parameter order `$2`–`$8`.
+#[derive(Default)]
+struct Items {
+    message_ids: Vec<Uuid>,
+    push_ids: Vec<Uuid>,
+    repositories: Vec<String>,
+    pushers: Vec<Option<String>>,
+    pushed_at: Vec<DateTime<Utc>>,
+    ref_counts: Vec<i32>,
+    updates: Vec<serde_json::Value>,
+}
+
+impl Items {
+    fn add(&mut self, w: &PushWrite) {
+        let p = &w.push;
+        self.message_ids.push(w.message_id);
+        self.push_ids.push(p.push_id);
+        self.repositories.push(p.repository.clone());
+        self.pushers.push(p.pusher.clone());
+        self.pushed_at.push(p.pushed_at);
+        self.ref_counts
+            .push(i32::try_from(p.updates.len()).unwrap_or(i32::MAX));
+        // Serialising validated ref updates (strings) cannot fail.
+        self.updates
+            .push(serde_json::to_value(&p.updates).unwrap_or(serde_json::Value::Null));
+    }
+
+    fn bind(self, q: Query<'_>) -> Query<'_> {
+        q.bind(self.message_ids)
+            .bind(self.push_ids)
+            .bind(self.repositories)
+            .bind(self.pushers)
+            .bind(self.pushed_at)
+            .bind(self.ref_counts)
+            .bind(self.updates)
+    }
+}
+
+/// One entry per ref update of every push, with its push's message id.
+#[derive(Default)]
+struct Refs {
+    owners: Vec<Uuid>,
+    refs: Vec<String>,
+    shas: Vec<String>,
+    deleted: Vec<bool>,
+}
+
+impl Refs {
+    fn add(&mut self, w: &PushWrite) {
+        for u in &w.push.updates {
+            self.owners.push(w.message_id);
+            self.refs.push(u.refname.clone());
+            self.shas.push(u.after.clone());
+            self.deleted.push(is_zero(&u.after));
+        }
+    }
+
+    fn bind(self, q: Query<'_>) -> Query<'_> {
+        q.bind(self.owners)
+            .bind(self.refs)
+            .bind(self.shas)
+            .bind(self.deleted)
+    }
+}

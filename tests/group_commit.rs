@@ -1,0 +1,300 @@
+//! The push handler's group commit against a real PostgreSQL: pushes that are
+//! ready while a write is in progress are written together by one statement,
+//! each with its own outcome (recorded, duplicate, or its own error), and a push
+//! whose caller stops waiting before a group takes it is not written.
+//!
+//! A group is made deterministic by holding a repository's advisory lock from
+//! the test: the first write waits on it inside the server with the only writer
+//! slot, so the pushes sent meanwhile queue up and form the next group.
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestDb, eventually};
+use hookfleet::amqp::topology::Names;
+use hookfleet::job::JobError;
+use hookfleet::outbox::Event;
+use hookfleet::push::group_commit::{GroupCommit, Written};
+use hookfleet::push::job::PushJob;
+use hookfleet::push::update::RefUpdate;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const REPO: &str = "group.git";
+
+fn push_to(branch: &str, sha: char) -> (PushJob, Vec<Event>) {
+    let push = PushJob {
+        push_id: Uuid::now_v7(),
+        repository: REPO.into(),
+        pusher: Some("alice".into()),
+        push_options: vec![],
+        pushed_at: chrono::Utc::now(),
+        updates: vec![RefUpdate {
+            refname: format!("refs/heads/{branch}"),
+            before: "0".repeat(40),
+            after: sha.to_string().repeat(40),
+        }],
+    };
+    let names = Names::new("group-test");
+    let corr = Some(push.push_id.to_string());
+    let events = vec![
+        Event::new(&names, "git.push", corr.clone(), json!({"branch": branch})),
+        Event::new(
+            &names,
+            "git.branch.created",
+            corr,
+            json!({"branch": branch}),
+        ),
+    ];
+    (push, events)
+}
+
+fn writer(pool: &PgPool) -> Arc<GroupCommit> {
+    Arc::new(GroupCommit::new(
+        pool.clone(),
+        Names::new("group-test"),
+        "group-test.push".into(),
+        1,
+        32,
+    ))
+}
+
+/// Holds `REPO`'s advisory lock in an open transaction until it is dropped or
+/// committed.
+async fn hold_repository_lock(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(REPO)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+async fn wait_for_lock_waiter(pool: &PgPool) {
+    eventually(
+        Duration::from_secs(30),
+        "a write waiting on the repository lock",
+        || {
+            let pool = pool.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                )
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+                (n == 1).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+async fn wait_for_queue(w: &GroupCommit, n: usize) {
+    eventually(
+        Duration::from_secs(30),
+        "pushes waiting for a writer",
+        || {
+            let ready = w.waiting_len() == n;
+            async move { ready.then_some(()) }
+        },
+    )
+    .await;
+}
+
+type Outcome = tokio::task::JoinHandle<Result<Written, JobError>>;
+
+fn spawn_write(
+    w: &Arc<GroupCommit>,
+    message_id: Uuid,
+    push: PushJob,
+    events: Vec<Event>,
+) -> Outcome {
+    let w = w.clone();
+    tokio::spawn(async move { w.write(message_id, push, events).await })
+}
+
+/// Transaction ids that wrote the pushes' rows: one per statement.
+async fn writing_transactions(pool: &PgPool, push_ids: &[Uuid]) -> i64 {
+    sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM pushes WHERE push_id = ANY($1)")
+        .bind(push_ids)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_ready_during_a_write_are_written_by_one_statement_each_with_its_own_outcome() {
+    let db = TestDb::new().await;
+    let w = writer(&db.pool);
+    let lock = hold_repository_lock(&db.pool).await;
+
+    // The first push takes the only writer slot and waits on the lock.
+    let (first, first_events) = push_to("first", 'f');
+    let first_task = spawn_write(&w, first.push_id, first.clone(), first_events);
+    wait_for_lock_waiter(&db.pool).await;
+
+    // Four more queue up behind it: two pushes to one ref (the later push_id
+    // must win), a push to another ref, and a redelivery the inbox already has.
+    let (older, older_events) = push_to("main", '1');
+    let (newer, newer_events) = push_to("main", '2');
+    let (other, other_events) = push_to("other", '3');
+    let (dup, dup_events) = push_to("dup", '4');
+    sqlx::query("INSERT INTO inbox (message_id, queue) VALUES ($1, 'group-test.push')")
+        .bind(dup.push_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // Submitted newest first: ref state must follow push ids, not group order.
+    let tasks = [
+        spawn_write(&w, newer.push_id, newer.clone(), newer_events),
+        spawn_write(&w, older.push_id, older.clone(), older_events),
+        spawn_write(&w, other.push_id, other.clone(), other_events),
+        spawn_write(&w, dup.push_id, dup.clone(), dup_events),
+    ];
+    wait_for_queue(&w, 4).await;
+    lock.commit().await.unwrap();
+
+    assert_eq!(
+        first_task.await.unwrap().unwrap(),
+        Written::Recorded { webhooks: 0 }
+    );
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap().unwrap());
+    }
+    let recorded = Written::Recorded { webhooks: 0 };
+    assert_eq!(
+        outcomes,
+        vec![recorded, recorded, recorded, Written::Duplicate]
+    );
+
+    // The three new pushes of the group share one transaction; the first had its own.
+    assert_eq!(
+        writing_transactions(&db.pool, &[newer.push_id, older.push_id, other.push_id]).await,
+        1
+    );
+    assert_eq!(
+        writing_transactions(&db.pool, &[first.push_id, newer.push_id]).await,
+        2
+    );
+    // Nothing was written for the duplicate: no push row, no events.
+    let dup_rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pushes WHERE push_id = $1)
+              + (SELECT count(*) FROM outbox WHERE correlation_id = $2)",
+    )
+    .bind(dup.push_id)
+    .bind(dup.push_id.to_string())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(dup_rows, 0);
+    // Every recorded push has its two events, in push order within the group.
+    let corr: Vec<String> = sqlx::query_scalar("SELECT correlation_id FROM outbox ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let id = |p: &PushJob| p.push_id.to_string();
+    assert_eq!(
+        corr,
+        vec![
+            id(&first),
+            id(&first),
+            id(&newer),
+            id(&newer),
+            id(&older),
+            id(&older),
+            id(&other),
+            id(&other)
+        ]
+    );
+    // Ref state ends at the later push of the two to main.
+    let main: (String, Uuid) = sqlx::query_as(
+        "SELECT sha, push_id FROM ref_state WHERE repository = $1 AND ref = 'refs/heads/main'",
+    )
+    .bind(REPO)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(main, ("2".repeat(40), newer.push_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_that_fails_in_a_group_fails_alone_and_the_others_are_written() {
+    let db = TestDb::new().await;
+    let w = writer(&db.pool);
+    let lock = hold_repository_lock(&db.pool).await;
+    let (first, first_events) = push_to("first", 'f');
+    let first_task = spawn_write(&w, first.push_id, first.clone(), first_events);
+    wait_for_lock_waiter(&db.pool).await;
+
+    let (good_a, a_events) = push_to("a", 'a');
+    // PostgreSQL refuses a NUL character in text (SQLSTATE 22021): bad input,
+    // which fails the whole group's statement.
+    let (mut bad, bad_events) = push_to("bad", 'b');
+    bad.pusher = Some("nul\u{0}here".into());
+    let (good_c, c_events) = push_to("c", 'c');
+    let tasks = [
+        spawn_write(&w, good_a.push_id, good_a.clone(), a_events),
+        spawn_write(&w, bad.push_id, bad.clone(), bad_events),
+        spawn_write(&w, good_c.push_id, good_c.clone(), c_events),
+    ];
+    wait_for_queue(&w, 3).await;
+    lock.commit().await.unwrap();
+    first_task.await.unwrap().unwrap();
+
+    let [a, b, c] = tasks;
+    let recorded = Written::Recorded { webhooks: 0 };
+    assert_eq!(a.await.unwrap().unwrap(), recorded);
+    assert_eq!(c.await.unwrap().unwrap(), recorded);
+    match b.await.unwrap() {
+        Err(JobError::Permanent(e)) => assert!(format!("{e:#}").contains("0x00"), "{e:#}"),
+        other => panic!("the bad push should fail permanently, got {other:?}"),
+    }
+    // Written one by one after the group failed: each its own transaction.
+    assert_eq!(
+        writing_transactions(&db.pool, &[good_a.push_id, good_c.push_id]).await,
+        2
+    );
+    let bad_rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM inbox WHERE message_id = $1)
+              + (SELECT count(*) FROM outbox WHERE correlation_id = $2)",
+    )
+    .bind(bad.push_id)
+    .bind(bad.push_id.to_string())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(bad_rows, 0, "nothing of the failed push was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_abandoned_before_a_group_takes_it_is_not_written() {
+    let db = TestDb::new().await;
+    let w = writer(&db.pool);
+    let lock = hold_repository_lock(&db.pool).await;
+    let (first, first_events) = push_to("first", 'f');
+    let first_task = spawn_write(&w, first.push_id, first.clone(), first_events);
+    wait_for_lock_waiter(&db.pool).await;
+
+    let (gone, gone_events) = push_to("gone", 'g');
+    let abandoned = spawn_write(&w, gone.push_id, gone.clone(), gone_events);
+    wait_for_queue(&w, 1).await;
+    // The consumer core drops a delivery's future on timeout or shutdown.
+    abandoned.abort();
+    let _ = abandoned.await;
+    assert_eq!(w.waiting_len(), 0, "the abandoned push left the queue");
+
+    lock.commit().await.unwrap();
+    first_task.await.unwrap().unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE message_id = $1")
+        .bind(gone.push_id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}
