@@ -64,9 +64,13 @@ fn writer(pool: &PgPool) -> Arc<GroupCommit> {
 /// Holds `REPO`'s advisory lock in an open transaction until it is dropped or
 /// committed.
 async fn hold_repository_lock(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    hold_lock_of(pool, REPO).await
+}
+
+async fn hold_lock_of(pool: &PgPool, repo: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(REPO)
+        .bind(repo)
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -149,13 +153,21 @@ async fn pushes_ready_during_a_write_are_written_by_one_statement_each_with_its_
         .execute(&db.pool)
         .await
         .unwrap();
-    // Submitted newest first: ref state must follow push ids, not group order.
-    let tasks = [
-        spawn_write(&w, newer.push_id, newer.clone(), newer_events),
-        spawn_write(&w, older.push_id, older.clone(), older_events),
-        spawn_write(&w, other.push_id, other.clone(), other_events),
-        spawn_write(&w, dup.push_id, dup.clone(), dup_events),
-    ];
+    // Submitted newest first (ref state must follow push ids, not group
+    // order), one at a time so the queue's order is known.
+    let mut tasks = Vec::new();
+    for (i, (p, ev)) in [
+        (newer.clone(), newer_events),
+        (older.clone(), older_events),
+        (other.clone(), other_events),
+        (dup.clone(), dup_events),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        tasks.push(spawn_write(&w, p.push_id, p, ev));
+        wait_for_queue(&w, i + 1).await;
+    }
     wait_for_queue(&w, 4).await;
     lock.commit().await.unwrap();
 
@@ -297,4 +309,55 @@ async fn a_push_abandoned_before_a_group_takes_it_is_not_written() {
         .await
         .unwrap();
     assert_eq!(rows, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_writes_nothing_and_draws_no_outbox_id_before_it_holds_the_repository_locks() {
+    let db = TestDb::new().await;
+    let w = writer(&db.pool);
+    // A push to another repository takes the only writer slot and waits there.
+    let other_lock = hold_lock_of(&db.pool, "other.git").await;
+    let (mut elsewhere, elsewhere_events) = push_to("elsewhere", 'e');
+    elsewhere.repository = "other.git".into();
+    let first = spawn_write(&w, elsewhere.push_id, elsewhere.clone(), elsewhere_events);
+    wait_for_lock_waiter(&db.pool).await;
+    // Two pushes to REPO queue behind it; REPO's lock is held too.
+    let lock = hold_repository_lock(&db.pool).await;
+    let (a, a_events) = push_to("a", 'a');
+    let (b, b_events) = push_to("b", 'b');
+    let group = [
+        spawn_write(&w, a.push_id, a.clone(), a_events),
+        spawn_write(&w, b.push_id, b.clone(), b_events),
+    ];
+    wait_for_queue(&w, 2).await;
+    other_lock.commit().await.unwrap();
+    first.await.unwrap().unwrap();
+    // Now the group's statement runs and waits on REPO's lock.
+    wait_for_queue(&w, 0).await;
+    wait_for_lock_waiter(&db.pool).await;
+    let last_committed: i64 = sqlx::query_scalar("SELECT max(id) FROM outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    // Sequences are not transactional: an id drawn by the waiting statement
+    // would show here even though it has not committed.
+    let seq_last: i64 = sqlx::query_scalar("SELECT last_value FROM outbox_id_seq")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(seq_last, last_committed, "no outbox id drawn while waiting");
+    let push_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM pushes WHERE repository = $1")
+        .bind(REPO)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(push_rows, 0, "nothing written while waiting");
+    lock.commit().await.unwrap();
+    for t in group {
+        assert_eq!(t.await.unwrap().unwrap(), Written::Recorded { webhooks: 0 });
+    }
+    assert_eq!(
+        writing_transactions(&db.pool, &[a.push_id, b.push_id]).await,
+        1
+    );
 }
