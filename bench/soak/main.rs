@@ -533,7 +533,7 @@ async fn publish_jobs(
                 continue;
             }
         };
-        let Ok(ch) = publish::confirm_channel(&conn).await else {
+        let Some(Ok(ch)) = bounded(publish::confirm_channel(&conn)).await else {
             tokio::time::sleep(Duration::from_millis(250)).await;
             continue;
         };
@@ -550,21 +550,21 @@ async fn publish_jobs(
             };
             if let Some(i) = item {
                 let job = &jobs[i];
-                match publish::send(
+                match bounded(publish::send(
                     &ch,
                     &exchange,
                     PUSH_KIND,
                     &job.to_json(),
                     job.envelope().to_properties(),
                     true,
-                )
+                ))
                 .await
                 {
-                    Ok(c) => pending.push_back((i, c)),
-                    Err(_) => {
+                    Some(Ok(c)) => pending.push_back((i, c)),
+                    _ => {
                         retry.push_back(i);
                         republished += requeue(&mut pending, &mut retry);
-                        let _ = conn.close(200, "reconnect".into()).await;
+                        let _ = bounded(conn.close(200, "reconnect".into())).await;
                         continue 'connect;
                     }
                 }
@@ -580,16 +580,23 @@ async fn publish_jobs(
                 {
                     retry.push_back(i);
                     republished += requeue(&mut pending, &mut retry);
-                    let _ = conn.close(200, "reconnect".into()).await;
+                    let _ = bounded(conn.close(200, "reconnect".into())).await;
                     continue 'connect;
                 }
             }
             if drain_all && retry.is_empty() && pending.is_empty() {
-                let _ = conn.close(200, "done".into()).await;
+                let _ = bounded(conn.close(200, "done".into())).await;
                 return Ok(republished);
             }
         }
     }
+}
+
+/// `f`, or `None` after 5 s: a broker restarted under the publisher can leave a
+/// lapin call (opening a channel, sending, closing) waiting on a connection that
+/// will not answer, and the publisher must go on to reconnect.
+async fn bounded<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(Duration::from_secs(5), f).await.ok()
 }
 
 fn requeue(
