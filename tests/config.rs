@@ -107,6 +107,21 @@ fn validation_errors_name_key_value_and_range() {
     );
     let e = err(None, &[("HOOKFLEET_WORKER__HANDLER_TIMEOUT", "0s")]);
     assert_eq!(e, "worker.handler_timeout must be greater than 0s, got 0s");
+    // Each push writer holds a pooled connection: no more writers than connections.
+    assert_eq!(
+        err(
+            None,
+            &[
+                ("HOOKFLEET_DATABASE__MAX_CONNECTIONS", "4"),
+                ("HOOKFLEET_PUSH__GROUP_WRITERS", "5")
+            ]
+        ),
+        "push.group_writers must be 1..=4, got 5"
+    );
+    assert_eq!(
+        err(None, &[("HOOKFLEET_PUSH__GROUP_MAX", "0")]),
+        "push.group_max must be 1..=1000, got 0"
+    );
 }
 
 #[test]
