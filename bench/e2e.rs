@@ -206,6 +206,7 @@ pub async fn end_to_end(
     repo: &TinyRepo,
     n_full: usize,
     half_secs: u64,
+    paced_rate: Option<f64>,
 ) -> anyhow::Result<E2e> {
     declare_topology(cfg).await?;
     let names = Names::new(&cfg.amqp.prefix);
@@ -251,7 +252,7 @@ pub async fn end_to_end(
     // Half load, paced.
     let mut half_load = None;
     if half_secs > 0 {
-        let half_rate = full_rate / 2.0;
+        let half_rate = paced_rate.unwrap_or(full_rate / 2.0);
         let n_half = ((half_rate * half_secs as f64) as usize).max(10);
         let collector = tokio::spawn(collect(consumer, n_half));
         publish_jobs(

@@ -34,6 +34,9 @@ struct Opts {
     only: Option<String>,
     /// `--rounds N`: overrides the mode's number of alternating throughput rounds.
     rounds: Option<usize>,
+    /// `--latency-rate N`: the paced end-to-end latency run at N pushes/s
+    /// instead of half the full-load rate, to compare two builds at one rate.
+    latency_rate: Option<f64>,
     out: String,
 }
 
@@ -47,6 +50,7 @@ fn opts() -> Result<Opts, String> {
         quick: false,
         only: None,
         rounds: None,
+        latency_rate: None,
         out: "bench-results/bench.json".into(),
     };
     let mut args = std::env::args().skip(1);
@@ -73,10 +77,17 @@ fn opts() -> Result<Opts, String> {
                     _ => return Err(format!("--rounds must be 1..=100, got {n:?}")),
                 };
             }
+            "--latency-rate" => {
+                let n = value("--latency-rate")?;
+                o.latency_rate = match n.parse::<f64>() {
+                    Ok(r) if (1.0..=100_000.0).contains(&r) => Some(r),
+                    _ => return Err(format!("--latency-rate must be 1..=100000, got {n:?}")),
+                };
+            }
             "--out" => o.out = value("--out")?,
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (usage: [--quick] [--only GROUP] [--rounds N] [--out FILE])"
+                    "unknown argument {other:?} (usage: [--quick] [--only GROUP] [--rounds N] [--latency-rate N] [--out FILE])"
                 ));
             }
         }
@@ -263,7 +274,7 @@ async fn run(
                 "e2e round {round}/{}: end to end, full load",
                 s.rounds
             ));
-            let e = e2e::end_to_end(&exe, cfg, &pool, &repo, s.e2e_full, 0).await?;
+            let e = e2e::end_to_end(&exe, cfg, &pool, &repo, s.e2e_full, 0, None).await?;
             fulls.push(e.full_rate);
             lats.push(e.full);
             cpus.extend(e.cpu_ms_per_push);
@@ -281,7 +292,20 @@ async fn run(
             }
         }
         step("end to end: half load");
-        let e = e2e::end_to_end(&exe, cfg, &pool, &repo, s.e2e_full, s.e2e_half_secs).await?;
+        let e = e2e::end_to_end(
+            &exe,
+            cfg,
+            &pool,
+            &repo,
+            s.e2e_full,
+            s.e2e_half_secs,
+            o.latency_rate,
+        )
+        .await?;
+        // The paced run: half the full-load rate, or the rate asked for.
+        let paced = o.latency_rate.map_or("half load".to_string(), |r| {
+            format!("{r:.0} push/s (paced)")
+        });
         extra.insert(
             "e2e_rounds".into(),
             serde_json::json!({
@@ -317,7 +341,7 @@ async fn run(
         });
         if let Some(g) = e.half_pushes_per_statement {
             rows.push(Row::alone(
-                "pushes written per statement (group commit) at half load",
+                &format!("pushes written per statement (group commit) at {paced}"),
                 g,
                 "pushes",
                 None,
@@ -359,22 +383,22 @@ async fn run(
         // Latency at full load is queueing behind the backlog the unthrottled
         // publisher builds: the last round's, as a shape, not a target.
         let full = lats.last().copied().unwrap_or(e.full);
-        for (load, l) in [("full", Some(full)), ("half", e.half)] {
+        for (load, l) in [("full load".to_string(), Some(full)), (paced, e.half)] {
             let Some(l) = l else { continue };
             rows.push(Row::alone(
-                &format!("end-to-end latency p50 / p95 / p99 at {load} load: p50"),
+                &format!("end-to-end latency p50 / p95 / p99 at {load}: p50"),
                 l.p50,
                 "ms",
                 None,
             ));
             rows.push(Row::alone(
-                &format!("... at {load} load: p95"),
+                &format!("... at {load}: p95"),
                 l.p95,
                 "ms",
                 None,
             ));
             rows.push(Row::alone(
-                &format!("... at {load} load: p99"),
+                &format!("... at {load}: p99"),
                 l.p99,
                 "ms",
                 None,
