@@ -71,15 +71,8 @@ pub async fn push_transactions(
                     Event::new(&names, "git.branch.created", corr, payload),
                 ];
                 let mut conn = pool.acquire().await?;
-                let mut d = deliveries_for_push(&mut conn, &names, &push, &events).await?;
-                let mut events = events.to_vec();
-                events.append(&mut d.jobs);
-                let write = PushWrite {
-                    message_id: push.push_id,
-                    push,
-                    events,
-                    deliveries: d.rows,
-                };
+                let d = deliveries_for_push(&mut conn, &names, &push, &events).await?;
+                let write = PushWrite::new(push.push_id, push, events.to_vec(), d);
                 if record(&mut *conn, "bench.push", std::slice::from_ref(&write))
                     .await?
                     .is_empty()

@@ -85,11 +85,7 @@ impl From<sqlx::Error> for JobError {
     /// Database errors are transient unless they say the input is wrong
     /// (SQLSTATE class 22: data exception, 23: integrity violation).
     fn from(e: sqlx::Error) -> Self {
-        if is_bad_input(&e) {
-            JobError::Permanent(e.into())
-        } else {
-            JobError::Transient(e.into())
-        }
+        db_error(is_bad_input(&e), e.into())
     }
 }
 
@@ -98,12 +94,15 @@ impl JobError {
     /// error itself goes to one of them): classed as [`From<sqlx::Error>`]
     /// classes it, with its message.
     pub fn shared_db(e: &sqlx::Error) -> Self {
-        let e2 = anyhow::anyhow!("{e}");
-        if is_bad_input(e) {
-            JobError::Permanent(e2)
-        } else {
-            JobError::Transient(e2)
-        }
+        db_error(is_bad_input(e), anyhow::anyhow!("{e}"))
+    }
+}
+
+fn db_error(bad_input: bool, e: anyhow::Error) -> JobError {
+    if bad_input {
+        JobError::Permanent(e)
+    } else {
+        JobError::Transient(e)
     }
 }
 

@@ -112,14 +112,33 @@ async fn wait_for_queue(w: &GroupCommit, n: usize) {
 
 type Outcome = tokio::task::JoinHandle<Result<Written, JobError>>;
 
-fn spawn_write(
-    w: &Arc<GroupCommit>,
-    message_id: Uuid,
-    push: PushJob,
-    events: Vec<Event>,
-) -> Outcome {
-    let w = w.clone();
-    tokio::spawn(async move { w.write(message_id, push, events).await })
+/// Writes `push` (its message id is its push id, as a push job's envelope has).
+fn spawn_push(w: &Arc<GroupCommit>, push: &PushJob, events: Vec<Event>) -> Outcome {
+    let (w, push) = (w.clone(), push.clone());
+    tokio::spawn(async move { w.write(push.push_id, push, events).await })
+}
+
+/// A writer whose only slot is taken by a first push waiting on `REPO`'s lock,
+/// which the test holds: pushes written now queue up and form the next group.
+struct Held {
+    w: Arc<GroupCommit>,
+    lock: sqlx::Transaction<'static, sqlx::Postgres>,
+    first: PushJob,
+    first_task: Outcome,
+}
+
+async fn writer_held_on_lock(pool: &PgPool) -> Held {
+    let w = writer(pool);
+    let lock = hold_repository_lock(pool).await;
+    let (first, first_events) = push_to("first", 'f');
+    let first_task = spawn_push(&w, &first, first_events);
+    wait_for_lock_waiter(pool).await;
+    Held {
+        w,
+        lock,
+        first,
+        first_task,
+    }
 }
 
 /// Transaction ids that wrote the pushes' rows: one per statement.
@@ -134,13 +153,13 @@ async fn writing_transactions(pool: &PgPool, push_ids: &[Uuid]) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_ready_during_a_write_are_written_by_one_statement_each_with_its_own_outcome() {
     let db = TestDb::new().await;
-    let w = writer(&db.pool);
-    let lock = hold_repository_lock(&db.pool).await;
-
     // The first push takes the only writer slot and waits on the lock.
-    let (first, first_events) = push_to("first", 'f');
-    let first_task = spawn_write(&w, first.push_id, first.clone(), first_events);
-    wait_for_lock_waiter(&db.pool).await;
+    let Held {
+        w,
+        lock,
+        first,
+        first_task,
+    } = writer_held_on_lock(&db.pool).await;
 
     // Four more queue up behind it: two pushes to one ref (the later push_id
     // must win), a push to another ref, and a redelivery the inbox already has.
@@ -157,15 +176,15 @@ async fn pushes_ready_during_a_write_are_written_by_one_statement_each_with_its_
     // order), one at a time so the queue's order is known.
     let mut tasks = Vec::new();
     for (i, (p, ev)) in [
-        (newer.clone(), newer_events),
-        (older.clone(), older_events),
-        (other.clone(), other_events),
-        (dup.clone(), dup_events),
+        (&newer, newer_events),
+        (&older, older_events),
+        (&other, other_events),
+        (&dup, dup_events),
     ]
     .into_iter()
     .enumerate()
     {
-        tasks.push(spawn_write(&w, p.push_id, p, ev));
+        tasks.push(spawn_push(&w, p, ev));
         wait_for_queue(&w, i + 1).await;
     }
     wait_for_queue(&w, 4).await;
@@ -238,11 +257,12 @@ async fn pushes_ready_during_a_write_are_written_by_one_statement_each_with_its_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_that_fails_in_a_group_fails_alone_and_the_others_are_written() {
     let db = TestDb::new().await;
-    let w = writer(&db.pool);
-    let lock = hold_repository_lock(&db.pool).await;
-    let (first, first_events) = push_to("first", 'f');
-    let first_task = spawn_write(&w, first.push_id, first.clone(), first_events);
-    wait_for_lock_waiter(&db.pool).await;
+    let Held {
+        w,
+        lock,
+        first_task,
+        ..
+    } = writer_held_on_lock(&db.pool).await;
 
     let (good_a, a_events) = push_to("a", 'a');
     // PostgreSQL refuses a NUL character in text (SQLSTATE 22021): bad input,
@@ -251,9 +271,9 @@ async fn a_push_that_fails_in_a_group_fails_alone_and_the_others_are_written() {
     bad.pusher = Some("nul\u{0}here".into());
     let (good_c, c_events) = push_to("c", 'c');
     let tasks = [
-        spawn_write(&w, good_a.push_id, good_a.clone(), a_events),
-        spawn_write(&w, bad.push_id, bad.clone(), bad_events),
-        spawn_write(&w, good_c.push_id, good_c.clone(), c_events),
+        spawn_push(&w, &good_a, a_events),
+        spawn_push(&w, &bad, bad_events),
+        spawn_push(&w, &good_c, c_events),
     ];
     wait_for_queue(&w, 3).await;
     lock.commit().await.unwrap();
@@ -287,14 +307,15 @@ async fn a_push_that_fails_in_a_group_fails_alone_and_the_others_are_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_abandoned_before_a_group_takes_it_is_not_written() {
     let db = TestDb::new().await;
-    let w = writer(&db.pool);
-    let lock = hold_repository_lock(&db.pool).await;
-    let (first, first_events) = push_to("first", 'f');
-    let first_task = spawn_write(&w, first.push_id, first.clone(), first_events);
-    wait_for_lock_waiter(&db.pool).await;
+    let Held {
+        w,
+        lock,
+        first_task,
+        ..
+    } = writer_held_on_lock(&db.pool).await;
 
     let (gone, gone_events) = push_to("gone", 'g');
-    let abandoned = spawn_write(&w, gone.push_id, gone.clone(), gone_events);
+    let abandoned = spawn_push(&w, &gone, gone_events);
     wait_for_queue(&w, 1).await;
     // The consumer core drops a delivery's future on timeout or shutdown.
     abandoned.abort();
@@ -319,16 +340,13 @@ async fn a_group_writes_nothing_and_draws_no_outbox_id_before_it_holds_the_repos
     let other_lock = hold_lock_of(&db.pool, "other.git").await;
     let (mut elsewhere, elsewhere_events) = push_to("elsewhere", 'e');
     elsewhere.repository = "other.git".into();
-    let first = spawn_write(&w, elsewhere.push_id, elsewhere.clone(), elsewhere_events);
+    let first = spawn_push(&w, &elsewhere, elsewhere_events);
     wait_for_lock_waiter(&db.pool).await;
     // Two pushes to REPO queue behind it; REPO's lock is held too.
     let lock = hold_repository_lock(&db.pool).await;
     let (a, a_events) = push_to("a", 'a');
     let (b, b_events) = push_to("b", 'b');
-    let group = [
-        spawn_write(&w, a.push_id, a.clone(), a_events),
-        spawn_write(&w, b.push_id, b.clone(), b_events),
-    ];
+    let group = [spawn_push(&w, &a, a_events), spawn_push(&w, &b, b_events)];
     wait_for_queue(&w, 2).await;
     other_lock.commit().await.unwrap();
     first.await.unwrap().unwrap();

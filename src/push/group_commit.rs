@@ -50,6 +50,19 @@ pub enum Written {
     Duplicate,
 }
 
+impl Written {
+    /// The outcome of `w`, which the statement `claimed` or found in the inbox.
+    fn of(w: &PushWrite, claimed: bool) -> Self {
+        if claimed {
+            Written::Recorded {
+                webhooks: w.deliveries.len(),
+            }
+        } else {
+            Written::Duplicate
+        }
+    }
+}
+
 type Reply = oneshot::Sender<Result<Written, JobError>>;
 
 /// A push waiting to be written.
@@ -212,31 +225,18 @@ impl GroupCommit {
         let mut writes = Vec::with_capacity(group.len());
         let mut replies = Vec::with_capacity(group.len());
         for w in group {
-            let mut deliveries = plan_deliveries(&subscriptions, &self.names, &w.push, &w.events);
-            let mut events = w.events;
-            let webhooks = deliveries.rows.len();
-            events.append(&mut deliveries.jobs);
-            writes.push(PushWrite {
-                message_id: w.message_id,
-                push: w.push,
-                events,
-                deliveries: deliveries.rows,
-            });
-            replies.push((w.reply, webhooks));
+            let deliveries = plan_deliveries(&subscriptions, &self.names, &w.push, &w.events);
+            writes.push(PushWrite::new(w.message_id, w.push, w.events, deliveries));
+            replies.push(w.reply);
         }
         match record(&mut *conn, &self.queue, &writes).await {
             Ok(claimed) => {
-                for (w, (reply, webhooks)) in writes.iter().zip(replies) {
-                    let written = if claimed.contains(&w.message_id) {
-                        Written::Recorded { webhooks }
-                    } else {
-                        Written::Duplicate
-                    };
-                    let _ = reply.send(Ok(written));
+                for (w, reply) in writes.iter().zip(replies) {
+                    let _ = reply.send(Ok(Written::of(w, claimed.contains(&w.message_id))));
                 }
             }
             Err(e) if writes.len() == 1 => {
-                if let Some((reply, _)) = replies.pop() {
+                if let Some(reply) = replies.pop() {
                     let _ = reply.send(Err(e.into()));
                 }
             }
@@ -246,11 +246,10 @@ impl GroupCommit {
                     pushes = writes.len(),
                     "a group of pushes failed to write; writing them one by one"
                 );
-                for (w, (reply, webhooks)) in writes.iter().zip(replies) {
+                for (w, reply) in writes.iter().zip(replies) {
                     let one = record(&mut *conn, &self.queue, std::slice::from_ref(w)).await;
                     let _ = reply.send(match one {
-                        Ok(claimed) if claimed.is_empty() => Ok(Written::Duplicate),
-                        Ok(_) => Ok(Written::Recorded { webhooks }),
+                        Ok(claimed) => Ok(Written::of(w, !claimed.is_empty())),
                         Err(e) => Err(e.into()),
                     });
                 }

@@ -4,9 +4,8 @@
 //! apply one at a time; the lock lives in the transaction, never on a pooled
 //! session) the statement claims each push's message in the inbox, records the
 //! push, moves the ref-state rows forward, and enqueues the events, webhook jobs
-//! and webhook deliveries through the outbox. Ref state only moves forward: a
-//! push older than the one that last set a ref (push ids are time-ordered UUID
-//! v7) does not overwrite it, so pushes handled out of order still end at the
+//! and webhook deliveries through the outbox. Ref state only moves forward
+//! ([`REF_STATE_FORWARD`]), so pushes handled out of order still end at the
 //! last push.
 //!
 //! Why one statement, and not the inbox's generic transaction
@@ -37,6 +36,7 @@ use super::update::is_zero;
 use crate::inbox::Claim;
 use crate::outbox::Event;
 use crate::outbox::storage::{EVENT_PARAMS, EventArrays, Owned};
+use crate::webhook::Deliveries;
 use crate::webhook::storage::{DELIVERY_PARAMS, DeliveryArrays, NewDelivery};
 
 /// One push's writes.
@@ -51,6 +51,35 @@ pub struct PushWrite {
     /// Webhook delivery rows.
     pub deliveries: Vec<NewDelivery>,
 }
+
+impl PushWrite {
+    /// The writes of a push (message `message_id`) with its `events` and the
+    /// webhook `deliveries` planned for them: the outbox gets the events, then
+    /// the deliveries' `webhook` jobs.
+    pub fn new(
+        message_id: Uuid,
+        push: PushJob,
+        mut events: Vec<Event>,
+        deliveries: Deliveries,
+    ) -> Self {
+        let Deliveries { rows, mut jobs } = deliveries;
+        events.append(&mut jobs);
+        Self {
+            message_id,
+            push,
+            events,
+            deliveries: rows,
+        }
+    }
+}
+
+/// Ref state only moves forward: a push older than the one that last set a ref
+/// (push ids are time-ordered UUID v7) does not overwrite it. The conflict
+/// clause of both statements' `ref_state` insert.
+const REF_STATE_FORWARD: &str = "ON CONFLICT (repository, ref) DO UPDATE
+                     SET sha = EXCLUDED.sha, deleted = EXCLUDED.deleted,
+                         push_id = EXCLUDED.push_id, updated_at = now()
+                     WHERE ref_state.push_id < EXCLUDED.push_id";
 
 /// Records `writes` (claimed in the inbox of `queue`) in one statement and
 /// returns the message ids it claimed: a write whose message the inbox already
@@ -114,10 +143,7 @@ pub async fn record<'c>(
                  JOIN UNNEST(${REFS}::uuid[], ${}::text[], ${}::text[], ${}::bool[])
                      AS u(owner, r, s, d) ON u.owner = m.message_id
                  ORDER BY m.repository, u.r, m.push_id DESC
-                 ON CONFLICT (repository, ref) DO UPDATE
-                     SET sha = EXCLUDED.sha, deleted = EXCLUDED.deleted,
-                         push_id = EXCLUDED.push_id, updated_at = now()
-                     WHERE ref_state.push_id < EXCLUDED.push_id
+                 {REF_STATE_FORWARD}
              ),
              o AS ({}),
              d AS ({})
@@ -199,10 +225,7 @@ async fn record_one<'c>(
                  INSERT INTO ref_state (repository, ref, sha, deleted, push_id)
                  SELECT $2, r, s, d, $1
                  FROM lock, unnest($7::text[], $8::text[], $9::bool[]) AS u(r, s, d)
-                 ON CONFLICT (repository, ref) DO UPDATE
-                     SET sha = EXCLUDED.sha, deleted = EXCLUDED.deleted,
-                         push_id = EXCLUDED.push_id, updated_at = now()
-                     WHERE ref_state.push_id < EXCLUDED.push_id
+                 {REF_STATE_FORWARD}
              ),
              o AS ({}),
              d AS ({})
@@ -212,8 +235,6 @@ async fn record_one<'c>(
             DeliveryArrays::insert_sql(DELIVERIES, "lock, ", None),
         )
     });
-    let mut items = Items::default();
-    items.add(w);
     let mut refs = Refs::default();
     refs.add(w);
     let q = sqlx::query(&SQL)
@@ -221,8 +242,8 @@ async fn record_one<'c>(
         .bind(&w.push.repository)
         .bind(&w.push.pusher)
         .bind(w.push.pushed_at)
-        .bind(items.ref_counts[0])
-        .bind(items.updates.swap_remove(0))
+        .bind(ref_count(&w.push))
+        .bind(updates_json(&w.push))
         .bind(refs.refs)
         .bind(refs.shas)
         .bind(refs.deleted)
@@ -232,6 +253,17 @@ async fn record_one<'c>(
     // All rows, as in `record`: the commit happens after the row is sent.
     let claimed = !q.fetch_all(conn).await?.is_empty();
     Ok(if claimed { vec![w.message_id] } else { vec![] })
+}
+
+/// `pushes.ref_count` of `p`.
+fn ref_count(p: &PushJob) -> i32 {
+    i32::try_from(p.updates.len()).unwrap_or(i32::MAX)
+}
+
+/// `pushes.updates` of `p`.
+fn updates_json(p: &PushJob) -> serde_json::Value {
+    // Serialising validated ref updates (strings) cannot fail.
+    serde_json::to_value(&p.updates).unwrap_or(serde_json::Value::Null)
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
@@ -256,11 +288,8 @@ impl Items {
         self.repositories.push(p.repository.clone());
         self.pushers.push(p.pusher.clone());
         self.pushed_at.push(p.pushed_at);
-        self.ref_counts
-            .push(i32::try_from(p.updates.len()).unwrap_or(i32::MAX));
-        // Serialising validated ref updates (strings) cannot fail.
-        self.updates
-            .push(serde_json::to_value(&p.updates).unwrap_or(serde_json::Value::Null));
+        self.ref_counts.push(ref_count(p));
+        self.updates.push(updates_json(p));
     }
 
     fn bind(self, q: Query<'_>) -> Query<'_> {
