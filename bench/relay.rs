@@ -24,11 +24,9 @@ fn event(names: &Names, t: i64) -> Event {
 }
 
 async fn unpublished(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(pool)
-            .await?,
-    )
+    Ok(sqlx::query_scalar("SELECT count(*) FROM outbox_pending")
+        .fetch_one(pool)
+        .await?)
 }
 
 /// Relay msg/s from an outbox of `n` rows (relay batch = the window).
@@ -37,9 +35,11 @@ pub async fn relay_throughput(cfg: &Config, pool: &PgPool, n: u64) -> anyhow::Re
     let names = Names::new(&cfg.amqp.prefix);
     let sink = format!("{}.relay-sink", cfg.amqp.prefix);
     declare_queue(cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
-    // Every round starts from the same table: exactly `n` rows, no published rows
+    // Every round starts from the same tables: exactly `n` rows, no published rows
     // (and their dead index entries) left by earlier rounds.
-    sqlx::query("TRUNCATE outbox").execute(pool).await?;
+    sqlx::query("TRUNCATE outbox, outbox_pending, outbox_published")
+        .execute(pool)
+        .await?;
     let mut left = n;
     while left > 0 {
         let k = left.min(1000);
@@ -90,7 +90,9 @@ pub async fn relay_latency(
     let names = Names::new(&cfg.amqp.prefix);
     let sink = format!("{}.latency-sink", cfg.amqp.prefix);
     declare_queue(cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
-    sqlx::query("TRUNCATE outbox").execute(pool).await?;
+    sqlx::query("TRUNCATE outbox, outbox_pending, outbox_published")
+        .execute(pool)
+        .await?;
     let token = CancellationToken::new();
     let relay = tokio::spawn(outbox::run_relay(
         cfg.amqp.clone(),
@@ -143,6 +145,8 @@ pub async fn relay_latency(
     let _ = relay.await;
     let _ = conn.close(200, "ok".into()).await;
     delete_queue(cfg, &sink).await?;
-    sqlx::query("DELETE FROM outbox").execute(pool).await?;
+    sqlx::query("TRUNCATE outbox, outbox_pending, outbox_published")
+        .execute(pool)
+        .await?;
     Ok((percentile(&mut lat, 50.0), percentile(&mut lat, 99.0)))
 }

@@ -160,11 +160,10 @@ async fn effects_and_events_commit_together_or_not_at_all_and_redeliveries_are_s
     eventually(Duration::from_secs(30), "outbox drained", || {
         let pool = db.pool.clone();
         async move {
-            let n: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_pending")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
             (n == 0).then_some(())
         }
     })

@@ -410,8 +410,8 @@ async fn real_push_delivers_once_per_matching_subscription_signed() {
         let (b, pool, q) = (&env.broker, &env.db.pool, q.clone());
         async move {
             let pending: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM outbox \
-                     WHERE routing_key = 'webhook' AND published_at IS NULL",
+                "SELECT count(*) FROM outbox_pending p JOIN outbox o ON o.id = p.id \
+                     WHERE o.routing_key = 'webhook'",
             )
             .fetch_one(pool)
             .await

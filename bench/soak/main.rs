@@ -796,7 +796,7 @@ async fn drill(
     loop {
         let state: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
             "SELECT (SELECT count(*) FROM pushes), \
-                    (SELECT count(*) FROM outbox WHERE published_at IS NULL)",
+                    (SELECT count(*) FROM outbox_pending)",
         )
         .fetch_one(&pool)
         .await;
@@ -910,10 +910,13 @@ async fn verify(
         .fetch_one(pool)
         .await?;
 
-    let rows: Vec<(Uuid, Option<String>, bool)> =
-        sqlx::query_as("SELECT message_id, correlation_id, published_at IS NOT NULL FROM outbox")
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<(Uuid, Option<String>, bool)> = sqlx::query_as(
+        "SELECT o.message_id, o.correlation_id, \
+                    EXISTS (SELECT 1 FROM outbox_published p WHERE p.id = o.id) \
+             FROM outbox o",
+    )
+    .fetch_all(pool)
+    .await?;
     report.outbox_rows = rows.len();
     report.outbox_unpublished = rows.iter().filter(|r| !r.2).count() as i64;
     let mut per_push: HashMap<Uuid, usize> = HashMap::new();

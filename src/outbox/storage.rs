@@ -4,6 +4,14 @@
 //! claim (`FOR UPDATE SKIP LOCKED`, id order), marking rows published or failed,
 //! status sampling, replay selection and retention pruning. It never talks to the
 //! broker and never decides policy (backoff, batch sizes): callers pass those in.
+//!
+//! Three tables (migration 0006): `outbox` holds what to publish and is written
+//! once; `outbox_pending` is the relay's work queue (one narrow row per event not
+//! yet confirmed, with its retry state; a trigger adds it on insert, the relay
+//! deletes it on confirm); `outbox_published` records when each event was
+//! confirmed. So marking a batch published never rewrites the wide rows.
+//! `outbox.published_at` and its retry columns are no longer read (see the
+//! migration: they keep relays of the previous release away from new rows).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -39,8 +47,10 @@ pub struct OutboxRow {
     pub publish_attempts: i32,
 }
 
-const ROW_COLUMNS: &str = "id, message_id, exchange, routing_key, event_type, correlation_id, \
-                           headers, payload::text AS payload, created_at, publish_attempts";
+/// The outbox columns of an [`OutboxRow`] (table alias `o`); the attempts come
+/// from `outbox_pending` or `outbox_published`.
+const ROW_COLUMNS: &str = "o.id, o.message_id, o.exchange, o.routing_key, o.event_type, \
+                           o.correlation_id, o.headers, o.payload::text AS payload, o.created_at";
 
 /// The parameter arrays of an outbox insert (`INSERT ... SELECT ... UNNEST`), so
 /// the insert can run alone ([`insert_events`]) or be folded into a caller's
@@ -145,7 +155,8 @@ impl EventArrays {
     }
 }
 
-/// Inserts all `events` with one statement (one round trip, one NOTIFY).
+/// Inserts all `events` with one statement (one round trip; the table's trigger
+/// queues them in `outbox_pending` and sends one NOTIFY).
 pub async fn insert_events(
     tx: &mut Transaction<'static, Postgres>,
     events: &[Event],
@@ -162,13 +173,13 @@ pub async fn insert_events(
 }
 
 /// Starts a relay claim transaction in which the planner can only walk
-/// `outbox_pending_id_idx` in id order.
+/// `outbox_pending`'s primary key in id order.
 ///
 /// Why: right after a burst (a backlog after an outage: exactly when the relay
 /// must be fastest) the table's statistics are stale, the planner expects a few
 /// pending rows and picks a bitmap scan that reads *every* pending row, payload
-/// included, and sorts them (measured: 30 ms and an 11 MB on-disk sort per claim
-/// of 256 out of 10,000, against 0.5 ms by the index). `FOR UPDATE` keeps the
+/// included, and sorts them (measured on the wide table before 0006: 30 ms and an
+/// 11 MB on-disk sort per claim of 256 out of 10,000, against 0.5 ms by the index). `FOR UPDATE` keeps the
 /// LIMIT from bounding that sort. The settings are `LOCAL`: they end with the
 /// transaction and never leak to the pooled session. One round trip, like a
 /// plain `BEGIN`.
@@ -177,32 +188,44 @@ pub async fn begin_claim(pool: &PgPool) -> Result<Transaction<'static, Postgres>
         .await
 }
 
-/// Locks up to `limit` due, unpublished rows in id order, skipping rows another
-/// relay holds. The locks last until `tx` ends, so a crashed relay just rolls back.
+/// Locks up to `limit` due `outbox_pending` rows in id order, skipping rows another
+/// relay holds, and reads their outbox rows. The locks last until `tx` ends, so a
+/// crashed relay just rolls back.
 pub async fn claim(
     tx: &mut Transaction<'static, Postgres>,
     limit: u32,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    sqlx::query_as(claim_sql())
+    let mut rows: Vec<OutboxRow> = sqlx::query_as(claim_sql())
         .bind(i64::from(limit))
         .fetch_all(&mut **tx)
-        .await
+        .await?;
+    if !rows.is_sorted_by_key(|r| r.id) {
+        rows.sort_unstable_by_key(|r| r.id);
+    }
+    Ok(rows)
 }
 
 /// The claim statement ([`claim`]; `$1` is the batch size): exposed so its plan can
 /// be checked with `EXPLAIN` inside [`begin_claim`].
 pub fn claim_sql() -> &'static str {
     static SQL: LazyLock<String> = LazyLock::new(|| {
+        // The outbox row is read per claimed id (a nested loop: the subquery's
+        // LIMIT keeps it to the batch), never by walking the outbox in id order
+        // from its first row, which a merge join would do. The nested loop keeps
+        // the claim's id order; `claim` checks it rather than sorting again here.
         format!(
-            "SELECT {ROW_COLUMNS} FROM outbox \
-             WHERE published_at IS NULL AND next_attempt_at <= now() \
-             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+            "SELECT {ROW_COLUMNS}, c.publish_attempts \
+             FROM (SELECT id, publish_attempts FROM outbox_pending \
+                   WHERE next_attempt_at <= now() \
+                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) c \
+             CROSS JOIN LATERAL (SELECT * FROM outbox WHERE outbox.id = c.id OFFSET 0) o"
         )
     });
     &SQL
 }
 
-/// Marks `ids` published (one statement).
+/// Marks `ids` published (one statement): their work rows leave
+/// `outbox_pending` and `outbox_published` records the time and attempts.
 pub async fn mark_published(
     tx: &mut Transaction<'static, Postgres>,
     ids: &[i64],
@@ -211,9 +234,11 @@ pub async fn mark_published(
         return Ok(());
     }
     sqlx::query(
-        "UPDATE outbox SET published_at = now(), publish_attempts = publish_attempts + 1, \
-                           last_error = NULL \
-         WHERE id = ANY($1)",
+        "WITH done AS (DELETE FROM outbox_pending WHERE id = ANY($1) \
+                       RETURNING id, publish_attempts) \
+         INSERT INTO outbox_published (id, publish_attempts) \
+         SELECT id, publish_attempts + 1 FROM done ORDER BY id \
+         ON CONFLICT (id) DO NOTHING",
     )
     .bind(ids)
     .execute(&mut **tx)
@@ -244,8 +269,9 @@ pub async fn mark_failed(
     let errors: Vec<String> = failures.iter().map(|f| f.error.clone()).collect();
     let delays: Vec<f64> = failures.iter().map(|f| f.retry_in.as_secs_f64()).collect();
     sqlx::query(
-        "UPDATE outbox o SET publish_attempts = o.publish_attempts + 1, last_error = f.error, \
-                             next_attempt_at = now() + make_interval(secs => f.delay) \
+        "UPDATE outbox_pending o SET publish_attempts = o.publish_attempts + 1, \
+                                     last_error = f.error, \
+                                     next_attempt_at = now() + make_interval(secs => f.delay) \
          FROM UNNEST($1::bigint[], $2::text[], $3::float8[]) AS f(id, error, delay) \
          WHERE o.id = f.id",
     )
@@ -257,11 +283,13 @@ pub async fn mark_failed(
     Ok(())
 }
 
-/// Pending count and age of the oldest pending row, in seconds.
+/// Pending count and age of the oldest pending row (the lowest pending id), in
+/// seconds.
 pub async fn pending_stats(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
     let (count, age): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 \
-         FROM outbox WHERE published_at IS NULL",
+        "SELECT (SELECT count(*) FROM outbox_pending), \
+                (SELECT EXTRACT(EPOCH FROM now() - created_at)::float8 FROM outbox \
+                 WHERE id = (SELECT min(id) FROM outbox_pending))",
     )
     .fetch_one(pool)
     .await?;
@@ -288,9 +316,11 @@ pub struct FailingRow {
 /// Up to `limit` failing rows, oldest first.
 pub async fn failing_rows(pool: &PgPool, limit: i64) -> Result<Vec<FailingRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, event_type, exchange, publish_attempts, last_error, next_attempt_at \
-         FROM outbox WHERE published_at IS NULL AND publish_attempts > 0 \
-         ORDER BY id LIMIT $1",
+        "SELECT p.id, o.event_type, o.exchange, p.publish_attempts, p.last_error, \
+                p.next_attempt_at \
+         FROM outbox_pending p JOIN outbox o ON o.id = p.id \
+         WHERE p.publish_attempts > 0 \
+         ORDER BY p.id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
@@ -299,18 +329,16 @@ pub async fn failing_rows(pool: &PgPool, limit: i64) -> Result<Vec<FailingRow>, 
 
 /// Number of failing rows.
 pub async fn failing_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM outbox WHERE published_at IS NULL AND publish_attempts > 0",
-    )
-    .fetch_one(pool)
-    .await
+    sqlx::query_scalar("SELECT count(*) FROM outbox_pending WHERE publish_attempts > 0")
+        .fetch_one(pool)
+        .await
 }
 
 /// Rows published within the last `window`.
 pub async fn published_within(pool: &PgPool, window: Duration) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT count(*) FROM outbox \
-         WHERE published_at IS NOT NULL AND published_at >= now() - make_interval(secs => $1)",
+        "SELECT count(*) FROM outbox_published \
+         WHERE published_at >= now() - make_interval(secs => $1)",
     )
     .bind(window.as_secs_f64())
     .fetch_one(pool)
@@ -336,28 +364,30 @@ pub struct Selection {
     pub correlation_id: Option<String>,
 }
 
-const SELECTION_WHERE: &str = "published_at IS NOT NULL \
-     AND ($1::bigint IS NULL OR id >= $1) AND ($2::bigint IS NULL OR id <= $2) \
-     AND ($3::timestamptz IS NULL OR created_at >= $3) \
-     AND ($4::timestamptz IS NULL OR created_at <= $4) \
-     AND ($5::text IS NULL OR event_type = $5) \
-     AND ($6::text IS NULL OR (event_type || '.') ~ $6) \
-     AND ($7::text IS NULL OR correlation_id = $7)";
+/// The published rows a [`Selection`] matches: `outbox o` joined with
+/// `outbox_published p`. The id bounds are put on both sides so that whichever
+/// join the planner picks starts at `$1`, not at either table's first row.
+const SELECTION: &str = "outbox o JOIN outbox_published p ON p.id = o.id \
+     WHERE ($1::bigint IS NULL OR (o.id >= $1 AND p.id >= $1)) \
+     AND ($2::bigint IS NULL OR (o.id <= $2 AND p.id <= $2)) \
+     AND ($3::timestamptz IS NULL OR o.created_at >= $3) \
+     AND ($4::timestamptz IS NULL OR o.created_at <= $4) \
+     AND ($5::text IS NULL OR o.event_type = $5) \
+     AND ($6::text IS NULL OR (o.event_type || '.') ~ $6) \
+     AND ($7::text IS NULL OR o.correlation_id = $7)";
 
 /// Number of published rows the selection matches.
 pub async fn count_selected(pool: &PgPool, s: &Selection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM outbox WHERE {SELECTION_WHERE}"
-    ))
-    .bind(s.from_id)
-    .bind(s.to_id)
-    .bind(s.since)
-    .bind(s.until)
-    .bind(&s.event_type)
-    .bind(&s.event_type_regex)
-    .bind(&s.correlation_id)
-    .fetch_one(pool)
-    .await
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {SELECTION}"))
+        .bind(s.from_id)
+        .bind(s.to_id)
+        .bind(s.since)
+        .bind(s.until)
+        .bind(&s.event_type)
+        .bind(&s.event_type_regex)
+        .bind(&s.correlation_id)
+        .fetch_one(pool)
+        .await
 }
 
 /// The next page of selected published rows with `id > after`, in id order.
@@ -368,8 +398,8 @@ pub async fn select_page(
     limit: i64,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {ROW_COLUMNS} FROM outbox WHERE {SELECTION_WHERE} AND id > $8 \
-         ORDER BY id LIMIT $9"
+        "SELECT {ROW_COLUMNS}, p.publish_attempts FROM {SELECTION} \
+         AND o.id > $8 AND p.id > $8 ORDER BY o.id LIMIT $9"
     ))
     .bind(s.from_id)
     .bind(s.to_id)
@@ -384,25 +414,29 @@ pub async fn select_page(
     .await
 }
 
-/// Deletes up to `limit` outbox rows published more than `older_than` ago.
-/// Unpublished rows are never touched.
+/// Deletes up to `limit` events published more than `older_than` ago (their
+/// `outbox_published` and `outbox` rows); returns how many. Unpublished rows are
+/// never touched: only what `outbox_published` names is deleted.
 pub async fn prune_outbox_batch(
     pool: &PgPool,
     older_than: Duration,
     limit: u32,
 ) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
-        "DELETE FROM outbox WHERE id IN ( \
-             SELECT id FROM outbox \
-             WHERE published_at IS NOT NULL \
-               AND published_at < now() - make_interval(secs => $1) \
-             ORDER BY published_at LIMIT $2)",
+    let n: i64 = sqlx::query_scalar(
+        "WITH gone AS ( \
+             DELETE FROM outbox_published WHERE id IN ( \
+                 SELECT id FROM outbox_published \
+                 WHERE published_at < now() - make_interval(secs => $1) \
+                 ORDER BY published_at LIMIT $2) \
+             RETURNING id), \
+         rows AS (DELETE FROM outbox WHERE id IN (SELECT id FROM gone)) \
+         SELECT count(*) FROM gone",
     )
     .bind(older_than.as_secs_f64())
     .bind(i64::from(limit))
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(r.rows_affected())
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Deletes up to `limit` inbox rows processed more than `older_than` ago.

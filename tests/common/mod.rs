@@ -53,6 +53,15 @@ pub struct TestDb {
 impl TestDb {
     /// Creates the database and applies the migrations.
     pub async fn new() -> TestDb {
+        let db = TestDb::unmigrated().await;
+        hookfleet::db::migrate(&db.pool)
+            .await
+            .expect("migrate test db");
+        db
+    }
+
+    /// Creates the database without applying any migration.
+    pub async fn unmigrated() -> TestDb {
         init_logs();
         drop_stale_databases().await;
         let epoch = SystemTime::now()
@@ -74,9 +83,6 @@ impl TestDb {
             .connect(&url)
             .await
             .expect("connect test db");
-        hookfleet::db::migrate(&pool)
-            .await
-            .expect("migrate test db");
         TestDb { name, url, pool }
     }
 }

@@ -174,8 +174,25 @@ pub fn events(cfg: &Config, n: usize, correlation: &str) -> Vec<Event> {
 
 /// Unpublished rows left.
 pub async fn pending(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+    sqlx::query_scalar("SELECT count(*) FROM outbox_pending")
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// Marks the outbox rows `from..=to` published `age` ago with `attempts` attempts,
+/// as the relay would have (their work rows leave `outbox_pending`).
+pub async fn mark_published(pool: &PgPool, from: i64, to: i64, age: Duration, attempts: i32) {
+    sqlx::query(
+        "WITH done AS (DELETE FROM outbox_pending WHERE id BETWEEN $1 AND $2 RETURNING id) \
+         INSERT INTO outbox_published (id, published_at, publish_attempts) \
+         SELECT id, now() - make_interval(secs => $3), $4 FROM done",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(age.as_secs_f64())
+    .bind(attempts)
+    .execute(pool)
+    .await
+    .unwrap();
 }
