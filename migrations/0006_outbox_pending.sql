@@ -79,5 +79,39 @@ CREATE TRIGGER outbox_enqueue
     REFERENCING NEW TABLE AS inserted
     FOR EACH STATEMENT EXECUTE FUNCTION hookfleet_outbox_enqueue();
 
+-- Deleting or truncating outbox rows takes their pending and published rows along,
+-- so the work queue never names a row that is gone (the relay's claim would hand
+-- out nothing for it). Statement triggers: retention deletes batches of published
+-- rows, which never have a pending row; no foreign key, whose check would lock
+-- every outbox row an insert queues.
+CREATE OR REPLACE FUNCTION hookfleet_outbox_forget() RETURNS trigger AS $$
+BEGIN
+    DELETE FROM outbox_pending p USING gone WHERE p.id = gone.id;
+    DELETE FROM outbox_published p USING gone WHERE p.id = gone.id;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+DROP TRIGGER IF EXISTS outbox_forget ON outbox;
+CREATE TRIGGER outbox_forget
+    AFTER DELETE ON outbox
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION hookfleet_outbox_forget();
+
+-- DELETE, not TRUNCATE: `TRUNCATE outbox, outbox_pending` would otherwise fail
+-- (a table cannot be truncated while the same statement uses it).
+CREATE OR REPLACE FUNCTION hookfleet_outbox_truncate() RETURNS trigger AS $$
+BEGIN
+    DELETE FROM outbox_pending;
+    DELETE FROM outbox_published;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+DROP TRIGGER IF EXISTS outbox_truncate ON outbox;
+CREATE TRIGGER outbox_truncate
+    AFTER TRUNCATE ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION hookfleet_outbox_truncate();
+
 DROP INDEX IF EXISTS outbox_published_at_idx;
 DROP FUNCTION IF EXISTS hookfleet_outbox_notify();

@@ -1,5 +1,6 @@
-//! Upgrading a database written by the previous release (migrations 0001–0005) to
-//! the outbox work queue of 0006, while pods of that release still run.
+//! The outbox's three tables (migration 0006): upgrading a database written by the
+//! previous release while its pods still run, and keeping the work queue in step
+//! with the outbox when rows are deleted.
 
 mod common;
 
@@ -144,4 +145,53 @@ async fn upgrading_queues_pending_rows_keeps_history_and_idles_previous_relays()
             .unwrap(),
         0
     );
+}
+
+#[tokio::test]
+async fn deleting_or_truncating_outbox_rows_takes_their_queue_and_log_rows_along() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    for n in 1..=4 {
+        insert_as_previous_release(pool, n).await;
+    }
+    let ids = |table: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(&format!("SELECT id FROM {table} ORDER BY id"))
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(ids("outbox_pending").await, vec![1, 2, 3, 4]);
+    let mut tx = pool.begin().await.unwrap();
+    storage::mark_published(&mut tx, &[4]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(ids("outbox_published").await, vec![4]);
+
+    // An operator deletes rows by hand: the relay must not be handed their ids.
+    sqlx::query("DELETE FROM outbox WHERE id IN (1, 4)")
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(ids("outbox_pending").await, vec![2, 3]);
+    assert_eq!(ids("outbox_published").await, Vec::<i64>::new());
+    let mut tx = storage::begin_claim(pool).await.unwrap();
+    let claimed: Vec<i64> = storage::claim(&mut tx, 256)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(claimed, vec![2, 3]);
+    tx.rollback().await.unwrap();
+
+    sqlx::query("TRUNCATE outbox").execute(pool).await.unwrap();
+    assert_eq!(ids("outbox_pending").await, Vec::<i64>::new());
+    // Truncating the three tables together works too.
+    insert_as_previous_release(pool, 5).await;
+    sqlx::query("TRUNCATE outbox, outbox_pending, outbox_published")
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(ids("outbox_pending").await, Vec::<i64>::new());
+    let late = insert_as_previous_release(pool, 6).await;
+    assert_eq!(ids("outbox_pending").await, vec![late]);
 }
