@@ -210,6 +210,13 @@ async fn a_poison_row_does_not_block_the_others() {
     let status = outbox::status::fetch(&db.pool).await.unwrap();
     assert_eq!(status.pending, 2);
     assert_eq!(status.failing, 2);
+    assert_eq!(status.published_last_minute, 7, "the seven good rows");
+    let failing: Vec<&str> = status
+        .failing_rows
+        .iter()
+        .map(|r| r.exchange.as_str())
+        .collect();
+    assert_eq!(failing, vec![missing.exchange.as_str(), nowhere.as_str()]);
     assert!(status.render().contains("does not exist"));
 
     token.cancel();

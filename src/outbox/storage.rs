@@ -318,9 +318,11 @@ pub async fn failing_rows(pool: &PgPool, limit: i64) -> Result<Vec<FailingRow>, 
     sqlx::query_as(
         "SELECT p.id, o.event_type, o.exchange, p.publish_attempts, p.last_error, \
                 p.next_attempt_at \
-         FROM outbox_pending p JOIN outbox o ON o.id = p.id \
-         WHERE p.publish_attempts > 0 \
-         ORDER BY p.id LIMIT $1",
+         FROM (SELECT * FROM outbox_pending WHERE publish_attempts > 0 \
+               ORDER BY id LIMIT $1) p \
+         CROSS JOIN LATERAL (SELECT event_type, exchange FROM outbox \
+                             WHERE outbox.id = p.id OFFSET 0) o \
+         ORDER BY p.id",
     )
     .bind(limit)
     .fetch_all(pool)
