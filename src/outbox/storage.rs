@@ -17,7 +17,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::Event;
@@ -378,16 +379,27 @@ const SELECTION: &str = "outbox o JOIN outbox_published p ON p.id = o.id \
      AND ($6::text IS NULL OR (o.event_type || '.') ~ $6) \
      AND ($7::text IS NULL OR o.correlation_id = $7)";
 
+impl Selection {
+    /// The filters as [`SELECTION`]'s parameters `$1`–`$7`; callers add theirs after.
+    fn arguments(&self) -> Result<PgArguments, sqlx::Error> {
+        let mut a = PgArguments::default();
+        a.add(self.from_id).map_err(sqlx::Error::Encode)?;
+        a.add(self.to_id).map_err(sqlx::Error::Encode)?;
+        a.add(self.since).map_err(sqlx::Error::Encode)?;
+        a.add(self.until).map_err(sqlx::Error::Encode)?;
+        a.add(self.event_type.clone())
+            .map_err(sqlx::Error::Encode)?;
+        a.add(self.event_type_regex.clone())
+            .map_err(sqlx::Error::Encode)?;
+        a.add(self.correlation_id.clone())
+            .map_err(sqlx::Error::Encode)?;
+        Ok(a)
+    }
+}
+
 /// Number of published rows the selection matches.
 pub async fn count_selected(pool: &PgPool, s: &Selection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {SELECTION}"))
-        .bind(s.from_id)
-        .bind(s.to_id)
-        .bind(s.since)
-        .bind(s.until)
-        .bind(&s.event_type)
-        .bind(&s.event_type_regex)
-        .bind(&s.correlation_id)
+    sqlx::query_scalar_with(&format!("SELECT count(*) FROM {SELECTION}"), s.arguments()?)
         .fetch_one(pool)
         .await
 }
@@ -399,19 +411,16 @@ pub async fn select_page(
     after: i64,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {ROW_COLUMNS}, p.publish_attempts FROM {SELECTION} \
-         AND o.id > $8 AND p.id > $8 ORDER BY o.id LIMIT $9"
-    ))
-    .bind(s.from_id)
-    .bind(s.to_id)
-    .bind(s.since)
-    .bind(s.until)
-    .bind(&s.event_type)
-    .bind(&s.event_type_regex)
-    .bind(&s.correlation_id)
-    .bind(after)
-    .bind(limit)
+    let mut args = s.arguments()?;
+    args.add(after).map_err(sqlx::Error::Encode)?;
+    args.add(limit).map_err(sqlx::Error::Encode)?;
+    sqlx::query_as_with(
+        &format!(
+            "SELECT {ROW_COLUMNS}, p.publish_attempts FROM {SELECTION} \
+             AND o.id > $8 AND p.id > $8 ORDER BY o.id LIMIT $9"
+        ),
+        args,
+    )
     .fetch_all(pool)
     .await
 }
