@@ -41,18 +41,12 @@ CREATE TABLE IF NOT EXISTS outbox_published (
 CREATE INDEX IF NOT EXISTS outbox_published_published_at_idx
     ON outbox_published (published_at);
 
--- History: rows already published keep their time and attempts.
-INSERT INTO outbox_published (id, published_at, publish_attempts)
-SELECT id, published_at, publish_attempts
-FROM outbox
-WHERE published_at IS NOT NULL AND published_at <> 'infinity'
-ON CONFLICT (id) DO NOTHING;
-
+-- Taken first: its lock (held until this migration commits) waits for the
+-- previous release's relays to finish their batches and keeps them out until the
+-- rows below are moved, so every row ends up in exactly one of the two tables.
 ALTER TABLE outbox ALTER COLUMN published_at SET DEFAULT 'infinity';
 
--- Rows still pending move to the work queue. The UPDATE waits for a relay of the
--- previous release that holds one of them, and then skips it if that relay
--- published it, so no row is handed to both.
+-- Rows still pending move to the work queue.
 WITH moved AS (
     UPDATE outbox SET published_at = 'infinity'
     WHERE published_at IS NULL
@@ -60,6 +54,13 @@ WITH moved AS (
 )
 INSERT INTO outbox_pending (id, publish_attempts, last_error, next_attempt_at)
 SELECT id, publish_attempts, last_error, next_attempt_at FROM moved
+ON CONFLICT (id) DO NOTHING;
+
+-- History: rows already published keep their time and attempts.
+INSERT INTO outbox_published (id, published_at, publish_attempts)
+SELECT id, published_at, publish_attempts
+FROM outbox
+WHERE published_at IS NOT NULL AND published_at <> 'infinity'
 ON CONFLICT (id) DO NOTHING;
 
 -- One trigger per insert statement: queue the new rows and wake the relays (the
