@@ -228,6 +228,52 @@ async fn a_poison_row_does_not_block_the_others() {
     q.cleanup().await;
 }
 
+/// Stopping a relay mid-backlog: the batches it sent are settled, the batch it
+/// claimed ahead but did not send is rolled back (its rows stay queued), so what
+/// the broker holds is exactly what `outbox_published` records; a second relay
+/// then publishes the rest, each row once.
+#[tokio::test]
+async fn a_relay_stopped_mid_backlog_publishes_each_row_once_with_the_next() {
+    let (db, cfg, q) = setup().await;
+    let n = 10_000;
+    let all = events(&cfg, n, "stop");
+    for chunk in all.chunks(1000) {
+        commit_events(&db.pool, chunk).await;
+    }
+    let token = CancellationToken::new();
+    let relay = spawn_relay(&cfg, &db.pool, &token);
+    eventually(WAIT, "a first batch published", || async {
+        (pending(&db.pool).await < n as i64).then_some(())
+    })
+    .await;
+    token.cancel();
+    relay.await.unwrap().unwrap();
+
+    let left = pending(&db.pool).await;
+    assert!(left > 0, "stopped mid-backlog");
+    let published: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_published")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(published + left, n as i64, "every row queued or published");
+    eventually(WAIT, "the sent batches queued", || async {
+        (i64::from(q.ready().await) == published).then_some(())
+    })
+    .await;
+
+    let token = CancellationToken::new();
+    let relay = spawn_relay(&cfg, &db.pool, &token);
+    wait_all_published(&db.pool, "the rest published").await;
+    token.cancel();
+    relay.await.unwrap().unwrap();
+    assert_eq!(q.ready().await as usize, n, "no row published twice");
+    let got = q.receive(n, WAIT).await;
+    let ids: HashSet<_> = got.iter().map(message_id).collect();
+    let expected: HashSet<_> = all.iter().map(|e| e.envelope.message_id).collect();
+    assert_eq!(ids, expected);
+    q.cleanup().await;
+}
+
 #[tokio::test]
 async fn broker_cuts_lose_nothing() {
     let (db, mut cfg, q) = setup().await;
