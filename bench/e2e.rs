@@ -28,8 +28,8 @@ use crate::ceiling::{machine_busy_seconds, ms_per};
 use crate::common::procs::{WorkerProc, free_port, metric, worker_env};
 use crate::common::repo::TinyRepo;
 use crate::support::{
-    PREFETCH, declare_queue, declare_topology, delete_queue, delete_topology, percentile,
-    wait_for_quiet_services,
+    OUTBOX_TABLES, PREFETCH, declare_queue, declare_topology, delete_queue, delete_topology,
+    percentile, truncate, wait_for_quiet_services,
 };
 
 /// Latency percentiles in ms.
@@ -275,9 +275,7 @@ pub async fn end_to_end(
     let _ = conn.close(200, "ok".into()).await;
     delete_queue(cfg, &sink).await?;
     delete_topology(cfg).await?;
-    sqlx::query("TRUNCATE inbox, pushes, ref_state, outbox")
-        .execute(pool)
-        .await?;
+    truncate(pool, &format!("inbox, pushes, ref_state, {OUTBOX_TABLES}")).await?;
     Ok(E2e {
         full_rate,
         full: lat(&mut full),

@@ -14,7 +14,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{
-    BODY_SIZE, declare_queue, delete_queue, now_micros, percentile, wait_for_quiet_services,
+    BODY_SIZE, OUTBOX_TABLES, declare_queue, delete_queue, now_micros, percentile, truncate,
+    wait_for_quiet_services,
 };
 
 fn event(names: &Names, t: i64) -> Event {
@@ -37,9 +38,7 @@ pub async fn relay_throughput(cfg: &Config, pool: &PgPool, n: u64) -> anyhow::Re
     declare_queue(cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
     // Every round starts from the same tables: exactly `n` rows, no published rows
     // (and their dead index entries) left by earlier rounds.
-    sqlx::query("TRUNCATE outbox, outbox_pending, outbox_published")
-        .execute(pool)
-        .await?;
+    truncate(pool, OUTBOX_TABLES).await?;
     let mut left = n;
     while left > 0 {
         let k = left.min(1000);
@@ -90,9 +89,7 @@ pub async fn relay_latency(
     let names = Names::new(&cfg.amqp.prefix);
     let sink = format!("{}.latency-sink", cfg.amqp.prefix);
     declare_queue(cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
-    sqlx::query("TRUNCATE outbox, outbox_pending, outbox_published")
-        .execute(pool)
-        .await?;
+    truncate(pool, OUTBOX_TABLES).await?;
     let token = CancellationToken::new();
     let relay = tokio::spawn(outbox::run_relay(
         cfg.amqp.clone(),
@@ -145,8 +142,6 @@ pub async fn relay_latency(
     let _ = relay.await;
     let _ = conn.close(200, "ok".into()).await;
     delete_queue(cfg, &sink).await?;
-    sqlx::query("TRUNCATE outbox, outbox_pending, outbox_published")
-        .execute(pool)
-        .await?;
+    truncate(pool, OUTBOX_TABLES).await?;
     Ok((percentile(&mut lat, 50.0), percentile(&mut lat, 99.0)))
 }

@@ -21,6 +21,19 @@ pub const PREFETCH: u16 = 256;
 /// The maintenance database of the local PostgreSQL.
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+/// The outbox with its work queue and publication log. Truncated together: a
+/// `TRUNCATE outbox` alone makes its trigger DELETE the other two's rows, which
+/// would leave dead tuples for the next round's claims to walk past.
+pub const OUTBOX_TABLES: &str = "outbox, outbox_pending, outbox_published";
+
+/// Empties `tables` (a comma-separated list) so a round starts from clean tables.
+pub async fn truncate(pool: &sqlx::PgPool, tables: &str) -> anyhow::Result<()> {
+    sqlx::query(&format!("TRUNCATE {tables}"))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// One line of the table: a hookfleet figure next to its baseline.
 #[derive(Debug, Serialize)]
 pub struct Row {

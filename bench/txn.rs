@@ -24,6 +24,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::ceiling::{machine_busy_seconds, ms_per};
+use crate::support::{OUTBOX_TABLES, truncate};
 
 /// One baseline round.
 pub struct TxnRun {
@@ -92,8 +93,6 @@ pub async fn push_transactions(
         rate: count / start.elapsed().as_secs_f64(),
         cpu_ms: ms_per(busy_before, machine_busy_seconds(), count),
     };
-    sqlx::query("TRUNCATE inbox, pushes, ref_state, outbox")
-        .execute(pool)
-        .await?;
+    truncate(pool, &format!("inbox, pushes, ref_state, {OUTBOX_TABLES}")).await?;
     Ok(run)
 }

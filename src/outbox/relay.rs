@@ -415,7 +415,7 @@ async fn claim_batches(
             to_send.send(Claimed { tx, rows, started }).await
         {
             // The sender stopped (its channel broke): these rows were not sent.
-            unsent.tx.rollback().await.context("relay: rollback")?;
+            rollback_unsent(unsent.tx).await;
             return Ok(());
         }
         if last || shutdown.is_cancelled() {
