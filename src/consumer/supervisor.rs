@@ -235,7 +235,8 @@ impl Supervisor {
                         return Err(e.into());
                     }
                 };
-                let (ack, acker_task) = acker::spawn(ch.clone(), cfg.worker.ack_flush_interval);
+                let (ack, acker_task) =
+                    acker::spawn(ch.clone(), prefetch, cfg.worker.ack_flush_interval);
                 session.ackers.push(acker_task);
                 session.channels.push((ch, tag));
                 let lp = ConsumeLoop {
