@@ -7,8 +7,8 @@
 //! the main thread, which parks on a futex rather than the I/O driver, a
 //! cheaper wake-up than any worker task gets).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -17,12 +17,16 @@ use hookfleet::config::Config;
 use hookfleet::job::{Done, Handler, Job, JobError};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{
     PREFETCH, declare_queue, declare_topology, delete_queue, delete_topology, publish_raw,
     wait_for_quiet_services,
 };
+
+/// Longest a no-op round may take (100k messages take 1–3 s).
+const ROUND_LIMIT: Duration = Duration::from_secs(120);
 
 /// The run's config with only the `noop` kind (and no relay), under a prefix of
 /// the round's own so that no round declares a queue another just deleted.
@@ -85,10 +89,26 @@ async fn raw_consume(cfg: &Config, queue: &str, n: u64) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
-/// Counts jobs and does nothing else.
+/// Counts jobs and does nothing else, and clocks them itself: the first job
+/// handled starts the clock and the `n`th signals the round, so nothing polls
+/// the count while the worker runs (a timer waking the bench every millisecond
+/// would share the worker's runtime threads; the raw loop clocks itself too).
 pub struct Noop {
-    /// Jobs handled.
-    pub count: Arc<AtomicU64>,
+    count: AtomicU64,
+    n: u64,
+    first: OnceLock<Instant>,
+    last: Notify,
+}
+
+impl Noop {
+    fn new(n: u64) -> Self {
+        Self {
+            count: AtomicU64::new(0),
+            n,
+            first: OnceLock::new(),
+            last: Notify::new(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -97,7 +117,14 @@ impl Handler for Noop {
         "noop"
     }
     async fn handle(&self, _job: Job) -> Result<Done, JobError> {
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let seen = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if seen == 1 {
+            let _ = self.first.set(Instant::now());
+        }
+        if seen == self.n {
+            // A stored permit: the round may start waiting after this.
+            self.last.notify_one();
+        }
         Ok(Done::Handled)
     }
 }
@@ -105,12 +132,10 @@ impl Handler for Noop {
 /// One hookfleet round: its worker with a no-op handler on a filled `noop` queue.
 pub async fn hookfleet_noop(cfg: &Config, round: usize, n: u64) -> anyhow::Result<f64> {
     let cfg = noop_config(cfg, round);
-    let count = Arc::new(AtomicU64::new(0));
+    let noop = Arc::new(Noop::new(n));
     let token = CancellationToken::new();
     let state = hookfleet::worker::WorkerState::default();
-    let handler: Arc<dyn Handler> = Arc::new(Noop {
-        count: count.clone(),
-    });
+    let handler: Arc<dyn Handler> = noop.clone();
     // Declare and fill while no consumer runs, then start the worker.
     declare_topology(&cfg).await?;
     let queue = topology::Names::new(&cfg.amqp.prefix).queue("noop");
@@ -122,15 +147,20 @@ pub async fn hookfleet_noop(cfg: &Config, round: usize, n: u64) -> anyhow::Resul
         Box::new(move |_, _| vec![handler]),
         token.clone(),
     ));
-    // The clock starts at the first handled message (start-up is measured elsewhere).
-    while count.load(Ordering::Relaxed) < 1 {
-        tokio::time::sleep(Duration::from_micros(200)).await;
+    // The clock runs from the first handled message (start-up is measured
+    // elsewhere) to the last; a worker that stops short fails the round.
+    let finished = tokio::time::timeout(ROUND_LIMIT, noop.last.notified()).await;
+    let end = Instant::now();
+    if finished.is_err() {
+        token.cancel();
+        let _ = task.await;
+        anyhow::bail!(
+            "no-op round: {} of {n} messages handled within {ROUND_LIMIT:?}",
+            noop.count.load(Ordering::Relaxed)
+        );
     }
-    let start = Instant::now();
-    while count.load(Ordering::Relaxed) < n {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let rate = (n - 1) as f64 / start.elapsed().as_secs_f64();
+    let start = noop.first.get().copied().unwrap_or(end);
+    let rate = (n - 1) as f64 / end.duration_since(start).as_secs_f64();
     token.cancel();
     let _ = task.await;
     delete_topology(&cfg).await?;
