@@ -144,6 +144,16 @@ enum OutboxCommand {
     },
     /// Publish already published events again (same message_id, x-replayed-from).
     Replay(ReplayArgs),
+    /// Put parked rows (set aside after repeated refusals) back in the relay's
+    /// queue, after fixing the cause; attempts start again from 0.
+    Unpark {
+        /// Outbox ids to unpark (repeatable).
+        #[arg(long = "id", required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Unpark every parked row.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -477,6 +487,19 @@ async fn run(
         Command::Outbox {
             command: OutboxCommand::Replay(args),
         } => replay(args, config).await,
+        Command::Outbox {
+            command: OutboxCommand::Unpark { ids, all: _ },
+        } => {
+            let pool = db::connect(&config.database).await?;
+            let n = outbox::storage::unpark(&pool, &ids).await?;
+            pool.close().await;
+            println!("unparked {n}");
+            if n == 0 {
+                eprintln!("hookfleet: no parked outbox row matched");
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Webhook { command } => webhook_command(command, config).await,
     }
 }

@@ -38,6 +38,9 @@ pub const CONSUMERS_RANGE: std::ops::RangeInclusive<u64> = 1..=64;
 /// Allowed range of `push.max_commits`.
 pub const MAX_COMMITS_RANGE: std::ops::RangeInclusive<u64> = 1..=100_000;
 
+/// Allowed range of `amqp.max_message_bytes` (RabbitMQ's own ceiling is 512 MiB).
+pub const MAX_MESSAGE_BYTES_RANGE: std::ops::RangeInclusive<u64> = 65_536..=536_870_912;
+
 /// A configuration error, with enough context for an operator to fix it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -199,6 +202,11 @@ pub struct AmqpConfig {
     /// (131072, the broker default, costs 8 MiB per connection; 16384 costs 1 MiB).
     /// Bigger messages are split into several frames, which costs little.
     pub frame_max: u32,
+    /// Largest message body hookfleet publishes, in bytes: keep it at or below
+    /// the broker's `max_message_size` (RabbitMQ 4: 16 MiB; 3.x: 128 MiB). The
+    /// relay refuses a bigger outbox row before sending it (the broker would close
+    /// the channel) and parks it; event and webhook bodies are capped below it.
+    pub max_message_bytes: u32,
     /// Type of the work, retry and dead-letter queues.
     pub queue_type: QueueType,
     /// Per-channel prefetch; 0 derives it from `worker.concurrency`.
@@ -310,6 +318,9 @@ pub struct OutboxConfig {
     /// Largest delay before a failing row is tried again.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Failed publish attempts after which a row is parked: set aside, no longer
+    /// tried, shown by `outbox status`, until `outbox unpark`.
+    pub park_after_attempts: u32,
 }
 
 /// Admin HTTP server.
@@ -626,6 +637,11 @@ impl Config {
             4096..=1_048_576,
         )?;
         positive("amqp.publish_timeout", self.amqp.publish_timeout)?;
+        range(
+            "amqp.max_message_bytes",
+            self.amqp.max_message_bytes.into(),
+            MAX_MESSAGE_BYTES_RANGE,
+        )?;
         range("amqp.heartbeat", self.amqp.heartbeat.as_secs(), 0..=3600)?;
         range(
             "amqp.consumers_per_queue",
@@ -719,6 +735,11 @@ impl Config {
         positive("outbox.poll_interval", self.outbox.poll_interval)?;
         positive("outbox.prune_interval", self.outbox.prune_interval)?;
         positive("outbox.max_backoff", self.outbox.max_backoff)?;
+        range(
+            "outbox.park_after_attempts",
+            self.outbox.park_after_attempts.into(),
+            1..=1_000,
+        )?;
         range(
             "outbox.prune_batch_size",
             self.outbox.prune_batch_size.into(),

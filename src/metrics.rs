@@ -37,6 +37,11 @@ pub struct Metrics {
     pub relay_published_total: IntCounter,
     /// Outbox rows that failed to publish (nack, return, error).
     pub relay_failed_total: IntCounter,
+    /// Outbox rows set aside after failing `outbox.park_after_attempts` times
+    /// (or refused by size before any attempt).
+    pub relay_parked_total: IntCounter,
+    /// Parked outbox rows waiting for an operator (sampled).
+    pub outbox_parked: IntGauge,
     /// Relay batch time (claim → publish → confirm → commit).
     pub relay_batch_duration_seconds: Histogram,
     /// Database pool connections by state (idle, used).
@@ -153,6 +158,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
             IntCounter::new(
                 "hookfleet_relay_failed_total",
                 "Outbox rows that failed to publish (nacked, returned, errored).",
+            )?,
+        )?,
+        relay_parked_total: reg(
+            r,
+            IntCounter::new(
+                "hookfleet_relay_parked_total",
+                "Outbox rows set aside after repeated refusals (see outbox status).",
+            )?,
+        )?,
+        outbox_parked: reg(
+            r,
+            IntGauge::new(
+                "hookfleet_outbox_parked",
+                "Parked outbox rows waiting for `hookfleet outbox unpark`.",
             )?,
         )?,
         relay_batch_duration_seconds: reg(

@@ -24,14 +24,26 @@
 //! while the listener was disconnected are lost, which the `outbox.poll_interval`
 //! poll covers.
 //!
-//! Failure handling: a nacked or returned (unroutable) row, or one aimed at an
-//! exchange that does not exist (checked passively before publishing, because a
-//! publish to a missing exchange would close the channel for every row), gets
-//! `publish_attempts + 1`, `last_error` and `next_attempt_at = now + backoff`
-//! (doubling from [`ROW_BACKOFF_BASE`], capped by `outbox.max_backoff`): one bad row
-//! never blocks the others. A closed channel or connection, or a database error,
-//! is not the row's fault: confirmed rows are still marked, unconfirmed rows stay
-//! untouched (and unpublished), and the relay reconnects after a backoff.
+//! Failure handling: one bad row never blocks the others. A nacked or returned
+//! (unroutable) row, one aimed at an exchange that does not exist (checked
+//! passively before publishing, because a publish to a missing exchange would
+//! close the channel for every row) and one bigger than `amqp.max_message_bytes`
+//! (never sent) get `publish_attempts + 1`, `last_error` and
+//! `next_attempt_at = now + backoff` (doubling from [`ROW_BACKOFF_BASE`], capped
+//! by `outbox.max_backoff`); after `outbox.park_after_attempts` failures (an
+//! oversized row at once: it cannot succeed until the limit changes) the row is
+//! parked, set aside until `outbox unpark`.
+//!
+//! A row the broker refuses by closing the channel (RabbitMQ's own size limit,
+//! any per-message channel error: a *soft* AMQP error) cannot be told from the
+//! rows pipelined around it: every unconfirmed confirm fails alike. So the
+//! unconfirmed rows of such a batch become *suspects*, and the next pass (at
+//! once, on a new channel) publishes each suspect alone and awaits its confirm:
+//! the one that closes the channel again is the culprit and is failed as above,
+//! with the broker's reason; the others are published in the same pass. A
+//! closed connection, a timeout or a database error is not a row's fault:
+//! confirmed rows are still marked, unconfirmed rows stay untouched (and
+//! unpublished), and the relay reconnects after a backoff.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -75,6 +87,62 @@ pub fn row_backoff(attempts: i32, max: Duration) -> Duration {
         .min(max)
 }
 
+/// Suspects remembered at most; past that the set is cleared (a refusal then
+/// costs one more closed channel to find its row again, never a stall).
+pub const MAX_SUSPECTS: usize = 100_000;
+
+/// What decides a failed row's next attempt.
+#[derive(Debug, Clone, Copy)]
+struct RowPolicy {
+    max_backoff: Duration,
+    park_after: u32,
+    max_message_bytes: usize,
+}
+
+impl RowPolicy {
+    fn new(amqp: &AmqpConfig, outbox: &OutboxConfig) -> Self {
+        RowPolicy {
+            max_backoff: outbox.max_backoff,
+            park_after: outbox.park_after_attempts,
+            max_message_bytes: usize::try_from(amqp.max_message_bytes).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The failure of a row that had `attempts` failed attempts before this one:
+    /// backed off, or parked once it reaches `park_after`.
+    fn failure(&self, id: i64, attempts: i32, error: String) -> Failure {
+        let attempts = attempts.saturating_add(1);
+        let park = u32::try_from(attempts).unwrap_or(0) >= self.park_after;
+        Failure {
+            id,
+            error,
+            retry_in: (!park).then(|| row_backoff(attempts, self.max_backoff)),
+        }
+    }
+}
+
+/// Whether a publish error means the broker closed the channel because of a
+/// message (a soft AMQP error such as 406 PRECONDITION_FAILED for a message over
+/// its `max_message_size`), as opposed to the connection going away. Only then
+/// can a row be to blame.
+fn refused_by_broker(e: &AmqpError) -> Option<String> {
+    let AmqpError::Protocol(err) = e else {
+        return None;
+    };
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(p)
+            if matches!(p.kind(), lapin::protocol::AMQPErrorKind::Soft(_)) =>
+        {
+            Some(format!(
+                "channel closed by the broker: {} {}",
+                p.get_id(),
+                p.get_message()
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// The broker side of the relay: connection, confirm channel, and exchanges known
 /// to exist on this connection.
 struct Broker {
@@ -96,6 +164,19 @@ struct Outcome {
     failed: Vec<Failure>,
     /// The channel or connection broke: unconfirmed rows were left alone.
     broken: Option<AmqpError>,
+    /// Rows sent whose confirm failed because the channel broke.
+    unconfirmed: Vec<i64>,
+}
+
+impl Outcome {
+    /// The rows to publish one by one next time: the unconfirmed ones, when the
+    /// broker closed the channel over a message (see the module doc).
+    fn suspects(&self) -> &[i64] {
+        match &self.broken {
+            Some(e) if refused_by_broker(e).is_some() => &self.unconfirmed,
+            _ => &[],
+        }
+    }
 }
 
 /// A claimed batch on its way to the sender: its rows stay locked by `tx`.
@@ -112,9 +193,10 @@ struct Settle {
     started: Instant,
 }
 
-/// Marks the batch's confirmed rows published and its failed rows backed off,
-/// commits, records metrics; returns the broken-channel error, if any.
-async fn settle_batch_inner(batch: Settle) -> anyhow::Result<Option<AmqpError>> {
+/// Marks the batch's confirmed rows published and its failed rows backed off
+/// (or parked), commits, records metrics; returns the broken-channel error, if
+/// any, with the rows it makes suspect.
+async fn settle_batch_inner(batch: Settle) -> anyhow::Result<Option<(AmqpError, Vec<i64>)>> {
     let Settle {
         mut tx,
         sent,
@@ -136,9 +218,25 @@ async fn settle_batch_inner(batch: Settle) -> anyhow::Result<Option<AmqpError>> 
     m.relay_batch_duration_seconds
         .observe(started.elapsed().as_secs_f64());
     for f in &outcome.failed {
-        tracing::warn!(outbox.id = f.id, error = %f.error, retry_in = ?f.retry_in, "relay: row not published");
+        match f.retry_in {
+            Some(delay) => tracing::warn!(
+                outbox.id = f.id,
+                error = %f.error,
+                retry_in = %humantime::format_duration(delay),
+                "relay: row not published"
+            ),
+            None => {
+                m.relay_parked_total.inc();
+                tracing::error!(
+                    outbox.id = f.id,
+                    error = %f.error,
+                    "relay: row parked (no longer tried; fix the cause, then `hookfleet outbox unpark`)"
+                );
+            }
+        }
     }
-    Ok(outcome.broken)
+    let suspects = outcome.suspects().to_vec();
+    Ok(outcome.broken.map(|e| (e, suspects)))
 }
 
 /// Relay state across batches.
@@ -150,6 +248,8 @@ struct Relay {
     listener: Option<PgListener>,
     connected_once: bool,
     stats: PendingStats,
+    /// Rows to publish one at a time (see the module doc).
+    suspects: HashSet<i64>,
 }
 
 /// Samples pending statistics (`outbox_pending`, oldest age) at most every
@@ -192,6 +292,7 @@ pub async fn run_relay(
         listener: None,
         connected_once: false,
         stats: PendingStats::default(),
+        suspects: HashSet::new(),
     };
     let mut backoff = Reconnect::new(relay.amqp.reconnect_min, relay.amqp.reconnect_max);
     // Consecutive failed batches: an outage is logged once at warn, its retries at
@@ -206,6 +307,15 @@ pub async fn run_relay(
                 failures = 0;
                 backoff.reset();
                 relay.wait_for_work(&shutdown).await;
+            }
+            Err(e) if e.downcast_ref::<Refused>().is_some() && !relay.suspects.is_empty() => {
+                // A row closed the channel: the suspects are tried one by one
+                // on a new channel at once; this is not an outage.
+                tracing::info!(
+                    suspects = relay.suspects.len(),
+                    error = %crate::cli::error_chain(e.as_ref()),
+                    "relay: the broker refused a message; finding the row"
+                );
             }
             Err(e) => {
                 failures += 1;
@@ -252,19 +362,22 @@ impl Relay {
         let failed = CancellationToken::new();
         let settler = async {
             let mut first: Option<(anyhow::Error, bool)> = None;
+            let mut suspects: Vec<i64> = Vec::new();
             while let Some(batch) = sent_batches.recv().await {
                 let error = match settle_batch_inner(batch).await {
                     Ok(None) => continue,
-                    Ok(Some(broken)) => (
-                        anyhow::Error::new(broken).context("relay: broker channel failed"),
-                        true,
-                    ),
+                    Ok(Some((broken, more))) => {
+                        suspects.extend(more);
+                        let refused = refused_by_broker(&broken).is_some();
+                        let e = anyhow::Error::new(broken).context("relay: broker channel failed");
+                        (if refused { e.context(Refused) } else { e }, true)
+                    }
                     Err(e) => (e, false),
                 };
                 failed.cancel();
                 first.get_or_insert(error);
             }
-            first
+            (first, suspects)
         };
         let claimer = claim_batches(
             &self.pool,
@@ -277,12 +390,17 @@ impl Relay {
         let sender = send_batches(
             &mut self.broker,
             &self.amqp,
-            &self.outbox,
+            RowPolicy::new(&self.amqp, &self.outbox),
+            &mut self.suspects,
             &failed,
             claimed,
             to_settle,
         );
-        let (claims, (), settled) = tokio::join!(claimer, sender, settler);
+        let (claims, (), (settled, suspects)) = tokio::join!(claimer, sender, settler);
+        if self.suspects.len() + suspects.len() > MAX_SUSPECTS {
+            self.suspects.clear();
+        }
+        self.suspects.extend(suspects);
         if let Some((error, broken)) = settled {
             if broken {
                 drop_broker(&mut self.broker);
@@ -377,6 +495,12 @@ impl Relay {
     }
 }
 
+/// Marks a drain that ended because the broker closed the channel over a
+/// message: the relay goes on at once instead of backing off.
+#[derive(Debug, thiserror::Error)]
+#[error("the broker refused a message")]
+struct Refused;
+
 /// Forgets a broken broker connection (the next drain reconnects).
 fn drop_broker(broker: &mut Option<Broker>) {
     if broker.take().is_some() {
@@ -431,7 +555,8 @@ async fn claim_batches(
 async fn send_batches(
     broker: &mut Option<Broker>,
     amqp: &AmqpConfig,
-    outbox: &OutboxConfig,
+    policy: RowPolicy,
+    suspects: &mut HashSet<i64>,
     failed: &CancellationToken,
     mut claimed: mpsc::Receiver<Claimed>,
     to_settle: mpsc::Sender<Settle>,
@@ -443,7 +568,7 @@ async fn send_batches(
             break;
         }
         let sent = match broker.as_mut() {
-            Some(b) => send_rows(b, &rows, amqp.publish_timeout, outbox.max_backoff).await,
+            Some(b) => send_rows(b, &rows, amqp.publish_timeout, policy, suspects).await,
             None => Sent {
                 pending: Vec::new(),
                 outcome: Outcome {
@@ -451,7 +576,7 @@ async fn send_batches(
                     ..Outcome::default()
                 },
                 deadline: tokio::time::Instant::now(),
-                max_backoff: outbox.max_backoff,
+                policy,
                 timeout: amqp.publish_timeout,
             },
         };
@@ -520,54 +645,109 @@ async fn exchange_exists(
 struct Sent {
     /// Outbox id, attempts so far, and the confirm to await.
     pending: Vec<(i64, i32, PublisherConfirm)>,
-    /// Rows already known to have failed, and a broken channel met while sending.
+    /// Rows already settled (confirmed one by one, or failed before sending),
+    /// and a broken channel met while sending.
     outcome: Outcome,
     deadline: tokio::time::Instant,
-    max_backoff: Duration,
+    policy: RowPolicy,
     timeout: Duration,
 }
 
+impl Sent {
+    /// Awaits every outstanding confirm (against the batch's deadline) into the
+    /// outcome. A row confirmed before the channel broke still counts as
+    /// published; of the errors, a broker's refusal is the one kept (it says
+    /// why the channel closed; the later ones only that it was closed).
+    async fn settle_pending(&mut self) {
+        for (id, attempts, confirm) in std::mem::take(&mut self.pending) {
+            // A batch sent just before a slow settle still gets its full window.
+            let left = self
+                .deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(self.timeout / 2);
+            match publish::confirmed(confirm, left).await {
+                Ok(()) => self.outcome.published.push(id),
+                Err(AmqpError::Rejected(why)) => {
+                    self.outcome
+                        .failed
+                        .push(self.policy.failure(id, attempts, why));
+                }
+                Err(e) => {
+                    self.outcome.unconfirmed.push(id);
+                    let keep = match &self.outcome.broken {
+                        None => true,
+                        Some(old) => {
+                            refused_by_broker(old).is_none() && refused_by_broker(&e).is_some()
+                        }
+                    };
+                    if keep {
+                        self.outcome.broken = Some(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Sends `rows` in id order on the broker's channel without waiting for their
-/// confirms (see [`await_confirms`]). Rows aimed at an exchange that does not
-/// exist are failed here, before they could close the channel.
+/// confirms (see [`await_confirms`]), except suspects, each sent alone and
+/// confirmed before the next row goes (see the module doc). Rows aimed at an
+/// exchange that does not exist, or bigger than the broker takes, are failed
+/// here, before they could close the channel.
 async fn send_rows(
     broker: &mut Broker,
     rows: &[OutboxRow],
     timeout: Duration,
-    max_backoff: Duration,
+    policy: RowPolicy,
+    suspects: &mut HashSet<i64>,
 ) -> Sent {
     let mut sent = Sent {
         pending: Vec::with_capacity(rows.len()),
         outcome: Outcome::default(),
         deadline: tokio::time::Instant::now() + timeout,
-        max_backoff,
+        policy,
         timeout,
     };
-    let mut missing: HashSet<String> = HashSet::new();
+    let missing = match missing_exchanges(broker, rows, timeout).await {
+        Ok(m) => m,
+        Err(e) => {
+            sent.outcome.broken = Some(e);
+            return sent;
+        }
+    };
     for row in rows {
-        if broker.known_exchanges.contains(&row.exchange) || missing.contains(&row.exchange) {
+        let body = super::row_body(row);
+        if missing.contains(&row.exchange) {
+            let error = format!("exchange {:?} does not exist", row.exchange);
+            sent.outcome
+                .failed
+                .push(policy.failure(row.id, row.publish_attempts, error));
             continue;
         }
-        match exchange_exists(&broker.conn, &row.exchange, timeout).await {
-            Ok(true) => {
-                broker.known_exchanges.insert(row.exchange.clone());
-            }
-            Ok(false) => {
-                missing.insert(row.exchange.clone());
-            }
-            Err(e) => {
-                sent.outcome.broken = Some(e);
-                return sent;
-            }
-        }
-    }
-    for row in rows {
-        if missing.contains(&row.exchange) {
+        if body.len() > policy.max_message_bytes {
+            // Retrying cannot help until the limit is raised: parked at once.
             sent.outcome.failed.push(Failure {
                 id: row.id,
-                error: format!("exchange {:?} does not exist", row.exchange),
-                retry_in: row_backoff(row.publish_attempts.saturating_add(1), max_backoff),
+                error: format!(
+                    "body of {} bytes exceeds amqp.max_message_bytes ({})",
+                    body.len(),
+                    policy.max_message_bytes
+                ),
+                retry_in: None,
             });
+            continue;
+        }
+        if suspects.contains(&row.id) {
+            // Everything sent before it must be settled first, so that a closed
+            // channel can only be this row's doing.
+            sent.settle_pending().await;
+            if sent.outcome.broken.is_some() {
+                break;
+            }
+            if let Err(e) = send_suspect(broker, row, &mut sent, suspects).await {
+                sent.outcome.broken = Some(e);
+                break;
+            }
             continue;
         }
         let result = tokio::time::timeout_at(
@@ -576,7 +756,7 @@ async fn send_rows(
                 &broker.channel,
                 &row.exchange,
                 &row.routing_key,
-                super::row_body(row),
+                body,
                 super::row_properties(row),
                 true,
             ),
@@ -600,35 +780,84 @@ async fn send_rows(
     sent
 }
 
-/// Awaits every confirm of a sent batch (against the batch's deadline).
-async fn await_confirms(sent: Sent) -> Outcome {
-    let Sent {
-        pending,
-        mut outcome,
-        deadline,
-        max_backoff,
-        timeout,
-    } = sent;
-    for (id, attempts, confirm) in pending {
-        // A batch sent just before a slow settle still gets its full window.
-        let left = deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .max(timeout / 2);
-        match publish::confirmed(confirm, left).await {
-            Ok(()) => outcome.published.push(id),
-            Err(AmqpError::Rejected(why)) => outcome.failed.push(Failure {
-                id,
-                error: why,
-                retry_in: row_backoff(attempts.saturating_add(1), max_backoff),
-            }),
-            Err(e) => {
-                if outcome.broken.is_none() {
-                    outcome.broken = Some(e);
-                }
-            }
+/// The exchanges `rows` aim at that do not exist (checked once per connection).
+async fn missing_exchanges(
+    broker: &mut Broker,
+    rows: &[OutboxRow],
+    timeout: Duration,
+) -> Result<HashSet<String>, AmqpError> {
+    let mut missing: HashSet<String> = HashSet::new();
+    for row in rows {
+        if broker.known_exchanges.contains(&row.exchange) || missing.contains(&row.exchange) {
+            continue;
+        }
+        if exchange_exists(&broker.conn, &row.exchange, timeout).await? {
+            broker.known_exchanges.insert(row.exchange.clone());
+        } else {
+            missing.insert(row.exchange.clone());
         }
     }
-    outcome
+    Ok(missing)
+}
+
+/// Publishes a suspect alone and awaits its confirm. If the broker closes the
+/// channel over it, it is the culprit: failed with the broker's reason, and a
+/// new channel is opened for the rows behind it. Errs only when the connection
+/// (not the row) failed.
+async fn send_suspect(
+    broker: &mut Broker,
+    row: &OutboxRow,
+    sent: &mut Sent,
+    suspects: &mut HashSet<i64>,
+) -> Result<(), AmqpError> {
+    let result = publish::publish_confirmed(
+        &broker.channel,
+        &row.exchange,
+        &row.routing_key,
+        super::row_body(row),
+        super::row_properties(row),
+        true,
+        sent.timeout,
+    )
+    .await;
+    let policy = sent.policy;
+    match result {
+        Ok(()) => {
+            suspects.remove(&row.id);
+            sent.outcome.published.push(row.id);
+        }
+        Err(AmqpError::Rejected(why)) => {
+            suspects.remove(&row.id);
+            sent.outcome
+                .failed
+                .push(policy.failure(row.id, row.publish_attempts, why));
+        }
+        Err(e) => {
+            let Some(why) = refused_by_broker(&e) else {
+                return Err(e);
+            };
+            // Stays a suspect: its next attempt is made alone again.
+            let failure = policy.failure(row.id, row.publish_attempts, why);
+            if failure.retry_in.is_none() {
+                suspects.remove(&row.id);
+            }
+            sent.outcome.failed.push(failure);
+            broker.channel =
+                tokio::time::timeout(sent.timeout, publish::confirm_channel(&broker.conn))
+                    .await
+                    .map_err(|_| AmqpError::Timeout {
+                        what: "reopening the relay channel",
+                        timeout: sent.timeout,
+                    })??;
+        }
+    }
+    Ok(())
+}
+
+/// Awaits every confirm of a sent batch (against the batch's deadline).
+async fn await_confirms(mut sent: Sent) -> Outcome {
+    sent.settle_pending().await;
+    sent.outcome
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! `hookfleet outbox status`: what the relay has left to do.
 //!
 //! Owns gathering and rendering the status (pending rows, oldest pending age,
-//! failing rows with their last error, rows published in the last minute). Read
+//! failing rows with their last error, parked rows, rows published in the last
+//! minute). Read
 //! only: it never changes a row.
 
 use std::fmt::Write as _;
@@ -22,8 +23,10 @@ pub struct Status {
     pub pending: i64,
     /// Age of the oldest unpublished row, seconds (0 when none).
     pub oldest_pending_age_seconds: f64,
-    /// Unpublished rows with at least one failed attempt.
+    /// Unpublished rows with at least one failed attempt (parked ones included).
     pub failing: i64,
+    /// Rows set aside after repeated refusals, waiting for `outbox unpark`.
+    pub parked: i64,
     /// Up to [`FAILING_SHOWN`] of them, oldest first.
     pub failing_rows: Vec<FailingRow>,
     /// Rows published in the last minute.
@@ -37,6 +40,7 @@ pub async fn fetch(pool: &PgPool) -> Result<Status, sqlx::Error> {
         pending,
         oldest_pending_age_seconds: age,
         failing: storage::failing_count(pool).await?,
+        parked: storage::parked_count(pool).await?,
         failing_rows: storage::failing_rows(pool, FAILING_SHOWN).await?,
         published_last_minute: storage::published_within(pool, Duration::from_secs(60)).await?,
     })
@@ -52,15 +56,20 @@ impl Status {
         let _ = writeln!(s, "oldest pending age:    {age}");
         let _ = writeln!(s, "published last minute: {}", self.published_last_minute);
         let _ = writeln!(s, "failing:               {}", self.failing);
+        let _ = writeln!(s, "parked:                {}", self.parked);
         for r in &self.failing_rows {
+            let next = match (r.parked_at, r.next_attempt_at) {
+                (Some(at), _) => format!("PARKED since {}", at.to_rfc3339()),
+                (None, Some(next)) => format!("next {}", next.to_rfc3339()),
+                (None, None) => "next -".to_string(),
+            };
             let _ = writeln!(
                 s,
-                "  id {} {} -> {} attempts {} next {}: {}",
+                "  id {} {} -> {} attempts {} {next}: {}",
                 r.id,
                 r.event_type,
                 r.exchange,
                 r.publish_attempts,
-                r.next_attempt_at.to_rfc3339(),
                 r.last_error.as_deref().unwrap_or("-"),
             );
         }
@@ -69,6 +78,12 @@ impl Status {
                 s,
                 "  ... and {} more",
                 self.failing - self.failing_rows.len() as i64
+            );
+        }
+        if self.parked > 0 {
+            let _ = writeln!(
+                s,
+                "parked rows are not retried: fix the cause, then `hookfleet outbox unpark`"
             );
         }
         s

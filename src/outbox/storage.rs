@@ -247,18 +247,21 @@ pub async fn mark_published(
     Ok(())
 }
 
-/// One failed publish: the row, why, and how long until it is due again.
+/// One failed publish: the row, why, and what happens next.
 #[derive(Debug, Clone)]
 pub struct Failure {
     /// Outbox id.
     pub id: i64,
     /// What went wrong (stored in `last_error`).
     pub error: String,
-    /// Delay before the next attempt.
-    pub retry_in: Duration,
+    /// Delay before the next attempt, or `None` to park the row (set it aside
+    /// until `outbox unpark`).
+    pub retry_in: Option<Duration>,
 }
 
-/// Records failed publishes (one statement): attempts + 1, last error, next attempt.
+/// Records failed publishes (one statement): attempts + 1, last error, and the
+/// next attempt, or for a parked row `next_attempt_at = 'infinity'` (every
+/// claim, of this release or the previous one, skips it) and `parked_at`.
 pub async fn mark_failed(
     tx: &mut Transaction<'static, Postgres>,
     failures: &[Failure],
@@ -268,11 +271,16 @@ pub async fn mark_failed(
     }
     let ids: Vec<i64> = failures.iter().map(|f| f.id).collect();
     let errors: Vec<String> = failures.iter().map(|f| f.error.clone()).collect();
-    let delays: Vec<f64> = failures.iter().map(|f| f.retry_in.as_secs_f64()).collect();
+    let delays: Vec<Option<f64>> = failures
+        .iter()
+        .map(|f| f.retry_in.map(|d| d.as_secs_f64()))
+        .collect();
     sqlx::query(
         "UPDATE outbox_pending o SET publish_attempts = o.publish_attempts + 1, \
-                                     last_error = f.error, \
-                                     next_attempt_at = now() + make_interval(secs => f.delay) \
+                 last_error = f.error, \
+                 next_attempt_at = CASE WHEN f.delay IS NULL THEN 'infinity'::timestamptz \
+                                        ELSE now() + make_interval(secs => f.delay) END, \
+                 parked_at = CASE WHEN f.delay IS NULL THEN now() END \
          FROM UNNEST($1::bigint[], $2::text[], $3::float8[]) AS f(id, error, delay) \
          WHERE o.id = f.id",
     )
@@ -282,6 +290,35 @@ pub async fn mark_failed(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Makes parked rows due again (attempts back to 0, last error kept): those
+/// named by `ids`, or every parked row when `ids` is empty. Returns how many,
+/// and wakes the relays.
+pub async fn unpark(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let n = sqlx::query(
+        "UPDATE outbox_pending SET parked_at = NULL, publish_attempts = 0, \
+                                   next_attempt_at = now() \
+         WHERE parked_at IS NOT NULL AND (cardinality($1::bigint[]) = 0 OR id = ANY($1))",
+    )
+    .bind(ids)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(super::NOTIFY_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Number of parked rows.
+pub async fn parked_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox_pending WHERE parked_at IS NOT NULL")
+        .fetch_one(pool)
+        .await
 }
 
 /// Pending count and age of the oldest pending row (the lowest pending id), in
@@ -310,15 +347,19 @@ pub struct FailingRow {
     pub publish_attempts: i32,
     /// The last error.
     pub last_error: Option<String>,
-    /// When the relay tries again.
-    pub next_attempt_at: DateTime<Utc>,
+    /// When the relay tries again; `None` when parked (stored as `infinity`,
+    /// which chrono cannot hold).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the row was set aside; `None` while the relay still retries it.
+    pub parked_at: Option<DateTime<Utc>>,
 }
 
 /// Up to `limit` failing rows, oldest first.
 pub async fn failing_rows(pool: &PgPool, limit: i64) -> Result<Vec<FailingRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT p.id, o.event_type, o.exchange, p.publish_attempts, p.last_error, \
-                p.next_attempt_at \
+                CASE WHEN p.parked_at IS NULL THEN p.next_attempt_at END AS next_attempt_at, \
+                p.parked_at \
          FROM (SELECT * FROM outbox_pending WHERE publish_attempts > 0 \
                ORDER BY id LIMIT $1) p \
          CROSS JOIN LATERAL (SELECT event_type, exchange FROM outbox \
