@@ -331,8 +331,14 @@ fn post_receive(config_path: Option<&std::path::Path>) -> ExitCode {
     };
     let env = push::hook::HookEnv::from_env(&config.hook);
     let mut stderr = std::io::stderr();
-    runtime.block_on(push::hook::post_receive(&config, &env, &input, &mut stderr));
-    ExitCode::SUCCESS
+    let outcome = runtime.block_on(push::hook::post_receive(&config, &env, &input, &mut stderr));
+    // The push has happened either way; a non-zero status makes git show the
+    // pusher that it was not recorded (the message above says how to replay it).
+    if outcome.is_lost() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// `hook post-receive` is dispatched by [`main`] before the config is loaded

@@ -361,6 +361,10 @@ pub struct HookConfig {
     pub timeout: Duration,
     /// Repository names are paths relative to this root; empty = the git dir itself.
     pub repositories_root: String,
+    /// Without a root: directories under which repositories named by absolute
+    /// path may be read. Empty: only repositories where `hook install` put the
+    /// hook (see `push::confine`).
+    pub allowed_dirs: Vec<String>,
     /// Environment variables naming the pusher, first non-empty wins.
     pub pusher_env: Vec<String>,
 }

@@ -109,6 +109,7 @@ fn message(v: &Value) -> &str {
 
 /// Environment for a worker on `db` under `prefix`, JSON logs, admin on port 0.
 fn worker_env(db: &TestDb, prefix: &str, rust_log: &str) -> Vec<(String, String)> {
+    let allowed = format!("[{:?}]", std::env::temp_dir().display().to_string());
     [
         ("HOOKFLEET_DATABASE__URL", db.url.as_str()),
         ("HOOKFLEET_DATABASE__AUTO_MIGRATE", "false"),
@@ -116,6 +117,8 @@ fn worker_env(db: &TestDb, prefix: &str, rust_log: &str) -> Vec<(String, String)
         ("HOOKFLEET_AMQP__QUEUE_TYPE", "classic"),
         ("HOOKFLEET_ADMIN__LISTEN", "127.0.0.1:0"),
         ("HOOKFLEET_LOG__FORMAT", "json"),
+        // The test repositories are temporary ones without the hook.
+        ("HOOKFLEET_HOOK__ALLOWED_DIRS", &allowed),
         ("RUST_LOG", rust_log),
     ]
     .into_iter()

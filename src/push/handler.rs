@@ -55,23 +55,10 @@ impl PushHandler {
         }
     }
 
-    /// Where the repository named in a job lives on disk.
+    /// Where the repository named in a job lives on disk: its canonical path,
+    /// if [`super::confine`] allows reading it (else a permanent error).
     pub fn repository_path(&self, repository: &str) -> Result<PathBuf, JobError> {
-        let root = self.config.hook.repositories_root.trim();
-        let path = PathBuf::from(repository);
-        if root.is_empty() || path.is_absolute() {
-            return Ok(path);
-        }
-        // A relative name must stay under the root.
-        if path
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(JobError::permanent(format!(
-                "repository {repository:?} escapes the repositories root"
-            )));
-        }
-        Ok(PathBuf::from(root).join(path))
+        super::confine::resolve(&self.config.hook, repository).map_err(JobError::permanent)
     }
 }
 

@@ -123,8 +123,37 @@ pub enum Outcome {
     Published(Uuid),
     /// Written to this spool file.
     Spooled(Uuid, PathBuf),
-    /// Neither published nor spooled (reported on stderr).
+    /// Neither published nor spooled (reported on stderr with the ref lines).
     Lost(Uuid),
+    /// The repository is one the worker would refuse to read (see
+    /// [`super::confine`]): nothing published; reported with the ref lines.
+    Refused,
+}
+
+impl Outcome {
+    /// Whether the push was not recorded (the hook then exits non-zero).
+    pub fn is_lost(&self) -> bool {
+        matches!(self, Outcome::Lost(_) | Outcome::Refused)
+    }
+}
+
+/// Appends the ref lines an administrator needs to replay a push that was not
+/// recorded (`hookfleet hook post-receive < lines`), at most 20 of them.
+fn push_ref_lines(msg: &mut String, input: &[u8]) {
+    let input = String::from_utf8_lossy(input);
+    let lines: Vec<&str> = input
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    msg.push_str("\nhookfleet: to replay it, run `hookfleet hook post-receive` in the repository with these lines on stdin:");
+    for line in lines.iter().take(20) {
+        msg.push_str("\nhookfleet:   ");
+        msg.push_str(line);
+    }
+    if lines.len() > 20 {
+        msg.push_str(&format!("\nhookfleet:   ... and {} more", lines.len() - 20));
+    }
 }
 
 /// Runs the hook: parse `input`, publish within `hook.timeout`, else spool.
@@ -142,6 +171,12 @@ pub async fn post_receive(
     let Some(job) = job else {
         return Outcome::Nothing;
     };
+    if let Err(refused) = super::confine::resolve(&config.hook, &job.repository) {
+        let mut msg = format!("hookfleet: push NOT recorded: {refused}; tell an administrator");
+        push_ref_lines(&mut msg, input);
+        let _ = writeln!(stderr, "{msg}");
+        return Outcome::Refused;
+    }
     let publish = publish_once(&config.amqp, "hook", &job, config.hook.timeout).await;
     let publish_error = match publish {
         Ok(()) => return Outcome::Published(job.push_id),
@@ -157,12 +192,14 @@ pub async fn post_receive(
             Outcome::Spooled(job.push_id, path)
         }
         Err(e) => {
-            let _ = writeln!(
-                stderr,
+            let mut msg = format!(
                 "hookfleet: push {} NOT recorded: broker unavailable ({publish_error}) and {}; tell an administrator",
                 job.push_id,
                 crate::cli::error_chain(&e)
             );
+            push_ref_lines(&mut msg, input);
+            let _ = writeln!(stderr, "{msg}");
+            tracing::error!(push_id = %job.push_id, repository = %job.repository, "hook: push neither published nor spooled");
             Outcome::Lost(job.push_id)
         }
     }
@@ -193,6 +230,7 @@ mod tests {
         HookConfig {
             timeout: std::time::Duration::from_secs(1),
             repositories_root: root.into(),
+            allowed_dirs: Vec::new(),
             pusher_env: vec!["A".into(), "B".into()],
         }
     }

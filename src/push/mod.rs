@@ -14,6 +14,7 @@
 //!   group of pushes; [`group_commit`]: which pushes are written together.
 
 pub mod classify;
+pub mod confine;
 pub mod git;
 pub mod group_commit;
 pub mod handler;

@@ -163,6 +163,8 @@ pub fn test_config(db_url: &str, prefix: &str) -> Config {
     c.worker.drain_timeout = Duration::from_secs(10);
     c.admin.listen = "127.0.0.1:0".parse().unwrap();
     c.spool.dir = std::env::temp_dir().join(format!("hookfleet-test-spool-{prefix}"));
+    // Test repositories are temporary bare repositories without the hook.
+    c.hook.allowed_dirs = vec![std::env::temp_dir().display().to_string()];
     c
 }
 
