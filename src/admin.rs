@@ -227,6 +227,8 @@ struct Info {
     now: u64,
     uptime_seconds: f64,
     uptime: String,
+    /// The RabbitMQ node (`host:port`) each connection role is connected to.
+    amqp_nodes: std::collections::BTreeMap<String, String>,
 }
 
 fn epoch_seconds(t: SystemTime) -> u64 {
@@ -246,6 +248,7 @@ async fn info(State(state): State<AdminState>) -> axum::Json<Info> {
         now: epoch_seconds(SystemTime::now()),
         uptime_seconds: uptime.as_secs_f64(),
         uptime: humantime::format_duration(Duration::from_secs(uptime.as_secs())).to_string(),
+        amqp_nodes: crate::amqp::nodes_in_use(),
     })
 }
 

@@ -179,8 +179,15 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
-    /// Broker URL, `amqp://` or `amqps://` (TLS via rustls).
+    /// Broker URL, `amqp://` or `amqps://` (TLS via rustls), for one address (a
+    /// single node, or a Service in front of a cluster).
     pub url: SecretUrl,
+    /// The nodes of a cluster, tried in a shuffled order at each connect (see
+    /// `amqp::connect`); when set, `url` is not used, and setting both in a file
+    /// or the environment is an error. As an environment variable:
+    /// `HOOKFLEET_AMQP__URLS=amqp://a:5672/%2f,amqp://b:5672/%2f`.
+    #[serde(default, deserialize_with = "url_list")]
+    pub urls: Vec<SecretUrl>,
     /// A PEM file of root certificates trusted for `amqps://` besides the
     /// platform's (a broker with a private CA); empty for none. Read at every
     /// connect, so a renewed file applies at the next reconnect.
@@ -228,6 +235,47 @@ pub struct AmqpConfig {
     /// A connection that stayed up this long resets the backoff.
     #[serde(with = "humantime_serde")]
     pub healthy_after: Duration,
+}
+
+impl AmqpConfig {
+    /// The broker addresses to try: `urls` when set, else `url`.
+    pub fn endpoints(&self) -> Vec<SecretUrl> {
+        if self.urls.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.clone()
+        }
+    }
+
+    /// `host:port` of every endpoint, comma-separated (for messages).
+    pub fn addresses(&self) -> String {
+        self.endpoints()
+            .iter()
+            .map(SecretUrl::address)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A list of URLs: a TOML array, or one string of comma-separated URLs (how an
+/// environment variable or a Kubernetes Secret key holds a list).
+fn url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretUrl>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Csv(String),
+    }
+    let items = match Raw::deserialize(d)? {
+        Raw::List(v) => v,
+        Raw::Csv(s) => s.split(',').map(str::to_string).collect(),
+    };
+    Ok(items
+        .into_iter()
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .map(SecretUrl)
+        .collect())
 }
 
 /// PostgreSQL settings.
@@ -568,6 +616,28 @@ impl Config {
                 message: format!("{key}{inner}"),
             }
         })?;
+        // `amqp.url` has a default; a non-empty `amqp.urls` replaces it. Both
+        // set by the operator is ambiguous: which one did they mean?
+        let set_in = |key: &[&str]| {
+            origins
+                .iter()
+                .rev()
+                .find(|(p, _)| p.iter().map(String::as_str).eq(key.iter().copied()))
+                .map(|(_, o)| o.to_string())
+        };
+        if let (false, Some(one), Some(list)) = (
+            config.amqp.urls.is_empty(),
+            set_in(&["amqp", "url"]),
+            set_in(&["amqp", "urls"]),
+        ) {
+            return Err(ConfigError::Invalid {
+                key: "amqp.url".into(),
+                message: format!(
+                    "and amqp.urls are both set ({one}; {list}): set amqp.urls for several \
+                     nodes or amqp.url for one address, not both"
+                ),
+            });
+        }
         config.validate()?;
         Ok(config)
     }
@@ -613,6 +683,9 @@ impl Config {
         }
 
         url("amqp.url", &self.amqp.url, &["amqp", "amqps"])?;
+        for u in &self.amqp.urls {
+            url("amqp.urls", u, &["amqp", "amqps"])?;
+        }
         url(
             "database.url",
             &self.database.url,

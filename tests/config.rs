@@ -228,3 +228,57 @@ fn bad_cli_arguments_exit_2_and_version_has_sha() {
         "{v}"
     );
 }
+
+#[test]
+fn amqp_urls_from_a_file_list_or_a_comma_separated_variable() {
+    let f = file("[amqp]\nurls = [\"amqp://u:pw1@n1:5672/%2f\", \"amqp://u:pw2@n2:5673/%2f\"]\n");
+    let c = Config::load_from(Some(f.path()), env(&[])).unwrap();
+    let got: Vec<String> = c.amqp.endpoints().iter().map(|u| u.address()).collect();
+    assert_eq!(got, vec!["n1:5672", "n2:5673"]);
+
+    let c = Config::load_from(
+        None,
+        env(&[(
+            "HOOKFLEET_AMQP__URLS",
+            "amqp://u:pw1@n1:5672/%2f, amqp://u:pw2@n2:5672/%2f,amqp://u:pw3@n3:5672/%2f",
+        )]),
+    )
+    .unwrap();
+    assert_eq!(c.amqp.endpoints().len(), 3);
+    assert_eq!(c.amqp.addresses(), "n1:5672,n2:5672,n3:5672");
+    // Every URL shown redacted.
+    let shown = c.to_redacted_toml();
+    for pw in ["pw1", "pw2", "pw3"] {
+        assert!(!shown.contains(pw), "{shown}");
+    }
+    assert!(shown.contains("n3:5672"), "{shown}");
+
+    // amqp.url alone keeps working: one endpoint.
+    let c = Config::load_from(
+        None,
+        env(&[("HOOKFLEET_AMQP__URL", "amqp://guest:guest@solo:5672/%2f")]),
+    )
+    .unwrap();
+    let got: Vec<String> = c.amqp.endpoints().iter().map(|u| u.address()).collect();
+    assert_eq!(got, vec!["solo:5672"]);
+}
+
+#[test]
+fn amqp_url_and_urls_both_set_is_an_error_naming_both() {
+    let f = file("[amqp]\nurl = \"amqp://guest:guest@a:5672/%2f\"\n");
+    let e = Config::load_from(
+        Some(f.path()),
+        env(&[("HOOKFLEET_AMQP__URLS", "amqp://b:5672/%2f")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("amqp.url") && e.contains("amqp.urls"), "{e}");
+    assert!(e.contains("HOOKFLEET_AMQP__URLS"), "names where: {e}");
+    let e = Config::load_from(
+        None,
+        env(&[("HOOKFLEET_AMQP__URLS", "amqp://b:5672/%2f,http://c/")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("amqp.urls") && e.contains("http"), "{e}");
+}

@@ -202,16 +202,20 @@ async fn the_worker_dead_letters_jobs_for_repositories_outside_the_root() {
     assert_eq!(pushes, 0, "nothing was read from the repositories outside");
     // The control: a real push inside the root is recorded.
     repos.push(&cfg, common::AMQP_URL, &["-q", "origin", "main"]);
-    eventually(Duration::from_secs(30), "the push inside the root recorded", || {
-        let pool = db.pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (n > 0).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the push inside the root recorded",
+        || {
+            let pool = db.pool.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (n > 0).then_some(())
+            }
+        },
+    )
     .await;
     worker.stop().await.unwrap();
     broker.cleanup(&cfg).await;
@@ -252,8 +256,14 @@ async fn the_hook_refuses_a_repository_the_worker_would_refuse() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("NOT recorded"), "{stderr}");
-    assert!(stderr.contains("outside hook.repositories_root"), "{stderr}");
-    assert!(stderr.contains(line.trim()), "the ref line to replay: {stderr}");
+    assert!(
+        stderr.contains("outside hook.repositories_root"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(line.trim()),
+        "the ref line to replay: {stderr}"
+    );
     assert_eq!(broker.depth(&broker.names.queue("push")).await, 0);
     broker.cleanup(&cfg).await;
 }

@@ -5,4 +5,4 @@ pub mod publish;
 pub mod publisher;
 pub mod topology;
 
-pub use connect::{AmqpError, connect};
+pub use connect::{AmqpError, connect, connect_within, node_failed, node_in_use, nodes_in_use};

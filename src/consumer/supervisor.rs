@@ -46,6 +46,11 @@ use crate::metrics::metrics;
 
 const ROLE: &str = "consumer";
 
+/// The node the consumer connection is (or was last) connected to.
+fn node() -> String {
+    amqp::node_in_use(ROLE).unwrap_or_else(|| "-".into())
+}
+
 /// Consumes every queue that has a handler, reconnecting forever.
 pub struct Supervisor {
     ctx: Arc<Ctx>,
@@ -97,7 +102,6 @@ impl Supervisor {
     /// Runs until `shutdown`, then drains and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let cfg = self.ctx.config.clone();
-        let address = cfg.amqp.url.address();
         let mut backoff = Reconnect::new(cfg.amqp.reconnect_min, cfg.amqp.reconnect_max);
         let mut failures: u64 = 0;
         // After losing a session that ran a while, try once at once: a cut
@@ -131,9 +135,9 @@ impl Supervisor {
                             .get()
                             > 0
                     {
-                        tracing::info!(amqp = %address, after_failures = failures, "reconnected; consuming again");
+                        tracing::info!(amqp = %node(), after_failures = failures, "reconnected; consuming again");
                     } else {
-                        tracing::info!(amqp = %address, "ready: connected, topology declared, consuming");
+                        tracing::info!(amqp = %node(), "ready: connected, topology declared, consuming");
                     }
                     failures = 0;
                     up.set(1);
@@ -145,7 +149,10 @@ impl Supervisor {
                     match end {
                         End::Shutdown => return,
                         End::Lost(why) => {
-                            tracing::warn!(reason = %why, "consuming stopped; reconnecting");
+                            let node = node();
+                            tracing::warn!(amqp = %node, reason = %why, "consuming stopped; reconnecting");
+                            // The next round tries the other nodes first.
+                            amqp::node_failed(&node);
                         }
                     }
                     if started.elapsed() >= cfg.amqp.healthy_after {

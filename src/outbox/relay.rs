@@ -439,7 +439,10 @@ impl Relay {
             .amqp_connection_up
             .with_label_values(&[ROLE])
             .set(1);
-        tracing::info!(amqp = %self.amqp.url.address(), "relay connected");
+        tracing::info!(
+            amqp = %amqp::node_in_use(ROLE).unwrap_or_default(),
+            "relay connected"
+        );
         self.broker = Some(Broker {
             conn,
             channel,

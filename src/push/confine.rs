@@ -47,9 +47,7 @@ pub enum Refused {
         root: String,
     },
     /// No root, and the name is relative.
-    #[error(
-        "repository {name:?} is relative, which needs hook.repositories_root (none is set)"
-    )]
+    #[error("repository {name:?} is relative, which needs hook.repositories_root (none is set)")]
     RelativeWithoutRoot {
         /// The name in the job.
         name: String,

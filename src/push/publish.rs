@@ -47,7 +47,8 @@ pub async fn publish_once(
 ) -> Result<(), AmqpError> {
     let mut conn_slot = None;
     let work = async {
-        let conn = conn_slot.insert(amqp::connect(cfg, role).await?);
+        // Every node gets its share of the deadline before the hook spools.
+        let conn = conn_slot.insert(amqp::connect_within(cfg, role, Some(deadline)).await?);
         let channel = confirm_channel(conn).await?;
         publish_job(&channel, &cfg.prefix, job, deadline).await
     };
