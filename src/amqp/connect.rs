@@ -171,10 +171,11 @@ pub async fn connect_within(
             }
         }
     }
-    if errors.len() <= 1 && urls.len() == 1 {
-        if let Some(e) = errors.pop() {
-            return Err(e);
-        }
+    // One node: its own error, as before there were several.
+    if urls.len() == 1
+        && let Some(e) = errors.pop()
+    {
+        return Err(e);
     }
     Err(AmqpError::AllNodes {
         count: urls.len(),
