@@ -12,8 +12,10 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
 /// Logs go to stderr so command output on stdout stays machine-readable.
 pub fn init(cfg: &LogConfig) {
-    // PostgreSQL NOTICEs ("relation already exists, skipping") are noise at info.
-    let quiet = "sqlx::postgres::notice=warn";
+    // PostgreSQL NOTICEs ("relation already exists, skipping") are noise at info;
+    // lapin logs every returned (unroutable) message at WARN as a Debug dump with
+    // the body as decimal bytes: the relay reports such a row itself, readably.
+    let quiet = "sqlx::postgres::notice=warn,lapin::returned_messages=error";
     // The quiet directive is appended to RUST_LOG too (a debugging session does not
     // want them either) unless RUST_LOG says something about sqlx itself.
     let from_env = std::env::var("RUST_LOG")
