@@ -27,6 +27,8 @@ CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
 FAKE_SECRET_VALUES = {
     "amqp-url": "amqp://hookfleet:s3cret@rabbitmq:5672/%2f",
     "database-url": "postgres://hookfleet:s3cret@postgres:5432/hookfleet",
+    "amqp-urls": "amqp://hookfleet:s3cret@rabbit-0:5672/%2f,amqp://hookfleet:s3cret@rabbit-1:5672/%2f,"
+                 "amqp://hookfleet:s3cret@rabbit-2:5672/%2f",
 }
 CONFIG_PATH = "/etc/hookfleet/config.toml"
 
@@ -156,9 +158,12 @@ def check_case(args, case: str, sets: list[str], expect) -> None:
             if cargs[1:3] != ["--config", CONFIG_PATH]:
                 fail(case, f"{who}: args must pass --config {CONFIG_PATH}, got {cargs}")
             env = container_env(c, case)
-            for var in ("HOOKFLEET_AMQP__URL", "HOOKFLEET_DATABASE__URL"):
+            amqp_var = "HOOKFLEET_AMQP__URLS" if case == "cluster" else "HOOKFLEET_AMQP__URL"
+            for var in (amqp_var, "HOOKFLEET_DATABASE__URL"):
                 if var not in env:
                     fail(case, f"{who}: {var} missing")
+            if "HOOKFLEET_AMQP__URL" in env and "HOOKFLEET_AMQP__URLS" in env:
+                fail(case, f"{who}: both HOOKFLEET_AMQP__URL and HOOKFLEET_AMQP__URLS are set")
             cm_name = volumes.get(mounts.get("/etc/hookfleet", ""), {}).get("configMap", {}).get("name")
             if cm_name not in configs:
                 fail(case, f"{who}: /etc/hookfleet is not a rendered ConfigMap ({cm_name})")
@@ -166,6 +171,8 @@ def check_case(args, case: str, sets: list[str], expect) -> None:
             effective = config_check(args, case, who, configs[cm_name], env)
             if effective is None:
                 continue
+            if case == "cluster" and len(effective["amqp"].get("urls", [])) != 3:
+                fail(case, f"{who}: amqp.urls must list the Secret's 3 nodes, got {effective['amqp']}")
             if w["kind"] == "Deployment":
                 drain = seconds(effective["worker"]["drain_timeout"])
                 grace = spec.get("terminationGracePeriodSeconds", 30)
@@ -182,7 +189,7 @@ def check_case(args, case: str, sets: list[str], expect) -> None:
                     fail(case, f"{who}: liveness probe must GET /healthz")
                 if c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
                     fail(case, f"{who}: readiness probe must GET /readyz")
-                if effective["outbox"]["relay"] != (case not in ("relay", "combo", "private-ca")):
+                if effective["outbox"]["relay"] != (case not in ("relay", "combo", "private-ca", "cluster")):
                     fail(case, f"{who}: outbox.relay is {effective['outbox']['relay']}")
             elif c["name"] == "relay" and cargs[:1] != ["relay"]:
                 fail(case, f"{who}: must run `hookfleet relay`")
@@ -284,6 +291,8 @@ CASES = {
     "servicemonitor": (["--set", "monitoring.serviceMonitor.enabled=true"], expect_servicemonitor),
     "private-ca": (["--set", "privateCA.configMap=corp-ca", "--set", "relay.separate=true"],
                    expect_private_ca),
+    "cluster": (["--set", "existingSecret.amqpUrlsKey=amqp-urls", "--set", "relay.separate=true"],
+                expect_relay),
     "combo": ([
         "--set", "relay.separate=true", "--set", "autoscaling.mode=hpa",
         "--set", "monitoring.serviceMonitor.enabled=true", "--set", "migrations.enabled=false",

@@ -111,11 +111,19 @@ everything else `key = <JSON>` (JSON strings, numbers, booleans and arrays are v
 
 {{/* Environment shared by every hookfleet container: the URLs from the Secret, HOME for git. */}}
 {{- define "hookfleet.env" -}}
+{{- if .Values.existingSecret.amqpUrlsKey }}
+- name: HOOKFLEET_AMQP__URLS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "hookfleet.secretName" . }}
+      key: {{ .Values.existingSecret.amqpUrlsKey }}
+{{- else }}
 - name: HOOKFLEET_AMQP__URL
   valueFrom:
     secretKeyRef:
       name: {{ include "hookfleet.secretName" . }}
       key: {{ .Values.existingSecret.amqpUrlKey }}
+{{- end }}
 - name: HOOKFLEET_DATABASE__URL
   valueFrom:
     secretKeyRef:
