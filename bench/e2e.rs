@@ -110,6 +110,7 @@ fn job(repo: &TinyRepo, i: usize) -> PushJob {
         pusher: Some("bench".into()),
         push_options: Vec::new(),
         pushed_at: Utc::now(),
+        refs_omitted: 0,
         updates: vec![RefUpdate {
             refname: format!("refs/heads/e2e-{i}"),
             before: "0".repeat(40),

@@ -59,6 +59,7 @@ pub async fn push_transactions(
                     pusher: Some("bench".into()),
                     push_options: Vec::new(),
                     pushed_at: Utc::now(),
+                    refs_omitted: 0,
                     updates: vec![RefUpdate {
                         refname: format!("refs/heads/b-{}", Uuid::now_v7().simple()),
                         before: "0".repeat(40),

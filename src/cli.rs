@@ -304,21 +304,50 @@ pub fn main() -> ExitCode {
 /// an invalid configuration. It installs no log subscriber: its stderr is shown to
 /// the pusher, so it prints its own short lines instead.
 fn post_receive(config_path: Option<&std::path::Path>) -> ExitCode {
-    let mut input = Vec::new();
-    let input = match std::io::Read::read_to_end(&mut std::io::stdin(), &mut input) {
-        Ok(_) => input,
+    let loaded = Config::load(config_path);
+    // A bad config still gets its input read (to print the lines to replay),
+    // within the default cap.
+    let max_input = match &loaded {
+        Ok(c) => c.hook.max_input_bytes,
+        Err(_) => Config::load_from(None, Vec::new())
+            .map(|c| c.hook.max_input_bytes)
+            .unwrap_or(4 * 1024 * 1024),
+    };
+    let input = match push::hook::read_input(
+        std::io::stdin().lock(),
+        usize::try_from(max_input).unwrap_or(usize::MAX),
+    ) {
+        Ok(input) => input,
         Err(e) => {
             eprintln!("hookfleet: push NOT recorded: cannot read the hook's stdin: {e}");
-            return ExitCode::SUCCESS;
+            return ExitCode::FAILURE;
         }
     };
-    let config = match Config::load(config_path) {
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{}", push::hook::config_error_message(&e, &input));
+            eprintln!("{}", push::hook::config_error_message(&e, &input.bytes));
             return ExitCode::SUCCESS;
         }
     };
+    if std::env::var_os("GIT_DIR").is_none() {
+        // Run by hand (git always sets GIT_DIR for hooks): the current
+        // directory must be the repository.
+        let cwd = std::env::current_dir().unwrap_or_default();
+        if !cwd.join("HEAD").is_file() || !cwd.join("objects").is_dir() {
+            eprintln!(
+                "hookfleet: GIT_DIR is not set and {} is not a git repository: run \
+                 `hookfleet hook post-receive` from the repository's directory (git does \
+                 this for hooks/post-receive)",
+                cwd.display()
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+        if input.bytes.iter().all(u8::is_ascii_whitespace) && input.omitted_lines == 0 {
+            eprintln!("hookfleet: no ref lines on stdin (`<old> <new> <ref>`): nothing to publish");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

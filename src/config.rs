@@ -328,6 +328,9 @@ pub struct WorkerConfig {
     /// Completed deliveries are acked together at most this late.
     #[serde(with = "humantime_serde")]
     pub ack_flush_interval: Duration,
+    /// Largest job body accepted, in bytes: a bigger one is dead-lettered as
+    /// poison without being parsed. At most `amqp.max_message_bytes`.
+    pub max_job_bytes: u32,
 }
 
 /// Retry policy for transient failures.
@@ -415,6 +418,12 @@ pub struct HookConfig {
     pub allowed_dirs: Vec<String>,
     /// Environment variables naming the pusher, first non-empty wins.
     pub pusher_env: Vec<String>,
+    /// Bytes of stdin the hook keeps (git's ref lines); the rest is counted,
+    /// not stored (`refs_omitted` in the job).
+    pub max_input_bytes: u32,
+    /// Refs one push job carries (the hook keeps the first, the worker
+    /// truncates a job that has more); the rest are counted in `refs_omitted`.
+    pub max_refs: u32,
 }
 
 /// The push handler.
@@ -443,6 +452,20 @@ pub struct PushConfig {
     pub group_max: u32,
     /// Base of `compare` and repository URLs in payloads.
     pub compare_base_url: String,
+    /// Paths listed per commit (`added` + `removed` + `modified`; GitHub lists
+    /// 3,000). The reader stops collecting there and counts the rest
+    /// (`paths_omitted` on the commit).
+    pub max_paths_per_commit: u32,
+    /// Paths listed across all commits of one event; later commits' lists are
+    /// emptied once it is spent (`paths_truncated` on the event).
+    pub max_paths_per_event: u32,
+    /// Bytes of one event body (and so of each webhook body, which is the
+    /// event's): a bigger event keeps its newest commits that fit
+    /// (`commits_truncated`, `commits_omitted`). At most `amqp.max_message_bytes`.
+    pub max_event_bytes: u32,
+    /// Refs listed in a `git.push.bulk` event (`refs_count` keeps the true
+    /// number, `refs_omitted` the rest).
+    pub max_bulk_refs: u32,
 }
 
 /// Webhook delivery (the `webhook` job kind).
@@ -837,6 +860,37 @@ impl Config {
             1..=self.database.max_connections.into(),
         )?;
         range("push.group_max", self.push.group_max.into(), 1..=1_000)?;
+        range(
+            "push.max_paths_per_commit",
+            self.push.max_paths_per_commit.into(),
+            0..=1_000_000,
+        )?;
+        range(
+            "push.max_paths_per_event",
+            self.push.max_paths_per_event.into(),
+            0..=1_000_000,
+        )?;
+        range(
+            "push.max_event_bytes",
+            self.push.max_event_bytes.into(),
+            16_384..=u64::from(self.amqp.max_message_bytes),
+        )?;
+        range(
+            "push.max_bulk_refs",
+            self.push.max_bulk_refs.into(),
+            0..=1_000_000,
+        )?;
+        range(
+            "hook.max_input_bytes",
+            self.hook.max_input_bytes.into(),
+            4_096..=1_073_741_824,
+        )?;
+        range("hook.max_refs", self.hook.max_refs.into(), 1..=1_000_000)?;
+        range(
+            "worker.max_job_bytes",
+            self.worker.max_job_bytes.into(),
+            16_384..=u64::from(self.amqp.max_message_bytes),
+        )?;
 
         positive("webhook.timeout", self.webhook.timeout)?;
         positive("webhook.connect_timeout", self.webhook.connect_timeout)?;

@@ -412,6 +412,7 @@ async fn payloads_follow_github_push_events() {
         pusher: Some("alice".into()),
         push_options: vec![],
         pushed_at: chrono::Utc::now(),
+        refs_omitted: 0,
         updates: vec![update.clone(), forced, tag, del_tag, main],
     };
     let mut cfg = push_config();

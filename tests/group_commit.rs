@@ -31,6 +31,7 @@ fn push_to(branch: &str, sha: char) -> (PushJob, Vec<Event>) {
         pusher: Some("alice".into()),
         push_options: vec![],
         pushed_at: chrono::Utc::now(),
+        refs_omitted: 0,
         updates: vec![RefUpdate {
             refname: format!("refs/heads/{branch}"),
             before: "0".repeat(40),

@@ -271,6 +271,7 @@ async fn the_worker_flusher_publishes_spooled_jobs() {
         pusher: None,
         push_options: vec![],
         pushed_at: chrono::Utc::now(),
+        refs_omitted: 0,
         updates: vec![
             hookfleet::push::update::parse_line(&format!(
                 "{ZERO} {} refs/heads/main",

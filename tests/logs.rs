@@ -133,6 +133,7 @@ fn push_job(repository: String, after: String) -> PushJob {
         pusher: Some("logs-test".into()),
         push_options: Vec::new(),
         pushed_at: chrono::Utc::now(),
+        refs_omitted: 0,
         updates: vec![RefUpdate {
             refname: "refs/heads/main".into(),
             before: "0".repeat(40),

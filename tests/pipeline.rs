@@ -377,6 +377,7 @@ async fn a_push_while_the_broker_is_down_is_spooled_and_handled_once_later() {
             pusher: Some("alice".into()),
             push_options: vec![],
             pushed_at: row.2,
+            refs_omitted: 0,
             updates: serde_json::from_value(updates).unwrap(),
         }
     };
@@ -459,6 +460,7 @@ fn push_of(repo: &str, branch: &str) -> (PushJob, Vec<Event>) {
         pusher: None,
         push_options: vec![],
         pushed_at: chrono::Utc::now(),
+        refs_omitted: 0,
         updates: vec![RefUpdate {
             refname: format!("refs/heads/{branch}"),
             before: "0".repeat(40),
@@ -731,6 +733,7 @@ fn main_moved(before: &str, after: &str) -> PushJob {
         pusher: Some("alice".into()),
         push_options: vec![],
         pushed_at: chrono::Utc::now(),
+        refs_omitted: 0,
         updates: vec![RefUpdate {
             refname: "refs/heads/main".into(),
             before: before.into(),

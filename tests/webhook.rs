@@ -197,6 +197,7 @@ impl Env {
             pusher: Some("ann".into()),
             push_options: vec![],
             pushed_at: chrono::Utc::now(),
+            refs_omitted: 0,
             updates: vec![],
         };
         let ev = Event::new(
@@ -549,6 +550,7 @@ async fn consecutive_failures_disable_the_subscription_and_enable_restores_it() 
         pusher: None,
         push_options: vec![],
         pushed_at: chrono::Utc::now(),
+        refs_omitted: 0,
         updates: vec![],
     };
     let ev = Event::new(&env.names, "git.push", None, serde_json::json!({"n": 2}));

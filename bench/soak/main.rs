@@ -493,6 +493,7 @@ fn jobs(repo: &TinyRepo, n: usize) -> Vec<(PushJob, usize)> {
                 pusher: Some("soak".into()),
                 push_options: Vec::new(),
                 pushed_at: Utc::now(),
+                refs_omitted: 0,
                 updates: vec![RefUpdate {
                     refname,
                     before,

@@ -226,19 +226,10 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
         attempt,
     );
     async {
-        // Validate without building a value: handlers decode straight from the bytes.
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-            let reason = format!("body is not valid JSON: {e}");
-            tracing::warn!(reason = %reason, "poison message: dead-lettering");
+        if let Err((class, reason)) = admit(&envelope, &body, &ctx.config.worker) {
+            tracing::warn!(reason = %reason, "{} message: dead-lettering", class.as_str());
             return Box::pin(finish_failure(
-                ctx,
-                queue,
-                kind,
-                original,
-                attempt,
-                ErrorClass::Poison,
-                reason,
-                None,
+                ctx, queue, kind, original, attempt, class, reason, None,
             ))
             .await;
         }
@@ -297,6 +288,51 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
     }
     .instrument(span)
     .await
+}
+
+/// Decides, before any handler runs, whether a delivery can be handled at all:
+/// a body over `worker.max_job_bytes` is poison without being parsed (a 10 MB
+/// junk body costs a length check, not a parse); a schema version this worker
+/// does not read is permanent (a newer producer: dead-lettered, not guessed
+/// at); a body that is not JSON is poison (validated without building a value:
+/// handlers decode straight from the bytes).
+fn admit(
+    envelope: &Envelope,
+    body: &[u8],
+    cfg: &crate::config::WorkerConfig,
+) -> Result<(), (ErrorClass, String)> {
+    let max = usize::try_from(cfg.max_job_bytes).unwrap_or(usize::MAX);
+    if body.len() > max {
+        return Err((
+            ErrorClass::Poison,
+            format!(
+                "body of {} bytes exceeds worker.max_job_bytes ({max})",
+                body.len()
+            ),
+        ));
+    }
+    match envelope.headers.get(message::H_SCHEMA_VERSION) {
+        None => {}
+        Some(message::HeaderValue::Int(v)) if *v == message::SCHEMA_VERSION => {}
+        Some(v) => {
+            let shown = match v {
+                message::HeaderValue::Int(n) => n.to_string(),
+                message::HeaderValue::Str(s) => format!("{s:?}"),
+            };
+            return Err((
+                ErrorClass::Permanent,
+                format!(
+                    "{} {shown} is not supported (this worker reads {})",
+                    message::H_SCHEMA_VERSION,
+                    message::SCHEMA_VERSION
+                ),
+            ));
+        }
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        return Err((ErrorClass::Poison, format!("body is not valid JSON: {e}")));
+    }
+    Ok(())
 }
 
 fn decode(properties: &BasicProperties) -> Result<Envelope, String> {

@@ -81,6 +81,9 @@ pub struct CommitInfo {
     pub removed: Vec<String>,
     /// Paths modified (content or type).
     pub modified: Vec<String>,
+    /// Paths changed beyond `push.max_paths_per_commit` (counted, not listed).
+    #[serde(default)]
+    pub paths_omitted: u64,
     /// Not reachable from any other ref of the repository.
     pub distinct: bool,
 }

@@ -307,6 +307,8 @@ fn handle(repo: &gix::ThreadSafeRepository, object_cache_bytes: usize) -> gix::R
 pub struct GitRepo {
     /// Upper bound on one [`GitRepo::read`].
     pub timeout: Duration,
+    /// Paths listed per commit (`push.max_paths_per_commit`); the rest are counted.
+    pub max_paths: usize,
     /// The git dir.
     pub path: PathBuf,
     /// Where the open repository is kept between reads (none: opened per read).
@@ -318,6 +320,7 @@ impl GitRepo {
     pub fn new(cfg: &PushConfig, path: impl Into<PathBuf>) -> GitRepo {
         GitRepo {
             timeout: cfg.git_timeout,
+            max_paths: usize::try_from(cfg.max_paths_per_commit).unwrap_or(usize::MAX),
             path: path.into(),
             cache: None,
         }
@@ -342,9 +345,11 @@ impl GitRepo {
         let path = self.path.clone();
         let cache = self.cache.clone();
         let timeout = self.timeout;
+        let max_paths = self.max_paths;
         let deadline = Instant::now() + timeout;
         let task = tokio::task::spawn_blocking(move || {
-            let reader = Reader::open(path, cache.as_deref(), deadline, timeout)?;
+            let mut reader = Reader::open(path, cache.as_deref(), deadline, timeout)?;
+            reader.max_paths = max_paths;
             let result = read(&reader);
             if let Some(cache) = cache.as_deref() {
                 reader.give_back(cache);
@@ -370,6 +375,8 @@ pub(crate) struct Reader {
     identity: Identity,
     deadline: Instant,
     timeout: Duration,
+    /// Paths kept per commit; the rest are counted (`CommitInfo::paths_omitted`).
+    max_paths: usize,
 }
 
 /// Another ref of the repository and the commit it peels to.
@@ -422,6 +429,7 @@ impl Reader {
             identity,
             deadline,
             timeout,
+            max_paths: usize::MAX,
         })
     }
 
@@ -602,6 +610,7 @@ impl Reader {
             added: Vec::new(),
             removed: Vec::new(),
             modified: Vec::new(),
+            paths_omitted: 0,
             distinct: true,
         };
         let parent_tree = match parent {
@@ -620,14 +629,15 @@ impl Reader {
     }
 
     /// Paths changed from `old` (or the empty tree) to `new`, sorted as git
-    /// lists them. Trees are descended into, never listed themselves.
+    /// lists them. Trees are descended into, never listed themselves. At most
+    /// `max_paths` are kept (in walk order, then sorted); the rest are only
+    /// counted, so a commit touching 100,000 files costs a walk, not a list.
     fn diff(
         &self,
         old: Option<ObjectId>,
         new: ObjectId,
         info: &mut CommitInfo,
     ) -> Result<(), GitError> {
-        use gix::diff::tree::recorder::Change;
         let tree_data = |id: Option<ObjectId>| -> Result<Vec<u8>, GitError> {
             match id {
                 None => Ok(Vec::new()),
@@ -641,48 +651,95 @@ impl Reader {
         };
         let (old_data, new_data) = (tree_data(old)?, tree_data(Some(new))?);
         let hash = self.repo.object_hash();
-        let mut recorder = gix::diff::tree::Recorder::default();
+        let mut paths = CappedPaths {
+            recorder: gix::diff::tree::Recorder::default(),
+            info,
+            max: self.max_paths,
+        };
         gix::diff::tree(
             gix::objs::TreeRefIter::from_bytes(&old_data, hash),
             gix::objs::TreeRefIter::from_bytes(&new_data, hash),
             gix::diff::tree::State::default(),
             &self.repo.objects,
-            &mut recorder,
+            &mut paths,
         )
         .map_err(failed("tree diff"))?;
-        for change in recorder.records {
-            let path = |p: &gix::bstr::BString| p.to_str_lossy().into_owned();
-            match change {
-                Change::Addition {
-                    entry_mode,
-                    path: p,
-                    ..
-                } if !entry_mode.is_tree() => info.added.push(path(&p)),
-                Change::Deletion {
-                    entry_mode,
-                    path: p,
-                    ..
-                } if !entry_mode.is_tree() => info.removed.push(path(&p)),
-                Change::Modification {
-                    previous_entry_mode,
-                    entry_mode,
-                    path: p,
-                    ..
-                } => match (previous_entry_mode.is_tree(), entry_mode.is_tree()) {
-                    (false, false) => info.modified.push(path(&p)),
-                    // A directory became a file: its entries are listed as removed.
-                    (true, false) => info.added.push(path(&p)),
-                    // A file became a directory: its entries are listed as added.
-                    (false, true) => info.removed.push(path(&p)),
-                    (true, true) => {}
-                },
-                _ => {}
-            }
-        }
         for list in [&mut info.added, &mut info.removed, &mut info.modified] {
             list.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         }
         Ok(())
+    }
+}
+
+/// A tree-diff visitor that files each change into a [`CommitInfo`] as it is
+/// seen (gix's recorder tracks the path; its record is taken at once, so it
+/// never holds more than one), keeping at most `max` paths and counting the
+/// rest.
+struct CappedPaths<'a> {
+    recorder: gix::diff::tree::Recorder,
+    info: &'a mut CommitInfo,
+    max: usize,
+}
+
+impl CappedPaths<'_> {
+    fn file(&mut self, change: gix::diff::tree::recorder::Change) {
+        use gix::diff::tree::recorder::Change;
+        let (list, p) = match change {
+            Change::Addition {
+                entry_mode, path, ..
+            } if !entry_mode.is_tree() => (0, path),
+            Change::Deletion {
+                entry_mode, path, ..
+            } if !entry_mode.is_tree() => (1, path),
+            Change::Modification {
+                previous_entry_mode,
+                entry_mode,
+                path,
+                ..
+            } => match (previous_entry_mode.is_tree(), entry_mode.is_tree()) {
+                (false, false) => (2, path),
+                // A directory became a file: its entries are listed as removed.
+                (true, false) => (0, path),
+                // A file became a directory: its entries are listed as added.
+                (false, true) => (1, path),
+                (true, true) => return,
+            },
+            _ => return,
+        };
+        let info = &mut *self.info;
+        let kept = info.added.len() + info.removed.len() + info.modified.len();
+        if kept >= self.max {
+            info.paths_omitted += 1;
+            return;
+        }
+        let path = p.to_str_lossy().into_owned();
+        match list {
+            0 => info.added.push(path),
+            1 => info.removed.push(path),
+            _ => info.modified.push(path),
+        }
+    }
+}
+
+impl gix::diff::tree::Visit for CappedPaths<'_> {
+    fn pop_front_tracked_path_and_set_current(&mut self) {
+        self.recorder.pop_front_tracked_path_and_set_current();
+    }
+    fn push_back_tracked_path_component(&mut self, component: &gix::bstr::BStr) {
+        self.recorder.push_back_tracked_path_component(component);
+    }
+    fn push_path_component(&mut self, component: &gix::bstr::BStr) {
+        self.recorder.push_path_component(component);
+    }
+    fn pop_path_component(&mut self) {
+        self.recorder.pop_path_component();
+    }
+    fn visit(&mut self, change: gix::diff::tree::visit::Change) -> gix::diff::tree::visit::Action {
+        let action = self.recorder.visit(change);
+        while let Some(record) = self.recorder.records.pop() {
+            self.file(record);
+        }
+        action
     }
 }
 

@@ -82,8 +82,10 @@ impl PushHandler {
     /// seconds). It has no effects: it also runs for a redelivery that the inbox
     /// then skips.
     async fn read(&self, job: &Job) -> Result<ReadPush, JobError> {
-        let push: PushJob = job.decode()?;
+        let mut push: PushJob = job.decode()?;
         push.validate().map_err(JobError::permanent)?;
+        // A job not made by the hook may carry any number of refs.
+        push.cap_refs(usize::try_from(self.config.hook.max_refs).unwrap_or(usize::MAX));
         let cfg = &self.config.push;
         let repo =
             GitRepo::new(cfg, self.repository_path(&push.repository)?).cached(self.repos.clone());

@@ -2,11 +2,14 @@
 //! publishes it, or spools it when the broker is out of reach.
 //!
 //! Owns what the pusher sees. A post-receive hook cannot reject a push (the refs
-//! are already updated) and must not hang the pusher's terminal, so every path
-//! here ends in exit status 0: invalid stdin lines are reported and skipped, a
-//! failed publish (connect + publish + confirm bounded by `hook.timeout`) spools
-//! the job with one line on stderr, and even an invalid configuration only prints
-//! a message (see [`config_error_message`]). It never logs through `tracing`:
+//! are already updated) and must not hang the pusher's terminal: invalid stdin
+//! lines are reported (the first [`BAD_LINES_SHOWN`], then a count) and skipped,
+//! a failed publish (connect + publish + confirm bounded by `hook.timeout`)
+//! spools the job with one line on stderr, and an invalid configuration only
+//! prints a message (see [`config_error_message`]); those exit 0. A push that is
+//! not recorded at all (neither published nor spooled, or a repository the
+//! worker would refuse) prints the ref lines to replay it and exits 1. Memory is
+//! bounded: stdin beyond `hook.max_input_bytes` is counted, not kept. It never logs through `tracing`:
 //! its stderr is relayed to the pusher as `remote:` lines, so it writes plain,
 //! short sentences there itself.
 
@@ -92,27 +95,103 @@ pub fn repository_name(root: &str, git_dir: &Path) -> String {
     git_dir.to_string_lossy().into_owned()
 }
 
+/// What the hook read from stdin: at most `hook.max_input_bytes`, cut at a
+/// line end, and how many lines were left out beyond that.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    /// The lines kept.
+    pub bytes: Vec<u8>,
+    /// Lines beyond the cap (counted while reading on, never stored).
+    pub omitted_lines: u64,
+}
+
+impl Input {
+    /// All of `bytes`, nothing omitted (tests, replays).
+    pub fn whole(bytes: &[u8]) -> Input {
+        Input {
+            bytes: bytes.to_vec(),
+            omitted_lines: 0,
+        }
+    }
+}
+
+/// Reads `r` to its end keeping at most `max` bytes, cut after the last
+/// complete line within them; the rest is read in 64 KiB chunks and only its
+/// lines are counted, so memory stays bounded whatever git sends.
+pub fn read_input(mut r: impl std::io::Read, max: usize) -> std::io::Result<Input> {
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut omitted_lines: u64 = 0;
+    let mut over = false;
+    // Whether the bytes dropped so far end inside a line (a partial line counts).
+    let mut partial = false;
+    loop {
+        let n = match r.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut data = &chunk[..n];
+        if !over {
+            let room = max.saturating_sub(bytes.len());
+            if data.len() <= room {
+                bytes.extend_from_slice(data);
+                continue;
+            }
+            bytes.extend_from_slice(&data[..room]);
+            data = &data[room..];
+            over = true;
+            // Drop the line cut in two.
+            let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let cut = bytes.split_off(keep);
+            partial = !cut.is_empty();
+        }
+        for b in data {
+            if *b == b'\n' {
+                omitted_lines += 1;
+                partial = false;
+            } else {
+                partial = true;
+            }
+        }
+    }
+    if partial {
+        omitted_lines += 1;
+    }
+    Ok(Input {
+        bytes,
+        omitted_lines,
+    })
+}
+
 /// Builds the job from stdin: `None` when no line is valid. Skipped lines are
-/// returned for reporting.
+/// returned for reporting. At most `hook.max_refs` updates are kept; the rest,
+/// and the lines beyond `hook.max_input_bytes`, are counted in `refs_omitted`.
 pub fn build_job(
     cfg: &HookConfig,
     env: &HookEnv,
-    input: &[u8],
+    input: &Input,
 ) -> (Option<PushJob>, Vec<LineError>) {
-    let (updates, errors) = parse_input(input);
+    let (updates, errors) = parse_input(&input.bytes);
     if updates.is_empty() {
         return (None, errors);
     }
-    let job = PushJob {
+    let mut job = PushJob {
         push_id: Uuid::now_v7(),
         repository: repository_name(&cfg.repositories_root, &env.git_dir),
         pusher: env.pusher.clone(),
         push_options: env.push_options.clone(),
         pushed_at: Utc::now(),
         updates,
+        refs_omitted: input.omitted_lines,
     };
+    job.cap_refs(usize::try_from(cfg.max_refs).unwrap_or(usize::MAX));
     (Some(job), errors)
 }
+
+/// Bad-line messages printed at most; the rest are counted in one line.
+pub const BAD_LINES_SHOWN: usize = 10;
 
 /// What the hook did with the push.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,16 +240,33 @@ fn push_ref_lines(msg: &mut String, input: &[u8]) {
 pub async fn post_receive(
     config: &Config,
     env: &HookEnv,
-    input: &[u8],
+    input: &Input,
     stderr: &mut dyn Write,
 ) -> Outcome {
     let (job, errors) = build_job(&config.hook, env, input);
-    for e in &errors {
+    for e in errors.iter().take(BAD_LINES_SHOWN) {
         let _ = writeln!(stderr, "hookfleet: ignoring line {}: {}", e.line, e.reason);
     }
-    let Some(job) = job else {
+    if errors.len() > BAD_LINES_SHOWN {
+        let _ = writeln!(
+            stderr,
+            "hookfleet: ... and {} more lines ignored",
+            errors.len() - BAD_LINES_SHOWN
+        );
+    }
+    let Some(mut job) = job else {
         return Outcome::Nothing;
     };
+    job.fit_within(usize::try_from(config.worker.max_job_bytes).unwrap_or(usize::MAX));
+    if job.refs_omitted > 0 {
+        let _ = writeln!(
+            stderr,
+            "hookfleet: push has {} refs; the first {} are recorded one by one, the rest only counted",
+            job.total_refs(),
+            job.updates.len()
+        );
+    }
+    let input = input.bytes.as_slice();
     if let Err(refused) = super::confine::resolve(&config.hook, &job.repository) {
         let mut msg = format!("hookfleet: push NOT recorded: {refused}; tell an administrator");
         push_ref_lines(&mut msg, input);
@@ -231,6 +327,8 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
             repositories_root: root.into(),
             allowed_dirs: Vec::new(),
+            max_input_bytes: 4_194_304,
+            max_refs: 10_000,
             pusher_env: vec!["A".into(), "B".into()],
         }
     }

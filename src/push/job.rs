@@ -34,8 +34,17 @@ pub struct PushJob {
     pub push_options: Vec<String>,
     /// When the hook ran.
     pub pushed_at: DateTime<Utc>,
-    /// The ref updates, in the order git reported them.
+    /// The ref updates, in the order git reported them: at most
+    /// `hook.max_refs` (the hook keeps the first, the worker cuts a longer list).
     pub updates: Vec<RefUpdate>,
+    /// Refs of the push left out of `updates` by a cap (stdin bytes, refs per
+    /// job, job bytes): counted, named in the bulk event, never stored.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refs_omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl PushJob {
@@ -68,6 +77,29 @@ impl PushJob {
     }
 
     /// Checks every update and that there is at least one.
+    /// Keeps the first `max` updates, counting the rest in `refs_omitted`.
+    pub fn cap_refs(&mut self, max: usize) {
+        if self.updates.len() > max {
+            let cut = self.updates.len() - max;
+            self.updates.truncate(max);
+            self.refs_omitted = self.refs_omitted.saturating_add(cut as u64);
+        }
+    }
+
+    /// Halves the updates until the body fits in `max_bytes` (at least one
+    /// update stays), so the worker never refuses a job the hook made.
+    pub fn fit_within(&mut self, max_bytes: usize) {
+        while self.updates.len() > 1 && self.to_json().len() > max_bytes {
+            let keep = self.updates.len() / 2;
+            self.cap_refs(keep);
+        }
+    }
+
+    /// The push's ref count before any cap.
+    pub fn total_refs(&self) -> u64 {
+        (self.updates.len() as u64).saturating_add(self.refs_omitted)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.updates.is_empty() {
             return Err("push has no updates".into());
@@ -94,6 +126,7 @@ mod tests {
             pusher: Some("alice".into()),
             push_options: vec!["ci.skip".into()],
             pushed_at: Utc::now(),
+            refs_omitted: 0,
             updates: vec![RefUpdate {
                 refname: "refs/heads/main".into(),
                 before: "0".repeat(40),

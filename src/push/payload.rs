@@ -67,7 +67,7 @@ pub fn compare_url(cfg: &PushConfig, repository: &str, update: &RefUpdate) -> St
 }
 
 fn commit_json(cfg: &PushConfig, full: &str, c: &CommitInfo) -> Value {
-    json!({
+    let mut v = json!({
         "id": c.id,
         "tree_id": c.tree_id,
         "distinct": c.distinct,
@@ -79,7 +79,36 @@ fn commit_json(cfg: &PushConfig, full: &str, c: &CommitInfo) -> Value {
         "added": c.added,
         "removed": c.removed,
         "modified": c.modified,
-    })
+    });
+    if c.paths_omitted > 0
+        && let Some(m) = v.as_object_mut()
+    {
+        m.insert("paths_omitted".into(), json!(c.paths_omitted));
+    }
+    v
+}
+
+/// Empties the path lists of the commits after `budget` paths (oldest first),
+/// counting what was dropped in each commit's `paths_omitted`; returns whether
+/// anything was dropped.
+fn spend_path_budget(commits: &mut [CommitInfo], mut budget: usize) -> bool {
+    let mut cut = false;
+    for c in commits {
+        for list in [&mut c.added, &mut c.removed, &mut c.modified] {
+            if list.len() > budget {
+                c.paths_omitted += (list.len() - budget) as u64;
+                list.truncate(budget);
+                cut = true;
+            }
+            budget -= list.len();
+        }
+    }
+    cut
+}
+
+/// Serialized size of `v`.
+fn size(v: &Value) -> usize {
+    serde_json::to_vec(v).map_or(usize::MAX, |b| b.len())
 }
 
 fn common(job: &PushJob, cfg: &PushConfig) -> serde_json::Map<String, Value> {
@@ -114,23 +143,58 @@ pub fn push_payload(job: &PushJob, data: &RefData, cfg: &PushConfig) -> Value {
         "compare".into(),
         json!(compare_url(cfg, &job.repository, u)),
     );
-    m.insert(
-        "commits".into(),
-        Value::Array(
-            data.commits
-                .iter()
-                .map(|c| commit_json(cfg, &full, c))
-                .collect(),
-        ),
-    );
-    m.insert(
-        "head_commit".into(),
-        data.head_commit
-            .as_ref()
-            .map_or(Value::Null, |c| commit_json(cfg, &full, c)),
-    );
+    let mut commits = data.commits.clone();
+    let budget = usize::try_from(cfg.max_paths_per_event).unwrap_or(usize::MAX);
+    if spend_path_budget(&mut commits, budget) {
+        m.insert("paths_truncated".into(), json!(true));
+    }
+    let head = data.head_commit.as_ref().map(|c| {
+        let mut c = c.clone();
+        spend_path_budget(std::slice::from_mut(&mut c), budget);
+        commit_json(cfg, &full, &c)
+    });
+    m.insert("head_commit".into(), head.unwrap_or(Value::Null));
     m.insert("total_commits_count".into(), json!(data.total_commits));
-    Value::Object(m)
+    let commits: Vec<Value> = commits.iter().map(|c| commit_json(cfg, &full, c)).collect();
+    fit_commits(m, commits, cfg)
+}
+
+/// Puts as many of `commits` (the newest) into the event as fit in
+/// `push.max_event_bytes`; when some are left out, says so
+/// (`commits_truncated`, `commits_omitted`). A head commit too big on its own
+/// (a huge message) is dropped last, the same way.
+fn fit_commits(
+    mut m: serde_json::Map<String, Value>,
+    mut commits: Vec<Value>,
+    cfg: &PushConfig,
+) -> Value {
+    let max = usize::try_from(cfg.max_event_bytes).unwrap_or(usize::MAX);
+    let listed = commits.len();
+    m.insert("commits".into(), Value::Array(Vec::new()));
+    let fixed = size(&Value::Object(m.clone()));
+    let mut total: usize = fixed + commits.iter().map(|c| size(c) + 1).sum::<usize>();
+    let mut dropped = 0;
+    // Oldest first: the newest commits are the ones a receiver wants.
+    while total > max && dropped < commits.len() {
+        total -= size(&commits[dropped]) + 1;
+        dropped += 1;
+    }
+    let kept = commits.split_off(dropped);
+    if dropped > 0 {
+        m.insert("commits_truncated".into(), json!(true));
+        m.insert("commits_omitted".into(), json!(dropped));
+    }
+    m.insert("commits".into(), Value::Array(kept));
+    let mut v = Value::Object(m);
+    if size(&v) > max
+        && let Some(m) = v.as_object_mut()
+    {
+        m.insert("head_commit".into(), Value::Null);
+        m.insert("commits_truncated".into(), json!(true));
+        m.insert("commits_omitted".into(), json!(listed));
+        m.insert("commits".into(), Value::Array(Vec::new()));
+    }
+    v
 }
 
 /// The lifecycle event of a ref, if it has one.
@@ -148,12 +212,25 @@ pub fn lifecycle_event(data: &RefData) -> Option<&'static str> {
 /// The `git.push.bulk` payload for refs beyond `max_refs`.
 pub fn bulk_payload(job: &PushJob, rest: &[RefUpdate], cfg: &PushConfig) -> Value {
     let mut m = common(job, cfg);
-    m.insert("total_refs_count".into(), json!(job.updates.len()));
-    m.insert("refs_count".into(), json!(rest.len()));
+    let max = usize::try_from(cfg.max_bulk_refs).unwrap_or(usize::MAX);
+    // The refs beyond this event's list: those past the cap and those the job
+    // itself left out (hook or worker caps on refs per job).
+    let omitted = (rest.len().saturating_sub(max) as u64).saturating_add(job.refs_omitted);
+    m.insert("total_refs_count".into(), json!(job.total_refs()));
+    m.insert(
+        "refs_count".into(),
+        json!((rest.len() as u64).saturating_add(job.refs_omitted)),
+    );
+    if omitted > 0 {
+        m.insert("refs_truncated".into(), json!(true));
+        m.insert("refs_omitted".into(), json!(omitted));
+    }
+    let listed = &rest[..rest.len().min(max)];
     m.insert(
         "refs".into(),
         Value::Array(
-            rest.iter()
+            listed
+                .iter()
                 .map(|u| {
                     json!({
                         "ref": u.refname,
@@ -190,11 +267,9 @@ pub fn events_for_push(
             events.push((EV_PUSH.to_string(), payload));
         }
     }
-    if job.updates.len() > max {
-        events.push((
-            EV_PUSH_BULK.to_string(),
-            bulk_payload(job, &job.updates[max..], cfg),
-        ));
+    if job.updates.len() > max || job.refs_omitted > 0 {
+        let rest = &job.updates[job.updates.len().min(max)..];
+        events.push((EV_PUSH_BULK.to_string(), bulk_payload(job, rest, cfg)));
     }
     events
 }
