@@ -571,8 +571,11 @@ async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Res
         match command {
             WebhookCommand::Add { .. } => {
                 if let Some(r) = add {
-                    let id = admin::add(&pool, &r).await?;
-                    println!("added subscription {id}");
+                    let added = admin::add_checked(&pool, &r, &config.webhook).await?;
+                    for w in &added.warnings {
+                        eprintln!("hookfleet: warning: {w}");
+                    }
+                    println!("added subscription {}", added.id);
                 }
             }
             WebhookCommand::List { json } => {

@@ -80,6 +80,7 @@ pub enum ConfigError {
 }
 
 /// A URL holding credentials. Displays, debugs and serializes with the password
+/// and the values of secret query parameters (`password`, `sslpassword`, ...)
 /// replaced by `***`; [`SecretUrl::expose`] gives the real value to the one
 /// place that connects.
 #[derive(Clone, PartialEq, Eq)]
@@ -114,22 +115,96 @@ impl SecretUrl {
 /// Replaces the password in a URL with `***`. A string that does not parse as a
 /// URL is redacted from the last `:` before `@`, so a malformed URL cannot leak.
 pub fn redact_url(raw: &str) -> String {
-    if let Ok(mut u) = url::Url::parse(raw) {
+    // Also replaced by `***`: the value of every query parameter whose name is
+    // secret (see `is_secret_param`). A URL that parses (with a host) stays one.
+    if let Ok(mut u) = url::Url::parse(raw)
+        && u.has_host()
+    {
         if u.password().is_some() {
             let _ = u.set_password(Some("***"));
         }
-        return u.to_string();
-    }
-    match (raw.find("://"), raw.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &raw[s + 3..at];
-            match userinfo.find(':') {
-                Some(c) => format!("{}{}:***{}", &raw[..s + 3], &userinfo[..c], &raw[at..]),
-                None => raw.to_string(),
+        if let Some(query) = u.query() {
+            let masked = mask_ranges(query, &secret_param_values(query));
+            if masked != query {
+                u.set_query(Some(&masked));
             }
         }
-        _ => raw.to_string(),
+        return u.to_string();
     }
+    // Anything else (no host, or not a URL at all, e.g. a `key=value` DSN): mask
+    // from the first `:` of the userinfo to the LAST `@`, and every secret
+    // parameter's value anywhere, so no delimiter inside a secret can leak a part.
+    let mut ranges = secret_param_values(raw);
+    let start = raw.find("://").map_or(0, |s| s + 3);
+    if let Some(at) = raw.rfind('@').filter(|&at| at >= start)
+        && let Some(colon) = raw[start..at].find(':')
+    {
+        ranges.push(start + colon + 1..at);
+    }
+    mask_ranges(raw, &ranges)
+}
+
+/// Whether a query parameter (or DSN keyword) holds a secret, by its name
+/// (percent-decoded, case-insensitive): `pass`, `pwd`, or ending in `password`
+/// (`password`, `sslpassword`), `passwd`, `secret`, `token`, `apikey` or
+/// `api_key`. File paths such as `sslkey` or `keyfile` are not secrets.
+fn is_secret_param(name: &str) -> bool {
+    let decoded = url::form_urlencoded::parse(name.as_bytes())
+        .next()
+        .map(|(k, _)| k.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    decoded == "pass"
+        || decoded == "pwd"
+        || ["password", "passwd", "secret", "token", "apikey", "api_key"]
+            .iter()
+            .any(|suffix| decoded.ends_with(suffix))
+}
+
+/// Byte ranges of the values of secret parameters in `s`: a name starts at the
+/// beginning or after `?`, `&`, `;` or whitespace and ends at `=`; a secret's
+/// value runs to the next `&` or the end (whatever else it holds).
+fn secret_param_values(s: &str) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut name_start = Some(0);
+    let mut i = 0;
+    while i < s.len() {
+        match s.as_bytes()[i] {
+            b'?' | b'&' | b';' | b' ' | b'\t' | b'\r' | b'\n' => name_start = Some(i + 1),
+            b'=' => {
+                if let Some(start) = name_start.take()
+                    && is_secret_param(&s[start..i])
+                {
+                    let end = s[i + 1..].find('&').map_or(s.len(), |e| i + 1 + e);
+                    ranges.push(i + 1..end);
+                    i = end;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    ranges
+}
+
+/// `s` with each of `ranges` (merged where they overlap) replaced by `***`.
+fn mask_ranges(s: &str, ranges: &[std::ops::Range<usize>]) -> String {
+    let mut sorted = ranges.to_vec();
+    sorted.sort_by_key(|r| r.start);
+    let mut out = String::with_capacity(s.len());
+    let mut pos = 0;
+    let mut iter = sorted.into_iter().peekable();
+    while let Some(mut r) = iter.next() {
+        while let Some(next) = iter.next_if(|n| n.start <= r.end) {
+            r.end = r.end.max(next.end);
+        }
+        let start = r.start.max(pos);
+        out.push_str(&s[pos..start]);
+        out.push_str("***");
+        pos = r.end.max(start);
+    }
+    out.push_str(&s[pos..]);
+    out
 }
 
 impl fmt::Debug for SecretUrl {

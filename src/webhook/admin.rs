@@ -3,8 +3,12 @@
 //!
 //! Owns input validation for subscriptions (URL through [`ssrf::check_url`], event
 //! categories, repository pattern, content type) with errors the CLI maps to exit
-//! 2, and redelivery (a new job through the outbox with the same delivery id). It
-//! never prints and never reveals a subscription's secret.
+//! 2, the warnings of [`add_checked`] for a URL the SSRF guard would refuse (the
+//! subscription is still added), and redelivery (a new job through the outbox with
+//! the same delivery id). It never prints and never reveals a subscription's secret.
+
+use std::net::IpAddr;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -14,10 +18,14 @@ use super::ssrf;
 use super::storage::{self, NewSubscription};
 use super::subscription;
 use crate::amqp::topology::Names;
+use crate::config::{WebhookConfig, redact_url};
 use crate::outbox;
 
 /// Content types a subscription may ask for.
 pub const CONTENT_TYPES: [&str; 1] = ["json"];
+
+/// How long [`delivery_warnings`] waits for a name to resolve.
+pub const WARN_RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a webhook command failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,10 +57,79 @@ pub struct AddRequest {
     pub content_type: String,
 }
 
+/// What [`add_checked`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Added {
+    /// The new subscription's id.
+    pub id: i64,
+    /// Why deliveries will fail as configured (see [`delivery_warnings`]); the
+    /// subscription was added anyway. For stderr, after `hookfleet: warning: `.
+    pub warnings: Vec<String>,
+}
+
 /// Validates and inserts a subscription; returns its id.
 pub async fn add(pool: &PgPool, r: &AddRequest) -> Result<i64, AdminError> {
     let new = validate(r)?;
     Ok(storage::insert_subscription(pool, &new).await?)
+}
+
+/// [`add`], plus warnings when the SSRF guard of `cfg` refuses every address
+/// the URL leads to (the subscription is added all the same).
+pub async fn add_checked(
+    pool: &PgPool,
+    r: &AddRequest,
+    cfg: &WebhookConfig,
+) -> Result<Added, AdminError> {
+    let new = validate(r)?;
+    let warnings = delivery_warnings(cfg, &new.url).await;
+    let id = storage::insert_subscription(pool, &new).await?;
+    Ok(Added { id, warnings })
+}
+
+/// Why deliveries to `url` will fail under the SSRF guard of `cfg`: one warning
+/// when its host is an IP literal the guard refuses, or a name that resolves
+/// (within [`WARN_RESOLVE_TIMEOUT`]) only to refused addresses. Nothing for an
+/// invalid URL, a name that does not resolve (maybe not yet, or not from here),
+/// or one with any allowed address. The URL is shown redacted.
+pub async fn delivery_warnings(cfg: &WebhookConfig, url: &str) -> Vec<String> {
+    let Ok(parsed) = ssrf::check_url(url) else {
+        return Vec::new();
+    };
+    let guard = ssrf::Guard::new(cfg).with_resolve_timeout(WARN_RESOLVE_TIMEOUT);
+    let Ok(checked) = guard.check(&parsed).await else {
+        return Vec::new();
+    };
+    if checked.iter().any(|(_, r)| r.is_none()) {
+        return Vec::new();
+    }
+    let mut refused: Vec<(IpAddr, ssrf::Refusal)> = Vec::new();
+    for (addr, r) in checked {
+        if let Some(r) = r
+            && !refused.iter().any(|(ip, _)| *ip == addr.ip())
+        {
+            refused.push((addr.ip(), r));
+        }
+    }
+    let (addrs, why) = match refused.as_slice() {
+        [] => return Vec::new(),
+        [(ip, r)] => (ip.to_string(), format!(" ({r})")),
+        many => (
+            many.iter()
+                .map(|(ip, r)| format!("{ip} ({r})"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            String::new(),
+        ),
+    };
+    let unless = if refused.iter().any(|(_, r)| r.is_metadata()) {
+        "unless webhook.allowed_hosts allows it (webhook.allow_private never lifts cloud-metadata addresses)"
+    } else {
+        "unless webhook.allowed_hosts or webhook.allow_private allow it"
+    };
+    vec![format!(
+        "{} resolves to {addrs}, which the SSRF guard refuses{why}; deliveries will fail {unless}",
+        redact_url(parsed.as_str())
+    )]
 }
 
 /// Checks `webhook add` input without touching the database.
