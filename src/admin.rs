@@ -184,8 +184,10 @@ async fn healthz() -> &'static str {
 #[derive(Serialize)]
 struct Readiness {
     ready: bool,
+    /// What is down (the database with its `host:port`, the broker, both) or
+    /// `draining`; absent when ready.
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
+    reason: Option<String>,
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {

@@ -40,6 +40,9 @@ pub struct Metrics {
     /// Outbox rows set aside after failing `outbox.park_after_attempts` times
     /// (or refused by size before any attempt).
     pub relay_parked_total: IntCounter,
+    /// Outbox rows the broker returned as unroutable (mandatory publish, nothing
+    /// bound), by exchange and routing key (bounded: event types).
+    pub relay_unroutable_total: IntCounterVec,
     /// Parked outbox rows waiting for an operator (sampled).
     pub outbox_parked: IntGauge,
     /// Relay batch time (claim → publish → confirm → commit).
@@ -165,6 +168,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
             IntCounter::new(
                 "hookfleet_relay_parked_total",
                 "Outbox rows set aside after repeated refusals (see outbox status).",
+            )?,
+        )?,
+        relay_unroutable_total: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "hookfleet_relay_unroutable_total",
+                    "Outbox rows returned by the broker as unroutable (nothing bound for their routing key).",
+                ),
+                &["exchange", "routing_key"],
             )?,
         )?,
         outbox_parked: reg(

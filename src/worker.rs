@@ -86,6 +86,20 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let pool = db::lazy_pool(&config.database)?;
+    // Readiness names what is down by address (never a URL: no password), and
+    // until the database answers, the consumers not running is its doing: the
+    // broker is not tried before then.
+    let db_opts = pool.connect_options();
+    let db_host = db_opts.get_host();
+    state.health.set_database_address(
+        if db_host.contains(':') && !db_host.starts_with(['/', '[']) {
+            format!("[{db_host}]:{}", db_opts.get_port())
+        } else {
+            format!("{db_host}:{}", db_opts.get_port())
+        },
+    );
+    state.health.set_broker_address(config.amqp.addresses());
+    state.health.set_waiting_for_database(true);
 
     // The admin server comes up first, so liveness answers while we wait for
     // the broker or the database, and readiness says why we are not ready.
@@ -110,6 +124,8 @@ pub async fn run_with(
         let _ = admin_task.await;
         return Ok(());
     }
+    // From here on, not consuming means the broker (the supervisor is trying it).
+    state.health.set_waiting_for_database(false);
     let handlers = handlers(&config, &pool);
     let publisher = Publisher::new(&config.amqp, "publisher")?;
     let ctx = Arc::new(Ctx {
@@ -210,6 +226,7 @@ async fn wait_for_database(
                 return true;
             }
             Err(e) => {
+                health.set_database_ok(false);
                 failures += 1;
                 if failures == 1 {
                     tracing::error!(error = %crate::cli::error_chain(&e), "database unavailable; retrying with backoff");

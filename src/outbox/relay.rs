@@ -45,7 +45,8 @@
 //! confirmed rows are still marked, unconfirmed rows stay untouched (and
 //! unpublished), and the relay reconnects after a backoff.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -204,6 +205,9 @@ async fn settle_batch_inner(batch: Settle) -> anyhow::Result<Option<(AmqpError, 
         ..
     } = batch;
     let outcome = await_confirms(sent).await;
+    let routes = unroutable_routes(&mut tx, &outcome.failed)
+        .await
+        .context("relay: looking up the routes of returned rows")?;
     storage::mark_published(&mut tx, &outcome.published)
         .await
         .context("relay: marking rows published")?;
@@ -217,8 +221,17 @@ async fn settle_batch_inner(batch: Settle) -> anyhow::Result<Option<(AmqpError, 
     m.relay_failed_total.inc_by(outcome.failed.len() as u64);
     m.relay_batch_duration_seconds
         .observe(started.elapsed().as_secs_f64());
+    // Returned rows are counted per route and logged once per route and
+    // interval (one unbound event type can return every row of every batch);
+    // every other failure, and a returned row being parked, gets its own line.
+    let mut returned: HashMap<&(String, String), u64> = HashMap::new();
     for f in &outcome.failed {
+        let route = routes.get(&f.id);
+        if let Some(route) = route {
+            *returned.entry(route).or_default() += 1;
+        }
         match f.retry_in {
+            Some(_) if route.is_some() => {}
             Some(delay) => tracing::warn!(
                 outbox.id = f.id,
                 error = %f.error,
@@ -235,8 +248,111 @@ async fn settle_batch_inner(batch: Settle) -> anyhow::Result<Option<(AmqpError, 
             }
         }
     }
+    for ((exchange, routing_key), rows) in returned {
+        note_unroutable(exchange, routing_key, rows);
+    }
     let suspects = outcome.suspects().to_vec();
     Ok(outcome.broken.map(|e| (e, suspects)))
+}
+
+/// How [`publish::confirmed`] words a `mandatory` publish the broker returned.
+const UNROUTABLE: &str = "returned as unroutable";
+/// At most one unroutable WARN line per (exchange, routing key) per this long.
+const UNROUTABLE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Routes remembered for [`UNROUTABLE_LOG_INTERVAL`] before quiet ones are
+/// forgotten (routes are event types, so this is never reached in practice).
+const UNROUTABLE_ROUTES_KEPT: usize = 1024;
+
+/// What is known of one route's returned rows since its last log line.
+struct UnroutableLog {
+    logged_at: Instant,
+    /// Rows returned since that line (not logged yet).
+    rows: u64,
+}
+
+/// Returned rows per (exchange, routing key), for the throttled log line.
+static UNROUTABLE_LOG: LazyLock<Mutex<HashMap<(String, String), UnroutableLog>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The (exchange, routing key) of each failed row the broker returned as
+/// unroutable, read from the outbox (the failures carry only the id). One
+/// statement, and only when a row was returned.
+async fn unroutable_routes(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    failed: &[Failure],
+) -> Result<HashMap<i64, (String, String)>, sqlx::Error> {
+    let ids: Vec<i64> = failed
+        .iter()
+        .filter(|f| f.error.starts_with(UNROUTABLE))
+        .map(|f| f.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT id, exchange, routing_key FROM outbox WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut **tx)
+            .await?;
+    let mut routes: HashMap<i64, (String, String)> = rows
+        .into_iter()
+        .map(|(id, exchange, routing_key)| (id, (exchange, routing_key)))
+        .collect();
+    for id in ids {
+        // Cannot happen (the row is locked by this batch); still counted.
+        routes
+            .entry(id)
+            .or_insert_with(|| ("unknown".to_string(), "unknown".to_string()));
+    }
+    Ok(routes)
+}
+
+/// Counts `rows` returned rows of a route, and logs them (with those returned
+/// since the route's last line) unless that line is less than
+/// [`UNROUTABLE_LOG_INTERVAL`] old.
+fn note_unroutable(exchange: &str, routing_key: &str, rows: u64) {
+    metrics()
+        .relay_unroutable_total
+        .with_label_values(&[exchange, routing_key])
+        .inc_by(rows);
+    let due = {
+        let mut log = UNROUTABLE_LOG
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if log.len() >= UNROUTABLE_ROUTES_KEPT {
+            log.retain(|_, l| l.rows > 0 || l.logged_at.elapsed() < UNROUTABLE_LOG_INTERVAL);
+        }
+        let key = (exchange.to_string(), routing_key.to_string());
+        match log.get_mut(&key) {
+            Some(l) if l.logged_at.elapsed() < UNROUTABLE_LOG_INTERVAL => {
+                l.rows += rows;
+                None
+            }
+            Some(l) => {
+                l.logged_at = Instant::now();
+                Some(std::mem::take(&mut l.rows) + rows)
+            }
+            None => {
+                log.insert(
+                    key,
+                    UnroutableLog {
+                        logged_at: Instant::now(),
+                        rows: 0,
+                    },
+                );
+                Some(rows)
+            }
+        }
+    };
+    if let Some(rows) = due {
+        tracing::warn!(
+            exchange,
+            routing_key,
+            rows,
+            hint = "bind a queue to the exchange for this routing key: the rows are retried with backoff, parked ones once unparked (`hookfleet outbox unpark`)",
+            "relay: events returned as unroutable (nothing bound)"
+        );
+    }
 }
 
 /// Relay state across batches.
