@@ -279,17 +279,14 @@ async fn each_route_gets_its_line_and_parking_keeps_its_own() {
     q.cleanup().await;
 }
 
-/// A known problem, not fixed here: in a pipelined batch mixing routable and
-/// unroutable rows, RabbitMQ may confirm several publishes with one
-/// `multiple` ack, and lapin (4.12, `Acknowledgements::complete_pending_before`)
-/// then hands the waiting returns to those confirms in hash-map order, not to
-/// the publishes they belong to. So a returned row can be confirmed "clean" and
-/// marked published (its event lost), and a routable one failed (published
-/// again later). The fix is to match returns to rows by `message_id` (the
-/// return carries the message's properties) instead of trusting which confirm
-/// a return came with. Ignored because it fails until then (often, not always).
+/// In a pipelined batch mixing routable and unroutable rows, RabbitMQ may
+/// confirm several publishes with one `multiple` ack, and lapin (4.12,
+/// `Acknowledgements::complete_pending_before`) hands the waiting returns to
+/// those confirms in hash-map order, not to the publishes they belong to. The
+/// relay matches returns to rows by message id (its `ReturnLedger`), so a
+/// returned row is never marked published (its event lost) and every routable
+/// row is published.
 #[tokio::test]
-#[ignore = "known bug: lapin attributes returns to the wrong confirm under multiple acks"]
 async fn a_returned_row_is_never_marked_published() {
     let (db, cfg, q) = setup().await;
     let nowhere = format!("{}.nowhere", cfg.amqp.prefix);

@@ -44,25 +44,76 @@ pub async fn send(
         .await?)
 }
 
-/// Awaits a confirm within `timeout` and turns anything but a clean ack into an error.
-pub async fn confirmed(confirm: PublisherConfirm, timeout: Duration) -> Result<(), AmqpError> {
+/// A `mandatory` publish the broker returned (nothing bound for it).
+#[derive(Debug, Clone)]
+pub struct Returned {
+    /// The returned message's `message_id`: which publish it was.
+    pub message_id: Option<String>,
+    /// `returned as unroutable: 312 NO_ROUTE`.
+    pub reason: String,
+}
+
+/// What a confirm said: acked or nacked, and a return that came with it.
+///
+/// lapin hands each returned message to whichever confirm completes next,
+/// which under a `multiple` ack is not always the returned publish's own (its
+/// pending confirms are completed in hash-map order). So the return is given
+/// back as found, with the message id that says whose it is; a caller that
+/// pipelines publishes matches returns by message id ([`confirmed`] does not
+/// need to: it is for one publish at a time).
+#[derive(Debug, Clone)]
+pub struct Confirmed {
+    /// The broker acked (took responsibility for) a publish.
+    pub acked: bool,
+    /// A returned message handed to this confirm, maybe another publish's.
+    pub returned: Option<Returned>,
+}
+
+/// Awaits a confirm within `timeout`; errors are timeouts and closed channels.
+pub async fn confirmation(
+    confirm: PublisherConfirm,
+    timeout: Duration,
+) -> Result<Confirmed, AmqpError> {
+    let returned = |ret: lapin::message::BasicReturnMessage| Returned {
+        message_id: ret
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string()),
+        reason: format!(
+            "returned as unroutable: {} {}",
+            ret.reply_code, ret.reply_text
+        ),
+    };
     match tokio::time::timeout(timeout, confirm).await {
         Err(_) => Err(AmqpError::Timeout {
             what: "publisher confirm",
             timeout,
         }),
         Ok(Err(e)) => Err(AmqpError::Protocol(e)),
-        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-        Ok(Ok(Confirmation::Ack(Some(ret)))) | Ok(Ok(Confirmation::Nack(Some(ret)))) => {
-            Err(AmqpError::Rejected(format!(
-                "returned as unroutable: {} {}",
-                ret.reply_code, ret.reply_text
-            )))
-        }
-        Ok(Ok(Confirmation::Nack(None))) => Err(AmqpError::Rejected("nacked by the broker".into())),
+        Ok(Ok(Confirmation::Ack(ret))) => Ok(Confirmed {
+            acked: true,
+            returned: ret.map(returned),
+        }),
+        Ok(Ok(Confirmation::Nack(ret))) => Ok(Confirmed {
+            acked: false,
+            returned: ret.map(returned),
+        }),
         Ok(Ok(Confirmation::NotRequested)) => Err(AmqpError::Rejected(
             "channel is not in confirm mode (a bug)".into(),
         )),
+    }
+}
+
+/// Awaits a confirm within `timeout` and turns anything but a clean ack into an error.
+pub async fn confirmed(confirm: PublisherConfirm, timeout: Duration) -> Result<(), AmqpError> {
+    match confirmation(confirm, timeout).await? {
+        Confirmed {
+            returned: Some(r), ..
+        } => Err(AmqpError::Rejected(r.reason)),
+        Confirmed { acked: true, .. } => Ok(()),
+        Confirmed { acked: false, .. } => Err(AmqpError::Rejected("nacked by the broker".into())),
     }
 }
 

@@ -46,8 +46,10 @@
 //! unpublished), and the relay reconnects after a backoff.
 
 use std::collections::{HashMap, HashSet};
+
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 use anyhow::Context;
 use lapin::options::ExchangeDeclareOptions;
@@ -167,6 +169,82 @@ struct Outcome {
     broken: Option<AmqpError>,
     /// Rows sent whose confirm failed because the channel broke.
     unconfirmed: Vec<i64>,
+    /// Of `published`, those acked through a pipelined confirm: message id,
+    /// outbox id, attempts (a return for them may still turn up, see
+    /// [`ReturnLedger`]).
+    acked: Vec<(Uuid, i64, i32)>,
+    /// Returned messages handed to this batch's confirms (maybe others').
+    returns: Vec<publish::Returned>,
+}
+
+/// How long a return nobody has claimed is kept (a row of a later batch
+/// claims it within seconds; this only bounds the ledger).
+pub const RETURN_KEPT: Duration = Duration::from_secs(300);
+
+/// Returned messages not yet matched to their row.
+///
+/// lapin gives a returned message to whichever confirm completes next (see
+/// [`publish::Confirmed`]), so under a `multiple` ack the return of one row
+/// can arrive with the confirm of another row of the same batch, of a later
+/// batch, or of an earlier one. Returns are matched by message id instead:
+/// the settler, which settles batches in order, keeps every return here;
+/// an acked row of the batch being settled whose message was returned is
+/// failed instead of published; a return whose row an earlier batch already
+/// marked published puts that row back in the work queue; one whose row is in
+/// a later batch waits here for it. Every return reaches some confirm before
+/// the batch holding its row is settled, since the broker returns a message
+/// before it acks it and each completed confirm takes the oldest waiting one.
+#[derive(Default)]
+struct ReturnLedger {
+    open: HashMap<Uuid, (String, Instant)>,
+}
+
+impl ReturnLedger {
+    fn absorb(&mut self, returns: Vec<publish::Returned>) {
+        for r in returns {
+            match r.message_id.as_deref().map(Uuid::parse_str) {
+                Some(Ok(id)) => {
+                    self.open.insert(id, (r.reason, Instant::now()));
+                }
+                _ => tracing::warn!(
+                    reason = %r.reason,
+                    "relay: a returned message without an outbox message id"
+                ),
+            }
+        }
+    }
+
+    /// Fails the acked rows of `outcome` whose message was returned.
+    fn claim(&mut self, outcome: &mut Outcome, policy: &RowPolicy) {
+        if self.open.is_empty() {
+            return;
+        }
+        let mut returned: HashSet<i64> = HashSet::new();
+        for (m, id, attempts) in &outcome.acked {
+            if let Some((reason, _)) = self.open.remove(m) {
+                returned.insert(*id);
+                outcome.failed.push(policy.failure(*id, *attempts, reason));
+            }
+        }
+        if !returned.is_empty() {
+            outcome.published.retain(|id| !returned.contains(id));
+        }
+    }
+
+    /// Returns still unclaimed (rows settled earlier, or in later batches).
+    fn unclaimed(&self) -> (Vec<Uuid>, Vec<String>) {
+        self.open
+            .iter()
+            .map(|(m, (reason, _))| (*m, reason.clone()))
+            .unzip()
+    }
+
+    fn forget(&mut self, ids: &[Uuid]) {
+        for id in ids {
+            self.open.remove(id);
+        }
+        self.open.retain(|_, (_, at)| at.elapsed() < RETURN_KEPT);
+    }
 }
 
 impl Outcome {
@@ -197,14 +275,35 @@ struct Settle {
 /// Marks the batch's confirmed rows published and its failed rows backed off
 /// (or parked), commits, records metrics; returns the broken-channel error, if
 /// any, with the rows it makes suspect.
-async fn settle_batch_inner(batch: Settle) -> anyhow::Result<Option<(AmqpError, Vec<i64>)>> {
+async fn settle_batch_inner(
+    batch: Settle,
+    ledger: &mut ReturnLedger,
+) -> anyhow::Result<Option<(AmqpError, Vec<i64>)>> {
     let Settle {
         mut tx,
         sent,
         started,
         ..
     } = batch;
-    let outcome = await_confirms(sent).await;
+    let policy = sent.policy;
+    let mut outcome = await_confirms(sent).await;
+    ledger.absorb(std::mem::take(&mut outcome.returns));
+    ledger.claim(&mut outcome, &policy);
+    let (late, reasons) = ledger.unclaimed();
+    if !late.is_empty() {
+        let reopened =
+            storage::reopen_returned(&mut tx, &late, &reasons, row_backoff(1, policy.max_backoff))
+                .await
+                .context("relay: queueing returned rows again")?;
+        if !reopened.is_empty() {
+            metrics().relay_failed_total.inc_by(reopened.len() as u64);
+            tracing::warn!(
+                rows = reopened.len(),
+                "relay: rows marked published were returned as unroutable; queued again"
+            );
+        }
+        ledger.forget(&reopened);
+    }
     let routes = unroutable_routes(&mut tx, &outcome.failed)
         .await
         .context("relay: looking up the routes of returned rows")?;
@@ -366,6 +465,8 @@ struct Relay {
     stats: PendingStats,
     /// Rows to publish one at a time (see the module doc).
     suspects: HashSet<i64>,
+    /// Returned messages not yet matched to their row.
+    returns: ReturnLedger,
 }
 
 /// Samples pending statistics (`outbox_pending`, oldest age) at most every
@@ -409,6 +510,7 @@ pub async fn run_relay(
         connected_once: false,
         stats: PendingStats::default(),
         suspects: HashSet::new(),
+        returns: ReturnLedger::default(),
     };
     let mut backoff = Reconnect::new(relay.amqp.reconnect_min, relay.amqp.reconnect_max);
     // Consecutive failed batches: an outage is logged once at warn, its retries at
@@ -476,11 +578,12 @@ impl Relay {
         let (to_send, claimed) = mpsc::channel::<Claimed>(CLAIM_AHEAD);
         let (to_settle, mut sent_batches) = mpsc::channel::<Settle>(PIPELINE_DEPTH);
         let failed = CancellationToken::new();
+        let returns = &mut self.returns;
         let settler = async {
             let mut first: Option<(anyhow::Error, bool)> = None;
             let mut suspects: Vec<i64> = Vec::new();
             while let Some(batch) = sent_batches.recv().await {
-                let error = match settle_batch_inner(batch).await {
+                let error = match settle_batch_inner(batch, &mut *returns).await {
                     Ok(None) => continue,
                     Ok(Some((broken, more))) => {
                         suspects.extend(more);
@@ -762,8 +865,8 @@ async fn exchange_exists(
 
 /// A batch sent to the broker whose confirms may still be outstanding.
 struct Sent {
-    /// Outbox id, attempts so far, and the confirm to await.
-    pending: Vec<(i64, i32, PublisherConfirm)>,
+    /// Outbox id, attempts so far, message id, and the confirm to await.
+    pending: Vec<(i64, i32, Uuid, PublisherConfirm)>,
     /// Rows already settled (confirmed one by one, or failed before sending),
     /// and a broken channel met while sending.
     outcome: Outcome,
@@ -778,18 +881,25 @@ impl Sent {
     /// published; of the errors, a broker's refusal is the one kept (it says
     /// why the channel closed; the later ones only that it was closed).
     async fn settle_pending(&mut self) {
-        for (id, attempts, confirm) in std::mem::take(&mut self.pending) {
+        for (id, attempts, message_id, confirm) in std::mem::take(&mut self.pending) {
             // A batch sent just before a slow settle still gets its full window.
             let left = self
                 .deadline
                 .saturating_duration_since(tokio::time::Instant::now())
                 .max(self.timeout / 2);
-            match publish::confirmed(confirm, left).await {
-                Ok(()) => self.outcome.published.push(id),
-                Err(AmqpError::Rejected(why)) => {
-                    self.outcome
-                        .failed
-                        .push(self.policy.failure(id, attempts, why));
+            match publish::confirmation(confirm, left).await {
+                Ok(c) => {
+                    // Whose return this is, the ledger decides (see ReturnLedger).
+                    self.outcome.returns.extend(c.returned);
+                    if c.acked {
+                        self.outcome.published.push(id);
+                        self.outcome.acked.push((message_id, id, attempts));
+                    } else {
+                        let why = "nacked by the broker".to_string();
+                        self.outcome
+                            .failed
+                            .push(self.policy.failure(id, attempts, why));
+                    }
                 }
                 Err(e) => {
                     self.outcome.unconfirmed.push(id);
@@ -882,7 +992,10 @@ async fn send_rows(
         )
         .await;
         match result {
-            Ok(Ok(confirm)) => sent.pending.push((row.id, row.publish_attempts, confirm)),
+            Ok(Ok(confirm)) => {
+                sent.pending
+                    .push((row.id, row.publish_attempts, row.message_id, confirm));
+            }
             Ok(Err(e)) => {
                 sent.outcome.broken = Some(e);
                 break;

@@ -292,6 +292,38 @@ pub async fn mark_failed(
     Ok(())
 }
 
+/// Puts rows already marked published back in the work queue because their
+/// message turned out to have been returned (see the relay's `ReturnLedger`):
+/// the rows of `message_ids` that `outbox_published` holds leave it and are
+/// queued with their attempts, `reasons` (parallel) as last error, due after
+/// `retry_in`. Rows not published yet are left alone (a later batch holds
+/// them). Returns the message ids put back.
+pub async fn reopen_returned(
+    tx: &mut Transaction<'static, Postgres>,
+    message_ids: &[Uuid],
+    reasons: &[String],
+    retry_in: Duration,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH r AS (SELECT o.id, o.message_id, f.error \
+                    FROM UNNEST($1::uuid[], $2::text[]) AS f(m, error) \
+                    JOIN outbox o ON o.message_id = f.m), \
+              gone AS (DELETE FROM outbox_published p USING r WHERE p.id = r.id \
+                       RETURNING p.id, p.publish_attempts), \
+              back AS (INSERT INTO outbox_pending (id, publish_attempts, last_error, next_attempt_at) \
+                       SELECT g.id, g.publish_attempts, r.error, \
+                              now() + make_interval(secs => $3) \
+                       FROM gone g JOIN r ON r.id = g.id \
+                       ON CONFLICT (id) DO NOTHING RETURNING id) \
+         SELECT r.message_id FROM r JOIN back ON back.id = r.id",
+    )
+    .bind(message_ids)
+    .bind(reasons)
+    .bind(retry_in.as_secs_f64())
+    .fetch_all(&mut **tx)
+    .await
+}
+
 /// Makes parked rows due again (attempts back to 0, last error kept): those
 /// named by `ids`, or every parked row when `ids` is empty. Returns how many,
 /// and wakes the relays.
