@@ -16,6 +16,7 @@ mod ceiling;
 mod common;
 mod consume;
 mod e2e;
+mod giant;
 mod gitpush;
 mod relay;
 mod resume;
@@ -29,7 +30,7 @@ use support::{Row, base_config, create_database, drop_database, table};
 
 struct Opts {
     quick: bool,
-    /// `--only consume|relay|e2e|resume|rss|gitpush`: just that group of rows
+    /// `--only consume|relay|e2e|resume|rss|giant|gitpush`: just that group of rows
     /// (for repeated runs of a noisy figure, or profiling one path).
     only: Option<String>,
     /// `--rounds N`: overrides the mode's number of alternating throughput rounds.
@@ -41,7 +42,9 @@ struct Opts {
 }
 
 /// The groups `--only` accepts.
-const GROUPS: [&str; 6] = ["consume", "relay", "e2e", "resume", "rss", "gitpush"];
+const GROUPS: [&str; 7] = [
+    "consume", "relay", "e2e", "resume", "rss", "giant", "gitpush",
+];
 
 /// Parses the arguments; a bad one is an error naming it (never silently ignored:
 /// a typo in `--only` would otherwise run the whole 4-minute bench).
@@ -439,6 +442,40 @@ async fn run(
             "MiB",
             None,
         ));
+    }
+
+    // Heavy (a 20,000-commit repository is built): full runs, or asked for.
+    if want("giant") && (!o.quick || o.only.is_some()) {
+        step("RSS under giant pushes");
+        let g = giant::giant(&exe, cfg, dir).await?;
+        let after = |name: &str, v: f64| {
+            let ratio = v / g.idle.max(0.001);
+            Row {
+                name: name.into(),
+                hookfleet: v,
+                baseline_name: "idle, after ready".into(),
+                baseline: Some(g.idle),
+                unit: "MiB".into(),
+                ratio: Some(ratio),
+                target: "ratio <= 2.00".into(),
+                met: Some(ratio <= 2.0),
+            }
+        };
+        rows.push(Row::alone(
+            "RSS peak reading one giant push (50,000-file commit + 20,000-commit branch)",
+            g.peak_one,
+            "MiB",
+            None,
+        ));
+        rows.push(after("RSS 30 s after one giant push", g.after_one));
+        rows.push(Row::alone(
+            "RSS peak reading 8 giant pushes at once",
+            g.peak_eight,
+            "MiB",
+            Some(256.0),
+        ));
+        rows.push(after("RSS 30 s after 8 giant pushes", g.after_eight));
+        extra.insert("giant".into(), serde_json::to_value(&g)?);
     }
 
     if want("gitpush") {

@@ -254,6 +254,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if matches!(cli.command, Command::Worker { .. } | Command::Relay { .. }) {
+        crate::alloc::tune();
+    }
     if let Command::Hook {
         command: HookCommand::PostReceive,
     } = cli.command
@@ -499,8 +502,10 @@ async fn run(
                 config.outbox.clone(),
                 token.clone(),
             ));
+            let janitor = tokio::spawn(crate::alloc::run_janitor(pool.clone(), token.clone()));
             outbox::run_relay(config.amqp, config.outbox, pool.clone(), token).await?;
             pruner.await??;
+            let _ = janitor.await;
             admin_stop.cancel();
             let _ = admin_task.await;
             pool.close().await;

@@ -8,6 +8,7 @@
 //! - [`consumer`]: the supervisor (reconnect + redeclare), the task pool, outcomes, acks.
 //! - [`dlq`]: listing and requeueing dead letters.
 //! - [`inbox`]: the handler transaction with inbox dedupe ([`inbox::Transactional`]).
+//! - [`alloc`]: returning freed heap to the OS after a giant push.
 //! - [`backoff`]: reconnect delays (exponential, full jitter, unlimited).
 //! - [`worker`]: the `worker` role, wiring everything together under one shutdown token.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/info`, `/jobs`).
@@ -22,6 +23,7 @@
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
 pub mod admin;
+pub mod alloc;
 pub mod amqp;
 pub mod backoff;
 pub mod build_info;

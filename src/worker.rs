@@ -142,6 +142,7 @@ pub async fn run_with(
         state.health.clone(),
         bg_stop.clone(),
     ));
+    background.spawn(crate::alloc::run_janitor(pool.clone(), bg_stop.clone()));
     background.spawn(crate::push::spool::run_spool_flusher(
         (*config).clone(),
         bg_stop.clone(),

@@ -819,3 +819,35 @@ async fn the_least_recently_read_repository_is_closed_first() {
     read_ref(&repo, &updates[0], 10).await.unwrap();
     assert_eq!((none.opened(), none.len()), (2, 0));
 }
+
+/// A heavy read (here a commit of more files than `git::HEAVY_READ`) does not
+/// keep its repository open: the giant push's caches and mapped packs go with
+/// it, and the next push opens the repository afresh. Its paths are capped at
+/// `push.max_paths_per_commit` and the rest counted.
+#[tokio::test]
+async fn a_heavy_read_closes_its_repository_and_caps_its_paths() {
+    let f = Fixture::new();
+    let cache = Arc::new(RepoCache::new(4));
+    f.commit(&[("a", Some("1"))], "one");
+    let small = f.push("main", "refs/heads/main");
+    let many = f.work.join("many");
+    std::fs::create_dir_all(&many).unwrap();
+    let files = hookfleet::push::git::HEAVY_READ as usize + 2_000;
+    for i in 0..files {
+        std::fs::write(many.join(format!("f{i}")), "x").unwrap();
+    }
+    f.commit(&[], "many files");
+    let heavy = f.push("main", "refs/heads/main");
+    let repo = GitRepo::new(&push_config(), &f.bare).cached(cache.clone());
+
+    read_ref(&repo, &small, 10).await.unwrap();
+    assert_eq!(cache.len(), 1, "a small read keeps its repository open");
+    let data = read_ref(&repo, &heavy, 10).await.unwrap();
+    assert_eq!(cache.len(), 0, "a heavy read closes it");
+    let c = &data.commits[0];
+    let listed = c.added.len() + c.removed.len() + c.modified.len();
+    assert_eq!(listed as u32, push_config().max_paths_per_commit);
+    assert_eq!(c.paths_omitted as usize, files - listed);
+    read_ref(&repo, &small, 10).await.unwrap();
+    assert_eq!(cache.opened(), 2, "opened afresh after the heavy read");
+}

@@ -79,6 +79,8 @@ pub const PIPELINE_DEPTH: usize = 2;
 /// takes a fifth to a quarter of the time their publishing does); it holds one
 /// more pooled connection.
 pub const CLAIM_AHEAD: usize = 1;
+/// Payload bytes from which a batch counts as big (see [`crate::alloc`]).
+pub const BIG_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// How often pending statistics (`outbox_pending`, oldest age) are sampled.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -784,6 +786,11 @@ async fn send_batches(
     to_settle: mpsc::Sender<Settle>,
 ) {
     while let Some(Claimed { tx, rows, started }) = claimed.recv().await {
+        // A batch of big rows grows the claim connection's read buffer and the
+        // heap: give that back once it is settled (see crate::alloc).
+        if rows.iter().map(|r| r.payload.len()).sum::<usize>() > BIG_BATCH_BYTES {
+            crate::alloc::request_release();
+        }
         if failed.is_cancelled() {
             // The settler failed: nothing more is sent in this drain.
             rollback_unsent(tx).await;

@@ -231,6 +231,12 @@ impl RepoCache {
         }
     }
 
+    /// Closes the repository at `path` (its shared state, mapped packs and idle
+    /// handles), after a heavy read: the next push opens it afresh.
+    fn forget(&self, path: &Path) {
+        self.lock().by_path.remove(path);
+    }
+
     /// Counts a repository just opened and keeps it (unless the capacity is 0).
     fn put(&self, path: PathBuf, identity: Identity, repo: gix::ThreadSafeRepository) {
         self.opened.fetch_add(1, Ordering::Relaxed);
@@ -351,8 +357,15 @@ impl GitRepo {
             let mut reader = Reader::open(path, cache.as_deref(), deadline, timeout)?;
             reader.max_paths = max_paths;
             let result = read(&reader);
+            // A heavy read (a giant push) leaves big caches in its handle and
+            // maps the repository's packs: the repository is closed rather than
+            // kept, so memory returns to its level before the push.
             if let Some(cache) = cache.as_deref() {
-                reader.give_back(cache);
+                if reader.work.get() < HEAVY_READ {
+                    reader.give_back(cache);
+                } else {
+                    cache.forget(&reader.path);
+                }
             }
             result
         });
@@ -377,7 +390,13 @@ pub(crate) struct Reader {
     timeout: Duration,
     /// Paths kept per commit; the rest are counted (`CommitInfo::paths_omitted`).
     max_paths: usize,
+    /// Commits walked and paths diffed so far (see [`HEAVY_READ`]).
+    work: std::cell::Cell<u64>,
 }
+
+/// Commits walked plus paths diffed from which a read counts as heavy: its
+/// repository handle is not kept for the next push.
+pub const HEAVY_READ: u64 = 10_000;
 
 /// Another ref of the repository and the commit it peels to.
 #[derive(Debug, Clone)]
@@ -430,6 +449,7 @@ impl Reader {
             deadline,
             timeout,
             max_paths: usize::MAX,
+            work: std::cell::Cell::new(0),
         })
     }
 
@@ -566,6 +586,7 @@ impl Reader {
                 kept.push(info.id);
             }
         }
+        self.work.set(self.work.get() + total);
         Ok((kept, total))
     }
 
@@ -664,6 +685,9 @@ impl Reader {
             &mut paths,
         )
         .map_err(failed("tree diff"))?;
+        let seen = info.added.len() + info.removed.len() + info.modified.len();
+        self.work
+            .set(self.work.get() + seen as u64 + info.paths_omitted);
         for list in [&mut info.added, &mut info.removed, &mut info.modified] {
             list.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use super::classify::{self, RefData};
-use super::git::{GitError, GitRepo, RepoCache};
+use super::git::{GitError, GitRepo, HEAVY_READ, RepoCache};
 use super::group_commit::{GroupCommit, Written};
 use super::job::{PUSH_KIND, PushJob};
 use super::payload;
@@ -74,6 +74,8 @@ fn git_error(e: GitError) -> JobError {
 struct ReadPush {
     push: PushJob,
     events: Vec<Event>,
+    /// The read walked or diffed at least [`HEAVY_READ`] commits and paths.
+    heavy: bool,
 }
 
 impl PushHandler {
@@ -93,6 +95,19 @@ impl PushHandler {
             classify::read_refs(&repo, payload::refs_to_read(&push, cfg), cfg.max_commits)
                 .await
                 .map_err(git_error)?;
+        let work: u64 = data
+            .iter()
+            .map(|d| {
+                d.total_commits
+                    + d.commits
+                        .iter()
+                        .map(|c| {
+                            (c.added.len() + c.removed.len() + c.modified.len()) as u64
+                                + c.paths_omitted
+                        })
+                        .sum::<u64>()
+            })
+            .sum();
         let events: Vec<Event> = payload::events_for_push(&push, &data, cfg)
             .into_iter()
             .map(|(event_type, body)| {
@@ -104,7 +119,11 @@ impl PushHandler {
                 )
             })
             .collect();
-        Ok(ReadPush { push, events })
+        Ok(ReadPush {
+            push,
+            events,
+            heavy: work >= HEAVY_READ,
+        })
     }
 }
 
@@ -116,10 +135,31 @@ impl Handler for PushHandler {
 
     async fn handle(&self, job: Job) -> Result<Done, JobError> {
         let message_id = job.envelope.message_id;
-        let ReadPush { push, events } = match self.read(&job).await {
+        let ReadPush {
+            push,
+            events,
+            heavy,
+        } = match self.read(&job).await {
             Ok(read) => read,
             Err(e) => return inbox::skip_if_handled(&self.pool, message_id, e).await,
         };
+        let done = self.record(message_id, push, events).await;
+        if heavy {
+            // What the giant push allocated is freed by now: give it back.
+            crate::alloc::request_release();
+        }
+        done
+    }
+}
+
+impl PushHandler {
+    /// Writes the push through the group commit and logs the outcome.
+    async fn record(
+        &self,
+        message_id: uuid::Uuid,
+        push: PushJob,
+        events: Vec<Event>,
+    ) -> Result<Done, JobError> {
         let (repository, refs, events_count) =
             (push.repository.clone(), push.updates.len(), events.len());
         match self.writer.write(message_id, push, events).await? {
