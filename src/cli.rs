@@ -254,7 +254,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if matches!(cli.command, Command::Worker { .. } | Command::Relay { .. }) {
+    if matches!(cli.command, Command::Worker | Command::Relay) {
         crate::alloc::tune();
     }
     if let Command::Hook {
