@@ -336,8 +336,7 @@ impl Handler for WebhookHandler {
                     .await;
             }
         };
-        // Serialising a JSON value to bytes cannot fail.
-        let body = Bytes::from(serde_json::to_vec(&delivery.payload).unwrap_or_default());
+        let body = Bytes::from(super::render::body(&delivery));
         let headers = request_headers(&delivery, &sub, &body);
         let started = Instant::now();
         let result = self.client.post(&url, &headers, body).await;

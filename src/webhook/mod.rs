@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod deliver;
 pub mod handler;
+pub mod render;
 pub mod ssrf;
 pub mod storage;
 pub mod subscription;
