@@ -107,6 +107,7 @@ fn job(repo: &TinyRepo, i: usize) -> PushJob {
     PushJob {
         push_id: Uuid::now_v7(),
         repository: repo.name.clone(),
+        path: None,
         pusher: Some("bench".into()),
         push_options: Vec::new(),
         pushed_at: Utc::now(),

@@ -139,6 +139,7 @@ fn job(repo: &GiantRepo) -> PushJob {
     PushJob {
         push_id: uuid::Uuid::now_v7(),
         repository: "giant.git".into(),
+        path: None,
         pusher: Some("bench".into()),
         push_options: Vec::new(),
         pushed_at: chrono::Utc::now(),

@@ -56,6 +56,7 @@ pub async fn push_transactions(
                 let push = PushJob {
                     push_id: Uuid::now_v7(),
                     repository: "repo.git".into(),
+                    path: None,
                     pusher: Some("bench".into()),
                     push_options: Vec::new(),
                     pushed_at: Utc::now(),

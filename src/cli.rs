@@ -396,7 +396,12 @@ async fn run(
             let mut failed = false;
             for repo in repos {
                 match push::install::install(&repo, &binary, config_path.as_deref(), force) {
-                    Ok(hook) => println!("installed {}", hook.display()),
+                    Ok(hook) => {
+                        let git_dir = std::fs::canonicalize(&repo).unwrap_or(repo.clone());
+                        let name =
+                            push::hook::repository_name(&config.hook.repositories_root, &git_dir);
+                        println!("installed {} (repository name: {name})", hook.display());
+                    }
                     Err(e) => {
                         eprintln!("hookfleet: {}", error_chain(&e));
                         failed = true;
@@ -585,23 +590,37 @@ async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Res
             }
             WebhookCommand::List { json } => {
                 let subs = crate::webhook::storage::list_subscriptions(&pool).await?;
+                let matched = admin::matched_last_day(&pool, &subs).await?;
                 if json {
+                    let rows: Vec<serde_json::Value> = subs
+                        .iter()
+                        .map(|s| {
+                            let mut v = serde_json::to_value(s).unwrap_or_default();
+                            if let Some(m) = v.as_object_mut() {
+                                m.insert("url".into(), crate::config::redact_url(&s.url).into());
+                                let n = matched.get(&s.id).copied().unwrap_or(0);
+                                m.insert("pushes_24h".into(), n.into());
+                            }
+                            v
+                        })
+                        .collect();
                     println!(
                         "{}",
-                        serde_json::to_string_pretty(&subs).unwrap_or_default()
+                        serde_json::to_string_pretty(&rows).unwrap_or_default()
                     );
                 } else {
                     for s in subs {
                         println!(
-                            "{}\t{}\t{}\t{}\t{}\tevents={}\tsecret={}\tfailures={}",
+                            "{}\t{}\t{}\t{}\t{}\tevents={}\tsecret={}\tfailures={}\tpushes_24h={}",
                             s.id,
                             if s.active { "active" } else { "disabled" },
                             s.repository_pattern,
-                            s.url,
+                            crate::config::redact_url(&s.url),
                             s.content_type,
                             s.events.join(","),
                             if s.secret.is_some() { "yes" } else { "no" },
-                            s.consecutive_failures
+                            s.consecutive_failures,
+                            matched.get(&s.id).copied().unwrap_or(0)
                         );
                     }
                 }

@@ -409,6 +409,7 @@ async fn payloads_follow_github_push_events() {
     let job = PushJob {
         push_id: uuid::Uuid::now_v7(),
         repository: "team/app.git".into(),
+        path: None,
         pusher: Some("alice".into()),
         push_options: vec![],
         pushed_at: chrono::Utc::now(),

@@ -28,6 +28,7 @@ fn push_to(branch: &str, sha: char) -> (PushJob, Vec<Event>) {
     let push = PushJob {
         push_id: Uuid::now_v7(),
         repository: REPO.into(),
+        path: None,
         pusher: Some("alice".into()),
         push_options: vec![],
         pushed_at: chrono::Utc::now(),

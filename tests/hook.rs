@@ -268,6 +268,7 @@ async fn the_worker_flusher_publishes_spooled_jobs() {
     let job = PushJob {
         push_id: uuid::Uuid::now_v7(),
         repository: "r.git".into(),
+        path: None,
         pusher: None,
         push_options: vec![],
         pushed_at: chrono::Utc::now(),

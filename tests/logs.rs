@@ -130,6 +130,7 @@ fn push_job(repository: String, after: String) -> PushJob {
     PushJob {
         push_id: uuid::Uuid::now_v7(),
         repository,
+        path: None,
         pusher: Some("logs-test".into()),
         push_options: Vec::new(),
         pushed_at: chrono::Utc::now(),

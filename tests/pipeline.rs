@@ -374,6 +374,7 @@ async fn a_push_while_the_broker_is_down_is_spooled_and_handled_once_later() {
         PushJob {
             push_id: row.0,
             repository: row.1,
+            path: None,
             pusher: Some("alice".into()),
             push_options: vec![],
             pushed_at: row.2,
@@ -457,6 +458,7 @@ fn push_of(repo: &str, branch: &str) -> (PushJob, Vec<Event>) {
     let push = PushJob {
         push_id: uuid::Uuid::now_v7(),
         repository: repo.into(),
+        path: None,
         pusher: None,
         push_options: vec![],
         pushed_at: chrono::Utc::now(),
@@ -730,6 +732,7 @@ fn main_moved(before: &str, after: &str) -> PushJob {
     PushJob {
         push_id: uuid::Uuid::now_v7(),
         repository: "repo.git".into(),
+        path: None,
         pusher: Some("alice".into()),
         push_options: vec![],
         pushed_at: chrono::Utc::now(),

@@ -194,6 +194,7 @@ impl Env {
         let push = PushJob {
             push_id: Uuid::now_v7(),
             repository: repo.into(),
+            path: None,
             pusher: Some("ann".into()),
             push_options: vec![],
             pushed_at: chrono::Utc::now(),
@@ -547,6 +548,7 @@ async fn consecutive_failures_disable_the_subscription_and_enable_restores_it() 
     let push = PushJob {
         push_id: Uuid::now_v7(),
         repository: "org/app".into(),
+        path: None,
         pusher: None,
         push_options: vec![],
         pushed_at: chrono::Utc::now(),

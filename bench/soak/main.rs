@@ -920,6 +920,7 @@ fn jobs(repo: &TinyRepo, n: usize) -> Vec<(PushJob, usize)> {
             let job = PushJob {
                 push_id: Uuid::now_v7(),
                 repository: repo.name.clone(),
+                path: None,
                 pusher: Some("soak".into()),
                 push_options: Vec::new(),
                 pushed_at: Utc::now(),

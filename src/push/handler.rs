@@ -55,8 +55,9 @@ impl PushHandler {
         }
     }
 
-    /// Where the repository named in a job lives on disk: its canonical path,
-    /// if [`super::confine`] allows reading it (else a permanent error).
+    /// Where the repository a job locates (its `path`, else its name) lives on
+    /// disk: its canonical path, if [`super::confine`] allows reading it (else a
+    /// permanent error).
     pub fn repository_path(&self, repository: &str) -> Result<PathBuf, JobError> {
         super::confine::resolve(&self.config.hook, repository).map_err(JobError::permanent)
     }
@@ -90,7 +91,7 @@ impl PushHandler {
         push.cap_refs(usize::try_from(self.config.hook.max_refs).unwrap_or(usize::MAX));
         let cfg = &self.config.push;
         let repo =
-            GitRepo::new(cfg, self.repository_path(&push.repository)?).cached(self.repos.clone());
+            GitRepo::new(cfg, self.repository_path(push.location())?).cached(self.repos.clone());
         let data: Vec<RefData> =
             classify::read_refs(&repo, payload::refs_to_read(&push, cfg), cfg.max_commits)
                 .await

@@ -77,22 +77,62 @@ impl HookEnv {
 }
 
 /// The repository name: the git dir relative to `root` when it lies under it,
-/// else the git dir's path.
+/// else `owner/name` from the git dir's last two path components, without a
+/// trailing `.git` (`/srv/git/acme/app.git` → `acme/app`).
 pub fn repository_name(root: &str, git_dir: &Path) -> String {
-    if !root.is_empty() {
-        let root = Path::new(root);
-        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-        if let Ok(rel) = git_dir.strip_prefix(&root) {
-            let parts: Vec<String> = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect();
-            if !parts.is_empty() {
-                return parts.join("/");
-            }
-        }
+    relative_to_root(root, git_dir).unwrap_or_else(|| owner_and_name(git_dir))
+}
+
+/// `git_dir` relative to `root`, if a root is set and `git_dir` lies under it.
+fn relative_to_root(root: &str, git_dir: &Path) -> Option<String> {
+    if root.trim().is_empty() {
+        return None;
     }
-    git_dir.to_string_lossy().into_owned()
+    let root = Path::new(root.trim());
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let rel = git_dir.strip_prefix(&root).ok()?;
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+/// The last two normal components of `git_dir`, `.git` stripped from the last
+/// (a non-bare repository's `.git` directory names its work tree instead).
+fn owner_and_name(git_dir: &Path) -> String {
+    let mut parts: Vec<String> = git_dir
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    if parts.last().is_some_and(|p| p == ".git") {
+        parts.pop();
+    }
+    if let Some(last) = parts.last_mut()
+        && let Some(stem) = last.strip_suffix(".git")
+        && !stem.is_empty()
+    {
+        *last = stem.to_string();
+    }
+    let from = parts.len().saturating_sub(2);
+    let name = parts[from..].join("/");
+    if name.is_empty() {
+        git_dir.to_string_lossy().into_owned()
+    } else {
+        name
+    }
+}
+
+/// Where the worker finds the repository when its name does not say: the git
+/// dir's path, unless it lies under the root (the name is then its location).
+pub fn repository_path(root: &str, git_dir: &Path) -> Option<String> {
+    match relative_to_root(root, git_dir) {
+        Some(_) => None,
+        None => Some(git_dir.to_string_lossy().into_owned()),
+    }
 }
 
 /// What the hook read from stdin: at most `hook.max_input_bytes`, cut at a
@@ -180,6 +220,7 @@ pub fn build_job(
     let mut job = PushJob {
         push_id: Uuid::now_v7(),
         repository: repository_name(&cfg.repositories_root, &env.git_dir),
+        path: repository_path(&cfg.repositories_root, &env.git_dir),
         pusher: env.pusher.clone(),
         push_options: env.push_options.clone(),
         pushed_at: Utc::now(),
@@ -267,7 +308,7 @@ pub async fn post_receive(
         );
     }
     let input = input.bytes.as_slice();
-    if let Err(refused) = super::confine::resolve(&config.hook, &job.repository) {
+    if let Err(refused) = super::confine::resolve(&config.hook, job.location()) {
         let mut msg = format!("hookfleet: push NOT recorded: {refused}; tell an administrator");
         push_ref_lines(&mut msg, input);
         let _ = writeln!(stderr, "{msg}");
@@ -357,7 +398,21 @@ mod tests {
     fn repository_is_relative_to_the_root_when_under_it() {
         let dir = Path::new("/nonexistent-root/team/app.git");
         assert_eq!(repository_name("/nonexistent-root", dir), "team/app.git");
-        assert_eq!(repository_name("/elsewhere", dir), dir.to_string_lossy());
-        assert_eq!(repository_name("", dir), dir.to_string_lossy());
+        assert_eq!(repository_path("/nonexistent-root", dir), None);
+        assert_eq!(repository_name("/elsewhere", dir), "team/app");
+        assert_eq!(repository_name("", dir), "team/app");
+        assert_eq!(
+            repository_path("", dir).as_deref(),
+            Some(dir.to_str().unwrap())
+        );
+    }
+
+    #[test]
+    fn without_a_root_the_name_is_owner_and_name() {
+        let name = |p: &str| repository_name("", Path::new(p));
+        assert_eq!(name("/srv/git/acme/app.git"), "acme/app");
+        assert_eq!(name("/home/me/src/tool/.git"), "src/tool");
+        assert_eq!(name("/app.git"), "app");
+        assert_eq!(name("/srv/git/acme/app"), "acme/app");
     }
 }

@@ -24,9 +24,18 @@ pub struct PushJob {
     /// UUID v7 minted by the hook; message id and correlation id of everything
     /// this push causes.
     pub push_id: Uuid,
-    /// Repository name: the git dir relative to `hook.repositories_root`, or the
-    /// git dir's path when it is outside the root (or no root is set).
+    /// Repository name, the one events, webhooks and patterns use: the git dir
+    /// relative to `hook.repositories_root` when it lies under the root, else
+    /// `owner/name` from its last two path components without `.git` (the layout
+    /// of Gitea, GitLab and most hosts). Jobs from before `path` existed carry
+    /// the git dir's absolute path here.
     pub repository: String,
+    /// Where the repository lives when its name does not say so (no root set,
+    /// or a git dir outside the root): the git dir's absolute path. The worker
+    /// reads the repository from here (see [`PushJob::location`]) after the
+    /// same confinement check as a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Who pushed (first non-empty `hook.pusher_env` variable), if known.
     pub pusher: Option<String>,
     /// `git push -o` options, in order.
@@ -95,6 +104,13 @@ impl PushJob {
         }
     }
 
+    /// What the worker resolves to find the repository on disk: `path` when
+    /// the job has one, else the name (relative to the root, or an absolute path
+    /// in jobs made before `path` existed).
+    pub fn location(&self) -> &str {
+        self.path.as_deref().unwrap_or(&self.repository)
+    }
+
     /// The push's ref count before any cap.
     pub fn total_refs(&self) -> u64 {
         (self.updates.len() as u64).saturating_add(self.refs_omitted)
@@ -123,6 +139,7 @@ mod tests {
         let job = PushJob {
             push_id: Uuid::now_v7(),
             repository: "team/app.git".into(),
+            path: None,
             pusher: Some("alice".into()),
             push_options: vec!["ci.skip".into()],
             pushed_at: Utc::now(),

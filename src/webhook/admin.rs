@@ -81,9 +81,59 @@ pub async fn add_checked(
     cfg: &WebhookConfig,
 ) -> Result<Added, AdminError> {
     let new = validate(r)?;
-    let warnings = delivery_warnings(cfg, &new.url).await;
+    let mut warnings = delivery_warnings(cfg, &new.url).await;
+    warnings.extend(pattern_warning(pool, &new.repository_pattern).await?);
     let id = storage::insert_subscription(pool, &new).await?;
     Ok(Added { id, warnings })
+}
+
+/// Repositories [`pattern_warning`] compares a pattern with (the most recently
+/// pushed first), and how many of them its warning names.
+const PATTERN_SAMPLE: i64 = 10_000;
+const PATTERN_EXAMPLES: usize = 5;
+
+/// A warning when `pattern` matches none of the repositories pushes have named
+/// so far, listing a few that exist (a pattern written for one naming scheme,
+/// e.g. an absolute path, never fires and nothing else would say so). Nothing
+/// before the first push.
+pub async fn pattern_warning(pool: &PgPool, pattern: &str) -> Result<Option<String>, AdminError> {
+    let known = storage::pushed_repositories(pool, None, PATTERN_SAMPLE).await?;
+    if known.is_empty() || known.iter().any(|(r, _)| subscription::matches(pattern, r)) {
+        return Ok(None);
+    }
+    let examples: Vec<&str> = known
+        .iter()
+        .take(PATTERN_EXAMPLES)
+        .map(|(r, _)| r.as_str())
+        .collect();
+    Ok(Some(format!(
+        "repository pattern {pattern:?} matches none of the {} repositories pushed so far \
+         (some that exist: {}); `*` or `**` matches every repository",
+        known.len(),
+        examples.join(", ")
+    )))
+}
+
+/// How many pushes of the last day each subscription's pattern matched, by
+/// subscription id (`webhook list`).
+pub async fn matched_last_day(
+    pool: &PgPool,
+    subs: &[subscription::Subscription],
+) -> Result<std::collections::HashMap<i64, i64>, AdminError> {
+    let recent =
+        storage::pushed_repositories(pool, Some(Duration::from_secs(86_400)), PATTERN_SAMPLE)
+            .await?;
+    Ok(subs
+        .iter()
+        .map(|s| {
+            let n = recent
+                .iter()
+                .filter(|(r, _)| subscription::matches(&s.repository_pattern, r))
+                .map(|(_, n)| n)
+                .sum();
+            (s.id, n)
+        })
+        .collect())
 }
 
 /// Why deliveries to `url` will fail under the SSRF guard of `cfg`: one warning

@@ -436,3 +436,22 @@ pub async fn prune_batch(
     .await?;
     Ok(a.rows_affected() + d.rows_affected())
 }
+
+/// Repositories pushes have named (pushed within `within` when given), with
+/// their push counts, the most recently pushed first, at most `limit`.
+pub async fn pushed_repositories(
+    pool: &PgPool,
+    within: Option<Duration>,
+    limit: i64,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let secs = within.map(|d| d.as_secs_f64());
+    sqlx::query_as(
+        "SELECT repository, count(*) FROM pushes \
+         WHERE $1::float8 IS NULL OR pushed_at > now() - make_interval(secs => $1::float8) \
+         GROUP BY repository ORDER BY max(pushed_at) DESC LIMIT $2",
+    )
+    .bind(secs)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

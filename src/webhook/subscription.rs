@@ -3,7 +3,8 @@
 //!
 //! Owns which events a subscription wants (`push`, `branch`, `tag`, `*`), how a
 //! repository pattern matches (`*` within one path segment, `**` across
-//! segments; a trailing `.git` on the repository is ignored), and the mapping to
+//! segments, `*` or `**` alone every repository; a trailing `.git` on the
+//! repository is ignored), and the mapping to
 //! GitHub's `X-GitHub-Event` names. Pure: no I/O.
 
 use serde::Serialize;
@@ -68,7 +69,12 @@ pub fn check_pattern(pattern: &str) -> Result<(), String> {
 }
 
 /// Whether `pattern` matches `repository` (or `repository` without `.git`).
+/// `*` alone and `**` match every repository, whatever its number of segments:
+/// nobody writing `*` means "repositories without an owner".
 pub fn matches(pattern: &str, repository: &str) -> bool {
+    if matches!(pattern.trim(), "*" | "**") {
+        return true;
+    }
     let repo = repository.trim_matches('/');
     let pattern = pattern.trim_matches('/');
     let short = repo.strip_suffix(".git").unwrap_or(repo);
@@ -150,6 +156,9 @@ mod tests {
         assert!(matches("**", "/srv/git/x.git"));
         assert!(!matches("org/*", "other/repo"));
         assert!(matches("org/re?o", "org/repo"));
+        assert!(matches("*", "org/team/repo"));
+        assert!(matches("*", "/srv/git/x.git"));
+        assert!(matches("**", "org/repo"));
     }
 
     #[test]

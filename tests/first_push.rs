@@ -1,0 +1,210 @@
+//! A new user's first push, as the README tells it: no `hook.repositories_root`,
+//! no allow-list, the hook installed into a bare repository, `webhook add --repo
+//! '*'`, `git push`. The delivery arrives, the repository is named `owner/name`;
+//! `webhook add` warns about a pattern that matches none of the repositories
+//! pushed so far, and `webhook list` counts each subscription's pushes of the
+//! last day.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use common::gitrepo::{clean_env, git};
+use common::{Broker, RunningWorker, TestDb, eventually, test_config, unique_prefix};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
+/// An HTTP receiver that answers 200 and keeps what it got.
+async fn receiver() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .fallback(|State(s): State<Seen>, h: HeaderMap, b: Bytes| async move {
+            s.lock().unwrap().push((h, b));
+            "ok"
+        })
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, seen)
+}
+
+/// `hookfleet <args>` against `db`; returns (exit code, stdout, stderr).
+fn hookfleet(db: &TestDb, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hookfleet"));
+    clean_env(&mut c);
+    let out = c
+        .env("HOOKFLEET_DATABASE__URL", &db.url)
+        .env("HOOKFLEET_DATABASE__AUTO_MIGRATE", "false")
+        .env("HOOKFLEET_LOG__LEVEL", "error")
+        .env("HOOKFLEET_WEBHOOK__ALLOWED_HOSTS", r#"["127.0.0.1"]"#)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `webhook list` line of subscription `id`.
+fn list_line(db: &TestDb, id: &str) -> String {
+    let (code, out, err) = hookfleet(db, &["webhook", "list"]);
+    assert_eq!(code, Some(0), "{err}");
+    out.lines()
+        .find(|l| l.split('\t').next() == Some(id))
+        .unwrap_or_else(|| panic!("subscription {id} not in {out}"))
+        .to_string()
+}
+
+fn added_id(out: &str) -> String {
+    out.trim().rsplit(' ').next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_push_without_a_root_reaches_a_star_subscription_as_owner_slash_name() {
+    let db = TestDb::new().await;
+    let mut cfg = test_config(&db.url, &unique_prefix());
+    // A new user's configuration: no root, no allow-list.
+    cfg.hook.repositories_root = String::new();
+    cfg.hook.allowed_dirs = Vec::new();
+    cfg.webhook.allowed_hosts = vec!["127.0.0.1".into()];
+    cfg.outbox.poll_interval = Duration::from_millis(100);
+    let broker = Broker::new(&cfg).await;
+    let worker = RunningWorker::start_with(cfg.clone(), hookfleet::worker::default_handlers());
+    worker.ready().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("acme")).unwrap();
+    git(
+        &dir.path().join("acme"),
+        &["init", "-q", "--bare", "app.git"],
+    );
+    let bare = dir.path().join("acme/app.git");
+    let (code, out, err) = hookfleet(&db, &["hook", "install", bare.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("(repository name: acme/app)"), "{out}");
+
+    let (url, seen) = receiver().await;
+    let (code, out, err) = hookfleet(
+        &db,
+        &[
+            "webhook", "add", "--repo", "*", "--url", &url, "--secret", "s", "--events", "*",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !err.contains("warning"),
+        "no pushes yet, nothing to warn about: {err}"
+    );
+    let star = added_id(&out);
+
+    push_once(dir.path(), &bare, &cfg);
+    let got = eventually(WAIT, "push and create deliveries", || {
+        let n = seen.lock().unwrap().len();
+        let seen = seen.clone();
+        async move { (n >= 2).then(|| seen.lock().unwrap().clone()) }
+    })
+    .await;
+    for (headers, body) in &got {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["repository"]["full_name"], "acme/app", "{headers:?}");
+        assert_eq!(v["repository"]["name"], "app");
+    }
+    let named: Vec<String> = sqlx::query_scalar("SELECT repository FROM pushes")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(named, vec!["acme/app".to_string()]);
+
+    // A pattern written for another naming scheme warns, and says what exists.
+    let (code, out, err) = hookfleet(
+        &db,
+        &[
+            "webhook",
+            "add",
+            "--repo",
+            "tmp/*",
+            "--url",
+            "https://hooks.example.com/x",
+        ],
+    );
+    assert_eq!(code, Some(0), "a warning is not an error: {err}");
+    assert!(
+        err.contains("warning") && err.contains("matches none") && err.contains("acme/app"),
+        "{err}"
+    );
+    let none = added_id(&out);
+    let (code, _, err) = hookfleet(
+        &db,
+        &[
+            "webhook",
+            "add",
+            "--repo",
+            "acme/*",
+            "--url",
+            "https://hooks.example.com/y",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("matches none"), "{err}");
+
+    // A push two days old is not counted in the last day.
+    sqlx::query(
+        "INSERT INTO pushes (push_id, repository, pushed_at, ref_count, updates) \
+         VALUES (gen_random_uuid(), 'acme/app', now() - interval '2 days', 1, '[]')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        list_line(&db, &star).ends_with("\tpushes_24h=1"),
+        "{}",
+        list_line(&db, &star)
+    );
+    assert!(list_line(&db, &none).ends_with("\tpushes_24h=0"));
+    let (_, json, _) = hookfleet(&db, &["webhook", "list", "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let row = rows.iter().find(|r| r["id"].to_string() == star).unwrap();
+    assert_eq!(row["pushes_24h"], 1);
+
+    worker.stop().await.unwrap();
+    broker.cleanup(&cfg).await;
+}
+
+/// One commit pushed from a fresh clone through the installed hook, with only
+/// what the hook needs to reach this test's broker.
+fn push_once(dir: &Path, bare: &Path, cfg: &hookfleet::config::Config) {
+    let work = dir.join("work");
+    git(dir, &["init", "-q", "work"]);
+    std::fs::write(work.join("a.txt"), "a").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "first"]);
+    let mut c = Command::new("git");
+    clean_env(&mut c);
+    let out = c
+        .current_dir(&work)
+        .env("HOOKFLEET_AMQP__URL", common::AMQP_URL)
+        .env("HOOKFLEET_AMQP__PREFIX", &cfg.amqp.prefix)
+        .env("HOOKFLEET_SPOOL__DIR", &cfg.spool.dir)
+        .args(["push", "-q", bare.to_str().unwrap(), "main"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("NOT recorded") && !stderr.contains("spooled"),
+        "{stderr}"
+    );
+}
