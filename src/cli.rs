@@ -21,7 +21,7 @@ pub const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs
 #[derive(Debug, Parser)]
 #[command(name = "hookfleet", version = LONG_VERSION.as_str(), about = "Turns git pushes into reliable, observable work")]
 struct Cli {
-    /// Config file layered over the built-in defaults (env: HOOKFLEET_CONFIG).
+    /// Config file layered over the built-in defaults.
     #[arg(long, global = true, env = "HOOKFLEET_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -81,7 +81,7 @@ enum WebhookCommand {
         /// Target URL (http or https, no credentials).
         #[arg(long)]
         url: String,
-        /// HMAC-SHA256 secret for X-Hub-Signature-256 (env: HOOKFLEET_WEBHOOK_SECRET).
+        /// HMAC-SHA256 secret for X-Hub-Signature-256.
         #[arg(long, env = "HOOKFLEET_WEBHOOK_SECRET", hide_env_values = true)]
         secret: Option<String>,
         /// Event categories: push, branch, tag, or * for all.
@@ -188,6 +188,10 @@ struct ReplayArgs {
     /// Publish at most N events per second.
     #[arg(long)]
     rate: Option<u32>,
+    /// Also re-send job rows (e.g. `webhook` jobs, which deliver to receivers
+    /// again); without it only events are replayed.
+    #[arg(long)]
+    include_jobs: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,9 +299,8 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let message = error_chain(e.as_ref());
-            tracing::error!(error = %message, "hookfleet failed");
-            eprintln!("hookfleet: {message}");
+            // One line, as the README promises: no log line repeating it.
+            eprintln!("hookfleet: {}", error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -394,6 +397,7 @@ async fn run(
         } => {
             let binary = std::env::current_exe()?;
             let mut failed = false;
+            let mut bad_usage = false;
             for repo in repos {
                 match push::install::install(&repo, &binary, config_path.as_deref(), force) {
                     Ok(hook) => {
@@ -404,11 +408,18 @@ async fn run(
                     }
                     Err(e) => {
                         eprintln!("hookfleet: {}", error_chain(&e));
+                        // A path that is not a repository is bad usage (exit 2),
+                        // like any other bad argument; I/O failures are exit 1.
+                        if matches!(e, push::install::InstallError::NotARepository(_)) {
+                            bad_usage = true;
+                        }
                         failed = true;
                     }
                 }
             }
-            Ok(if failed {
+            Ok(if bad_usage {
+                ExitCode::from(EXIT_USAGE)
+            } else if failed {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
@@ -462,6 +473,16 @@ async fn run(
                 } => {
                     let n =
                         crate::dlq::requeue(&config, &kind, limit, message_id.as_deref()).await?;
+                    if n == 0
+                        && let Some(id) = &message_id
+                    {
+                        eprintln!(
+                            "hookfleet: no dead letter with message id {id} in {}",
+                            crate::amqp::topology::Names::new(&config.amqp.prefix)
+                                .dead_queue(&kind)
+                        );
+                        return Ok(ExitCode::FAILURE);
+                    }
                     println!(
                         "requeued {n} message(s) to {}",
                         crate::amqp::topology::Names::new(&config.amqp.prefix).queue(&kind)
@@ -708,6 +729,13 @@ async fn replay(args: ReplayArgs, config: Config) -> anyhow::Result<ExitCode> {
         routing_key: args.routing_key,
         dry_run: args.dry_run,
         rate: args.rate,
+        exclude_exchange: (!args.include_jobs)
+            .then(|| crate::amqp::topology::Names::new(&config.amqp.prefix).jobs_exchange()),
+    };
+    let jobs = if args.include_jobs {
+        "job rows included"
+    } else {
+        "job rows left out; --include-jobs adds them"
     };
     let plan = match replay::plan(&request) {
         Ok(p) => p,
@@ -718,7 +746,9 @@ async fn replay(args: ReplayArgs, config: Config) -> anyhow::Result<ExitCode> {
     };
     let token = shutdown::on_signals();
     let pool = db::connect(&config.database).await?;
+    let started = std::time::Instant::now();
     let result = replay::run(&pool, &config.amqp, &plan, &Progress::for_stderr(), &token).await;
+    let secs = started.elapsed().as_secs_f64();
     pool.close().await;
     let report = match result {
         Ok(r) => r,
@@ -730,7 +760,7 @@ async fn replay(args: ReplayArgs, config: Config) -> anyhow::Result<ExitCode> {
     };
     if plan.dry_run {
         println!(
-            "{} events match (dry run, nothing published)",
+            "{} events match (dry run, nothing published; {jobs})",
             report.selected
         );
         for r in &report.sample {
@@ -745,8 +775,10 @@ async fn replay(args: ReplayArgs, config: Config) -> anyhow::Result<ExitCode> {
         }
     } else {
         println!(
-            "replayed {} of {} events",
-            report.published, report.selected
+            "replayed {} of {} events in {secs:.1}s ({:.0}/s; {jobs})",
+            report.published,
+            report.selected,
+            report.published as f64 / secs.max(0.001)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -54,7 +54,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// A file is not valid TOML (the message carries line and column).
-    #[error("config file {origin} is not valid TOML: {message}")]
+    #[error("{origin} is not valid TOML: {message}")]
     Syntax {
         /// The file (or "built-in defaults").
         origin: String,

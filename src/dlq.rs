@@ -142,6 +142,8 @@ pub async fn requeue(
     }
     // Messages skipped by the filter go back when the channel closes.
     let _ = tokio::time::timeout(Duration::from_secs(5), get.close(200, "done".into())).await;
+    // Every channel before the connection (lapin reports one left open).
+    let _ = tokio::time::timeout(Duration::from_secs(5), publisher.close(200, "done".into())).await;
     let _ = conn.close(200, "bye".into()).await;
     Ok(moved)
 }

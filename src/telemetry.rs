@@ -12,17 +12,20 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
 /// Logs go to stderr so command output on stdout stays machine-readable.
 pub fn init(cfg: &LogConfig) {
-    // PostgreSQL NOTICEs ("relation already exists, skipping") are noise at info;
-    // lapin logs every returned (unroutable) message at WARN as a Debug dump with
-    // the body as decimal bytes: the relay reports such a row itself, readably.
-    let quiet = "sqlx::postgres::notice=warn,lapin::returned_messages=error";
+    // PostgreSQL NOTICEs ("relation already exists, skipping") are noise at info.
+    // lapin logs its own view of every failure as Debug dumps (a refused login is
+    // five ERROR lines, a node's routine shutdown an ERROR, every returned message
+    // a WARN with the body as decimal bytes), while each of those failures also
+    // reaches hookfleet as an error that it reports once, readably, with the node
+    // and what it does next. So lapin's own lines are off.
+    let quiet = "sqlx::postgres::notice=warn,lapin=off";
     // The quiet directive is appended to RUST_LOG too (a debugging session does not
-    // want them either) unless RUST_LOG says something about sqlx itself.
+    // want them either) unless RUST_LOG says something about sqlx or lapin itself.
     let from_env = std::env::var("RUST_LOG")
         .ok()
         .filter(|spec| !spec.trim().is_empty())
         .map(|spec| {
-            if spec.contains("sqlx") {
+            if spec.contains("sqlx") || spec.contains("lapin") {
                 spec
             } else {
                 format!("{spec},{quiet}")

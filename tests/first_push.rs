@@ -176,7 +176,10 @@ async fn a_first_push_without_a_root_reaches_a_star_subscription_as_owner_slash_
     assert!(list_line(&db, &none).ends_with("\tpushes_24h=0"));
     let (_, json, _) = hookfleet(&db, &["webhook", "list", "--json"]);
     let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
-    let row = rows.iter().find(|r| r["id"].to_string() == star).unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["id"].as_i64().map(|i| i.to_string()).as_deref() == Some(star.as_str()))
+        .unwrap();
     assert_eq!(row["pushes_24h"], 1);
 
     worker.stop().await.unwrap();

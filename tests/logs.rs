@@ -334,3 +334,49 @@ async fn a_missing_broker_is_logged_once_not_per_retry() {
         assert!(!v.to_string().contains(secret), "secret in log: {v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_attempt_logs_its_status_as_a_number() {
+    let db = TestDb::new().await;
+    let prefix = unique_prefix();
+    let mut env = worker_env(&db, &prefix, "info");
+    env.push((
+        "HOOKFLEET_WEBHOOK__ALLOWED_HOSTS".into(),
+        r#"["127.0.0.1"]"#.into(),
+    ));
+    let cfg = Config::load_from(None, env.clone()).unwrap();
+    let broker = Broker::new(&cfg).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let app = axum::Router::new().fallback(|| async { "ok" });
+        let _ = axum::serve(listener, app).await;
+    });
+    hookfleet::webhook::admin::add(
+        &db.pool,
+        &hookfleet::webhook::admin::AddRequest {
+            repo: "**".into(),
+            url,
+            secret: None,
+            events: "push".into(),
+            content_type: "json".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let mut worker = Worker::spawn(&env);
+    let repos = common::gitrepo::Repos::new(false);
+    repos.git(&["push", "-q", "origin", "HEAD:refs/heads/main"]);
+    let head = repos.git(&["rev-parse", "HEAD"]);
+    publish(&broker, &push_job(repos.bare.display().to_string(), head)).await;
+    let attempt = worker
+        .line_where("the webhook attempt", |v| message(v) == "webhook attempt")
+        .await;
+    assert_eq!(
+        attempt["fields"]["status"].as_u64(),
+        Some(200),
+        "a number, not Debug text: {attempt}"
+    );
+    assert_eq!(worker.terminate().await, Some(0));
+    broker.cleanup(&cfg).await;
+}

@@ -78,6 +78,9 @@ pub struct ReplayRequest {
     pub dry_run: bool,
     /// Events per second at most.
     pub rate: Option<u32>,
+    /// Leave out rows published to this exchange (the CLI passes the jobs
+    /// exchange unless `--include-jobs`); `None` selects every row.
+    pub exclude_exchange: Option<String>,
 }
 
 /// A validated replay.
@@ -121,10 +124,19 @@ impl Progress {
     pub fn for_stderr() -> Self {
         use std::io::IsTerminal;
         if std::io::stderr().is_terminal() {
-            Progress::Bar(indicatif::ProgressBar::new(0))
+            Progress::bar(indicatif::ProgressDrawTarget::stderr())
         } else {
             Progress::Lines
         }
+    }
+
+    /// A bar drawn to `target` showing count, rate and time left.
+    pub fn bar(target: indicatif::ProgressDrawTarget) -> Self {
+        let style = indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} events  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        Progress::Bar(indicatif::ProgressBar::with_draw_target(Some(0), target).with_style(style))
     }
     fn start(&self, total: i64) {
         if let Progress::Bar(b) = self {
@@ -138,9 +150,11 @@ impl Progress {
             Progress::Lines => eprintln!("replayed {done}/{total} (through outbox id {last_id})"),
         }
     }
+    /// Clears the bar, so that the summary printed next starts a line of its own
+    /// (it states the count and rate the bar showed).
     fn finish(&self) {
         if let Progress::Bar(b) = self {
-            b.finish();
+            b.finish_and_clear();
         }
     }
 }
@@ -242,6 +256,7 @@ pub fn plan(req: &ReplayRequest) -> Result<ReplayPlan, ReplayError> {
             event_type,
             event_type_regex,
             correlation_id: req.correlation_id.clone(),
+            exclude_exchange: req.exclude_exchange.clone(),
         },
         to_exchange: req.to_exchange.clone(),
         routing_key: req.routing_key.clone(),
@@ -287,7 +302,24 @@ pub async fn run(
     let conn = amqp::connect(amqp_cfg, "replay")
         .await
         .map_err(broker_err(start_id))?;
-    let result = publish_all(pool, amqp_cfg, &conn, plan, selected, progress, shutdown).await;
+    let channel = match publish::confirm_channel(&conn).await {
+        Ok(c) => c,
+        Err(source) => {
+            let _ =
+                tokio::time::timeout(amqp_cfg.connect_timeout, conn.close(200, "bye".into())).await;
+            return Err(broker_err(plan.selection.from_id.unwrap_or(1).max(1))(
+                source,
+            ));
+        }
+    };
+    let result = publish_all(pool, amqp_cfg, &channel, plan, selected, progress, shutdown).await;
+    // The channel first, then the connection: a channel still open when the
+    // connection closes makes lapin report a spurious "invalid channel state".
+    let _ = tokio::time::timeout(
+        amqp_cfg.connect_timeout,
+        channel.close(200, "replay done".into()),
+    )
+    .await;
     let _ = tokio::time::timeout(
         amqp_cfg.connect_timeout,
         conn.close(200, "replay done".into()),
@@ -304,7 +336,7 @@ pub async fn run(
 async fn publish_all(
     pool: &PgPool,
     amqp_cfg: &AmqpConfig,
-    conn: &lapin::Connection,
+    channel: &lapin::Channel,
     plan: &ReplayPlan,
     selected: i64,
     progress: &Progress,
@@ -312,12 +344,6 @@ async fn publish_all(
 ) -> Result<u64, ReplayError> {
     let timeout = amqp_cfg.publish_timeout;
     let mut next_id = plan.selection.from_id.unwrap_or(1).max(1);
-    let channel = publish::confirm_channel(conn)
-        .await
-        .map_err(|source| ReplayError::Broker {
-            source,
-            resume_from: next_id,
-        })?;
     let gap = plan
         .rate
         .map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
@@ -368,14 +394,7 @@ async fn publish_all(
             let body = super::row_body(row);
             let sent = tokio::time::timeout(
                 timeout,
-                publish::send(
-                    &channel,
-                    exchange,
-                    key,
-                    body,
-                    envelope.to_properties(),
-                    true,
-                ),
+                publish::send(channel, exchange, key, body, envelope.to_properties(), true),
             )
             .await
             .unwrap_or(Err(AmqpError::Timeout {
@@ -433,6 +452,28 @@ async fn confirm_in_order(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bar_shows_rate_and_eta_and_is_cleared_at_the_end() {
+        let term = indicatif::InMemoryTerm::new(4, 100);
+        let p = Progress::bar(indicatif::ProgressDrawTarget::term_like(Box::new(
+            term.clone(),
+        )));
+        p.start(1000);
+        p.advance(250, 1000, 250);
+        if let Progress::Bar(b) = &p {
+            b.tick();
+        }
+        let shown = term.contents();
+        assert!(shown.contains("250/1000 events"), "{shown:?}");
+        assert!(shown.contains("/s") && shown.contains("ETA"), "{shown:?}");
+        p.finish();
+        assert!(
+            term.contents().trim().is_empty(),
+            "the summary line must not land on the bar: {:?}",
+            term.contents()
+        );
+    }
 
     #[test]
     fn exact_types_and_patterns() {

@@ -438,6 +438,10 @@ pub struct Selection {
     pub event_type_regex: Option<String>,
     /// Correlation id.
     pub correlation_id: Option<String>,
+    /// Rows published to this exchange are left out (`outbox replay` passes the
+    /// jobs exchange unless `--include-jobs`: re-sending a `webhook` job
+    /// re-delivers to receivers, which a replay of events must not do unasked).
+    pub exclude_exchange: Option<String>,
 }
 
 /// The published rows a [`Selection`] matches: `outbox o` joined with
@@ -450,10 +454,11 @@ const SELECTION: &str = "outbox o JOIN outbox_published p ON p.id = o.id \
      AND ($4::timestamptz IS NULL OR o.created_at <= $4) \
      AND ($5::text IS NULL OR o.event_type = $5) \
      AND ($6::text IS NULL OR (o.event_type || '.') ~ $6) \
-     AND ($7::text IS NULL OR o.correlation_id = $7)";
+     AND ($7::text IS NULL OR o.correlation_id = $7) \
+     AND ($8::text IS NULL OR o.exchange <> $8)";
 
 impl Selection {
-    /// The filters as [`SELECTION`]'s parameters `$1`–`$7`; callers add theirs after.
+    /// The filters as [`SELECTION`]'s parameters `$1`–`$8`; callers add theirs after.
     fn arguments(&self) -> Result<PgArguments, sqlx::Error> {
         let mut a = PgArguments::default();
         a.add(self.from_id).map_err(sqlx::Error::Encode)?;
@@ -465,6 +470,8 @@ impl Selection {
         a.add(self.event_type_regex.clone())
             .map_err(sqlx::Error::Encode)?;
         a.add(self.correlation_id.clone())
+            .map_err(sqlx::Error::Encode)?;
+        a.add(self.exclude_exchange.clone())
             .map_err(sqlx::Error::Encode)?;
         Ok(a)
     }
@@ -490,7 +497,7 @@ pub async fn select_page(
     sqlx::query_as_with(
         &format!(
             "SELECT {ROW_COLUMNS}, p.publish_attempts FROM {SELECTION} \
-             AND o.id > $8 AND p.id > $8 ORDER BY o.id LIMIT $9"
+             AND o.id > $9 AND p.id > $9 ORDER BY o.id LIMIT $10"
         ),
         args,
     )

@@ -46,11 +46,12 @@ pub async fn publish_once(
     deadline: Duration,
 ) -> Result<(), AmqpError> {
     let mut conn_slot = None;
+    let mut channel_slot = None;
     let work = async {
         // Every node gets its share of the deadline before the hook spools.
         let conn = conn_slot.insert(amqp::connect_within(cfg, role, Some(deadline)).await?);
-        let channel = confirm_channel(conn).await?;
-        publish_job(&channel, &cfg.prefix, job, deadline).await
+        let channel = channel_slot.insert(confirm_channel(conn).await?);
+        publish_job(channel, &cfg.prefix, job, deadline).await
     };
     let result = match tokio::time::timeout(deadline, work).await {
         Ok(r) => r,
@@ -59,6 +60,11 @@ pub async fn publish_once(
             timeout: deadline,
         }),
     };
+    // The channel before the connection: lapin reports a channel still open at
+    // the connection's close as an error.
+    if let Some(channel) = channel_slot {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "done".into())).await;
+    }
     if let Some(conn) = conn_slot {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "done".into())).await;
     }

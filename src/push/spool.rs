@@ -154,8 +154,9 @@ async fn flush_files(
 ) -> Result<(), SpoolError> {
     let dir = &config.spool.dir;
     let conn = amqp::connect(&config.amqp, "spool").await?;
+    let mut channel_slot = None;
     let result = async {
-        let channel = confirm_channel(&conn).await?;
+        let channel = &*channel_slot.insert(confirm_channel(&conn).await?);
         for file in files {
             let bytes = match std::fs::read(file) {
                 Ok(b) => b,
@@ -174,7 +175,7 @@ async fn flush_files(
                 }
             };
             publish_job(
-                &channel,
+                channel,
                 &config.amqp.prefix,
                 &job,
                 config.amqp.publish_timeout,
@@ -192,6 +193,11 @@ async fn flush_files(
         Ok(())
     }
     .await;
+    // The channel before the connection (see `outbox::replay`).
+    if let Some(channel) = channel_slot {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), channel.close(200, "done".into())).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.close(200, "done".into())).await;
     result
 }

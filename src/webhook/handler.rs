@@ -373,7 +373,7 @@ impl Handler for WebhookHandler {
             delivery.id = %delivery.delivery_id,
             subscription.id = sub.id,
             outcome = outcome.label,
-            status = ?outcome.status,
+            status = outcome.status,
             duration_ms = duration.as_millis() as u64,
             "webhook attempt"
         );
