@@ -184,6 +184,8 @@ async fn replay_sends_events_only_unless_asked_and_ends_cleanly() {
         0,
         "no job re-sent"
     );
+    let mut got = Vec::new();
+    sink.wait_for(&mut got, 1, "the replayed event").await;
 
     // spool flush: one spooled push published, then the same clean end.
     let job = hookfleet::push::job::PushJob {
