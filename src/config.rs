@@ -455,6 +455,10 @@ pub struct OutboxConfig {
 pub struct AdminConfig {
     /// Listen address (`127.0.0.1:9090` locally, `0.0.0.0:9090` in the chart).
     pub listen: SocketAddr,
+    /// How often a worker reads its queues' depths for `/metrics`
+    /// (`hookfleet_queue_messages`).
+    #[serde(with = "humantime_serde")]
+    pub queue_depth_interval: Duration,
 }
 
 /// Logging.
@@ -909,6 +913,10 @@ impl Config {
         )?;
         positive("outbox.poll_interval", self.outbox.poll_interval)?;
         positive("outbox.prune_interval", self.outbox.prune_interval)?;
+        positive(
+            "admin.queue_depth_interval",
+            self.admin.queue_depth_interval,
+        )?;
         positive("outbox.max_backoff", self.outbox.max_backoff)?;
         range(
             "outbox.park_after_attempts",

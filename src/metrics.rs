@@ -56,6 +56,11 @@ pub struct Metrics {
     pub push_group_size: Histogram,
     /// Webhook deliveries by outcome.
     pub webhook_deliveries_total: IntCounterVec,
+    /// How long a webhook attempt took, request to response (or failure).
+    pub webhook_delivery_duration_seconds: HistogramVec,
+    /// Messages in each kind's work, retry (all tiers) and dead-letter queues,
+    /// sampled by [`crate::amqp::depths`].
+    pub queue_messages: IntGaugeVec,
     /// Files waiting in the hook spool.
     pub spool_files_pending: IntGauge,
     /// Repositories opened by the push handler (a read through a repository kept
@@ -235,6 +240,30 @@ fn build() -> Result<Metrics, prometheus::Error> {
                     "Webhook delivery attempts by outcome.",
                 ),
                 &["outcome"],
+            )?,
+        )?,
+        webhook_delivery_duration_seconds: reg(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "hookfleet_webhook_delivery_duration_seconds",
+                    "Webhook attempt duration, request to response or failure, by outcome.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["outcome"],
+            )?,
+        )?,
+        queue_messages: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "hookfleet_queue_messages",
+                    "Messages in a kind's queues (queue: work, retry across tiers, dead), \
+                     sampled every admin.queue_depth_interval.",
+                ),
+                &["kind", "queue"],
             )?,
         )?,
         spool_files_pending: reg(

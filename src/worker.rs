@@ -163,6 +163,13 @@ pub async fn run_with(
     }
     background.spawn(pruner_task(config.clone(), pool.clone(), bg_stop.clone()));
 
+    background.spawn(crate::amqp::depths::run_depth_sampler(
+        config.amqp.clone(),
+        handlers.iter().map(|h| h.kind().to_string()).collect(),
+        config.retry.tiers.clone(),
+        config.admin.queue_depth_interval,
+        bg_stop.clone(),
+    ));
     let supervisor = Supervisor::new(ctx, handlers, state.health.clone());
     background.spawn(sample_pool(supervisor.pool(), bg_stop.clone()));
     supervisor.run(shutdown.clone()).await;

@@ -273,3 +273,41 @@ async fn readyz_says_draining_while_in_flight_work_finishes() {
     );
     broker.cleanup(&cfg).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_depths_show_the_dead_letters() {
+    let kind = "adm_depths";
+    let db = TestDb::new().await;
+    let mut cfg = config(&db, kind);
+    cfg.admin.queue_depth_interval = Duration::from_millis(100);
+    let broker = Broker::new(&cfg).await;
+    let (worker, _gate) = start(&cfg, kind);
+    let admin = AdminClient::of(&worker).await;
+    worker.ready().await;
+    let depth = |text: &str, queue: &str| {
+        prom::sample(
+            text,
+            "hookfleet_queue_messages",
+            &[("kind", kind), ("queue", queue)],
+        )
+    };
+    // Bodies that are not JSON: poison, dead-lettered at once.
+    for _ in 0..2 {
+        broker
+            .publish_raw(kind, b"{not json", lapin::BasicProperties::default())
+            .await;
+    }
+    let text = eventually(
+        Duration::from_secs(30),
+        "2 dead letters on /metrics",
+        || async {
+            let text = admin.metrics().await;
+            (depth(&text, "dead") == Some(2.0)).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(depth(&text, "work"), Some(0.0), "{text}");
+    assert_eq!(depth(&text, "retry"), Some(0.0), "{text}");
+    worker.stop().await.unwrap();
+    broker.cleanup(&cfg).await;
+}

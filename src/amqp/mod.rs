@@ -1,6 +1,7 @@
 //! RabbitMQ: connecting, topology, publishing, and the consuming supervisor.
 
 pub mod connect;
+pub mod depths;
 pub mod publish;
 pub mod publisher;
 pub mod topology;

@@ -369,6 +369,10 @@ impl Handler for WebhookHandler {
         };
         let disabled_now = self.record(&attempt, true, Some(&sub)).await?;
         count(outcome.label);
+        crate::metrics::metrics()
+            .webhook_delivery_duration_seconds
+            .with_label_values(&[outcome.label])
+            .observe(duration.as_secs_f64());
         tracing::info!(
             delivery.id = %delivery.delivery_id,
             subscription.id = sub.id,
