@@ -376,7 +376,9 @@ impl Handler for WebhookHandler {
                     .await;
             }
         };
-        let signing = match secrets::signing_secrets(&sub, &self.keys, chrono::Utc::now()) {
+        // One clock reading: which secrets are valid and the attempt's timestamp agree.
+        let now = chrono::Utc::now();
+        let signing = match secrets::signing_secrets(&sub, &self.keys, now) {
             Ok(s) => s,
             Err(e) => {
                 return self
@@ -384,7 +386,7 @@ impl Handler for WebhookHandler {
                     .await;
             }
         };
-        let request = super::render::request(&delivery, &sub, &signing, chrono::Utc::now());
+        let request = super::render::request(&delivery, &sub, &signing, now);
         let (body, headers) = (Bytes::from(request.body), request.headers);
         let started = Instant::now();
         let result = self.client.post(&url, &headers, body).await;
