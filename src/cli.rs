@@ -13,6 +13,10 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::{build_info, db, health::Health, outbox, push, shutdown, telemetry, worker};
 
+/// Printed when a webhook secret is stored without `webhook.secret_key`.
+const PLAINTEXT_WARNING: &str = "webhook.secret_key is not set: the secret is stored in \
+                                 plaintext (set it and run `hookfleet migrate` to encrypt)";
+
 /// Exit code for bad usage or invalid configuration.
 pub const EXIT_USAGE: u8 = 2;
 /// How long the runtime's blocking threads get once the command has returned.
@@ -81,7 +85,9 @@ enum WebhookCommand {
         /// Target URL (http or https, no credentials).
         #[arg(long)]
         url: String,
-        /// HMAC-SHA256 secret for X-Hub-Signature-256.
+        /// HMAC-SHA256 secret: any string for
+        /// --style github, `whsec_<base64>` for --style standard (generated and
+        /// printed once when omitted).
         #[arg(long, env = "HOOKFLEET_WEBHOOK_SECRET", hide_env_values = true)]
         secret: Option<String>,
         /// Event categories: push, branch, tag, or * for all.
@@ -90,6 +96,23 @@ enum WebhookCommand {
         /// Body format.
         #[arg(long, default_value = "json")]
         content_type: String,
+        /// Signature style: github (X-Hub-Signature-256) or standard (Standard
+        /// Webhooks: webhook-id, webhook-timestamp, webhook-signature).
+        #[arg(long, default_value = "github")]
+        style: String,
+    },
+    /// Give a subscription a new secret; the old one stays valid for the overlap
+    /// (standard style: both signatures are sent; github style: the new one).
+    RotateSecret {
+        /// Subscription id.
+        id: i64,
+        /// The new secret (env: HOOKFLEET_WEBHOOK_SECRET); generated and printed
+        /// once when omitted.
+        #[arg(long, env = "HOOKFLEET_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// How long the old secret keeps signing (default: webhook.secret_overlap).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        overlap: Option<std::time::Duration>,
     },
     /// List subscriptions (secrets are never shown).
     List {
@@ -495,8 +518,20 @@ async fn run(
             db::ensure_database(&config.database).await?;
             let pool = db::connect(&config.database).await?;
             db::migrate(&pool).await?;
-            pool.close().await;
             tracing::info!("migrations applied");
+            // Encrypts plaintext secrets and re-encrypts those of a former key
+            // (webhook.previous_secret_keys) with webhook.secret_key, if set.
+            let keys = crate::webhook::admin::keyring(&config.webhook)?;
+            let resealed = crate::webhook::admin::reseal_secrets(&pool, &keys).await;
+            pool.close().await;
+            let resealed = resealed?;
+            if resealed > 0 {
+                tracing::info!(
+                    subscriptions = resealed,
+                    key.id = keys.current_id().unwrap_or(""),
+                    "webhook secrets encrypted with webhook.secret_key"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker => {
@@ -580,13 +615,22 @@ async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Res
             secret,
             events,
             content_type,
+            style,
         } => {
+            let style = match crate::webhook::subscription::Style::parse(style) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("hookfleet: invalid --style: {e}");
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            };
             let r = admin::AddRequest {
                 repo: repo.clone(),
                 url: url.clone(),
                 secret: secret.clone(),
                 events: events.clone(),
                 content_type: content_type.clone(),
+                style,
             };
             if let Err(e) = admin::validate(&r) {
                 eprintln!("hookfleet: {e}");
@@ -606,7 +650,15 @@ async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Res
                     for w in &added.warnings {
                         eprintln!("hookfleet: warning: {w}");
                     }
+                    if added.stored_plaintext {
+                        eprintln!("hookfleet: warning: {PLAINTEXT_WARNING}");
+                    }
                     println!("added subscription {}", added.id);
+                    if let Some(secret) = &added.generated_secret {
+                        // The one time it is shown: stdout, for the operator to
+                        // hand to the receiver.
+                        println!("secret: {secret}");
+                    }
                 }
             }
             WebhookCommand::List { json } => {
@@ -631,17 +683,29 @@ async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Res
                     );
                 } else {
                     for s in subs {
+                        let rotating = match s.previous_secret_expires_at {
+                            Some(t) if t > chrono::Utc::now() && s.previous_secret.is_some() => {
+                                format!("\tprevious secret valid until {}", t.to_rfc3339())
+                            }
+                            _ => String::new(),
+                        };
                         println!(
-                            "{}\t{}\t{}\t{}\t{}\tevents={}\tsecret={}\tfailures={}\tpushes_24h={}",
+                            "{}\t{}\t{}\t{}\t{}\tevents={}\tstyle={}\tsecret={}\tfailures={}\tpushes_24h={}{}{}",
                             s.id,
                             if s.active { "active" } else { "disabled" },
                             s.repository_pattern,
                             crate::config::redact_url(&s.url),
                             s.content_type,
                             s.events.join(","),
+                            s.style.as_str(),
                             if s.secret.is_some() { "yes" } else { "no" },
                             s.consecutive_failures,
-                            matched.get(&s.id).copied().unwrap_or(0)
+                            matched.get(&s.id).copied().unwrap_or(0),
+                            s.disabled_reason
+                                .as_deref()
+                                .map(|r| format!("\tdisabled: {r}"))
+                                .unwrap_or_default(),
+                            rotating
                         );
                     }
                 }
@@ -691,6 +755,25 @@ async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Res
                             r.error.as_deref().unwrap_or("")
                         );
                     }
+                }
+            }
+            WebhookCommand::RotateSecret {
+                id,
+                secret,
+                overlap,
+            } => {
+                let keys = admin::keyring(&config.webhook)?;
+                let overlap = overlap.unwrap_or(config.webhook.secret_overlap);
+                let r = admin::rotate_secret(&pool, &keys, id, secret, overlap).await?;
+                if r.stored_plaintext {
+                    eprintln!("hookfleet: warning: {PLAINTEXT_WARNING}");
+                }
+                println!(
+                    "rotated the secret of subscription {id}; the previous one stays valid for {}",
+                    humantime::format_duration(overlap)
+                );
+                if let Some(secret) = &r.generated_secret {
+                    println!("secret: {secret}");
                 }
             }
             WebhookCommand::Redeliver { delivery_id } => {

@@ -228,6 +228,43 @@ impl<'de> Deserialize<'de> for SecretUrl {
     }
 }
 
+/// A secret value (an encryption key). Displays, debugs and serializes as
+/// `***` when set and as the empty string when not, so `config check` shows
+/// whether a key is configured without showing it; [`SecretString::expose`]
+/// gives the real value to the one place that uses it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The real value, for use only. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    fn shown(&self) -> &'static str {
+        if self.0.is_empty() { "" } else { "***" }
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.shown())
+    }
+}
+impl Serialize for SecretString {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.shown())
+    }
+}
+impl<'de> Deserialize<'de> for SecretString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(SecretString)
+    }
+}
+
 /// Queue type of the work queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -579,6 +616,20 @@ pub struct WebhookConfig {
     /// `outbox.prune_interval`). Redelivery needs the record.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Base64 of 32 bytes: the AES-256-GCM key subscription secrets are stored
+    /// under, so a database dump shows none. Empty: secrets are stored in
+    /// plaintext (as before this key existed). Changing it: put the old key in
+    /// `previous_secret_keys`, run `hookfleet migrate` (re-encrypts every secret
+    /// with this key), then drop the old key.
+    pub secret_key: SecretString,
+    /// Former `secret_key`s, used only to decrypt secrets not yet re-encrypted
+    /// by `hookfleet migrate`.
+    pub previous_secret_keys: Vec<SecretString>,
+    /// How long `webhook rotate-secret` keeps the old secret signing next to the
+    /// new one (Standard Webhooks style sends both signatures), unless
+    /// `--overlap` says otherwise; receivers switch secrets within it.
+    #[serde(with = "humantime_serde")]
+    pub secret_overlap: Duration,
 }
 
 /// The whole configuration.
@@ -1009,6 +1060,10 @@ impl Config {
                 message,
             })?;
         }
+        // Checked here so a bad key stops `config check` and the worker at start
+        // rather than failing deliveries; the message never shows the value.
+        crate::webhook::secrets::Keyring::from_config(&self.webhook)
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         for entry in &self.webhook.allowed_hosts {
             if let Err(message) = crate::webhook::ssrf::Allowed::parse(entry) {
                 return Err(ConfigError::Invalid {

@@ -360,7 +360,9 @@ async fn a_webhook_attempt_logs_its_status_as_a_number() {
             secret: None,
             events: "push".into(),
             content_type: "json".into(),
+            style: Default::default(),
         },
+        &hookfleet::webhook::admin::keyring(&cfg.webhook).unwrap(),
     )
     .await
     .unwrap();

@@ -143,6 +143,7 @@ fn request(url: &str) -> AddRequest {
         secret: Some("s3cret".into()),
         events: "push".into(),
         content_type: "json".into(),
+        style: Default::default(),
     }
 }
 

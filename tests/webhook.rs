@@ -183,10 +183,13 @@ impl Env {
                 secret: secret.map(str::to_string),
                 events: events.into(),
                 content_type: "json".into(),
+                style: Default::default(),
             },
+            &Default::default(),
         )
         .await
         .unwrap()
+        .id
     }
 
     /// Runs `deliveries_for_push` (and writes its rows and jobs) for one synthetic `git.push` event of `repo`.

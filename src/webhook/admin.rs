@@ -1,11 +1,15 @@
-//! What `hookfleet webhook add|list|remove|enable|disable|deliveries|redeliver`
-//! does, as library calls (the CLI only parses and prints).
+//! What `hookfleet webhook add|list|remove|enable|disable|deliveries|redeliver|
+//! rotate-secret` does, as library calls (the CLI only parses and prints).
 //!
 //! Owns input validation for subscriptions (URL through [`ssrf::check_url`], event
-//! categories, repository pattern, content type) with errors the CLI maps to exit
-//! 2, the warnings of [`add_checked`] for a URL the SSRF guard would refuse (the
-//! subscription is still added), and redelivery (a new job through the outbox with
-//! the same delivery id). It never prints and never reveals a subscription's secret.
+//! categories, repository pattern, content type, style and the secret's form)
+//! with errors the CLI maps to exit 2, the warnings of [`add_checked`] for a URL
+//! the SSRF guard would refuse (the subscription is still added), secret
+//! generation and rotation (secrets are sealed with `webhook.secret_key` before
+//! they are stored), redelivery (a new job through the outbox with the same
+//! delivery id), and re-encrypting stored secrets ([`reseal_secrets`], run by
+//! `hookfleet migrate`). It never prints; it returns a secret only when it
+//! generated it, for the CLI to show once.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -14,9 +18,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::handler::WebhookJob;
+use super::secrets::{self, Keyring};
 use super::ssrf;
 use super::storage::{self, NewSubscription};
-use super::subscription;
+use super::subscription::{self, Style};
 use crate::amqp::topology::Names;
 use crate::config::{WebhookConfig, redact_url};
 use crate::outbox;
@@ -40,6 +45,14 @@ pub enum AdminError {
     /// The database failed.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// A stored secret cannot be decrypted with the configured keys.
+    #[error("subscription {id}: {source}")]
+    Secret {
+        /// The subscription.
+        id: i64,
+        /// Why.
+        source: secrets::SecretError,
+    },
 }
 
 /// `webhook add` input.
@@ -49,12 +62,15 @@ pub struct AddRequest {
     pub repo: String,
     /// Target URL.
     pub url: String,
-    /// HMAC secret.
+    /// HMAC secret (`whsec_...` for the standard style); `None` for the
+    /// standard style generates one.
     pub secret: Option<String>,
     /// `push,tag,branch` (or `*`).
     pub events: String,
     /// `json`.
     pub content_type: String,
+    /// Body shape and signature headers.
+    pub style: Style,
 }
 
 /// What [`add_checked`] did.
@@ -65,26 +81,129 @@ pub struct Added {
     /// Why deliveries will fail as configured (see [`delivery_warnings`]); the
     /// subscription was added anyway. For stderr, after `hookfleet: warning: `.
     pub warnings: Vec<String>,
+    /// The secret generated for it (standard style without `--secret`): shown
+    /// once, never stored in the clear when a key is configured.
+    pub generated_secret: Option<String>,
+    /// A secret was stored in plaintext (no `webhook.secret_key`).
+    pub stored_plaintext: bool,
 }
 
-/// Validates and inserts a subscription; returns its id.
-pub async fn add(pool: &PgPool, r: &AddRequest) -> Result<i64, AdminError> {
-    let new = validate(r)?;
-    Ok(storage::insert_subscription(pool, &new).await?)
+/// Validates and inserts a subscription, generating a secret for the standard
+/// style when none is given and sealing the secret with `keys`.
+pub async fn add(pool: &PgPool, r: &AddRequest, keys: &Keyring) -> Result<Added, AdminError> {
+    let mut new = validate(r)?;
+    let generated = match (&new.secret, new.style) {
+        (None, Style::Standard) => Some(secrets::generate(Style::Standard)),
+        _ => None,
+    };
+    if let Some(g) = &generated {
+        new.secret = Some(g.clone());
+    }
+    let stored_plaintext = new.secret.is_some() && !keys.encrypts();
+    new.secret = new.secret.as_deref().map(|s| keys.seal(s));
+    let id = storage::insert_subscription(pool, &new).await?;
+    Ok(Added {
+        id,
+        warnings: Vec::new(),
+        generated_secret: generated,
+        stored_plaintext,
+    })
 }
 
-/// [`add`], plus warnings when the SSRF guard of `cfg` refuses every address
-/// the URL leads to (the subscription is added all the same).
+/// [`add`] with the keys of `cfg`, plus warnings when the SSRF guard of `cfg`
+/// refuses every address the URL leads to (the subscription is added all the
+/// same).
 pub async fn add_checked(
     pool: &PgPool,
     r: &AddRequest,
     cfg: &WebhookConfig,
 ) -> Result<Added, AdminError> {
+    let keys = keyring(cfg)?;
     let new = validate(r)?;
     let mut warnings = delivery_warnings(cfg, &new.url).await;
     warnings.extend(pattern_warning(pool, &new.repository_pattern).await?);
-    let id = storage::insert_subscription(pool, &new).await?;
-    Ok(Added { id, warnings })
+    let added = add(pool, r, &keys).await?;
+    Ok(Added { warnings, ..added })
+}
+
+/// The keys of `cfg` (validated with the config, so an error here is a config
+/// built by hand).
+pub fn keyring(cfg: &WebhookConfig) -> Result<Keyring, AdminError> {
+    Keyring::from_config(cfg).map_err(|(k, m)| AdminError::Invalid(format!("{k} {m}")))
+}
+
+/// What [`rotate_secret`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The new secret when it was generated, to show once.
+    pub generated_secret: Option<String>,
+    /// The new secret was stored in plaintext (no `webhook.secret_key`).
+    pub stored_plaintext: bool,
+}
+
+/// Gives subscription `id` a new secret (`new`, or a generated one of its
+/// style); the old one keeps signing for `overlap` (Standard Webhooks style:
+/// both signatures are sent; GitHub style: only the new one, as GitHub's one
+/// header carries one signature).
+pub async fn rotate_secret(
+    pool: &PgPool,
+    keys: &Keyring,
+    id: i64,
+    new: Option<String>,
+    overlap: Duration,
+) -> Result<Rotated, AdminError> {
+    let Some(sub) = storage::load_subscription(pool, id).await? else {
+        return Err(AdminError::NotFound(format!("no subscription {id}")));
+    };
+    let new = new.filter(|s| !s.is_empty());
+    if let Some(s) = &new {
+        secrets::check_form(sub.style, s)
+            .map_err(|e| AdminError::Invalid(format!("invalid --secret: {e}")))?;
+    }
+    let generated = new.is_none().then(|| secrets::generate(sub.style));
+    let secret = new.or_else(|| generated.clone()).unwrap_or_default();
+    if !storage::rotate_secret(pool, id, &keys.seal(&secret), overlap).await? {
+        return Err(AdminError::NotFound(format!("no subscription {id}")));
+    }
+    Ok(Rotated {
+        generated_secret: generated,
+        stored_plaintext: !keys.encrypts(),
+    })
+}
+
+/// Re-encrypts every stored secret that is plaintext or sealed with a key other
+/// than the current `webhook.secret_key`, in one transaction (so concurrent
+/// runs serialise on the row locks); returns how many subscriptions changed.
+/// Without a key it changes nothing. Fails, changing nothing, when a secret is
+/// sealed with a key that is not configured.
+pub async fn reseal_secrets(pool: &PgPool, keys: &Keyring) -> Result<u64, AdminError> {
+    if !keys.encrypts() {
+        return Ok(0);
+    }
+    let mut tx = pool.begin().await?;
+    let mut changed = 0;
+    for (id, secret, previous) in storage::stored_secrets_for_update(&mut tx).await? {
+        let stale = |v: &Option<String>| v.as_deref().is_some_and(|s| keys.needs_reseal(s));
+        if !stale(&secret) && !stale(&previous) {
+            continue;
+        }
+        let reseal = |v: Option<String>| -> Result<Option<String>, AdminError> {
+            match v {
+                Some(s) if keys.needs_reseal(&s) => {
+                    let open = keys
+                        .open(&s)
+                        .map_err(|source| AdminError::Secret { id, source })?;
+                    Ok(Some(keys.seal(&open)))
+                }
+                other => Ok(other),
+            }
+        };
+        let (secret, previous) = (reseal(secret)?, reseal(previous)?);
+        storage::set_stored_secrets(&mut tx, id, secret.as_deref(), previous.as_deref()).await?;
+        changed += 1;
+    }
+    tx.commit().await?;
+    Ok(changed)
 }
 
 /// Repositories [`pattern_warning`] compares a pattern with (the most recently
@@ -197,12 +316,18 @@ pub fn validate(r: &AddRequest) -> Result<NewSubscription, AdminError> {
             CONTENT_TYPES.join(", ")
         )));
     }
+    let secret = r.secret.clone().filter(|s| !s.is_empty());
+    if let Some(s) = &secret {
+        secrets::check_form(r.style, s)
+            .map_err(|e| AdminError::Invalid(format!("invalid --secret: {e}")))?;
+    }
     Ok(NewSubscription {
         repository_pattern: r.repo.clone(),
         url: url.to_string(),
-        secret: r.secret.clone().filter(|s| !s.is_empty()),
+        secret,
         events,
         content_type: r.content_type.clone(),
+        style: r.style,
     })
 }
 

@@ -15,8 +15,12 @@
 //! Outcomes: 2xx success; 408, 429, 5xx, timeouts and connection errors are
 //! transient (429/503 with `Retry-After` become `JobError::RetryAfter`); other
 //! statuses (3xx: redirects are not followed, 4xx) and refused addresses are
-//! permanent. An inactive subscription's pending deliveries fail permanently
-//! ("subscription disabled") without a request.
+//! permanent. 410 Gone also disables the subscription at once (Standard
+//! Webhooks' rule: the receiver's way to say "stop"), with the reason in the
+//! attempt record and the `webhook.disabled` event. An inactive subscription's
+//! pending deliveries fail permanently ("subscription disabled") without a
+//! request, as do those whose secret cannot be decrypted (a missing
+//! `webhook.secret_key`: never a request signed with the wrong key).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +34,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::deliver::{Client, DeliverError, Response};
+use super::secrets::{self, Keyring};
 use super::ssrf;
 use super::storage::{self, DeliveryRow, NewAttempt};
 use super::subscription::{self, Subscription};
@@ -66,6 +71,7 @@ pub struct WebhookHandler {
     pool: PgPool,
     client: Client,
     names: Names,
+    keys: Keyring,
 }
 
 /// What one attempt came to.
@@ -76,6 +82,8 @@ struct Outcome {
     excerpt: Option<String>,
     error: Option<String>,
     result: Result<Done, JobError>,
+    /// Disable the subscription now, for this reason (410 Gone).
+    disable: Option<&'static str>,
 }
 
 impl WebhookHandler {
@@ -83,11 +91,18 @@ impl WebhookHandler {
     pub fn new(config: Arc<Config>, pool: PgPool) -> Self {
         let client = Client::new(&config.webhook);
         let names = Names::new(&config.amqp.prefix);
+        // `Config::validate` refused malformed keys already; a config built by
+        // hand that skips it gets no keys (sealed secrets then refuse to sign).
+        let keys = Keyring::from_config(&config.webhook).unwrap_or_else(|(key, message)| {
+            tracing::error!(key = %key, "{message}; encrypted webhook secrets cannot be read");
+            Keyring::default()
+        });
         Self {
             config,
             pool,
             client,
             names,
+            keys,
         }
     }
 
@@ -113,9 +128,22 @@ impl WebhookHandler {
                         excerpt,
                         error: None,
                         result: Ok(Done::Handled),
+                        disable: None,
                     };
                 }
                 let error = format!("HTTP {s}");
+                if s == 410 {
+                    return Outcome {
+                        label: "failed",
+                        status,
+                        excerpt,
+                        error: Some(format!("HTTP 410: {}", storage::REASON_GONE)),
+                        result: Err(JobError::permanent(
+                            "webhook endpoint answered 410 Gone; subscription disabled",
+                        )),
+                        disable: Some(storage::REASON_GONE),
+                    };
+                }
                 if s == 408 || s == 429 || s >= 500 {
                     let e = anyhow::anyhow!("webhook endpoint answered {s}");
                     let result = match resp.retry_after {
@@ -128,6 +156,7 @@ impl WebhookHandler {
                         excerpt,
                         error: Some(error),
                         result,
+                        disable: None,
                     }
                 } else {
                     let why = if (300..400).contains(&s) {
@@ -141,6 +170,7 @@ impl WebhookHandler {
                         excerpt,
                         error: Some(error),
                         result: Err(JobError::permanent(why)),
+                        disable: None,
                     }
                 }
             }
@@ -153,6 +183,7 @@ impl WebhookHandler {
                         excerpt: None,
                         error: Some(msg),
                         result: Err(JobError::transient(e)),
+                        disable: None,
                     }
                 } else {
                     Outcome {
@@ -161,19 +192,22 @@ impl WebhookHandler {
                         excerpt: None,
                         error: Some(msg.clone()),
                         result: Err(JobError::permanent(msg)),
+                        disable: None,
                     }
                 }
             }
         }
     }
 
-    /// Records an attempt in its own transaction; on auto-disable also writes the
+    /// Records an attempt in its own transaction; on auto-disable (after too
+    /// many failures, or at once with `disable`'s reason) also writes the
     /// `webhook.disabled` event. Returns whether the subscription was disabled now.
     async fn record(
         &self,
         attempt: &NewAttempt,
         counts: bool,
         sub: Option<&Subscription>,
+        disable: Option<&str>,
     ) -> Result<bool, JobError> {
         let mut tx = self.pool.begin().await?;
         let rec = storage::record_attempt(
@@ -181,8 +215,10 @@ impl WebhookHandler {
             attempt,
             counts,
             self.config.webhook.disable_after_failures,
+            disable,
         )
         .await?;
+        let reason = disable.unwrap_or(storage::REASON_FAILURES);
         if rec.disabled_now {
             let ev = Event::new(
                 &self.names,
@@ -195,6 +231,7 @@ impl WebhookHandler {
                     "consecutive_failures": rec.consecutive_failures,
                     "last_delivery_id": attempt.delivery_id,
                     "last_error": attempt.error,
+                    "reason": reason,
                 }),
             );
             outbox::enqueue(&mut tx, &ev).await?;
@@ -204,7 +241,8 @@ impl WebhookHandler {
             tracing::warn!(
                 subscription.id = attempt.subscription_id,
                 failures = rec.consecutive_failures,
-                "webhook subscription disabled after consecutive failures"
+                reason,
+                "webhook subscription disabled"
             );
         }
         Ok(rec.disabled_now)
@@ -230,7 +268,7 @@ impl WebhookHandler {
             response_excerpt: None,
             error: Some(why.to_string()),
         };
-        self.record(&attempt, false, None).await?;
+        self.record(&attempt, false, None, None).await?;
         count(metric);
         Err(JobError::permanent(why))
     }
@@ -261,10 +299,12 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// The request headers of a delivery (the secret only as the signature).
+/// The GitHub-style request headers of a delivery, signed with `secret` (the
+/// secret only as the signature).
 pub fn request_headers(
     delivery: &DeliveryRow,
     sub: &Subscription,
+    secret: Option<&str>,
     body: &[u8],
 ) -> Vec<(String, String)> {
     let id = delivery.delivery_id.to_string();
@@ -284,7 +324,7 @@ pub fn request_headers(
         ("X-GitHub-Delivery".to_string(), id),
         ("X-GitHub-Hook-ID".to_string(), sub.id.to_string()),
     ];
-    if let Some(secret) = sub.secret.as_deref().filter(|s| !s.is_empty()) {
+    if let Some(secret) = secret.filter(|s| !s.is_empty()) {
         h.push(("X-Hub-Signature-256".to_string(), signature(secret, body)));
     }
     h
@@ -336,8 +376,18 @@ impl Handler for WebhookHandler {
                     .await;
             }
         };
-        let body = Bytes::from(super::render::body(&delivery));
-        let headers = request_headers(&delivery, &sub, &body);
+        // One clock reading: which secrets are valid and the attempt's timestamp agree.
+        let now = chrono::Utc::now();
+        let signing = match secrets::signing_secrets(&sub, &self.keys, now) {
+            Ok(s) => s,
+            Err(e) => {
+                return self
+                    .refuse(&job, &delivery, &sub.url, &e.to_string(), "failed")
+                    .await;
+            }
+        };
+        let request = super::render::request(&delivery, &sub, &signing, now);
+        let (body, headers) = (Bytes::from(request.body), request.headers);
         let started = Instant::now();
         let result = self.client.post(&url, &headers, body).await;
         if let Err(DeliverError::HostBusy(host)) = &result {
@@ -367,7 +417,9 @@ impl Handler for WebhookHandler {
             response_excerpt: outcome.excerpt,
             error: outcome.error,
         };
-        let disabled_now = self.record(&attempt, true, Some(&sub)).await?;
+        let disabled_now = self
+            .record(&attempt, true, Some(&sub), outcome.disable)
+            .await?;
         count(outcome.label);
         crate::metrics::metrics()
             .webhook_delivery_duration_seconds
@@ -382,9 +434,9 @@ impl Handler for WebhookHandler {
             "webhook attempt"
         );
         match outcome.result {
-            Err(e) if disabled_now => Err(JobError::permanent(format!(
-                "{e}; subscription disabled after consecutive failures"
-            ))),
+            Err(e) if disabled_now && outcome.disable.is_none() => Err(JobError::permanent(
+                format!("{e}; subscription disabled after consecutive failures"),
+            )),
             r => r,
         }
     }

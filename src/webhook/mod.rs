@@ -9,8 +9,14 @@
 //!    deliveries exist if and only if the push committed.
 //! 2. The [`handler`] POSTs each job's delivery through the SSRF guard
 //!    ([`ssrf`], [`deliver`]) and records every attempt in `webhook_attempts`.
-//! 3. `hookfleet webhook ...` ([`admin`]) manages subscriptions, lists attempts and
-//!    redelivers (a new job, same delivery id and body).
+//! 3. `hookfleet webhook ...` ([`admin`]) manages subscriptions, lists attempts,
+//!    redelivers (a new job, same delivery id and body) and rotates secrets.
+//!
+//! Each subscription has a style ([`subscription::Style`]): GitHub's
+//! (`X-Hub-Signature-256`) or Standard Webhooks' (`webhook-id`,
+//! `webhook-timestamp`, `webhook-signature`); [`render`] shapes and signs the
+//! request accordingly. Secrets, their rotation and their encryption at rest
+//! (`webhook.secret_key`) are [`secrets`]'.
 //! 4. [`run_pruner`] deletes records older than `webhook.retention`.
 //!
 //! All SQL is in [`storage`]. This module never publishes to the broker itself:
@@ -20,6 +26,7 @@ pub mod admin;
 pub mod deliver;
 pub mod handler;
 pub mod render;
+pub mod secrets;
 pub mod ssrf;
 pub mod storage;
 pub mod subscription;

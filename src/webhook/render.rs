@@ -4,11 +4,198 @@
 //! push wrote, stored once in `webhook_deliveries`) and the headers that go with
 //! it, including the signature. Pure: no I/O, no clock except what the caller
 //! passes, so a retry of the same delivery renders the same body.
+//!
+//! Two styles (see [`Style`]): GitHub's sends [`body`] as it is; Standard
+//! Webhooks' wraps it as `{"type", "timestamp", "data"}` and signs
+//! `"<webhook-id>.<webhook-timestamp>.<body>"` once per valid secret.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::{DateTime, SecondsFormat, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::secrets;
 use super::storage::DeliveryRow;
+use super::subscription::{Style, Subscription};
 
 /// The JSON body of `delivery`: today the stored event payload as written.
 pub fn body(delivery: &DeliveryRow) -> Vec<u8> {
     // Serialising a JSON value to bytes cannot fail.
     serde_json::to_vec(&delivery.payload).unwrap_or_default()
+}
+
+/// One HTTP request of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The bytes POSTed (and signed).
+    pub body: Vec<u8>,
+    /// Header names and values; the secrets appear only as signatures.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The request of `delivery` to `sub` in the subscription's style, signed with
+/// `secrets` (opened, current first; see [`secrets::signing_secrets`]), for an
+/// attempt at `now` (Standard Webhooks' `webhook-timestamp`; the body does
+/// not depend on it).
+pub fn request(
+    delivery: &DeliveryRow,
+    sub: &Subscription,
+    secrets: &[String],
+    now: DateTime<Utc>,
+) -> Request {
+    let data = body(delivery);
+    match sub.style {
+        Style::Github => {
+            // GitHub has one signature header: the current secret signs alone.
+            let secret = secrets.first().map(String::as_str);
+            let headers = super::handler::request_headers(delivery, sub, secret, &data);
+            Request {
+                body: data,
+                headers,
+            }
+        }
+        Style::Standard => standard(delivery, sub, secrets, now, &data),
+    }
+}
+
+/// The Standard Webhooks payload around `data`, and its headers.
+fn standard(
+    delivery: &DeliveryRow,
+    sub: &Subscription,
+    secrets: &[String],
+    now: DateTime<Utc>,
+    data: &[u8],
+) -> Request {
+    // Built around the rendered bytes rather than re-serialised, so `data` is
+    // byte for byte what the GitHub style would send.
+    let ty = serde_json::Value::String(delivery.event_type.clone());
+    let ts = serde_json::Value::String(
+        delivery
+            .created_at
+            .to_rfc3339_opts(SecondsFormat::Millis, true),
+    );
+    let mut body = format!("{{\"type\":{ty},\"timestamp\":{ts},\"data\":").into_bytes();
+    body.extend_from_slice(data);
+    body.push(b'}');
+
+    let id = delivery.delivery_id.to_string();
+    let timestamp = now.timestamp().to_string();
+    let mut headers = vec![
+        ("Content-Type".to_string(), "application/json".to_string()),
+        (
+            "User-Agent".to_string(),
+            format!("hookfleet/{}", crate::build_info::VERSION),
+        ),
+        ("X-Hookfleet-Event".to_string(), delivery.event_type.clone()),
+        ("X-Hookfleet-Delivery".to_string(), id.clone()),
+        ("X-Hookfleet-Subscription".to_string(), sub.id.to_string()),
+        ("webhook-id".to_string(), id.clone()),
+        ("webhook-timestamp".to_string(), timestamp.clone()),
+    ];
+    if !secrets.is_empty() {
+        let sigs: Vec<String> = secrets
+            .iter()
+            .map(|s| standard_signature(s, &id, &timestamp, &body))
+            .collect();
+        headers.push(("webhook-signature".to_string(), sigs.join(" ")));
+    }
+    Request { body, headers }
+}
+
+/// `v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`, the key being the
+/// bytes after `whsec_`. A secret not of that form (refused by `webhook add`
+/// and `rotate-secret`, so only one written to the table by hand) signs with
+/// its UTF-8 bytes rather than not at all.
+pub fn standard_signature(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
+    let key = secrets::standard_key(secret).unwrap_or_else(|_| secret.as_bytes().to_vec());
+    // HMAC accepts keys of any length, so this cannot fail.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
+        return String::new();
+    };
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn standard_signature_matches_the_spec_example() {
+        // The example of the Standard Webhooks spec (and the reference libraries' tests).
+        assert_eq!(
+            standard_signature(
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                "1614265330",
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    fn sub(style: Style) -> Subscription {
+        Subscription {
+            id: 7,
+            repository_pattern: "org/*".into(),
+            url: "https://h/x".into(),
+            secret: None,
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            style,
+            events: vec!["push".into()],
+            content_type: "json".into(),
+            active: true,
+            consecutive_failures: 0,
+            disabled_reason: None,
+        }
+    }
+
+    #[test]
+    fn standard_wraps_the_body_and_signs_once_per_secret() {
+        let d = DeliveryRow {
+            delivery_id: Uuid::now_v7(),
+            subscription_id: 7,
+            event_type: "git.push".into(),
+            correlation_id: None,
+            payload: serde_json::json!({"ref": "refs/heads/main"}),
+            created_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+        };
+        let now = DateTime::from_timestamp(1_700_000_100, 0).unwrap_or_default();
+        let secrets = vec![
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
+            "whsec_AAAA".to_string(),
+        ];
+        let r = request(&d, &sub(Style::Standard), &secrets, now);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["type"], "git.push");
+        assert_eq!(v["timestamp"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(v["data"], d.payload);
+        let h = |k: &str| {
+            r.headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(h("webhook-id"), Some(d.delivery_id.to_string()));
+        assert_eq!(h("webhook-timestamp").as_deref(), Some("1700000100"));
+        let sig = h("webhook-signature").unwrap();
+        assert_eq!(sig.split(' ').count(), 2);
+        assert!(sig.split(' ').all(|s| s.starts_with("v1,")));
+        assert_eq!(h("X-Hub-Signature-256"), None);
+
+        let g = request(&d, &sub(Style::Github), &secrets, now);
+        assert_eq!(g.body, body(&d));
+        let gh = g.headers.iter().find(|(n, _)| n == "X-Hub-Signature-256");
+        assert_eq!(
+            gh.map(|(_, v)| v.clone()),
+            Some(super::super::handler::signature(&secrets[0], &g.body))
+        );
+    }
 }

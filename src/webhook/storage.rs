@@ -13,10 +13,11 @@ use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::subscription::Subscription;
+use super::subscription::{Style, Subscription};
 use crate::outbox::storage::Owned;
 
-const SUB_COLUMNS: &str = "id, repository_pattern, url, secret, events, content_type, active, \
+const SUB_COLUMNS: &str = "id, repository_pattern, url, secret, previous_secret, \
+                           previous_secret_expires_at, style, events, content_type, active, \
                            consecutive_failures, disabled_reason";
 
 /// A new subscription, as `webhook add` gives it.
@@ -26,25 +27,29 @@ pub struct NewSubscription {
     pub repository_pattern: String,
     /// Checked URL.
     pub url: String,
-    /// HMAC secret.
+    /// HMAC secret, in its stored form (see [`super::secrets::Keyring::seal`]).
     pub secret: Option<String>,
     /// Event categories.
     pub events: Vec<String>,
     /// Body format.
     pub content_type: String,
+    /// Body shape and signature headers.
+    pub style: Style,
 }
 
 /// Inserts a subscription; returns its id.
 pub async fn insert_subscription(pool: &PgPool, s: &NewSubscription) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
-        "INSERT INTO webhook_subscriptions (repository_pattern, url, secret, events, content_type) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        "INSERT INTO webhook_subscriptions (repository_pattern, url, secret, events, content_type, \
+                                            style) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
     .bind(&s.repository_pattern)
     .bind(&s.url)
     .bind(&s.secret)
     .bind(&s.events)
     .bind(&s.content_type)
+    .bind(s.style.as_str())
     .fetch_one(pool)
     .await
 }
@@ -93,6 +98,59 @@ pub async fn set_active(pool: &PgPool, id: i64, active: bool) -> Result<bool, sq
     .execute(pool)
     .await?;
     Ok(r.rows_affected() == 1)
+}
+
+/// Replaces a subscription's secret with `new` (stored form): the current one
+/// becomes the previous one, signing until `overlap` from now (database
+/// clock, as the handler compares with its own; both are NTP-synced in
+/// practice). `false` when there is no such subscription.
+pub async fn rotate_secret(
+    pool: &PgPool,
+    id: i64,
+    new: &str,
+    overlap: Duration,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE webhook_subscriptions SET previous_secret = secret, \
+             previous_secret_expires_at = now() + make_interval(secs => $3), \
+             secret = $2, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(new)
+    .bind(overlap.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// The stored secrets of every subscription that has one, locked for update
+/// in `tx` (for re-encryption by `hookfleet migrate`): `(id, secret, previous)`.
+pub async fn stored_secrets_for_update(
+    tx: &mut Transaction<'static, Postgres>,
+) -> Result<Vec<(i64, Option<String>, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, secret, previous_secret FROM webhook_subscriptions \
+         WHERE secret IS NOT NULL OR previous_secret IS NOT NULL ORDER BY id FOR UPDATE",
+    )
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Writes a subscription's stored secrets (both columns, as re-sealed).
+pub async fn set_stored_secrets(
+    tx: &mut Transaction<'static, Postgres>,
+    id: i64,
+    secret: Option<&str>,
+    previous: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE webhook_subscriptions SET secret = $2, previous_secret = $3 WHERE id = $1")
+        .bind(id)
+        .bind(secret)
+        .bind(previous)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// One delivery to create in the push transaction.
@@ -204,12 +262,15 @@ pub struct DeliveryRow {
     pub correlation_id: Option<String>,
     /// Body.
     pub payload: serde_json::Value,
+    /// When the delivery was written: in the push's transaction, so the time
+    /// of the event (the Standard Webhooks payload's `timestamp`).
+    pub created_at: DateTime<Utc>,
 }
 
 /// Loads a delivery.
 pub async fn load_delivery(pool: &PgPool, id: Uuid) -> Result<Option<DeliveryRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT delivery_id, subscription_id, event_type, correlation_id, payload \
+        "SELECT delivery_id, subscription_id, event_type, correlation_id, payload, created_at \
          FROM webhook_deliveries WHERE delivery_id = $1",
     )
     .bind(id)
@@ -282,14 +343,21 @@ pub struct Recorded {
     pub disabled_now: bool,
 }
 
+/// Why a subscription is disabled after too many failures in a row.
+pub const REASON_FAILURES: &str = "too many consecutive failures";
+/// Why a subscription is disabled after a 410 (Standard Webhooks' rule).
+pub const REASON_GONE: &str = "receiver answered 410 Gone";
+
 /// Records an attempt in `tx`: the attempt row, the delivery's state, and (when
 /// `counts` says the attempt counts for the subscription's health) the failure
-/// count, disabling the subscription when it reaches `disable_after`.
+/// count, disabling the subscription when it reaches `disable_after`, or at
+/// once with `disable_now` as the reason (the receiver answered 410 Gone).
 pub async fn record_attempt(
     tx: &mut Transaction<'static, Postgres>,
     a: &NewAttempt,
     counts: bool,
     disable_after: u32,
+    disable_now: Option<&str>,
 ) -> Result<Recorded, sqlx::Error> {
     let state = match a.outcome {
         "success" => "succeeded",
@@ -324,15 +392,19 @@ pub async fn record_attempt(
         });
     }
     let success = a.outcome == "success";
+    // $4 (a reason) disables at once; otherwise the count reaching $3 does.
     let row: Option<(i32, bool)> = sqlx::query_as(
         "UPDATE webhook_subscriptions s SET \
              consecutive_failures = CASE WHEN $2 THEN 0 ELSE s.consecutive_failures + 1 END, \
-             active = CASE WHEN NOT $2 AND s.consecutive_failures + 1 >= $3 THEN false \
+             active = CASE WHEN $4::text IS NOT NULL \
+                             OR (NOT $2 AND s.consecutive_failures + 1 >= $3) THEN false \
                            ELSE s.active END, \
-             disabled_at = CASE WHEN s.active AND NOT $2 AND s.consecutive_failures + 1 >= $3 \
+             disabled_at = CASE WHEN s.active AND ($4::text IS NOT NULL \
+                                  OR (NOT $2 AND s.consecutive_failures + 1 >= $3)) \
                                 THEN now() ELSE s.disabled_at END, \
-             disabled_reason = CASE WHEN s.active AND NOT $2 AND s.consecutive_failures + 1 >= $3 \
-                                    THEN 'too many consecutive failures' \
+             disabled_reason = CASE WHEN s.active AND $4::text IS NOT NULL THEN $4 \
+                                    WHEN s.active AND NOT $2 AND s.consecutive_failures + 1 >= $3 \
+                                    THEN $5 \
                                     ELSE s.disabled_reason END, \
              updated_at = now() \
          FROM (SELECT id, active AS was_active FROM webhook_subscriptions \
@@ -343,6 +415,8 @@ pub async fn record_attempt(
     .bind(a.subscription_id)
     .bind(success)
     .bind(i32::try_from(disable_after).unwrap_or(i32::MAX))
+    .bind(disable_now)
+    .bind(REASON_FAILURES)
     .fetch_optional(&mut **tx)
     .await?;
     let (consecutive_failures, disabled_now) = row.unwrap_or((0, false));

@@ -4,10 +4,57 @@
 //! Owns which events a subscription wants (`push`, `branch`, `tag`, `*`), how a
 //! repository pattern matches (`*` within one path segment, `**` across
 //! segments, `*` or `**` alone every repository; a trailing `.git` on the
-//! repository is ignored), and the mapping to
-//! GitHub's `X-GitHub-Event` names. Pure: no I/O.
+//! repository is ignored), the mapping to GitHub's `X-GitHub-Event` names, and
+//! the signing [`Style`]. Pure: no I/O.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+/// How deliveries of a subscription are shaped and signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Style {
+    /// GitHub's: the body as rendered, `X-GitHub-*` headers and
+    /// `X-Hub-Signature-256` (one signature, the current secret's).
+    #[default]
+    Github,
+    /// Standard Webhooks (Svix, Convoy...): the body wrapped as
+    /// `{"type","timestamp","data"}`, `webhook-id`, `webhook-timestamp` and
+    /// `webhook-signature` (one `v1,` signature per valid secret).
+    Standard,
+}
+
+impl Style {
+    /// Names accepted by `--style`.
+    pub const NAMES: [&str; 2] = ["github", "standard"];
+
+    /// The stored and CLI name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Style::Github => "github",
+            Style::Standard => "standard",
+        }
+    }
+
+    /// Parses `--style` (or the stored column).
+    pub fn parse(raw: &str) -> Result<Style, String> {
+        match raw {
+            "github" => Ok(Style::Github),
+            "standard" => Ok(Style::Standard),
+            other => Err(format!(
+                "unknown style {other:?} (allowed: {})",
+                Style::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Style {
+    type Error = String;
+    fn try_from(s: String) -> Result<Style, String> {
+        Style::parse(&s)
+    }
+}
 
 /// Event categories a subscription may ask for.
 pub const CATEGORIES: [&str; 4] = ["push", "branch", "tag", "*"];
@@ -117,9 +164,19 @@ pub struct Subscription {
     pub repository_pattern: String,
     /// Target URL.
     pub url: String,
-    /// HMAC secret; never printed or logged.
+    /// HMAC secret as stored (sealed when `webhook.secret_key` is set; see
+    /// [`super::secrets`]); never printed or logged.
     #[serde(skip)]
     pub secret: Option<String>,
+    /// The secret before the last `webhook rotate-secret`, as stored; it signs
+    /// too until `previous_secret_expires_at`. Never printed or logged.
+    #[serde(skip)]
+    pub previous_secret: Option<String>,
+    /// When the previous secret stops signing.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// Body shape and signature headers.
+    #[sqlx(try_from = "String")]
+    pub style: Style,
     /// Event categories.
     pub events: Vec<String>,
     /// Body format (`json`).
