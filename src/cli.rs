@@ -132,6 +132,11 @@ enum WebhookCommand {
         /// Delivery id (X-Hookfleet-Delivery).
         delivery_id: uuid::Uuid,
     },
+    /// Send a `ping` event (X-GitHub-Event: ping) to a subscription.
+    Ping {
+        /// Subscription id.
+        id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -544,6 +549,11 @@ async fn run(
     }
 }
 
+/// Who runs the command (`$USER`), the `sender` of the pings it asks for.
+fn local_user() -> Option<String> {
+    std::env::var("USER").ok().filter(|u| !u.is_empty())
+}
+
 async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Result<ExitCode> {
     use crate::webhook::admin::{self, AdminError};
     // Validate `add` before connecting, so bad input is exit 2 even with no database.
@@ -581,6 +591,9 @@ async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Res
                         eprintln!("hookfleet: warning: {w}");
                     }
                     println!("added subscription {}", added.id);
+                    // As GitHub does when a hook is created.
+                    let delivery = admin::ping(&pool, &names, added.id, local_user()).await?;
+                    println!("ping delivery {delivery} enqueued");
                 }
             }
             WebhookCommand::List { json } => {
@@ -652,6 +665,10 @@ async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Res
                         );
                     }
                 }
+            }
+            WebhookCommand::Ping { id } => {
+                let delivery = admin::ping(&pool, &names, id, local_user()).await?;
+                println!("ping delivery {delivery} enqueued");
             }
             WebhookCommand::Redeliver { delivery_id } => {
                 let id = admin::redeliver(&pool, &names, delivery_id).await?;

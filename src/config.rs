@@ -577,6 +577,27 @@ pub struct WebhookConfig {
     pub retention: Duration,
 }
 
+/// The git host that hookfleet stands for, as webhook bodies name it: the
+/// bases of the URLs in GitHub-shaped bodies (`html_url`, `url`, `clone_url`,
+/// `ssh_url` of repositories, users and organizations). Receivers written for
+/// GitHub follow these links, so they must point at the real host. Empty keys
+/// are derived, so one setting (or none, on one machine) gives consistent URLs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Base of web pages (`html_url`); empty: `push.compare_base_url`, so body
+    /// links agree with the `compare` and commit URLs of the bus events.
+    pub html_url: String,
+    /// Base of API URLs (`url`, `hooks_url`...); empty: `{html_url}/api/v3`,
+    /// where GitHub Enterprise Server puts its API.
+    pub api_url: String,
+    /// Base of `clone_url` (`{clone_url}/{full_name}.git`); empty: `html_url`.
+    pub clone_url: String,
+    /// `user@host` of `ssh_url` (`{ssh_host}:{full_name}.git`); empty:
+    /// `git@` and the host of `html_url`.
+    pub ssh_host: String,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -603,6 +624,8 @@ pub struct Config {
     pub push: PushConfig,
     /// Webhook delivery.
     pub webhook: WebhookConfig,
+    /// The git host's URLs in webhook bodies.
+    pub site: SiteConfig,
 }
 
 mod humantime_serde_vec {
@@ -1000,6 +1023,39 @@ impl Config {
                 key: key.into(),
                 message,
             })?;
+        }
+        for (key, base) in [
+            ("push.compare_base_url", &self.push.compare_base_url),
+            ("site.html_url", &self.site.html_url),
+            ("site.api_url", &self.site.api_url),
+            ("site.clone_url", &self.site.clone_url),
+        ] {
+            // Bodies are checked against schemas with `format: uri`: a base
+            // that is not an absolute http(s) URL would make every body invalid.
+            let ok = (base.is_empty() && key != "push.compare_base_url")
+                || url::Url::parse(base)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: format!("must be an absolute http or https URL, got {base:?}"),
+                });
+            }
+        }
+        let ssh_ok = self.site.ssh_host.is_empty()
+            || self
+                .site
+                .ssh_host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "@._-[]".contains(c));
+        if !ssh_ok {
+            return Err(ConfigError::Invalid {
+                key: "site.ssh_host".into(),
+                message: format!(
+                    "must be user@host of [A-Za-z0-9@._-], got {:?}",
+                    self.site.ssh_host
+                ),
+            });
         }
         for entry in &self.webhook.allowed_hosts {
             if let Err(message) = crate::webhook::ssrf::Allowed::parse(entry) {

@@ -30,9 +30,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::deliver::{Client, DeliverError, Response};
+use super::github::{self, Site};
 use super::ssrf;
 use super::storage::{self, DeliveryRow, NewAttempt};
-use super::subscription::{self, Subscription};
+use super::subscription::Subscription;
 use crate::amqp::topology::Names;
 use crate::config::Config;
 use crate::job::{Done, Handler, Job, JobError};
@@ -66,6 +67,7 @@ pub struct WebhookHandler {
     pool: PgPool,
     client: Client,
     names: Names,
+    site: Site,
 }
 
 /// What one attempt came to.
@@ -83,11 +85,13 @@ impl WebhookHandler {
     pub fn new(config: Arc<Config>, pool: PgPool) -> Self {
         let client = Client::new(&config.webhook);
         let names = Names::new(&config.amqp.prefix);
+        let site = Site::new(&config);
         Self {
             config,
             pool,
             client,
             names,
+            site,
         }
     }
 
@@ -261,7 +265,9 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// The request headers of a delivery (the secret only as the signature).
+/// The request headers of a delivery (the secret only as the signature), with
+/// hookfleet's facts that GitHub's bodies have no field for
+/// ([`github::hookfleet_headers`]).
 pub fn request_headers(
     delivery: &DeliveryRow,
     sub: &Subscription,
@@ -279,11 +285,12 @@ pub fn request_headers(
         ("X-Hookfleet-Subscription".to_string(), sub.id.to_string()),
         (
             "X-GitHub-Event".to_string(),
-            subscription::github_event(&delivery.event_type).to_string(),
+            github::event_name(&delivery.event_type).to_string(),
         ),
         ("X-GitHub-Delivery".to_string(), id),
         ("X-GitHub-Hook-ID".to_string(), sub.id.to_string()),
     ];
+    h.extend(github::hookfleet_headers(&delivery.payload));
     if let Some(secret) = sub.secret.as_deref().filter(|s| !s.is_empty()) {
         h.push(("X-Hub-Signature-256".to_string(), signature(secret, body)));
     }
@@ -336,7 +343,7 @@ impl Handler for WebhookHandler {
                     .await;
             }
         };
-        let body = Bytes::from(super::render::body(&delivery));
+        let body = Bytes::from(super::render::body(&delivery, &self.site));
         let headers = request_headers(&delivery, &sub, &body);
         let started = Instant::now();
         let result = self.client.post(&url, &headers, body).await;

@@ -7,10 +7,12 @@
 //!    `webhook_deliveries` row (payload stored once, delivery id = UUID v7) and a
 //!    `webhook` job in the outbox (jobs exchange, routing key `webhook`), so
 //!    deliveries exist if and only if the push committed.
-//! 2. The [`handler`] POSTs each job's delivery through the SSRF guard
+//! 2. The [`handler`] POSTs each job's delivery, its body GitHub's exact one
+//!    ([`render`], [`github`]), through the SSRF guard
 //!    ([`ssrf`], [`deliver`]) and records every attempt in `webhook_attempts`.
-//! 3. `hookfleet webhook ...` ([`admin`]) manages subscriptions, lists attempts and
-//!    redelivers (a new job, same delivery id and body).
+//! 3. `hookfleet webhook ...` ([`admin`]) manages subscriptions, lists attempts,
+//!    redelivers (a new job, same delivery id and body) and pings (a new
+//!    `webhook.ping` delivery, also made when a subscription is added).
 //! 4. [`run_pruner`] deletes records older than `webhook.retention`.
 //!
 //! All SQL is in [`storage`]. This module never publishes to the broker itself:
@@ -18,6 +20,7 @@
 
 pub mod admin;
 pub mod deliver;
+pub mod github;
 pub mod handler;
 pub mod render;
 pub mod ssrf;
