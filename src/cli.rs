@@ -591,9 +591,10 @@ async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Res
                         eprintln!("hookfleet: warning: {w}");
                     }
                     println!("added subscription {}", added.id);
-                    // As GitHub does when a hook is created.
+                    // As GitHub does when a hook is created. On stderr, so
+                    // stdout stays the one line scripts read the id from.
                     let delivery = admin::ping(&pool, &names, added.id, local_user()).await?;
-                    println!("ping delivery {delivery} enqueued");
+                    eprintln!("hookfleet: ping delivery {delivery} enqueued");
                 }
             }
             WebhookCommand::List { json } => {

@@ -534,8 +534,9 @@ pub struct PushConfig {
     /// Paths listed across all commits of one event; later commits' lists are
     /// emptied once it is spent (`paths_truncated` on the event).
     pub max_paths_per_event: u32,
-    /// Bytes of one event body (and so of each webhook body, which is the
-    /// event's): a bigger event keeps its newest commits that fit
+    /// Bytes of one event body (and so the commits of each webhook body, which
+    /// is rendered from the event plus a few KiB of GitHub's repository and
+    /// user objects): a bigger event keeps its newest commits that fit
     /// (`commits_truncated`, `commits_omitted`). At most `amqp.max_message_bytes`.
     pub max_event_bytes: u32,
     /// Refs listed in a `git.push.bulk` event (`refs_count` keeps the true
@@ -1177,6 +1178,25 @@ mod tests {
         let c = Config::load_from(None, Vec::new()).unwrap();
         assert_eq!(c.worker.concurrency, 64);
         assert_eq!(c.prefetch(), 64);
+    }
+
+    #[test]
+    fn site_urls_are_checked() {
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let c = Config::load_from(None, env("HOOKFLEET_SITE__API_URL", "https://api.h/")).unwrap();
+        assert_eq!(c.site.api_url, "https://api.h/");
+        for (k, v) in [
+            ("HOOKFLEET_SITE__HTML_URL", "git.example.com"),
+            ("HOOKFLEET_SITE__CLONE_URL", "ftp://h/"),
+            ("HOOKFLEET_SITE__SSH_HOST", "git@h; rm"),
+            ("HOOKFLEET_PUSH__COMPARE_BASE_URL", ""),
+        ] {
+            let e = Config::load_from(None, env(k, v)).unwrap_err().to_string();
+            let key = k["HOOKFLEET_".len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            assert!(e.contains(&key), "{k}={v}: {e}");
+        }
     }
 
     #[test]
