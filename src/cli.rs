@@ -155,6 +155,11 @@ enum WebhookCommand {
         /// Delivery id (X-Hookfleet-Delivery).
         delivery_id: uuid::Uuid,
     },
+    /// Send a `ping` event (X-GitHub-Event: ping) to a subscription.
+    Ping {
+        /// Subscription id.
+        id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -605,6 +610,11 @@ async fn run(
     }
 }
 
+/// Who runs the command (`$USER`), the `sender` of the pings it asks for.
+fn local_user() -> Option<String> {
+    std::env::var("USER").ok().filter(|u| !u.is_empty())
+}
+
 async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Result<ExitCode> {
     use crate::webhook::admin::{self, AdminError};
     // Validate `add` before connecting, so bad input is exit 2 even with no database.
@@ -659,6 +669,10 @@ async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Res
                         // hand to the receiver.
                         println!("secret: {secret}");
                     }
+                    // As GitHub does when a hook is created. On stderr, so
+                    // stdout stays the one line scripts read the id from.
+                    let delivery = admin::ping(&pool, &names, added.id, local_user()).await?;
+                    eprintln!("hookfleet: ping delivery {delivery} enqueued");
                 }
             }
             WebhookCommand::List { json } => {
@@ -775,6 +789,10 @@ async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Res
                 if let Some(secret) = &r.generated_secret {
                     println!("secret: {secret}");
                 }
+            }
+            WebhookCommand::Ping { id } => {
+                let delivery = admin::ping(&pool, &names, id, local_user()).await?;
+                println!("ping delivery {delivery} enqueued");
             }
             WebhookCommand::Redeliver { delivery_id } => {
                 let id = admin::redeliver(&pool, &names, delivery_id).await?;

@@ -575,8 +575,9 @@ pub struct PushConfig {
     /// Paths listed across all commits of one event; later commits' lists are
     /// emptied once it is spent (`paths_truncated` on the event).
     pub max_paths_per_event: u32,
-    /// Bytes of one event body (and so of each webhook body, which is the
-    /// event's): a bigger event keeps its newest commits that fit
+    /// Bytes of one event body (and so the commits of each webhook body, which
+    /// is rendered from the event plus a few KiB of GitHub's repository and
+    /// user objects): a bigger event keeps its newest commits that fit
     /// (`commits_truncated`, `commits_omitted`). At most `amqp.max_message_bytes`.
     pub max_event_bytes: u32,
     /// Refs listed in a `git.push.bulk` event (`refs_count` keeps the true
@@ -632,6 +633,27 @@ pub struct WebhookConfig {
     pub secret_overlap: Duration,
 }
 
+/// The git host that hookfleet stands for, as webhook bodies name it: the
+/// bases of the URLs in GitHub-shaped bodies (`html_url`, `url`, `clone_url`,
+/// `ssh_url` of repositories, users and organizations). Receivers written for
+/// GitHub follow these links, so they must point at the real host. Empty keys
+/// are derived, so one setting (or none, on one machine) gives consistent URLs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Base of web pages (`html_url`); empty: `push.compare_base_url`, so body
+    /// links agree with the `compare` and commit URLs of the bus events.
+    pub html_url: String,
+    /// Base of API URLs (`url`, `hooks_url`...); empty: `{html_url}/api/v3`,
+    /// where GitHub Enterprise Server puts its API.
+    pub api_url: String,
+    /// Base of `clone_url` (`{clone_url}/{full_name}.git`); empty: `html_url`.
+    pub clone_url: String,
+    /// `user@host` of `ssh_url` (`{ssh_host}:{full_name}.git`); empty:
+    /// `git@` and the host of `html_url`.
+    pub ssh_host: String,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -658,6 +680,8 @@ pub struct Config {
     pub push: PushConfig,
     /// Webhook delivery.
     pub webhook: WebhookConfig,
+    /// The git host's URLs in webhook bodies.
+    pub site: SiteConfig,
 }
 
 mod humantime_serde_vec {
@@ -1064,6 +1088,39 @@ impl Config {
         // rather than failing deliveries; the message never shows the value.
         crate::webhook::secrets::Keyring::from_config(&self.webhook)
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        for (key, base) in [
+            ("push.compare_base_url", &self.push.compare_base_url),
+            ("site.html_url", &self.site.html_url),
+            ("site.api_url", &self.site.api_url),
+            ("site.clone_url", &self.site.clone_url),
+        ] {
+            // Bodies are checked against schemas with `format: uri`: a base
+            // that is not an absolute http(s) URL would make every body invalid.
+            let ok = (base.is_empty() && key != "push.compare_base_url")
+                || url::Url::parse(base)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: format!("must be an absolute http or https URL, got {base:?}"),
+                });
+            }
+        }
+        let ssh_ok = self.site.ssh_host.is_empty()
+            || self
+                .site
+                .ssh_host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "@._-[]".contains(c));
+        if !ssh_ok {
+            return Err(ConfigError::Invalid {
+                key: "site.ssh_host".into(),
+                message: format!(
+                    "must be user@host of [A-Za-z0-9@._-], got {:?}",
+                    self.site.ssh_host
+                ),
+            });
+        }
         for entry in &self.webhook.allowed_hosts {
             if let Err(message) = crate::webhook::ssrf::Allowed::parse(entry) {
                 return Err(ConfigError::Invalid {
@@ -1184,6 +1241,25 @@ mod tests {
         let c = Config::load_from(None, Vec::new()).unwrap();
         assert_eq!(c.worker.concurrency, 64);
         assert_eq!(c.prefetch(), 64);
+    }
+
+    #[test]
+    fn site_urls_are_checked() {
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let c = Config::load_from(None, env("HOOKFLEET_SITE__API_URL", "https://api.h/")).unwrap();
+        assert_eq!(c.site.api_url, "https://api.h/");
+        for (k, v) in [
+            ("HOOKFLEET_SITE__HTML_URL", "git.example.com"),
+            ("HOOKFLEET_SITE__CLONE_URL", "ftp://h/"),
+            ("HOOKFLEET_SITE__SSH_HOST", "git@h; rm"),
+            ("HOOKFLEET_PUSH__COMPARE_BASE_URL", ""),
+        ] {
+            let e = Config::load_from(None, env(k, v)).unwrap_err().to_string();
+            let key = k["HOOKFLEET_".len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            assert!(e.contains(&key), "{k}={v}: {e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! last day.
 
 mod common;
+mod octokit;
 
 use std::path::Path;
 use std::process::Command;
@@ -105,22 +106,49 @@ async fn a_first_push_without_a_root_reaches_a_star_subscription_as_owner_slash_
     );
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        !err.contains("warning"),
+        !err.contains("matches none"),
         "no pushes yet, nothing to warn about: {err}"
     );
     let star = added_id(&out);
 
     push_once(dir.path(), &bare, &cfg);
+    // The ping sent on `webhook add`, then the push's `push` and `create`.
+    let event = |h: &HeaderMap| h["x-github-event"].to_str().unwrap().to_string();
     let got = eventually(WAIT, "push and create deliveries", || {
-        let n = seen.lock().unwrap().len();
-        let seen = seen.clone();
-        async move { (n >= 2).then(|| seen.lock().unwrap().clone()) }
+        let got: Vec<(HeaderMap, Bytes)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(h, _)| event(h) != "ping")
+            .cloned()
+            .collect();
+        async move { (got.len() >= 2).then_some(got) }
     })
     .await;
+    let mut events: Vec<String> = got.iter().map(|(h, _)| event(h)).collect();
+    events.sort();
+    assert_eq!(events, ["create", "push"]);
+    let bodies: Vec<(String, serde_json::Value)> = got
+        .iter()
+        .map(|(h, b)| {
+            let def = format!("{}$event", event(h));
+            (def, serde_json::from_slice(b).unwrap())
+        })
+        .collect();
+    // GitHub-exact: each body satisfies octokit's schema of its event.
+    octokit::assert_valid(
+        &bodies
+            .iter()
+            .map(|(d, v)| (d.as_str(), v))
+            .collect::<Vec<_>>(),
+    );
     for (headers, body) in &got {
+        let sig = headers["x-hub-signature-256"].to_str().unwrap();
+        assert!(sig.starts_with("sha256="), "signed: {headers:?}");
         let v: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(v["repository"]["full_name"], "acme/app", "{headers:?}");
         assert_eq!(v["repository"]["name"], "app");
+        assert_eq!(v["repository"]["owner"]["login"], "acme");
     }
     let named: Vec<String> = sqlx::query_scalar("SELECT repository FROM pushes")
         .fetch_all(&db.pool)

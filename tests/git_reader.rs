@@ -424,7 +424,7 @@ async fn payloads_follow_github_push_events() {
     let data = read_refs(&f.repo(), to_read, cfg.max_commits)
         .await
         .unwrap();
-    let events = events_for_push(&job, &data, &cfg);
+    let events = events_for_push(&job, &data, &Default::default(), &cfg);
     let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(
         types,

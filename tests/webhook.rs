@@ -2,6 +2,7 @@
 //! the default handlers, the outbox relay, real PostgreSQL and RabbitMQ; one test
 //! drives a real `git push` through the installed hook.
 mod common;
+mod octokit;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -393,7 +394,13 @@ async fn real_push_delivers_once_per_matching_subscription_signed() {
             assert!(!h.contains_key("x-hub-signature-256"));
         }
         let body: serde_json::Value = serde_json::from_slice(&g.body).unwrap();
-        assert_eq!(body["ref"], "refs/heads/main");
+        // GitHub's create event names the ref without its prefix.
+        let want = if gh == "create" {
+            "main"
+        } else {
+            "refs/heads/main"
+        };
+        assert_eq!(body["ref"], want);
         assert_eq!(body["repository"]["full_name"], "org/app");
         *per_sub.entry((sub, event)).or_default() += 1;
     }
@@ -701,6 +708,7 @@ async fn cli_manages_subscriptions_and_rejects_bad_urls() {
     ]);
     assert_eq!(code, Some(0), "{err}");
     let id: i64 = out.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(err.contains("ping delivery"), "{err}");
     let (code, out, _) = run(&["list"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("org/*") && out.contains("active") && out.contains("push,tag"));
@@ -754,4 +762,291 @@ async fn retention_prunes_old_deliveries_and_attempts_only() {
     .await
     .unwrap();
     assert_eq!(left, (1, 1));
+}
+
+// ---------- GitHub-exact bodies ----------
+
+/// The octokit definition a body of `X-GitHub-Event: name` must satisfy.
+fn schema_of(name: &str) -> &'static str {
+    match name {
+        "push" | "force_push" => "push$event",
+        "create" => "create$event",
+        "delete" => "delete$event",
+        "ping" => "ping$event",
+        other => panic!("no GitHub schema for event {other}"),
+    }
+}
+
+/// `git push ARGS` from `work` as pusher `ann`, through the hook installed in
+/// a repository under `root`.
+fn push_as_ann(env: &Env, root: &Path, work: &Path, args: &[&str]) {
+    let mut c = Command::new("git");
+    clean_env(&mut c);
+    let out = c
+        .current_dir(work)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOOKFLEET_AMQP__URL", common::AMQP_URL)
+        .env("HOOKFLEET_AMQP__PREFIX", &env.cfg.amqp.prefix)
+        .env("HOOKFLEET_SPOOL__DIR", &env.cfg.spool.dir)
+        .env("HOOKFLEET_HOOK__REPOSITORIES_ROOT", root)
+        .env("HOOKFLEET_PUSHER", "ann")
+        .arg("push")
+        .arg("-q")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git push {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_pushes_deliver_github_exact_bodies_that_match_octokit_schemas() {
+    let root = tempfile::tempdir().unwrap();
+    let env = Env::start(|c| c.hook.repositories_root = root.path().display().to_string()).await;
+    let rx = Receiver::start(vec![], Reply::Status(200)).await;
+    let sub = env.subscribe("org/*", &rx.url(), Some("s3cret"), "*").await;
+
+    // org/app.git, whose HEAD names `trunk`: the default branch comes from
+    // HEAD, not from the branch pushed first.
+    std::fs::create_dir_all(root.path().join("org")).unwrap();
+    git(
+        &root.path().join("org"),
+        &["init", "-q", "--bare", "app.git"],
+    );
+    let bare = root.path().join("org/app.git");
+    git(&bare, &["symbolic-ref", "HEAD", "refs/heads/trunk"]);
+    git(&bare, &["config", "receive.advertisePushOptions", "true"]);
+    let out = hookfleet()
+        .args(["hook", "install"])
+        .arg(&bare)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let work = root.path().join("work");
+    git(root.path(), &["init", "-q", "work"]);
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    std::fs::write(work.join("a.txt"), "a").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+
+    // Each step waits for its two deliveries (push + lifecycle event), so the
+    // worker reads each push before the next changes the repository.
+    let r = root.path();
+    let steps: [&[&str]; 6] = [
+        &["-o", "ci.skip", "-o", "note=a b", "origin", "main"],
+        &["origin", "v1"],
+        &["-f", "origin", "main"],
+        &["origin", "main:feature"],
+        &["origin", ":feature"],
+        &["origin", ":refs/tags/v1"],
+    ];
+    for (i, args) in steps.iter().enumerate() {
+        match i {
+            1 => git(&work, &["tag", "v1"]),
+            2 => git(&work, &["commit", "-q", "--amend", "-m", "two"]),
+            _ => {}
+        }
+        push_as_ann(&env, r, &work, args);
+        rx.wait_for(2 * (i + 1)).await;
+    }
+    let got = rx.wait_for(12).await;
+
+    let bodies: Vec<(String, serde_json::Value)> = got
+        .iter()
+        .map(|g| {
+            let h = &g.headers;
+            assert_eq!(h["x-hub-signature-256"], hmac_hex("s3cret", &g.body));
+            assert_eq!(h["x-github-hook-id"], sub.to_string());
+            assert!(Uuid::parse_str(&h["x-hookfleet-push-id"]).is_ok(), "{h:?}");
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(&h["x-hookfleet-pushed-at"]).is_ok(),
+                "{h:?}"
+            );
+            (
+                h["x-github-event"].clone(),
+                serde_json::from_slice(&g.body).unwrap(),
+            )
+        })
+        .collect();
+    octokit::assert_valid(
+        &bodies
+            .iter()
+            .map(|(name, b)| (schema_of(name), b))
+            .collect::<Vec<_>>(),
+    );
+
+    let mut names: Vec<&str> = bodies.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "create",
+            "create",
+            "create",
+            "delete",
+            "delete",
+            "force_push",
+            "push",
+            "push",
+            "push",
+            "push",
+            "push",
+            "push"
+        ]
+    );
+    let repo_id = &bodies[0].1["repository"]["id"];
+    for (name, b) in &bodies {
+        // hookfleet's facts travel in headers, never in the body.
+        for k in [
+            "push_id",
+            "pushed_at",
+            "push_options",
+            "total_commits_count",
+        ] {
+            assert!(b.get(k).is_none(), "{name} body has {k}: {b}");
+        }
+        let repo = &b["repository"];
+        assert_eq!(&repo["id"], repo_id, "ids are stable");
+        assert_eq!(repo["full_name"], "org/app");
+        assert_eq!(repo["default_branch"], "trunk");
+        assert_eq!(repo["owner"]["login"], "org");
+        assert_eq!(repo["owner"]["type"], "Organization");
+        assert_eq!(b["organization"]["login"], "org");
+        assert_eq!(b["sender"]["login"], "ann");
+    }
+    let find = |name: &str, r: &str| {
+        bodies
+            .iter()
+            .find(|(n, b)| n == name && b["ref"] == r)
+            .map(|(_, b)| b)
+            .unwrap_or_else(|| panic!("no {name} body for {r}: {bodies:?}"))
+    };
+    let created = find("create", "main");
+    assert_eq!(created["ref_type"], "branch");
+    assert_eq!(created["master_branch"], "trunk");
+    assert_eq!(find("create", "v1")["ref_type"], "tag");
+    assert_eq!(find("delete", "v1")["ref_type"], "tag");
+    assert_eq!(find("delete", "feature")["ref_type"], "branch");
+    assert_eq!(find("force_push", "refs/heads/main")["forced"], true);
+    let first = find("push", "refs/heads/main");
+    assert_eq!(first["commits"][0]["message"], "one");
+    assert_eq!(first["pusher"]["name"], "ann");
+    // The first push's options, percent-encoded, on both its deliveries.
+    let with_options = got
+        .iter()
+        .filter(|g| {
+            g.headers
+                .get("x-hookfleet-push-options")
+                .map(String::as_str)
+                == Some("ci.skip,note%3Da%20b")
+        })
+        .count();
+    assert_eq!(with_options, 2);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_add_and_webhook_ping_send_a_valid_ping() {
+    let env = Env::start(|_| {}).await;
+    let rx = Receiver::start(vec![], Reply::Status(200)).await;
+    let run = |args: &[&str]| {
+        let out = hookfleet()
+            .env("HOOKFLEET_DATABASE__URL", &env.db.url)
+            .env("HOOKFLEET_DATABASE__AUTO_MIGRATE", "false")
+            .env("HOOKFLEET_AMQP__PREFIX", &env.cfg.amqp.prefix)
+            .env("HOOKFLEET_LOG__LEVEL", "error")
+            .env("USER", "tester")
+            .arg("webhook")
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "webhook {args:?}: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = run(&[
+        "add",
+        "--repo",
+        "org/app",
+        "--url",
+        &rx.url(),
+        "--secret",
+        "s3cret",
+        "--events",
+        "push,branch",
+    ]);
+    let id: i64 = out.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    rx.wait_for(1).await;
+    run(&["ping", &id.to_string()]);
+    let got = rx.wait_for(2).await;
+
+    let bodies: Vec<serde_json::Value> = got
+        .iter()
+        .map(|g| serde_json::from_slice(&g.body).unwrap())
+        .collect();
+    octokit::assert_valid(&bodies.iter().map(|b| ("ping$event", b)).collect::<Vec<_>>());
+    assert_ne!(
+        got[0].headers["x-hookfleet-delivery"],
+        got[1].headers["x-hookfleet-delivery"]
+    );
+    for (g, b) in got.iter().zip(&bodies) {
+        assert_eq!(g.headers["x-github-event"], "ping");
+        assert_eq!(g.headers["x-hookfleet-event"], "webhook.ping");
+        assert_eq!(
+            g.headers["x-hub-signature-256"],
+            hmac_hex("s3cret", &g.body)
+        );
+        assert_eq!(b["hook_id"], id);
+        assert_eq!(b["hook"]["config"]["url"], rx.url());
+        assert_eq!(b["hook"]["config"]["secret"], "********");
+        assert_eq!(
+            b["hook"]["events"],
+            serde_json::json!(["push", "create", "delete"])
+        );
+        assert_eq!(b["sender"]["login"], "tester");
+        assert!(!String::from_utf8_lossy(&g.body).contains("s3cret"));
+    }
+    // No such subscription: exit 1, nothing sent.
+    let out = hookfleet()
+        .env("HOOKFLEET_DATABASE__URL", &env.db.url)
+        .env("HOOKFLEET_DATABASE__AUTO_MIGRATE", "false")
+        .env("HOOKFLEET_LOG__LEVEL", "error")
+        .args(["webhook", "ping", "999999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    env.stop().await;
+}
+
+#[test]
+fn the_schema_check_refuses_hookfleet_fields_in_a_github_body() {
+    let cfg = Config::load_from(None, Vec::<(String, String)>::new()).unwrap();
+    let site = webhook::github::Site::new(&cfg);
+    let stored = serde_json::json!({
+        "ref": "refs/heads/main", "before": "0".repeat(40), "after": "a".repeat(40),
+        "created": true, "deleted": false, "forced": false, "base_ref": null,
+        "compare": "https://git.example.com/org/app/compare/0...a", "commits": [],
+        "head_commit": null, "pusher": {"name": "ann"}, "sender": {"login": "ann"},
+        "repository": {"name": "app", "full_name": "org/app"},
+        "push_id": Uuid::now_v7(), "pushed_at": chrono::Utc::now(), "push_options": [],
+    });
+    let body = webhook::github::body("git.push", &stored, &site);
+    let mut with_extra = body.clone();
+    with_extra["push_id"] = stored["push_id"].clone();
+    let r = octokit::validate(&[("push$event", &body), ("push$event", &with_extra)]);
+    assert!(r[0].is_none(), "{:?}", r[0]);
+    assert!(
+        r[1].as_ref()
+            .is_some_and(|e| e.to_string().contains("additionalProperties")),
+        "{:?}",
+        r[1]
+    );
 }

@@ -111,21 +111,55 @@ pub struct RefData {
     pub head_commit: Option<CommitInfo>,
 }
 
+/// What one read of a push learns: its refs' facts and the repository's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRead {
+    /// The facts of each update, in order.
+    pub refs: Vec<RefData>,
+    /// Facts of the repository itself.
+    pub repo: RepoFacts,
+}
+
+/// Facts of the repository (not of one ref) that events carry, so a webhook
+/// body can be rendered from the stored event alone, without the repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoFacts {
+    /// The branch `HEAD` names (see `Reader::default_branch`).
+    pub default_branch: Option<String>,
+}
+
+/// Reads every update of a push (in order) and the repository's facts, in
+/// one read. `max_commits` caps each ref's list.
+pub async fn read_push(
+    repo: &GitRepo,
+    updates: &[RefUpdate],
+    max_commits: u32,
+) -> Result<PushRead, GitError> {
+    let updates = updates.to_vec();
+    repo.read(move |r| {
+        let refs = r.refs()?;
+        let refs = updates
+            .iter()
+            .map(|u| read_with(r, u, &refs, max_commits))
+            .collect::<Result<Vec<_>, _>>()?;
+        // A HEAD that cannot be read costs the body its default branch, not
+        // the push its events.
+        let default_branch = r.default_branch().unwrap_or_default();
+        Ok(PushRead {
+            refs,
+            repo: RepoFacts { default_branch },
+        })
+    })
+    .await
+}
+
 /// Reads every update of a push (in order). `max_commits` caps each ref's list.
 pub async fn read_refs(
     repo: &GitRepo,
     updates: &[RefUpdate],
     max_commits: u32,
 ) -> Result<Vec<RefData>, GitError> {
-    let updates = updates.to_vec();
-    repo.read(move |r| {
-        let refs = r.refs()?;
-        updates
-            .iter()
-            .map(|u| read_with(r, u, &refs, max_commits))
-            .collect()
-    })
-    .await
+    Ok(read_push(repo, updates, max_commits).await?.refs)
 }
 
 /// Reads one update.

@@ -517,6 +517,20 @@ impl Reader {
         Ok(id)
     }
 
+    /// The branch `HEAD` names (`main` for `refs/heads/main`), even when it has
+    /// no commit yet: the repository's default branch, as GitHub reports it in
+    /// `default_branch` and `master_branch`. `None` for a detached HEAD or one
+    /// naming something other than a branch.
+    pub fn default_branch(&self) -> Result<Option<String>, GitError> {
+        let name = self.repo.head_name().map_err(failed("HEAD"))?;
+        Ok(name.and_then(|n| {
+            n.as_bstr()
+                .to_str_lossy()
+                .strip_prefix("refs/heads/")
+                .map(str::to_string)
+        }))
+    }
+
     /// Every ref under `refs/` that leads to a commit (through annotated tags),
     /// like `for-each-ref`: `HEAD` is not a ref here, broken refs are skipped.
     pub fn refs(&self) -> Result<Vec<PeeledRef>, GitError> {

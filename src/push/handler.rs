@@ -92,10 +92,10 @@ impl PushHandler {
         let cfg = &self.config.push;
         let repo =
             GitRepo::new(cfg, self.repository_path(push.location())?).cached(self.repos.clone());
-        let data: Vec<RefData> =
-            classify::read_refs(&repo, payload::refs_to_read(&push, cfg), cfg.max_commits)
-                .await
-                .map_err(git_error)?;
+        let read = classify::read_push(&repo, payload::refs_to_read(&push, cfg), cfg.max_commits)
+            .await
+            .map_err(git_error)?;
+        let data: Vec<RefData> = read.refs;
         let work: u64 = data
             .iter()
             .map(|d| {
@@ -109,7 +109,7 @@ impl PushHandler {
                         .sum::<u64>()
             })
             .sum();
-        let events: Vec<Event> = payload::events_for_push(&push, &data, cfg)
+        let events: Vec<Event> = payload::events_for_push(&push, &data, &read.repo, cfg)
             .into_iter()
             .map(|(event_type, body)| {
                 Event::new(

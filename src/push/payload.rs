@@ -12,10 +12,17 @@
 //! `total_commits_count`, plus `push_id`, `pushed_at`, `push_options`), followed
 //! by the ref's lifecycle event, if any, with the same payload. Refs beyond
 //! `max_refs` are summarised in one `git.push.bulk` event.
+//!
+//! These are the bus events, and they keep hookfleet's own facts (push id,
+//! options, totals, truncation flags). `repository` also carries `owner` and
+//! `default_branch` (read from the repository's HEAD) so that a webhook body,
+//! rendered later from the stored event alone (`webhook::github`), can fill
+//! GitHub's fields. What a webhook receiver gets is GitHub's exact shape; that
+//! is `webhook::github`'s business, not this module's.
 
 use serde_json::{Value, json};
 
-use super::classify::{CommitInfo, RefData, RefKind};
+use super::classify::{CommitInfo, RefData, RefKind, RepoFacts};
 use super::job::PushJob;
 use super::update::RefUpdate;
 use crate::config::PushConfig;
@@ -45,6 +52,15 @@ fn repo_names(repository: &str) -> (String, String) {
         .to_string();
     let name = full.rsplit('/').next().unwrap_or(&full).to_string();
     (name, full)
+}
+
+/// The owner of a repository named `full_name`: its first path segment when it
+/// has more than one (`org/app`, `org/team/app` → `org`), else none.
+pub fn owner_of(full_name: &str) -> Option<&str> {
+    full_name
+        .split_once('/')
+        .map(|(owner, _)| owner)
+        .filter(|o| !o.is_empty())
 }
 
 fn base_url(cfg: &PushConfig) -> &str {
@@ -111,7 +127,7 @@ fn size(v: &Value) -> usize {
     serde_json::to_vec(v).map_or(usize::MAX, |b| b.len())
 }
 
-fn common(job: &PushJob, cfg: &PushConfig) -> serde_json::Map<String, Value> {
+fn common(job: &PushJob, facts: &RepoFacts, cfg: &PushConfig) -> serde_json::Map<String, Value> {
     let (name, full) = repo_names(&job.repository);
     let pusher = job.pusher.clone().unwrap_or_default();
     let mut m = serde_json::Map::new();
@@ -122,15 +138,21 @@ fn common(job: &PushJob, cfg: &PushConfig) -> serde_json::Map<String, Value> {
     m.insert("sender".into(), json!({ "login": pusher }));
     m.insert(
         "repository".into(),
-        json!({ "name": name, "full_name": full, "url": format!("{}/{full}", base_url(cfg)) }),
+        json!({
+            "name": name,
+            "full_name": full,
+            "owner": owner_of(&full),
+            "url": format!("{}/{full}", base_url(cfg)),
+            "default_branch": facts.default_branch,
+        }),
     );
     m
 }
 
 /// The `git.push` payload of one ref.
-pub fn push_payload(job: &PushJob, data: &RefData, cfg: &PushConfig) -> Value {
+pub fn push_payload(job: &PushJob, data: &RefData, facts: &RepoFacts, cfg: &PushConfig) -> Value {
     let (_, full) = repo_names(&job.repository);
-    let mut m = common(job, cfg);
+    let mut m = common(job, facts, cfg);
     let u = &data.update;
     m.insert("ref".into(), json!(u.refname));
     m.insert("before".into(), json!(u.before));
@@ -210,8 +232,13 @@ pub fn lifecycle_event(data: &RefData) -> Option<&'static str> {
 }
 
 /// The `git.push.bulk` payload for refs beyond `max_refs`.
-pub fn bulk_payload(job: &PushJob, rest: &[RefUpdate], cfg: &PushConfig) -> Value {
-    let mut m = common(job, cfg);
+pub fn bulk_payload(
+    job: &PushJob,
+    rest: &[RefUpdate],
+    facts: &RepoFacts,
+    cfg: &PushConfig,
+) -> Value {
+    let mut m = common(job, facts, cfg);
     let max = usize::try_from(cfg.max_bulk_refs).unwrap_or(usize::MAX);
     // The refs beyond this event's list: those past the cap and those the job
     // itself left out (hook or worker caps on refs per job).
@@ -250,16 +277,18 @@ pub fn bulk_payload(job: &PushJob, rest: &[RefUpdate], cfg: &PushConfig) -> Valu
 /// Every event a push causes, in order: for each of the first `cfg.max_refs`
 /// refs, `git.push` then its lifecycle event; then one `git.push.bulk` for the
 /// rest. `per_ref` is the git data of `job.updates[..max_refs]` in the same
-/// order (read only those: see `classify::read_refs`); extra entries are ignored.
+/// order (read only those: see `classify::read_push`); extra entries are
+/// ignored. `facts` are the repository's, from the same read.
 pub fn events_for_push(
     job: &PushJob,
     per_ref: &[RefData],
+    facts: &RepoFacts,
     cfg: &PushConfig,
 ) -> Vec<(String, Value)> {
     let max = usize::try_from(cfg.max_refs).unwrap_or(usize::MAX);
     let mut events = Vec::new();
     for data in per_ref.iter().take(max) {
-        let payload = push_payload(job, data, cfg);
+        let payload = push_payload(job, data, facts, cfg);
         if let Some(ev) = lifecycle_event(data) {
             events.push((EV_PUSH.to_string(), payload.clone()));
             events.push((ev.to_string(), payload));
@@ -269,7 +298,10 @@ pub fn events_for_push(
     }
     if job.updates.len() > max || job.refs_omitted > 0 {
         let rest = &job.updates[job.updates.len().min(max)..];
-        events.push((EV_PUSH_BULK.to_string(), bulk_payload(job, rest, cfg)));
+        events.push((
+            EV_PUSH_BULK.to_string(),
+            bulk_payload(job, rest, facts, cfg),
+        ));
     }
     events
 }

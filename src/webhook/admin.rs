@@ -1,13 +1,15 @@
 //! What `hookfleet webhook add|list|remove|enable|disable|deliveries|redeliver|
-//! rotate-secret` does, as library calls (the CLI only parses and prints).
+//! rotate-secret|ping` does, as library calls (the CLI only parses and prints).
 //!
 //! Owns input validation for subscriptions (URL through [`ssrf::check_url`], event
 //! categories, repository pattern, content type, style and the secret's form)
 //! with errors the CLI maps to exit 2, the warnings of [`add_checked`] for a URL
-//! the SSRF guard would refuse (the subscription is still added), secret
-//! generation and rotation (secrets are sealed with `webhook.secret_key` before
-//! they are stored), redelivery (a new job through the outbox with the same
-//! delivery id), and re-encrypting stored secrets ([`reseal_secrets`], run by
+//! the SSRF guard would refuse or a pattern no pushed repository matches (the
+//! subscription is still added), secret generation and rotation (secrets are
+//! sealed with `webhook.secret_key` before they are stored), redelivery (a new
+//! job through the outbox with the same delivery id), pings (a new
+//! `webhook.ping` delivery and its job, as GitHub sends when a hook is added or
+//! on request), and re-encrypting stored secrets ([`reseal_secrets`], run by
 //! `hookfleet migrate`). It never prints; it returns a secret only when it
 //! generated it, for the CLI to show once.
 
@@ -17,6 +19,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::github::{self, PingFacts};
 use super::handler::WebhookJob;
 use super::secrets::{self, Keyring};
 use super::ssrf;
@@ -372,4 +375,53 @@ pub async fn redeliver(
     outbox::enqueue(&mut tx, &ev).await?;
     tx.commit().await?;
     Ok(ev.envelope.message_id)
+}
+
+/// Enqueues a `ping` delivery to subscription `id` (a delivery row and its
+/// `webhook` job, in one transaction, so the ping is sent if and only if it
+/// was recorded); returns the delivery id. `sender` is who asked, if known.
+/// The row stores the subscription as it is now, so a redelivery of the ping
+/// sends the same body. Sent to a disabled subscription too: it then fails
+/// as "subscription disabled", as every delivery to it does.
+pub async fn ping(
+    pool: &PgPool,
+    names: &Names,
+    id: i64,
+    sender: Option<String>,
+) -> Result<Uuid, AdminError> {
+    let Some((sub, created_at, updated_at)) = storage::load_subscription_times(pool, id).await?
+    else {
+        return Err(AdminError::NotFound(format!("no subscription {id}")));
+    };
+    let facts = PingFacts {
+        id: sub.id,
+        repository_pattern: sub.repository_pattern,
+        url: sub.url,
+        events: sub.events,
+        content_type: sub.content_type,
+        active: sub.active,
+        has_secret: sub.secret.is_some_and(|s| !s.is_empty()),
+        created_at,
+        updated_at,
+        sender,
+    };
+    let row = storage::NewDelivery {
+        delivery_id: Uuid::now_v7(),
+        subscription_id: id,
+        event_type: github::EV_PING.to_string(),
+        correlation_id: None,
+        payload: github::ping_payload(&facts),
+    };
+    let job = WebhookJob {
+        delivery_id: row.delivery_id,
+        subscription_id: id,
+        event_type: row.event_type.clone(),
+        redelivery: false,
+    };
+    let ev = super::job_event(names, &job, None);
+    let mut tx = pool.begin().await?;
+    storage::insert_deliveries(&mut tx, std::slice::from_ref(&row)).await?;
+    outbox::enqueue(&mut tx, &ev).await?;
+    tx.commit().await?;
+    Ok(row.delivery_id)
 }

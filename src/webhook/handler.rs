@@ -34,10 +34,11 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::deliver::{Client, DeliverError, Response};
+use super::github::{self, Site};
 use super::secrets::{self, Keyring};
 use super::ssrf;
 use super::storage::{self, DeliveryRow, NewAttempt};
-use super::subscription::{self, Subscription};
+use super::subscription::Subscription;
 use crate::amqp::topology::Names;
 use crate::config::Config;
 use crate::job::{Done, Handler, Job, JobError};
@@ -72,6 +73,7 @@ pub struct WebhookHandler {
     client: Client,
     names: Names,
     keys: Keyring,
+    site: Site,
 }
 
 /// What one attempt came to.
@@ -97,12 +99,14 @@ impl WebhookHandler {
             tracing::error!(key = %key, "{message}; encrypted webhook secrets cannot be read");
             Keyring::default()
         });
+        let site = Site::new(&config);
         Self {
             config,
             pool,
             client,
             names,
             keys,
+            site,
         }
     }
 
@@ -300,7 +304,8 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// The GitHub-style request headers of a delivery, signed with `secret` (the
-/// secret only as the signature).
+/// secret only as the signature), with hookfleet's facts that GitHub's bodies
+/// have no field for ([`github::hookfleet_headers`]).
 pub fn request_headers(
     delivery: &DeliveryRow,
     sub: &Subscription,
@@ -319,11 +324,12 @@ pub fn request_headers(
         ("X-Hookfleet-Subscription".to_string(), sub.id.to_string()),
         (
             "X-GitHub-Event".to_string(),
-            subscription::github_event(&delivery.event_type).to_string(),
+            github::event_name(&delivery.event_type).to_string(),
         ),
         ("X-GitHub-Delivery".to_string(), id),
         ("X-GitHub-Hook-ID".to_string(), sub.id.to_string()),
     ];
+    h.extend(github::hookfleet_headers(&delivery.payload));
     if let Some(secret) = secret.filter(|s| !s.is_empty()) {
         h.push(("X-Hub-Signature-256".to_string(), signature(secret, body)));
     }
@@ -386,7 +392,7 @@ impl Handler for WebhookHandler {
                     .await;
             }
         };
-        let request = super::render::request(&delivery, &sub, &signing, now);
+        let request = super::render::request(&delivery, &sub, &self.site, &signing, now);
         let (body, headers) = (Bytes::from(request.body), request.headers);
         let started = Instant::now();
         let result = self.client.post(&url, &headers, body).await;

@@ -7,10 +7,13 @@
 //!    `webhook_deliveries` row (payload stored once, delivery id = UUID v7) and a
 //!    `webhook` job in the outbox (jobs exchange, routing key `webhook`), so
 //!    deliveries exist if and only if the push committed.
-//! 2. The [`handler`] POSTs each job's delivery through the SSRF guard
+//! 2. The [`handler`] POSTs each job's delivery, its body GitHub's exact one
+//!    ([`render`], [`github`]), through the SSRF guard
 //!    ([`ssrf`], [`deliver`]) and records every attempt in `webhook_attempts`.
 //! 3. `hookfleet webhook ...` ([`admin`]) manages subscriptions, lists attempts,
-//!    redelivers (a new job, same delivery id and body) and rotates secrets.
+//!    redelivers (a new job, same delivery id and body), pings (a new
+//!    `webhook.ping` delivery, also made when a subscription is added) and
+//!    rotates secrets.
 //!
 //! Each subscription has a style ([`subscription::Style`]): GitHub's
 //! (`X-Hub-Signature-256`) or Standard Webhooks' (`webhook-id`,
@@ -24,6 +27,7 @@
 
 pub mod admin;
 pub mod deliver;
+pub mod github;
 pub mod handler;
 pub mod render;
 pub mod secrets;

@@ -15,14 +15,17 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::github::{self, Site};
 use super::secrets;
 use super::storage::DeliveryRow;
 use super::subscription::{Style, Subscription};
 
-/// The JSON body of `delivery`: today the stored event payload as written.
-pub fn body(delivery: &DeliveryRow) -> Vec<u8> {
+/// The JSON body of `delivery`: GitHub's exact body for its event, rendered
+/// from the stored event payload and the host's URLs (see [`github`]).
+pub fn body(delivery: &DeliveryRow, site: &Site) -> Vec<u8> {
+    let body = github::body(&delivery.event_type, &delivery.payload, site);
     // Serialising a JSON value to bytes cannot fail.
-    serde_json::to_vec(&delivery.payload).unwrap_or_default()
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 /// One HTTP request of a delivery.
@@ -41,10 +44,11 @@ pub struct Request {
 pub fn request(
     delivery: &DeliveryRow,
     sub: &Subscription,
+    site: &Site,
     secrets: &[String],
     now: DateTime<Utc>,
 ) -> Request {
-    let data = body(delivery);
+    let data = body(delivery, site);
     match sub.style {
         Style::Github => {
             // GitHub has one signature header: the current secret signs alone.
@@ -93,6 +97,7 @@ fn standard(
         ("webhook-id".to_string(), id.clone()),
         ("webhook-timestamp".to_string(), timestamp.clone()),
     ];
+    headers.extend(github::hookfleet_headers(&delivery.payload));
     if !secrets.is_empty() {
         let sigs: Vec<String> = secrets
             .iter()
@@ -172,11 +177,13 @@ mod tests {
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
             "whsec_AAAA".to_string(),
         ];
-        let r = request(&d, &sub(Style::Standard), &secrets, now);
+        let site = Site::new(&crate::config::Config::load_from(None, Vec::new()).unwrap());
+        let r = request(&d, &sub(Style::Standard), &site, &secrets, now);
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["type"], "git.push");
         assert_eq!(v["timestamp"], "2023-11-14T22:13:20.000Z");
-        assert_eq!(v["data"], d.payload);
+        let github: serde_json::Value = serde_json::from_slice(&body(&d, &site)).unwrap();
+        assert_eq!(v["data"], github, "data is the github-style body");
         let h = |k: &str| {
             r.headers
                 .iter()
@@ -190,8 +197,8 @@ mod tests {
         assert!(sig.split(' ').all(|s| s.starts_with("v1,")));
         assert_eq!(h("X-Hub-Signature-256"), None);
 
-        let g = request(&d, &sub(Style::Github), &secrets, now);
-        assert_eq!(g.body, body(&d));
+        let g = request(&d, &sub(Style::Github), &site, &secrets, now);
+        assert_eq!(g.body, body(&d, &site));
         let gh = g.headers.iter().find(|(n, _)| n == "X-Hub-Signature-256");
         assert_eq!(
             gh.map(|(_, v)| v.clone()),

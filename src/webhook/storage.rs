@@ -291,6 +291,22 @@ pub async fn load_subscription(
     .await
 }
 
+/// A subscription with when it was created and last changed (for a ping).
+pub async fn load_subscription_times(
+    pool: &PgPool,
+    id: i64,
+) -> Result<Option<(Subscription, DateTime<Utc>, DateTime<Utc>)>, sqlx::Error> {
+    let Some(sub) = load_subscription(pool, id).await? else {
+        return Ok(None);
+    };
+    let times: Option<(DateTime<Utc>, DateTime<Utc>)> =
+        sqlx::query_as("SELECT created_at, updated_at FROM webhook_subscriptions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(times.map(|(c, u)| (sub, c, u)))
+}
+
 /// Whether a successful attempt exists for the delivery (any message, or only
 /// this `message_id` when given: a manual redelivery dedupes on its own job).
 pub async fn succeeded(

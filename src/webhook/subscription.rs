@@ -4,8 +4,8 @@
 //! Owns which events a subscription wants (`push`, `branch`, `tag`, `*`), how a
 //! repository pattern matches (`*` within one path segment, `**` across
 //! segments, `*` or `**` alone every repository; a trailing `.git` on the
-//! repository is ignored), the mapping to GitHub's `X-GitHub-Event` names, and
-//! the signing [`Style`]. Pure: no I/O.
+//! repository is ignored) and the signing [`Style`]. GitHub's event names are
+//! `github`'s. Pure: no I/O.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -69,19 +69,6 @@ pub fn category(event_type: &str) -> Option<&'static str> {
         Some("tag")
     } else {
         None
-    }
-}
-
-/// `X-GitHub-Event` for a hookfleet event type: `git.push` → `push`, created →
-/// `create`, deleted → `delete`; other types (bulk, force-push) keep a name of
-/// their own (`push` for bulk, `force_push`), which GitHub receivers ignore.
-pub fn github_event(event_type: &str) -> &str {
-    match event_type {
-        "git.push" | "git.push.bulk" => "push",
-        t if t.ends_with(".created") => "create",
-        t if t.ends_with(".deleted") => "delete",
-        "git.branch.force_pushed" => "force_push",
-        t => t,
     }
 }
 
@@ -222,9 +209,6 @@ mod tests {
     fn events() {
         assert_eq!(parse_events("push, tag,push").unwrap(), vec!["push", "tag"]);
         assert!(parse_events("pull").is_err());
-        assert_eq!(github_event("git.push"), "push");
-        assert_eq!(github_event("git.branch.created"), "create");
-        assert_eq!(github_event("git.tag.deleted"), "delete");
         assert_eq!(category("git.tag.created"), Some("tag"));
         assert_eq!(category("webhook.disabled"), None);
     }
