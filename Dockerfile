@@ -41,5 +41,15 @@ USER 10001:10001
 ENV HOME=/tmp
 # Admin HTTP (/metrics, /healthz, /readyz, /info, /jobs) when admin.listen is 0.0.0.0:9090.
 EXPOSE 9090
+# No HEALTHCHECK, on purpose:
+#  - Kubernetes ignores it (and OCI-format images drop it); the Helm chart's livenessProbe
+#    (GET /healthz) and readinessProbe (GET /readyz) on the admin port do that job, and
+#    readiness is the signal that matters (consuming, database answering, not draining).
+#  - One image runs every role: `migrate`, `hook post-receive`, `dlq`, `config check` serve
+#    no admin HTTP, so an image-wide check would call them unhealthy.
+#  - The admin address is configuration (admin.listen, loopback by default outside the
+#    chart), so no fixed URL is right, and the image carries no curl or wget to call it.
+# Under plain Docker or Compose, declare the check where the role and address are known;
+# README.md ("Deploying") shows one that needs only the image's bash.
 ENTRYPOINT ["/usr/local/bin/hookfleet"]
 CMD ["worker"]

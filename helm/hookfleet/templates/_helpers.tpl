@@ -31,9 +31,35 @@ app.kubernetes.io/name: {{ include "hookfleet.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{/* The image reference. */}}
+{{/* The image reference: `repository@digest` when image.digest is set (the tag is then ignored), else `repository:tag`. */}}
 {{- define "hookfleet.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+topologySpreadConstraints of one component's pods: each constraint without a labelSelector
+gets one selecting the release's pods of that component, so values need no release names.
+Call with (dict "ctx" $ "component" "worker" "constraints" .Values.worker.topologySpreadConstraints).
+*/}}
+{{- define "hookfleet.topologySpreadConstraints" -}}
+{{- $out := list }}
+{{- range .constraints }}
+{{- $c := deepCopy . }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $labels := include "hookfleet.selectorLabels" $.ctx | fromYaml }}
+{{- $_ := set $labels "app.kubernetes.io/component" $.component }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $labels) }}
+{{- end }}
+{{- $out = append $out $c }}
+{{- end }}
+{{- with $out }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{/* ServiceAccount used by the pods. */}}
