@@ -38,6 +38,8 @@ FAKE_SECRET_VALUES = {
     "database-url": "postgres://hookfleet:s3cret@postgres:5432/hookfleet",
     "amqp-urls": "amqp://hookfleet:s3cret@rabbit-0:5672/%2f,amqp://hookfleet:s3cret@rabbit-1:5672/%2f,"
                  "amqp://hookfleet:s3cret@rabbit-2:5672/%2f",
+    # base64 of 32 bytes, as `openssl rand -base64 32` makes.
+    "webhook-secret-key": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
 }
 CONFIG_PATH = "/etc/hookfleet/config.toml"
 
@@ -354,6 +356,8 @@ def check_case(args, case: str, sets: list[str], expect) -> None:
                     fail(case, f"{who}: {var} missing")
             if "HOOKFLEET_AMQP__URL" in env and "HOOKFLEET_AMQP__URLS" in env:
                 fail(case, f"{who}: both HOOKFLEET_AMQP__URL and HOOKFLEET_AMQP__URLS are set")
+            if case == "secret-key" and "HOOKFLEET_WEBHOOK__SECRET_KEY" not in env:
+                fail(case, f"{who}: HOOKFLEET_WEBHOOK__SECRET_KEY missing")
             cm_name = volumes.get(mounts.get("/etc/hookfleet", ""), {}).get("configMap", {}).get("name")
             if cm_name not in configs:
                 fail(case, f"{who}: /etc/hookfleet is not a rendered ConfigMap ({cm_name})")
@@ -519,6 +523,8 @@ CASES = {
                    expect_private_ca),
     "cluster": (["--set", "existingSecret.amqpUrlsKey=amqp-urls", "--set", "relay.separate=true"],
                 expect_relay),
+    "secret-key": (["--set", "existingSecret.webhookSecretKeyKey=webhook-secret-key"],
+                   expect_default),
     "combo": ([
         "--set", "relay.separate=true", "--set", "autoscaling.mode=hpa",
         "--set", "monitoring.serviceMonitor.enabled=true", "--set", "migrations.enabled=false",

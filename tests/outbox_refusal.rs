@@ -164,6 +164,10 @@ async fn a_row_over_the_brokers_size_limit_is_parked_and_the_rows_behind_it_flow
     let status = outbox::status::fetch(&db.pool).await.unwrap();
     assert_eq!(status.parked, 1);
     assert_eq!(status.pending, 1);
+    assert_eq!(
+        status.oldest_pending_age_seconds, 0.0,
+        "a parked row waits for an operator: it does not age the relay's backlog"
+    );
     assert!(status.render().contains("PARKED"), "{}", status.render());
 
     // Events written after the refusal still flow.

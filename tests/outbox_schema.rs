@@ -130,7 +130,7 @@ async fn upgrading_queues_pending_rows_keeps_history_and_idles_previous_relays()
     assert_eq!(ours, vec![(3, 0), (4, 0), (late, 0)]);
     tx.rollback().await.unwrap();
 
-    let (count, _) = storage::pending_stats(pool).await.unwrap();
+    let (count, _, _) = storage::pending_stats(pool).await.unwrap();
     assert_eq!(count, 4);
     assert_eq!(storage::failing_count(pool).await.unwrap(), 1);
     assert_eq!(

@@ -471,7 +471,7 @@ struct Relay {
     returns: ReturnLedger,
 }
 
-/// Samples pending statistics (`outbox_pending`, oldest age) at most every
+/// Samples pending statistics (`outbox_pending`, oldest age, parked) at most every
 /// [`STATS_INTERVAL`].
 #[derive(Default)]
 struct PendingStats {
@@ -485,9 +485,10 @@ impl PendingStats {
         }
         self.last = Some(Instant::now());
         match storage::pending_stats(pool).await {
-            Ok((count, age)) => {
+            Ok((count, age, parked)) => {
                 metrics().outbox_pending.set(count);
                 metrics().outbox_oldest_pending_age_seconds.set(age);
+                metrics().outbox_parked.set(parked);
             }
             Err(e) => tracing::debug!(error = %e, "relay: sampling pending stats failed"),
         }

@@ -35,12 +35,12 @@ pub struct Status {
 
 /// Reads the snapshot.
 pub async fn fetch(pool: &PgPool) -> Result<Status, sqlx::Error> {
-    let (pending, age) = storage::pending_stats(pool).await?;
+    let (pending, age, parked) = storage::pending_stats(pool).await?;
     Ok(Status {
         pending,
         oldest_pending_age_seconds: age,
         failing: storage::failing_count(pool).await?,
-        parked: storage::parked_count(pool).await?,
+        parked,
         failing_rows: storage::failing_rows(pool, FAILING_SHOWN).await?,
         published_last_minute: storage::published_within(pool, Duration::from_secs(60)).await?,
     })

@@ -346,24 +346,19 @@ pub async fn unpark(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
     Ok(n)
 }
 
-/// Number of parked rows.
-pub async fn parked_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM outbox_pending WHERE parked_at IS NOT NULL")
-        .fetch_one(pool)
-        .await
-}
-
-/// Pending count and age of the oldest pending row (the lowest pending id), in
-/// seconds.
-pub async fn pending_stats(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
-    let (count, age): (i64, Option<f64>) = sqlx::query_as(
+/// Pending rows, the age in seconds of the oldest one the relay still tries
+/// (parked rows wait for an operator, so they would only make the age grow
+/// forever), and the parked rows.
+pub async fn pending_stats(pool: &PgPool) -> Result<(i64, f64, i64), sqlx::Error> {
+    let (count, age, parked): (i64, Option<f64>, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM outbox_pending), \
                 (SELECT EXTRACT(EPOCH FROM now() - created_at)::float8 FROM outbox \
-                 WHERE id = (SELECT min(id) FROM outbox_pending))",
+                 WHERE id = (SELECT min(id) FROM outbox_pending WHERE parked_at IS NULL)), \
+                (SELECT count(*) FROM outbox_pending WHERE parked_at IS NOT NULL)",
     )
     .fetch_one(pool)
     .await?;
-    Ok((count, age.unwrap_or(0.0).max(0.0)))
+    Ok((count, age.unwrap_or(0.0).max(0.0), parked))
 }
 
 /// An unpublished row whose last publish failed.

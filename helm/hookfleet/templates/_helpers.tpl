@@ -155,6 +155,13 @@ everything else `key = <JSON>` (JSON strings, numbers, booleans and arrays are v
     secretKeyRef:
       name: {{ include "hookfleet.secretName" . }}
       key: {{ .Values.existingSecret.databaseUrlKey }}
+{{- if .Values.existingSecret.webhookSecretKeyKey }}
+- name: HOOKFLEET_WEBHOOK__SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "hookfleet.secretName" . }}
+      key: {{ .Values.existingSecret.webhookSecretKeyKey }}
+{{- end }}
 - name: HOME
   value: /tmp
 {{- end }}
