@@ -19,7 +19,7 @@ use hookfleet::config::Config;
 use hookfleet::push::job::{PUSH_KIND, PushJob};
 use hookfleet::push::update::RefUpdate;
 
-use crate::common::procs::{WorkerProc, free_port};
+use crate::common::procs::{WorkerProc, free_port, worker_env_at};
 use crate::common::repo::git_command;
 use crate::support::{declare_topology, delete_topology};
 
@@ -216,27 +216,7 @@ pub async fn giant(exe: &Path, cfg: &Config, root: &Path) -> anyhow::Result<Gian
     cfg.amqp.prefix = format!("{}giant", cfg.amqp.prefix);
     cfg.worker.kinds = vec![PUSH_KIND.into()];
     let repo = create(&root.join("giant"))?;
-    let env = vec![
-        (
-            "HOOKFLEET_AMQP__PREFIX".to_string(),
-            cfg.amqp.prefix.clone(),
-        ),
-        (
-            "HOOKFLEET_DATABASE__URL".into(),
-            cfg.database.url.expose().to_string(),
-        ),
-        ("HOOKFLEET_DATABASE__AUTO_MIGRATE".into(), "false".into()),
-        ("HOOKFLEET_WORKER__KINDS".into(), "[\"push\"]".into()),
-        (
-            "HOOKFLEET_HOOK__REPOSITORIES_ROOT".into(),
-            repo.root.display().to_string(),
-        ),
-        (
-            "HOOKFLEET_SPOOL__DIR".into(),
-            repo.root.join("spool").display().to_string(),
-        ),
-        ("HOOKFLEET_LOG__LEVEL".into(), "warn".into()),
-    ];
+    let env = worker_env_at(&cfg, &repo.root);
     declare_topology(&cfg).await?;
     let pool = hookfleet::db::connect(&cfg.database).await?;
     let log = repo.root.join("giant-worker.log");

@@ -75,8 +75,7 @@ pub async fn list(config: &Config, kind: &str, limit: usize) -> Result<Vec<DeadL
         }
     }
     // Closing without acking returns every message to the queue.
-    let _ = ch.close(200, "listed".into()).await;
-    let _ = conn.close(200, "bye".into()).await;
+    amqp::close(&[&ch], &conn, Duration::from_secs(5)).await;
     Ok(out)
 }
 
@@ -141,9 +140,6 @@ pub async fn requeue(
         moved += 1;
     }
     // Messages skipped by the filter go back when the channel closes.
-    let _ = tokio::time::timeout(Duration::from_secs(5), get.close(200, "done".into())).await;
-    // Every channel before the connection (lapin reports one left open).
-    let _ = tokio::time::timeout(Duration::from_secs(5), publisher.close(200, "done".into())).await;
-    let _ = conn.close(200, "bye".into()).await;
+    amqp::close(&[&get, &publisher], &conn, Duration::from_secs(5)).await;
     Ok(moved)
 }

@@ -5,27 +5,14 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::gitrepo::clean_env;
 use common::{AMQP_URL, Broker, EventSink, TestDb, test_config, unique_prefix};
 use hookfleet::amqp::topology::Names;
 
-/// `hookfleet <args>` with `env`; returns (exit code, stdout, stderr).
+/// `hookfleet <args>` with `env` and JSON logs; returns (exit code, stdout, stderr).
 fn run(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hookfleet"));
-    clean_env(&mut c);
-    let out = c
-        .env("HOOKFLEET_LOG__FORMAT", "json")
-        .envs(env.iter().copied())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec![("HOOKFLEET_LOG__FORMAT", "json")];
+    all.extend_from_slice(env);
+    common::cli::run(&all, args)
 }
 
 /// stderr lines that are log lines at ERROR (JSON) or mention lapin.

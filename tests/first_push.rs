@@ -10,52 +10,24 @@ mod octokit;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::HeaderMap;
 use common::gitrepo::{clean_env, git};
+use common::receiver::{Got, Receiver, Reply};
 use common::{Broker, RunningWorker, TestDb, eventually, test_config, unique_prefix};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
-
-/// An HTTP receiver that answers 200 and keeps what it got.
-async fn receiver() -> (String, Seen) {
-    let seen: Seen = Arc::default();
-    let app = axum::Router::new()
-        .fallback(|State(s): State<Seen>, h: HeaderMap, b: Bytes| async move {
-            s.lock().unwrap().push((h, b));
-            "ok"
-        })
-        .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, seen)
-}
-
 /// `hookfleet <args>` against `db`; returns (exit code, stdout, stderr).
 fn hookfleet(db: &TestDb, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hookfleet"));
-    clean_env(&mut c);
-    let out = c
-        .env("HOOKFLEET_DATABASE__URL", &db.url)
-        .env("HOOKFLEET_DATABASE__AUTO_MIGRATE", "false")
-        .env("HOOKFLEET_LOG__LEVEL", "error")
-        .env("HOOKFLEET_WEBHOOK__ALLOWED_HOSTS", r#"["127.0.0.1"]"#)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    common::cli::run(
+        &[
+            ("HOOKFLEET_DATABASE__URL", &db.url),
+            ("HOOKFLEET_DATABASE__AUTO_MIGRATE", "false"),
+            ("HOOKFLEET_LOG__LEVEL", "error"),
+            ("HOOKFLEET_WEBHOOK__ALLOWED_HOSTS", r#"["127.0.0.1"]"#),
+        ],
+        args,
     )
 }
 
@@ -97,7 +69,8 @@ async fn a_first_push_without_a_root_reaches_a_star_subscription_as_owner_slash_
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("(repository name: acme/app)"), "{out}");
 
-    let (url, seen) = receiver().await;
+    let rx = Receiver::start(vec![], Reply::Status(200)).await;
+    let url = rx.url();
     let (code, out, err) = hookfleet(
         &db,
         &[
@@ -113,26 +86,24 @@ async fn a_first_push_without_a_root_reaches_a_star_subscription_as_owner_slash_
 
     push_once(dir.path(), &bare, &cfg);
     // The ping sent on `webhook add`, then the push's `push` and `create`.
-    let event = |h: &HeaderMap| h["x-github-event"].to_str().unwrap().to_string();
+    let event = |g: &Got| g.headers["x-github-event"].clone();
     let got = eventually(WAIT, "push and create deliveries", || {
-        let got: Vec<(HeaderMap, Bytes)> = seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(h, _)| event(h) != "ping")
-            .cloned()
+        let got: Vec<Got> = rx
+            .got()
+            .into_iter()
+            .filter(|g| event(g) != "ping")
             .collect();
         async move { (got.len() >= 2).then_some(got) }
     })
     .await;
-    let mut events: Vec<String> = got.iter().map(|(h, _)| event(h)).collect();
+    let mut events: Vec<String> = got.iter().map(event).collect();
     events.sort();
     assert_eq!(events, ["create", "push"]);
     let bodies: Vec<(String, serde_json::Value)> = got
         .iter()
-        .map(|(h, b)| {
-            let def = format!("{}$event", event(h));
-            (def, serde_json::from_slice(b).unwrap())
+        .map(|g| {
+            let def = format!("{}$event", event(g));
+            (def, serde_json::from_slice(&g.body).unwrap())
         })
         .collect();
     // GitHub-exact: each body satisfies octokit's schema of its event.
@@ -142,8 +113,8 @@ async fn a_first_push_without_a_root_reaches_a_star_subscription_as_owner_slash_
             .map(|(d, v)| (d.as_str(), v))
             .collect::<Vec<_>>(),
     );
-    for (headers, body) in &got {
-        let sig = headers["x-hub-signature-256"].to_str().unwrap();
+    for Got { headers, body, .. } in &got {
+        let sig = &headers["x-hub-signature-256"];
         assert!(sig.starts_with("sha256="), "signed: {headers:?}");
         let v: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(v["repository"]["full_name"], "acme/app", "{headers:?}");

@@ -4,15 +4,14 @@
 mod common;
 mod octokit;
 
-use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use common::cli::command as hookfleet;
+use common::gitrepo::{clean_env, git};
+use common::receiver::{Receiver, Reply};
 use common::{Broker, RunningWorker, TestDb, eventually, test_config, unique_prefix};
 use hmac::{Hmac, Mac};
 use hookfleet::amqp::topology::Names;
@@ -26,103 +25,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-// ---------- the receiver ----------
-
-#[derive(Clone, Copy, Debug)]
-enum Reply {
-    Status(u16),
-    StatusRetryAfter(u16, u64),
-    Hang,
-}
-
-#[derive(Clone, Debug)]
-struct Got {
-    headers: HashMap<String, String>,
-    body: Bytes,
-    at: Instant,
-}
-
-struct RecvState {
-    got: Vec<Got>,
-    script: VecDeque<Reply>,
-    default: Reply,
-}
-
-#[derive(Clone)]
-struct Receiver {
-    state: Arc<Mutex<RecvState>>,
-    port: u16,
-}
-
-impl Receiver {
-    async fn start(script: Vec<Reply>, default: Reply) -> Receiver {
-        let state = Arc::new(Mutex::new(RecvState {
-            got: Vec::new(),
-            script: script.into(),
-            default,
-        }));
-        let app = axum::Router::new()
-            .fallback(receive)
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Receiver { state, port }
-    }
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-    fn got(&self) -> Vec<Got> {
-        self.state.lock().unwrap().got.clone()
-    }
-    fn set_default(&self, r: Reply) {
-        self.state.lock().unwrap().default = r;
-    }
-    async fn wait_for(&self, n: usize) -> Vec<Got> {
-        eventually(WAIT, &format!("{n} requests at the receiver"), || {
-            let got = self.got();
-            async move { (got.len() >= n).then_some(got) }
-        })
-        .await
-    }
-}
-
-async fn receive(
-    State(state): State<Arc<Mutex<RecvState>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> axum::response::Response {
-    let reply = {
-        let mut s = state.lock().unwrap();
-        s.got.push(Got {
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap().to_string()))
-                .collect(),
-            body,
-            at: Instant::now(),
-        });
-        let d = s.default;
-        s.script.pop_front().unwrap_or(d)
-    };
-    let builder = axum::response::Response::builder();
-    let builder = match reply {
-        Reply::Status(s) => builder.status(s),
-        Reply::StatusRetryAfter(s, secs) => {
-            builder.status(s).header("retry-after", secs.to_string())
-        }
-        Reply::Hang => {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            builder.status(200)
-        }
-    };
-    builder
-        .body(axum::body::Body::from("receiver says hi"))
-        .unwrap()
-}
 
 // ---------- the system under test ----------
 
@@ -269,39 +171,34 @@ fn hmac_hex(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-// ---------- git helpers (as in tests/hook.rs) ----------
+// ---------- git helpers ----------
 
-fn clean_env(c: &mut Command) {
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HOOKFLEET_") || k.starts_with("GIT_") {
-            c.env_remove(k);
-        }
+/// `root/org/app.git` (bare; `configure` run in it first, each a git command
+/// line), the hook installed, and `root/work`, a clone with one commit.
+fn org_app_with_hook(root: &Path, configure: &[&[&str]]) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(root.join("org")).unwrap();
+    git(&root.join("org"), &["init", "-q", "--bare", "app.git"]);
+    let bare = root.join("org/app.git");
+    for args in configure {
+        git(&bare, args);
     }
-}
-
-fn hookfleet() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hookfleet"));
-    clean_env(&mut c);
-    c
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let mut c = Command::new("git");
-    clean_env(&mut c);
-    let out = c
-        .current_dir(dir)
-        .args(["-c", "user.name=Ann", "-c", "user.email=ann@example.com"])
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
+    let out = hookfleet()
+        .args(["hook", "install"])
+        .arg(&bare)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "git {args:?}: {}",
+        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let work = root.join("work");
+    git(root, &["init", "-q", "work"]);
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    std::fs::write(work.join("a.txt"), "a").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    (bare, work)
 }
 
 // ---------- tests ----------
@@ -322,47 +219,8 @@ async fn real_push_delivers_once_per_matching_subscription_signed() {
     admin::set_active(&env.db.pool, off, false).await.unwrap();
 
     // A bare repository org/app.git with the hook installed, and a clone.
-    std::fs::create_dir_all(root.path().join("org")).unwrap();
-    git(
-        &root.path().join("org"),
-        &["init", "-q", "--bare", "app.git"],
-    );
-    let bare = root.path().join("org/app.git");
-    let out = hookfleet()
-        .args(["hook", "install"])
-        .arg(&bare)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let work = root.path().join("work");
-    git(root.path(), &["init", "-q", "work"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-    std::fs::write(work.join("a.txt"), "a").unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "one"]);
-    let mut c = Command::new("git");
-    clean_env(&mut c);
-    let out = c
-        .current_dir(&work)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOOKFLEET_AMQP__URL", common::AMQP_URL)
-        .env("HOOKFLEET_AMQP__PREFIX", &env.cfg.amqp.prefix)
-        .env("HOOKFLEET_SPOOL__DIR", &env.cfg.spool.dir)
-        .env("HOOKFLEET_HOOK__REPOSITORIES_ROOT", root.path())
-        .env("HOOKFLEET_PUSHER", "ann")
-        .args(["push", "-q", "origin", "main"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_bare, work) = org_app_with_hook(root.path(), &[]);
+    push_as_ann(&env, root.path(), &work, &["origin", "main"]);
 
     // a: git.push; b: git.push + git.branch.created. Nothing for other/disabled.
     let got = rx.wait_for(3).await;
@@ -784,8 +642,6 @@ fn push_as_ann(env: &Env, root: &Path, work: &Path, args: &[&str]) {
     clean_env(&mut c);
     let out = c
         .current_dir(work)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("HOOKFLEET_AMQP__URL", common::AMQP_URL)
         .env("HOOKFLEET_AMQP__PREFIX", &env.cfg.amqp.prefix)
         .env("HOOKFLEET_SPOOL__DIR", &env.cfg.spool.dir)
@@ -812,30 +668,13 @@ async fn real_pushes_deliver_github_exact_bodies_that_match_octokit_schemas() {
 
     // org/app.git, whose HEAD names `trunk`: the default branch comes from
     // HEAD, not from the branch pushed first.
-    std::fs::create_dir_all(root.path().join("org")).unwrap();
-    git(
-        &root.path().join("org"),
-        &["init", "-q", "--bare", "app.git"],
+    let (_bare, work) = org_app_with_hook(
+        root.path(),
+        &[
+            &["symbolic-ref", "HEAD", "refs/heads/trunk"],
+            &["config", "receive.advertisePushOptions", "true"],
+        ],
     );
-    let bare = root.path().join("org/app.git");
-    git(&bare, &["symbolic-ref", "HEAD", "refs/heads/trunk"]);
-    git(&bare, &["config", "receive.advertisePushOptions", "true"]);
-    let out = hookfleet()
-        .args(["hook", "install"])
-        .arg(&bare)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let work = root.path().join("work");
-    git(root.path(), &["init", "-q", "work"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-    std::fs::write(work.join("a.txt"), "a").unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "one"]);
 
     // Each step waits for its two deliveries (push + lifecycle event), so the
     // worker reads each push before the next changes the repository.
@@ -850,8 +689,12 @@ async fn real_pushes_deliver_github_exact_bodies_that_match_octokit_schemas() {
     ];
     for (i, args) in steps.iter().enumerate() {
         match i {
-            1 => git(&work, &["tag", "v1"]),
-            2 => git(&work, &["commit", "-q", "--amend", "-m", "two"]),
+            1 => {
+                git(&work, &["tag", "v1"]);
+            }
+            2 => {
+                git(&work, &["commit", "-q", "--amend", "-m", "two"]);
+            }
             _ => {}
         }
         push_as_ann(&env, r, &work, args);

@@ -10,17 +10,14 @@
 //! file lock so test binaries running at once do not race.
 mod common;
 
-use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use common::receiver::{Got, Receiver, Reply};
 use common::{Broker, RunningWorker, TestDb, eventually, test_config, unique_prefix};
 use hookfleet::amqp::topology::Names;
 use hookfleet::config::{Config, SecretString};
@@ -104,82 +101,6 @@ async fn verify(style: &str, secret: &str, got: &Got) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ),
     }
-}
-
-// ---------- the receiver ----------
-
-#[derive(Clone, Debug)]
-struct Got {
-    headers: HashMap<String, String>,
-    body: Bytes,
-}
-
-struct RecvState {
-    got: Vec<Got>,
-    script: VecDeque<u16>,
-    default: u16,
-}
-
-#[derive(Clone)]
-struct Receiver {
-    state: Arc<Mutex<RecvState>>,
-    port: u16,
-}
-
-impl Receiver {
-    /// Answers the statuses of `script` in turn, then `default`.
-    async fn start(script: Vec<u16>, default: u16) -> Receiver {
-        let state = Arc::new(Mutex::new(RecvState {
-            got: Vec::new(),
-            script: script.into(),
-            default,
-        }));
-        let app = axum::Router::new()
-            .fallback(receive)
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Receiver { state, port }
-    }
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-    fn got(&self) -> Vec<Got> {
-        self.state.lock().unwrap().got.clone()
-    }
-    async fn wait_for(&self, n: usize) -> Vec<Got> {
-        eventually(WAIT, &format!("{n} requests at the receiver"), || {
-            let got = self.got();
-            async move { (got.len() >= n).then_some(got) }
-        })
-        .await
-    }
-}
-
-async fn receive(
-    State(state): State<Arc<Mutex<RecvState>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> axum::response::Response {
-    let status = {
-        let mut s = state.lock().unwrap();
-        s.got.push(Got {
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap().to_string()))
-                .collect(),
-            body,
-        });
-        let d = s.default;
-        s.script.pop_front().unwrap_or(d)
-    };
-    axum::response::Response::builder()
-        .status(status)
-        .body(axum::body::Body::from("receiver says hi"))
-        .unwrap()
 }
 
 // ---------- the system under test ----------
@@ -339,7 +260,7 @@ fn run(mut c: std::process::Command) -> (Option<i32>, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standard_style_verifies_with_the_reference_library_through_a_rotation() {
     let env = Env::start(|c| c.webhook.secret_key = SecretString::new(random_key())).await;
-    let rx = Receiver::start(vec![500], 200).await;
+    let rx = Receiver::start(vec![Reply::Status(500)], Reply::Status(200)).await;
     let added = env.subscribe(&rx.url(), Style::Standard, None).await;
     let first = added.generated_secret.expect("a generated whsec_ secret");
     assert!(first.starts_with("whsec_"));
@@ -429,7 +350,7 @@ async fn standard_style_verifies_with_the_reference_library_through_a_rotation()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_style_signs_with_the_new_secret_only_after_a_rotation() {
     let env = Env::start(|_| {}).await;
-    let rx = Receiver::start(vec![], 200).await;
+    let rx = Receiver::start(vec![], Reply::Status(200)).await;
     let added = env
         .subscribe(&rx.url(), Style::Github, Some("old-secret"))
         .await;
@@ -463,7 +384,7 @@ async fn github_style_signs_with_the_new_secret_only_after_a_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_disables_the_subscription_at_once_and_the_log_says_why() {
     let env = Env::start(|_| {}).await;
-    let rx = Receiver::start(vec![], 410).await;
+    let rx = Receiver::start(vec![], Reply::Status(410)).await;
     let sub = env.subscribe(&rx.url(), Style::Standard, None).await.id;
     env.push_event().await;
     let q = env.names.dead_queue("webhook");
@@ -518,7 +439,7 @@ async fn gone_disables_the_subscription_at_once_and_the_log_says_why() {
 async fn secrets_are_encrypted_at_rest_and_migrate_reencrypts_them() {
     let db = TestDb::new().await;
     let (key1, key2) = (random_key(), random_key());
-    let rx = Receiver::start(vec![], 200).await;
+    let rx = Receiver::start(vec![], Reply::Status(200)).await;
 
     // A subscription from before encryption: plaintext in both columns.
     sqlx::query(

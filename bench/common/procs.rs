@@ -16,6 +16,11 @@ pub fn worker_env(
     cfg: &hookfleet::config::Config,
     repo: &super::repo::TinyRepo,
 ) -> Vec<(String, String)> {
+    worker_env_at(cfg, &repo.root)
+}
+
+/// [`worker_env`] for a worker whose repositories (and spool) live under `root`.
+pub fn worker_env_at(cfg: &hookfleet::config::Config, root: &Path) -> Vec<(String, String)> {
     vec![
         (
             "HOOKFLEET_AMQP__PREFIX".to_string(),
@@ -29,11 +34,11 @@ pub fn worker_env(
         ("HOOKFLEET_WORKER__KINDS".into(), "[\"push\"]".into()),
         (
             "HOOKFLEET_HOOK__REPOSITORIES_ROOT".into(),
-            repo.root.display().to_string(),
+            root.display().to_string(),
         ),
         (
             "HOOKFLEET_SPOOL__DIR".into(),
-            repo.root.join("spool").display().to_string(),
+            root.join("spool").display().to_string(),
         ),
         ("HOOKFLEET_LOG__LEVEL".into(), "warn".into()),
     ]
@@ -77,6 +82,17 @@ impl WorkerProc {
         admin_port: u16,
         log: &Path,
     ) -> anyhow::Result<WorkerProc> {
+        Self::spawn_role(exe, "worker", env, admin_port, log)
+    }
+
+    /// As [`WorkerProc::spawn`], running `exe <role>` (`worker` or `relay`).
+    pub fn spawn_role(
+        exe: &Path,
+        role: &str,
+        env: &[(String, String)],
+        admin_port: u16,
+        log: &Path,
+    ) -> anyhow::Result<WorkerProc> {
         let mut c = Command::new(exe);
         for (k, _) in std::env::vars() {
             if k.starts_with("HOOKFLEET_") {
@@ -88,7 +104,7 @@ impl WorkerProc {
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
-        c.arg("worker")
+        c.arg(role)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("HOOKFLEET_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
             .stdin(Stdio::null())
@@ -97,7 +113,7 @@ impl WorkerProc {
             .kill_on_drop(true);
         let child = c
             .spawn()
-            .with_context(|| format!("spawning {}", exe.display()))?;
+            .with_context(|| format!("spawning {} {role}", exe.display()))?;
         Ok(WorkerProc { child, admin_port })
     }
 

@@ -658,29 +658,14 @@ impl Env {
     /// admin port set, output appended to its log.
     fn spawn_relay(&mut self, i: usize) -> anyhow::Result<()> {
         let log = self.relay_log(i);
-        let mut c = tokio::process::Command::new(&self.exe);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("HOOKFLEET_") {
-                c.env_remove(k);
-            }
-        }
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let admin_port = self.relay_ports[i];
-        c.arg("relay")
-            .envs(self.relay_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("HOOKFLEET_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .kill_on_drop(true);
-        let child = c
-            .spawn()
-            .with_context(|| format!("spawning {} relay", self.exe.display()))?;
-        self.relays[i] = Some(WorkerProc { child, admin_port });
+        let relay = WorkerProc::spawn_role(
+            &self.exe,
+            "relay",
+            &self.relay_env,
+            self.relay_ports[i],
+            &log,
+        )?;
+        self.relays[i] = Some(relay);
         Ok(())
     }
 

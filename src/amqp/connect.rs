@@ -226,3 +226,15 @@ async fn connect_node(
         Err(_) => Err(AmqpError::ConnectTimeout { address, timeout }),
     }
 }
+
+/// Closes `channels`, then `conn`, each within `timeout`, ignoring the
+/// outcome (the end of a command: nothing is left to do on failure). The
+/// order matters: a channel still open when its connection closes makes
+/// lapin report an "invalid channel state" error after a command that
+/// succeeded.
+pub async fn close(channels: &[&lapin::Channel], conn: &Connection, timeout: Duration) {
+    for ch in channels {
+        let _ = tokio::time::timeout(timeout, ch.close(200, "done".into())).await;
+    }
+    let _ = tokio::time::timeout(timeout, conn.close(200, "bye".into())).await;
+}

@@ -49,7 +49,7 @@ pub async fn run_depth_sampler(
         }
     }
     if let Some(c) = conn {
-        let _ = tokio::time::timeout(Duration::from_secs(1), c.close(200, "bye".into())).await;
+        super::close(&[], &c, Duration::from_secs(1)).await;
     }
 }
 

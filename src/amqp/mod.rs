@@ -6,4 +6,6 @@ pub mod publish;
 pub mod publisher;
 pub mod topology;
 
-pub use connect::{AmqpError, connect, connect_within, node_failed, node_in_use, nodes_in_use};
+pub use connect::{
+    AmqpError, close, connect, connect_within, node_failed, node_in_use, nodes_in_use,
+};

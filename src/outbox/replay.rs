@@ -305,26 +305,14 @@ pub async fn run(
     let channel = match publish::confirm_channel(&conn).await {
         Ok(c) => c,
         Err(source) => {
-            let _ =
-                tokio::time::timeout(amqp_cfg.connect_timeout, conn.close(200, "bye".into())).await;
+            amqp::close(&[], &conn, amqp_cfg.connect_timeout).await;
             return Err(broker_err(plan.selection.from_id.unwrap_or(1).max(1))(
                 source,
             ));
         }
     };
     let result = publish_all(pool, amqp_cfg, &channel, plan, selected, progress, shutdown).await;
-    // The channel first, then the connection: a channel still open when the
-    // connection closes makes lapin report a spurious "invalid channel state".
-    let _ = tokio::time::timeout(
-        amqp_cfg.connect_timeout,
-        channel.close(200, "replay done".into()),
-    )
-    .await;
-    let _ = tokio::time::timeout(
-        amqp_cfg.connect_timeout,
-        conn.close(200, "replay done".into()),
-    )
-    .await;
+    amqp::close(&[&channel], &conn, amqp_cfg.connect_timeout).await;
     progress.finish();
     result.map(|published| ReplayReport {
         selected,

@@ -60,13 +60,9 @@ pub async fn publish_once(
             timeout: deadline,
         }),
     };
-    // The channel before the connection: lapin reports a channel still open at
-    // the connection's close as an error.
-    if let Some(channel) = channel_slot {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "done".into())).await;
-    }
-    if let Some(conn) = conn_slot {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "done".into())).await;
+    if let Some(conn) = &conn_slot {
+        let channels: Vec<&lapin::Channel> = channel_slot.iter().collect();
+        amqp::close(&channels, conn, CLOSE_TIMEOUT).await;
     }
     result
 }

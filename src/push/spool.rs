@@ -193,12 +193,8 @@ async fn flush_files(
         Ok(())
     }
     .await;
-    // The channel before the connection (see `outbox::replay`).
-    if let Some(channel) = channel_slot {
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), channel.close(200, "done".into())).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), conn.close(200, "done".into())).await;
+    let channels: Vec<&lapin::Channel> = channel_slot.iter().collect();
+    amqp::close(&channels, &conn, Duration::from_secs(1)).await;
     result
 }
 

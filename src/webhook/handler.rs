@@ -26,15 +26,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::Sha256;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::deliver::{Client, DeliverError, Response};
-use super::github::{self, Site};
+use super::github::Site;
 use super::secrets::{self, Keyring};
 use super::ssrf;
 use super::storage::{self, DeliveryRow, NewAttempt};
@@ -292,50 +290,6 @@ fn excerpt(body: &Bytes) -> String {
         .collect()
 }
 
-/// `sha256=<hex HMAC-SHA256(secret, body)>`.
-pub fn signature(secret: &str, body: &[u8]) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
-        Ok(m) => m,
-        Err(_) => return String::new(),
-    };
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// The GitHub-style request headers of a delivery, signed with `secret` (the
-/// secret only as the signature), with hookfleet's facts that GitHub's bodies
-/// have no field for ([`github::hookfleet_headers`]).
-pub fn request_headers(
-    delivery: &DeliveryRow,
-    sub: &Subscription,
-    secret: Option<&str>,
-    body: &[u8],
-) -> Vec<(String, String)> {
-    let id = delivery.delivery_id.to_string();
-    let mut h = vec![
-        ("Content-Type".to_string(), "application/json".to_string()),
-        (
-            "User-Agent".to_string(),
-            format!("hookfleet/{}", crate::build_info::VERSION),
-        ),
-        ("X-Hookfleet-Event".to_string(), delivery.event_type.clone()),
-        ("X-Hookfleet-Delivery".to_string(), id.clone()),
-        ("X-Hookfleet-Subscription".to_string(), sub.id.to_string()),
-        (
-            "X-GitHub-Event".to_string(),
-            github::event_name(&delivery.event_type).to_string(),
-        ),
-        ("X-GitHub-Delivery".to_string(), id),
-        ("X-GitHub-Hook-ID".to_string(), sub.id.to_string()),
-    ];
-    h.extend(github::hookfleet_headers(&delivery.payload));
-    if let Some(secret) = secret.filter(|s| !s.is_empty()) {
-        h.push(("X-Hub-Signature-256".to_string(), signature(secret, body)));
-    }
-    h
-}
-
 #[async_trait::async_trait]
 impl Handler for WebhookHandler {
     fn kind(&self) -> &str {
@@ -445,19 +399,5 @@ impl Handler for WebhookHandler {
             )),
             r => r,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signature_matches_github_example() {
-        // From GitHub's "Validating webhook deliveries" docs.
-        assert_eq!(
-            signature("It's a Secret to Everybody", b"Hello, World!"),
-            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
-        );
     }
 }

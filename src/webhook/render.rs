@@ -53,7 +53,7 @@ pub fn request(
         Style::Github => {
             // GitHub has one signature header: the current secret signs alone.
             let secret = secrets.first().map(String::as_str);
-            let headers = super::handler::request_headers(delivery, sub, secret, &data);
+            let headers = github_headers(delivery, sub, secret, &data);
             Request {
                 body: data,
                 headers,
@@ -61,6 +61,66 @@ pub fn request(
         }
         Style::Standard => standard(delivery, sub, secrets, now, &data),
     }
+}
+
+/// The headers of every delivery, whatever its style: content type, user
+/// agent, hookfleet's ids, and hookfleet's facts that GitHub's bodies have no
+/// field for ([`github::hookfleet_headers`]).
+fn common_headers(delivery: &DeliveryRow, sub: &Subscription) -> Vec<(String, String)> {
+    let mut h = vec![
+        ("Content-Type".to_string(), "application/json".to_string()),
+        (
+            "User-Agent".to_string(),
+            format!("hookfleet/{}", crate::build_info::VERSION),
+        ),
+        ("X-Hookfleet-Event".to_string(), delivery.event_type.clone()),
+        (
+            "X-Hookfleet-Delivery".to_string(),
+            delivery.delivery_id.to_string(),
+        ),
+        ("X-Hookfleet-Subscription".to_string(), sub.id.to_string()),
+    ];
+    h.extend(github::hookfleet_headers(&delivery.payload));
+    h
+}
+
+/// The GitHub-style request headers of a delivery, signed with `secret` (the
+/// secret only as the signature).
+fn github_headers(
+    delivery: &DeliveryRow,
+    sub: &Subscription,
+    secret: Option<&str>,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    let mut h = common_headers(delivery, sub);
+    h.extend([
+        (
+            "X-GitHub-Event".to_string(),
+            github::event_name(&delivery.event_type).to_string(),
+        ),
+        (
+            "X-GitHub-Delivery".to_string(),
+            delivery.delivery_id.to_string(),
+        ),
+        ("X-GitHub-Hook-ID".to_string(), sub.id.to_string()),
+    ]);
+    if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+        h.push((
+            "X-Hub-Signature-256".to_string(),
+            github_signature(secret, body),
+        ));
+    }
+    h
+}
+
+/// `sha256=<hex HMAC-SHA256(secret, body)>`.
+pub fn github_signature(secret: &str, body: &[u8]) -> String {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// The Standard Webhooks payload around `data`, and its headers.
@@ -85,19 +145,9 @@ fn standard(
 
     let id = delivery.delivery_id.to_string();
     let timestamp = now.timestamp().to_string();
-    let mut headers = vec![
-        ("Content-Type".to_string(), "application/json".to_string()),
-        (
-            "User-Agent".to_string(),
-            format!("hookfleet/{}", crate::build_info::VERSION),
-        ),
-        ("X-Hookfleet-Event".to_string(), delivery.event_type.clone()),
-        ("X-Hookfleet-Delivery".to_string(), id.clone()),
-        ("X-Hookfleet-Subscription".to_string(), sub.id.to_string()),
-        ("webhook-id".to_string(), id.clone()),
-        ("webhook-timestamp".to_string(), timestamp.clone()),
-    ];
-    headers.extend(github::hookfleet_headers(&delivery.payload));
+    let mut headers = common_headers(delivery, sub);
+    headers.push(("webhook-id".to_string(), id.clone()));
+    headers.push(("webhook-timestamp".to_string(), timestamp.clone()));
     if !secrets.is_empty() {
         let sigs: Vec<String> = secrets
             .iter()
@@ -129,6 +179,15 @@ pub fn standard_signature(secret: &str, id: &str, timestamp: &str, body: &[u8]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signature_matches_github_example() {
+        // From GitHub's "Validating webhook deliveries" docs.
+        assert_eq!(
+            github_signature("It's a Secret to Everybody", b"Hello, World!"),
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+    }
     use uuid::Uuid;
 
     #[test]
@@ -202,7 +261,7 @@ mod tests {
         let gh = g.headers.iter().find(|(n, _)| n == "X-Hub-Signature-256");
         assert_eq!(
             gh.map(|(_, v)| v.clone()),
-            Some(super::super::handler::signature(&secrets[0], &g.body))
+            Some(github_signature(&secrets[0], &g.body))
         );
     }
 }

@@ -6,8 +6,10 @@
 //! next run) and its own AMQP name prefix, so tests run in parallel.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod pki;
 pub mod prom;
+pub mod receiver;
 
 use std::future::Future;
 use std::net::SocketAddr;
