@@ -23,6 +23,7 @@
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
 pub mod admin;
+pub mod admin_conn;
 pub mod alloc;
 pub mod amqp;
 pub mod backoff;

@@ -60,7 +60,7 @@ impl Readyz {
         .await;
         Readyz {
             url: format!("http://{addr}/readyz"),
-            http: reqwest::Client::builder()
+            http: common::http_client()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),

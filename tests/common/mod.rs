@@ -562,3 +562,16 @@ pub struct SinkEvent {
     /// JSON body.
     pub body: serde_json::Value,
 }
+
+/// A reqwest client builder for the tests' plain-HTTP clients. reqwest is built
+/// without its own crypto provider (hookfleet hands it a ring rustls config), so
+/// a client needs one preconfigured: ring, no roots (these clients speak http).
+pub fn http_client() -> reqwest::ClientBuilder {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder().tls_backend_preconfigured(tls)
+}
