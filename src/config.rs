@@ -10,6 +10,21 @@
 //! every error names where the bad value came from: the file and position, or the
 //! environment variable. This module must never log a secret: URLs are held in
 //! [`SecretUrl`], whose `Debug`, `Display` and `Serialize` all redact the password.
+//!
+//! # Why not figment
+//!
+//! Considered for issue 26, judged by which names the key and the source more
+//! clearly. Ours blames the exact layer that set the bad key: `config file
+//! x.toml: worker.concurrency: invalid type...`, or `environment variable
+//! HOOKFLEET_WORKER__CONCURRENCY: ...` — the variable as the operator wrote it.
+//! figment tags values with their provider, but its `Env` provider reports a key
+//! as the provider's name plus an interpolated path (`WORKER.CONCURRENCY` in
+//! "`HOOKFLEET_` environment variable(s)"), not the variable to fix; its TOML
+//! provider keeps no line and column (ours reports them for syntax errors, as
+//! `toml` does); and our env rules (comma lists for `amqp.urls`, only `__`
+//! variables are config) would need a custom provider anyway. The layering it
+//! would replace is ~100 lines (`merge`, `set_path`, `blame`) with tests, so
+//! the change would buy a dependency and less precise errors: kept.
 
 use std::collections::BTreeMap;
 use std::fmt;
