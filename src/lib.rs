@@ -30,6 +30,7 @@ pub mod backoff;
 pub mod build_info;
 pub mod cli;
 pub mod config;
+pub mod config_reference;
 pub mod consumer;
 pub mod db;
 pub mod dlq;
