@@ -4,7 +4,7 @@
 //! - [`config`]: typed configuration, layered defaults < file < environment, validated once.
 //! - [`cli`]: the `hookfleet` command line; `main.rs` only calls [`cli::main`].
 //! - [`db`]: the PostgreSQL pool (bounded, with timeouts) and the embedded migrations.
-//! - [`amqp`]: broker connections, topology, confirmed publishing and the consuming supervisor.
+//! - [`amqp`]: broker connections, topology, confirmed publishing, queue depths.
 //! - [`consumer`]: the supervisor (reconnect + redeclare), the task pool, outcomes, acks.
 //! - [`dlq`]: listing and requeueing dead letters.
 //! - [`inbox`]: the handler transaction with inbox dedupe ([`inbox::Transactional`]).
