@@ -496,6 +496,11 @@ pub struct AdminConfig {
     /// (`hookfleet_queue_messages`).
     #[serde(with = "humantime_serde")]
     pub queue_depth_interval: Duration,
+    /// Token for the operator console under `/console` (bearer header or the
+    /// login form). Empty (the default): the console is off. A secret: shown
+    /// as `***`, never logged; in the chart it comes from the Secret.
+    #[serde(default)]
+    pub console_token: SecretString,
 }
 
 /// Logging.

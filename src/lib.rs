@@ -29,6 +29,7 @@ pub mod backoff;
 pub mod build_info;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod consumer;
 pub mod db;
 pub mod dlq;
