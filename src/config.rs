@@ -486,6 +486,10 @@ pub struct OutboxConfig {
     pub park_after_attempts: u32,
 }
 
+/// Shortest `admin.console_token` accepted: the token is the console's only
+/// credential, so it must not be guessable.
+pub const MIN_CONSOLE_TOKEN_CHARS: usize = 16;
+
 /// Admin HTTP server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -997,6 +1001,17 @@ impl Config {
             "admin.queue_depth_interval",
             self.admin.queue_depth_interval,
         )?;
+        let token = self.admin.console_token.expose();
+        if !token.is_empty() && token.chars().count() < MIN_CONSOLE_TOKEN_CHARS {
+            return Err(ConfigError::Invalid {
+                key: "admin.console_token".into(),
+                message: format!(
+                    "must be empty (console off) or at least {MIN_CONSOLE_TOKEN_CHARS} characters \
+                     (`openssl rand -hex 24`), got {}",
+                    token.chars().count()
+                ),
+            });
+        }
         positive("outbox.max_backoff", self.outbox.max_backoff)?;
         range(
             "outbox.park_after_attempts",
