@@ -1,4 +1,5 @@
-//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/info` and `/jobs`.
+//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/info` and `/jobs`,
+//! and the operator console under `/console` ([`crate::console`], its own access control).
 //!
 //! Owns the listener, the per-connection HTTP/1 handling and the answers of those five
 //! endpoints. It reads shared state ([`Health`], [`InFlight`], the database pool) and may
@@ -59,6 +60,8 @@ pub struct AdminState {
     /// The database pool, if this process has one: `/readyz` checks it with
     /// `SELECT 1` and `/metrics` samples its size.
     pub pool: Option<PgPool>,
+    /// The operator console under `/console`, when `admin.console_token` is set.
+    pub console: Option<Arc<crate::console::Console>>,
 }
 
 /// Errors of [`bind`].
@@ -91,6 +94,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/info", get(info))
         .route("/jobs", get(jobs))
+        .merge(crate::console::router(&state))
         .fallback(not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

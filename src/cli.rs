@@ -264,10 +264,44 @@ enum DlqCommand {
         /// At most this many.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
-        /// Only the message with this id.
-        #[arg(long)]
-        message_id: Option<String>,
+        #[command(flatten)]
+        filter: DlqFilterArgs,
     },
+    /// Drop parked messages for good (those matching the filters; all without).
+    Discard {
+        /// Job kind.
+        kind: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+    },
+}
+
+/// Which dead letters `dlq requeue` and `dlq discard` act on.
+#[derive(Debug, Clone, clap::Args)]
+struct DlqFilterArgs {
+    /// Only the message with this id.
+    #[arg(long)]
+    message_id: Option<String>,
+    /// Only messages of this error class (`permanent`, `transient`, `panic`, `timeout`, `poison`).
+    #[arg(long)]
+    error_class: Option<String>,
+    /// Only messages whose error text contains this (case-insensitive).
+    #[arg(long)]
+    reason_contains: Option<String>,
+}
+
+impl From<DlqFilterArgs> for crate::dlq::Filter {
+    fn from(a: DlqFilterArgs) -> Self {
+        Self {
+            message_id: a.message_id,
+            error_class: a.error_class,
+            reason_contains: a.reason_contains,
+        }
+        .normalized()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -475,61 +509,7 @@ async fn run(
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { .. } => Ok(ExitCode::SUCCESS),
-        Command::Dlq { command } => {
-            let kind = match &command {
-                DlqCommand::List { kind, .. } | DlqCommand::Requeue { kind, .. } => kind.clone(),
-            };
-            if !config.worker.kinds.contains(&kind) {
-                eprintln!(
-                    "hookfleet: unknown job kind {kind:?}; worker.kinds is {:?}",
-                    config.worker.kinds
-                );
-                return Ok(ExitCode::from(EXIT_USAGE));
-            }
-            match command {
-                DlqCommand::List { limit, json, .. } => {
-                    let letters = crate::dlq::list(&config, &kind, limit).await?;
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&letters)?);
-                    } else if letters.is_empty() {
-                        println!("no dead letters for {kind}");
-                    } else {
-                        for d in &letters {
-                            println!(
-                                "{}  attempt {}  {}: {}",
-                                d.message_id.as_deref().unwrap_or("(no message id)"),
-                                d.attempt
-                                    .map(|a| a.to_string())
-                                    .unwrap_or_else(|| "-".into()),
-                                d.error_class.as_deref().unwrap_or("-"),
-                                d.error.as_deref().unwrap_or("-")
-                            );
-                        }
-                    }
-                }
-                DlqCommand::Requeue {
-                    limit, message_id, ..
-                } => {
-                    let n =
-                        crate::dlq::requeue(&config, &kind, limit, message_id.as_deref()).await?;
-                    if n == 0
-                        && let Some(id) = &message_id
-                    {
-                        eprintln!(
-                            "hookfleet: no dead letter with message id {id} in {}",
-                            crate::amqp::topology::Names::new(&config.amqp.prefix)
-                                .dead_queue(&kind)
-                        );
-                        return Ok(ExitCode::FAILURE);
-                    }
-                    println!(
-                        "requeued {n} message(s) to {}",
-                        crate::amqp::topology::Names::new(&config.amqp.prefix).queue(&kind)
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Dlq { command } => dlq_command(command, &config).await,
         Command::Migrate => {
             db::ensure_database(&config.database).await?;
             let pool = db::connect(&config.database).await?;
@@ -596,6 +576,76 @@ async fn run(
 /// Who runs the command (`$USER`), the `sender` of the pings it asks for.
 fn local_user() -> Option<String> {
     std::env::var("USER").ok().filter(|u| !u.is_empty())
+}
+
+async fn dlq_command(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let kind = match &command {
+        DlqCommand::List { kind, .. }
+        | DlqCommand::Requeue { kind, .. }
+        | DlqCommand::Discard { kind, .. } => kind.clone(),
+    };
+    if !config.worker.kinds.contains(&kind) {
+        eprintln!(
+            "hookfleet: unknown job kind {kind:?}; worker.kinds is {:?}",
+            config.worker.kinds
+        );
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    let names = crate::amqp::topology::Names::new(&config.amqp.prefix);
+    let (action, limit, filter) = match command {
+        DlqCommand::List { limit, json, .. } => {
+            print_dead_letters(&crate::dlq::list(config, &kind, limit).await?, &kind, json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        DlqCommand::Requeue { limit, filter, .. } => (crate::dlq::Action::Requeue, limit, filter),
+        DlqCommand::Discard { limit, filter, .. } => (crate::dlq::Action::Discard, limit, filter),
+    };
+    let filter = crate::dlq::Filter::from(filter);
+    let n = crate::dlq::apply(config, &kind, &filter, limit, action).await?;
+    if n == 0
+        && let Some(id) = &filter.message_id
+    {
+        eprintln!(
+            "hookfleet: no dead letter with message id {id} in {}",
+            names.dead_queue(&kind)
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    tracing::info!(user = local_user().as_deref().unwrap_or("-"), dlq.kind = %kind, dlq.action = ?action, dlq.filter = ?filter, dlq.moved = n, "dlq action");
+    match action {
+        crate::dlq::Action::Requeue => {
+            println!("requeued {n} message(s) to {}", names.queue(&kind));
+        }
+        crate::dlq::Action::Discard => {
+            println!("discarded {n} message(s) from {}", names.dead_queue(&kind));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_dead_letters(
+    letters: &[crate::dlq::DeadLetter],
+    kind: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(letters)?);
+    } else if letters.is_empty() {
+        println!("no dead letters for {kind}");
+    } else {
+        for d in letters {
+            println!(
+                "{}  attempt {}  {}: {}",
+                d.message_id.as_deref().unwrap_or("(no message id)"),
+                d.attempt
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                d.error_class.as_deref().unwrap_or("-"),
+                d.error.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Result<ExitCode> {

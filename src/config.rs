@@ -522,6 +522,10 @@ pub struct OutboxConfig {
     pub park_after_attempts: u32,
 }
 
+/// Shortest `admin.console_token` accepted: the token is the console's only
+/// credential, so it must not be guessable.
+pub const MIN_CONSOLE_TOKEN_CHARS: usize = 16;
+
 /// Admin HTTP server.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -533,6 +537,11 @@ pub struct AdminConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
     pub queue_depth_interval: Duration,
+    /// Token for the operator console under `/console` (bearer header or the
+    /// login form). Empty (the default): the console is off. A secret: shown
+    /// as `***`, never logged; in the chart it comes from the Secret.
+    #[serde(default)]
+    pub console_token: SecretString,
 }
 
 /// Logging.
@@ -1036,6 +1045,17 @@ impl Config {
             "admin.queue_depth_interval",
             self.admin.queue_depth_interval,
         )?;
+        let token = self.admin.console_token.expose();
+        if !token.is_empty() && token.chars().count() < MIN_CONSOLE_TOKEN_CHARS {
+            return Err(ConfigError::Invalid {
+                key: "admin.console_token".into(),
+                message: format!(
+                    "must be empty (console off) or at least {MIN_CONSOLE_TOKEN_CHARS} characters \
+                     (`openssl rand -hex 24`), got {}",
+                    token.chars().count()
+                ),
+            });
+        }
         positive("outbox.max_backoff", self.outbox.max_backoff)?;
         range(
             "outbox.park_after_attempts",

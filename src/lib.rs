@@ -33,6 +33,7 @@ pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod config_reference;
+pub mod console;
 pub mod consumer;
 pub mod db;
 pub mod dlq;

@@ -39,6 +39,7 @@ pub async fn run(
             health,
             inflight: Arc::default(),
             pool: Some(pool.clone()),
+            console: crate::console::Console::new(Arc::new(config.clone()), pool.clone()),
         },
         admin_stop.clone(),
     ));

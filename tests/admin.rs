@@ -37,6 +37,7 @@ impl Admin {
             health: health.clone(),
             inflight: inflight.clone(),
             pool,
+            console: None,
         };
         let task = tokio::spawn(admin::serve(listener, state, token.clone()));
         Admin {

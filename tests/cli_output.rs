@@ -199,3 +199,64 @@ async fn replay_sends_events_only_unless_asked_and_ends_cleanly() {
     assert!(error_lines(&err).is_empty(), "a clean end: {err}");
     broker.cleanup(&cfg).await;
 }
+
+/// Parks a message in `push`'s dead queue with `x-error-class` and `x-error`.
+async fn park(broker: &Broker, class: &str, error: &str) {
+    use lapin::types::{AMQPValue, FieldTable};
+    let ch = broker.conn.create_channel().await.unwrap();
+    let mut h = FieldTable::default();
+    h.insert("x-error-class".into(), AMQPValue::LongString(class.into()));
+    h.insert("x-error".into(), AMQPValue::LongString(error.into()));
+    h.insert("x-attempt".into(), AMQPValue::LongLongInt(3));
+    let props = lapin::BasicProperties::default()
+        .with_message_id(uuid::Uuid::now_v7().to_string().into())
+        .with_headers(h);
+    ch.basic_publish(
+        "".into(),
+        broker.names.dead_queue("push").as_str().into(),
+        Default::default(),
+        b"{}",
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn dlq_discard_drops_only_what_the_filters_match() {
+    let db = TestDb::new().await;
+    let cfg = test_config(&db.url, &unique_prefix());
+    let broker = Broker::new(&cfg).await;
+    park(&broker, "poison", "not JSON: expected value").await;
+    park(&broker, "permanent", "downstream schema mismatch").await;
+    park(&broker, "permanent", "repository gone").await;
+    let env = [
+        ("HOOKFLEET_AMQP__URL", AMQP_URL),
+        ("HOOKFLEET_AMQP__PREFIX", cfg.amqp.prefix.as_str()),
+    ];
+    let dead = broker.names.dead_queue("push");
+    let args = ["dlq", "discard", "push", "--error-class", "permanent"];
+    let (code, out, err) = run(
+        &env,
+        &[&args[..], &["--reason-contains", "SCHEMA"]].concat(),
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), format!("discarded 1 message(s) from {dead}"));
+    let (code, out, err) = run(&env, &["dlq", "list", "push", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let left: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let errors: Vec<&str> = left.iter().map(|d| d["error"].as_str().unwrap()).collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        !errors.contains(&"downstream schema mismatch"),
+        "{errors:?}"
+    );
+    // No filter: everything left goes.
+    let (code, out, err) = run(&env, &["dlq", "discard", "push"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("discarded 2 message(s) from {dead}"));
+    assert_eq!(broker.depth(&dead).await, 0);
+    broker.cleanup(&cfg).await;
+}

@@ -283,3 +283,26 @@ fn amqp_url_and_urls_both_set_is_an_error_naming_both() {
     .to_string();
     assert!(e.contains("amqp.urls") && e.contains("http"), "{e}");
 }
+
+#[test]
+fn console_token_is_secret_and_must_be_long_enough() {
+    let short = Config::load_from(None, env(&[("HOOKFLEET_ADMIN__CONSOLE_TOKEN", "abc")]))
+        .unwrap_err()
+        .to_string();
+    assert!(short.contains("admin.console_token"), "{short}");
+    assert!(!short.contains("abc"), "the token never shows: {short}");
+    let token = "0123456789abcdef0123";
+    let c = Config::load_from(None, env(&[("HOOKFLEET_ADMIN__CONSOLE_TOKEN", token)])).unwrap();
+    assert_eq!(c.admin.console_token.expose(), token);
+    let shown = format!("{c:?}{}", toml::to_string(&c).unwrap());
+    assert!(!shown.contains(token), "redacted in Debug and config check");
+    assert!(
+        Config::load_from(None, env(&[]))
+            .unwrap()
+            .admin
+            .console_token
+            .expose()
+            .is_empty(),
+        "off by default"
+    );
+}

@@ -162,6 +162,13 @@ everything else `key = <JSON>` (JSON strings, numbers, booleans and arrays are v
       name: {{ include "hookfleet.secretName" . }}
       key: {{ .Values.existingSecret.webhookSecretKeyKey }}
 {{- end }}
+{{- if .Values.existingSecret.consoleTokenKey }}
+- name: HOOKFLEET_ADMIN__CONSOLE_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "hookfleet.secretName" . }}
+      key: {{ .Values.existingSecret.consoleTokenKey }}
+{{- end }}
 - name: HOME
   value: /tmp
 {{- end }}

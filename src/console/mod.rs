@@ -1,0 +1,123 @@
+//! The operator console: HTML pages under `/console` on the admin port.
+//!
+//! Owns the console's routes, its access control and its embedded assets (no
+//! CDN, no build step). Every page and action needs `admin.console_token`
+//! ([`auth`]); without a token configured the console is off (404). It acts
+//! through the same library functions as the CLI: [`crate::dlq`] for dead
+//! letters, [`crate::outbox::replay`] and [`crate::outbox::status`] for the
+//! outbox, [`crate::webhook::admin`] and [`crate::webhook::storage`] for
+//! webhooks, so the page and `hookfleet dlq|outbox|webhook` cannot disagree.
+//! Every action is logged with who, what and how many (`console action`).
+
+mod auth;
+mod dlq;
+mod outbox;
+mod overview;
+mod page;
+mod webhooks;
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sqlx::PgPool;
+
+use crate::admin::AdminState;
+use crate::config::{Config, SecretString};
+
+/// What the console needs beyond [`AdminState`]: the config (broker, prefix,
+/// kinds), the database and the token. Built by the process that serves it.
+#[derive(Debug)]
+pub struct Console {
+    config: Arc<Config>,
+    pool: PgPool,
+    token: SecretString,
+    replay: Mutex<Option<outbox::ReplayJob>>,
+}
+
+impl Console {
+    /// The console of a process with `config` and `pool`; `None` when
+    /// `admin.console_token` is empty (the console is then off).
+    pub fn new(config: Arc<Config>, pool: PgPool) -> Option<Arc<Self>> {
+        let token = config.admin.console_token.clone();
+        if token.expose().is_empty() {
+            return None;
+        }
+        Some(Arc::new(Self {
+            config,
+            pool,
+            token,
+            replay: Mutex::new(None),
+        }))
+    }
+}
+
+/// Shared by the console's handlers.
+#[derive(Clone, Debug)]
+struct ConsoleState {
+    admin: AdminState,
+    console: Arc<Console>,
+}
+
+/// The console's routes, all under `/console` (full paths, so `/console` and
+/// `/console/` both reach the overview): 404 everywhere when the process has
+/// no console (no token configured).
+pub fn router(admin: &AdminState) -> Router<AdminState> {
+    let Some(console) = admin.console.clone() else {
+        return Router::new()
+            .route("/console", get(off))
+            .route("/console/{*rest}", get(off).post(off));
+    };
+    let state = ConsoleState {
+        admin: admin.clone(),
+        console,
+    };
+    let guarded = Router::new()
+        .route("/console", get(overview::page))
+        .route("/console/", get(overview::page))
+        .route("/console/api/overview", get(overview::api))
+        .route("/console/jobs", get(overview::jobs))
+        .route("/console/dlq", get(dlq::page))
+        .route("/console/dlq/{kind}/{id}", get(dlq::open))
+        .route("/console/dlq/action", post(dlq::action))
+        .route("/console/outbox", get(outbox::page))
+        .route("/console/outbox/replay", post(outbox::replay))
+        .route("/console/api/replay", get(outbox::progress))
+        .route("/console/webhooks", get(webhooks::page))
+        .route("/console/webhooks/active", post(webhooks::set_active))
+        .route("/console/webhooks/redeliver", post(webhooks::redeliver))
+        .route("/console/logout", post(auth::logout))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ));
+    let open = Router::new()
+        .route("/console/login", get(auth::login_form).post(auth::login))
+        .route("/console/assets/console.css", get(css))
+        .route("/console/assets/console.js", get(js));
+    guarded.merge(open).with_state(state)
+}
+
+async fn off() -> (StatusCode, &'static str) {
+    (
+        StatusCode::NOT_FOUND,
+        "the console is off: set admin.console_token to turn it on\n",
+    )
+}
+
+const CSS: &str = include_str!("assets/console.css");
+const JS: &str = include_str!("assets/console.js");
+
+async fn css() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS).into_response()
+}
+
+async fn js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        JS,
+    )
+        .into_response()
+}

@@ -1,0 +1,525 @@
+//! The operator console in a real browser: headless Debian chromium driven
+//! through chromedriver (started here on a free port) by fantoccini.
+//!
+//! Dead letters, outbox rows and webhook deliveries are made by the real
+//! worker and relay; the test then clicks through the console as an operator
+//! would and checks the effect in the broker and the database. Screenshots of
+//! every page land in `target/console-screenshots/` (not committed).
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::receiver::{Receiver, Reply};
+use common::{Broker, EventSink, RunningWorker, TestDb, eventually, test_config, unique_prefix};
+use fantoccini::{Client, ClientBuilder, Locator};
+use hookfleet::amqp::topology::Names;
+use hookfleet::config::{Config, SecretString};
+use hookfleet::job::{Done, Handler, Job, JobError};
+use hookfleet::outbox::{self, Event};
+use hookfleet::push::job::PushJob;
+use hookfleet::webhook::{self, admin};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+const TOKEN: &str = "console-test-token";
+
+/// Fails permanently on `{"junk": true}` always, and on anything else while
+/// `broken`; counts what it handles.
+struct Fickle {
+    broken: Arc<AtomicBool>,
+    handled: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Fickle {
+    fn kind(&self) -> &str {
+        "work"
+    }
+    async fn handle(&self, job: Job) -> Result<Done, JobError> {
+        let body: serde_json::Value = serde_json::from_slice(&job.raw).unwrap_or_default();
+        if body["junk"] == json!(true) {
+            return Err(JobError::permanent("unparseable junk from the importer"));
+        }
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(JobError::permanent("downstream schema mismatch"));
+        }
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        Ok(Done::Handled)
+    }
+}
+
+/// chromedriver on a free port, killed on drop, and a headless session.
+struct Browser {
+    client: Client,
+    _driver: tokio::process::Child,
+    shots: PathBuf,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = tokio::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver (scripts/services installs chromium-driver)");
+        eventually(WAIT, "chromedriver listening", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        // fantoccini's rustls and the crate's both compiled in: pick ring, as the crate does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                            "--disable-dev-shm-usage", "--window-size=1100,900"]}),
+        );
+        let client = ClientBuilder::rustls()
+            .unwrap()
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("webdriver session");
+        let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        Browser {
+            client,
+            _driver: driver,
+            shots,
+        }
+    }
+
+    async fn shot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn fill(&self, css: &str, value: &str) {
+        let e = self.client.find(Locator::Css(css)).await.unwrap();
+        e.clear().await.unwrap();
+        e.send_keys(value).await.unwrap();
+    }
+
+    /// Waits until the page's flash message contains `want`.
+    async fn flash(&self, want: &str) -> String {
+        let c = &self.client;
+        eventually(WAIT, &format!("flash {want:?}"), || async move {
+            let t = c.find(Locator::Id("flash")).await.ok()?.text().await.ok()?;
+            t.contains(want).then_some(t)
+        })
+        .await
+    }
+}
+
+struct Env {
+    db: TestDb,
+    cfg: Config,
+    broker: Broker,
+    worker: RunningWorker,
+    relay_stop: CancellationToken,
+    relay: tokio::task::JoinHandle<anyhow::Result<()>>,
+    names: Names,
+    base: String,
+    broken: Arc<AtomicBool>,
+    handled: Arc<AtomicUsize>,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let db = TestDb::new().await;
+        let mut cfg = test_config(&db.url, &unique_prefix());
+        cfg.worker.kinds = vec!["push".into(), "webhook".into(), "work".into()];
+        cfg.webhook.allowed_hosts = vec!["127.0.0.1".into()];
+        cfg.outbox.poll_interval = Duration::from_millis(100);
+        cfg.admin.console_token = SecretString::new(TOKEN);
+        cfg.admin.queue_depth_interval = Duration::from_millis(500);
+        let broker = Broker::new(&cfg).await;
+        let broken = Arc::new(AtomicBool::new(true));
+        let handled = Arc::new(AtomicUsize::new(0));
+        let fickle: Arc<dyn Handler> = Arc::new(Fickle {
+            broken: broken.clone(),
+            handled: handled.clone(),
+        });
+        let factory: hookfleet::worker::HandlerFactory = Box::new(move |c, p| {
+            let mut hs = (hookfleet::worker::default_handlers())(c, p);
+            hs.push(fickle);
+            hs
+        });
+        let worker = RunningWorker::start_with(cfg.clone(), factory);
+        worker.ready().await;
+        let relay_stop = CancellationToken::new();
+        let relay = tokio::spawn(outbox::run_relay(
+            cfg.amqp.clone(),
+            cfg.outbox.clone(),
+            db.pool.clone(),
+            relay_stop.clone(),
+        ));
+        let addr = *worker.state.admin_addr.get().expect("admin bound");
+        Env {
+            names: Names::new(&cfg.amqp.prefix),
+            base: format!("http://{addr}"),
+            db,
+            cfg,
+            broker,
+            worker,
+            relay_stop,
+            relay,
+            broken,
+            handled,
+        }
+    }
+
+    async fn stop(self) {
+        self.relay_stop.cancel();
+        let _ = self.relay.await;
+        self.worker.stop().await.unwrap();
+        self.broker.cleanup(&self.cfg).await;
+        drop(self.db);
+    }
+
+    async fn dead_depth(&self, n: u32) {
+        let q = self.names.dead_queue("work");
+        let b = &self.broker;
+        eventually(WAIT, &format!("{n} dead letters"), || {
+            let q = q.clone();
+            async move { (b.depth(&q).await == n).then_some(()) }
+        })
+        .await;
+    }
+
+    /// One synthetic push event fanned out to webhook deliveries (as the push
+    /// handler writes them).
+    async fn push_event(&self, repo: &str) {
+        let push = PushJob {
+            push_id: Uuid::now_v7(),
+            repository: repo.into(),
+            path: None,
+            pusher: Some("ann".into()),
+            push_options: vec![],
+            pushed_at: chrono::Utc::now(),
+            refs_omitted: 0,
+            updates: vec![],
+        };
+        let ev = Event::new(
+            &self.names,
+            "git.push",
+            Some(push.push_id.to_string()),
+            json!({ "ref": "refs/heads/main", "push_id": push.push_id }),
+        );
+        let mut tx = self.db.pool.begin().await.unwrap();
+        let d = webhook::deliveries_for_push(&mut tx, &self.names, &push, &[ev])
+            .await
+            .unwrap();
+        webhook::storage::insert_deliveries(&mut tx, &d.rows)
+            .await
+            .unwrap();
+        outbox::enqueue_many(&mut tx, &d.jobs).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn attempts(&self, n: i64) {
+        let pool = &self.db.pool;
+        eventually(WAIT, &format!("{n} webhook attempts"), || async move {
+            let c: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_attempts")
+                .fetch_one(pool)
+                .await
+                .ok()?;
+            (c >= n).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Without the token every page is 401; with it but without the CSRF token
+/// every action is 403 and changes nothing.
+async fn refusals(env: &Env) {
+    let http = reqwest::Client::new();
+    let url = format!("{}/console/dlq?kind=work", env.base);
+    let anon = http.get(&url).send().await.unwrap();
+    assert_eq!(anon.status(), 401);
+    let wrong = http.get(&url).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let ok = http.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    // The other admin endpoints stay open.
+    let health = http
+        .get(format!("{}/healthz", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    let discard_all = "kind=work&do=discard-matching";
+    let no_csrf = http
+        .post(format!("{}/console/dlq/action", env.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(discard_all)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_csrf.status(), 403);
+    let bad_csrf = http
+        .post(format!("{}/console/dlq/action", env.base))
+        .bearer_auth(TOKEN)
+        .header("x-csrf-token", "00")
+        .body(discard_all)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_csrf.status(), 403);
+    // A logged-in session cookie alone is not enough either.
+    let login = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/console/login", env.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={TOKEN}&user=mallory"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let cookies: Vec<String> = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect();
+    assert!(
+        login
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .all(|v| v.to_str().unwrap().contains("HttpOnly; SameSite=Strict"))
+    );
+    let with_cookie = http
+        .post(format!("{}/console/dlq/action", env.base))
+        .header("cookie", cookies.join("; "))
+        .body(discard_all)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_cookie.status(), 403);
+    env.dead_depth(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_works_the_console_in_a_browser() {
+    let env = Env::start().await;
+    let rx = Receiver::start(vec![], Reply::Status(200)).await;
+
+    // Dead letters: one the fix will cure, two junk ones.
+    let fixable = env.broker.publish_job("work", &json!({"n": 1})).await;
+    env.broker.publish_job("work", &json!({"junk": true})).await;
+    env.broker.publish_job("work", &json!({"junk": true})).await;
+    env.dead_depth(3).await;
+    refusals(&env).await;
+
+    // Outbox rows: three events, published by the relay.
+    let sink = EventSink::new(&env.broker).await;
+    let mut tx = env.db.pool.begin().await.unwrap();
+    let events: Vec<Event> = (0..3)
+        .map(|i| Event::new(&env.names, "console.test", None, json!({ "i": i })))
+        .collect();
+    outbox::enqueue_many(&mut tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // A webhook delivery.
+    let sub = admin::add(
+        &env.db.pool,
+        &admin::AddRequest {
+            repo: "org/*".into(),
+            url: rx.url(),
+            secret: Some("k".into()),
+            events: "push".into(),
+            content_type: "json".into(),
+            style: Default::default(),
+        },
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+    .id;
+    env.push_event("org/app").await;
+    rx.wait_for(1).await;
+    env.attempts(1).await;
+
+    let b = Browser::start().await;
+    let c = &b.client;
+
+    // Without the token: the sign-in page, not the console.
+    c.goto(&format!("{}/console/dlq", env.base)).await.unwrap();
+    assert!(b.text("#denied").await.contains("needs the console token"));
+    c.goto(&format!("{}/console/login", env.base))
+        .await
+        .unwrap();
+    b.fill("#token", "wrong").await;
+    b.click("#signin").await;
+    assert_eq!(b.text("#error").await, "wrong token");
+    b.shot("login").await;
+    b.fill("#token", TOKEN).await;
+    b.fill("#user", "ann").await;
+    b.click("#signin").await;
+    assert_eq!(b.text("h1").await, "Overview");
+
+    // Overview refreshes by itself: the outbox drains to 0 without a reload.
+    eventually(WAIT, "overview shows an empty outbox", || async move {
+        let t = c
+            .find(Locator::Css("[data-f=outbox_pending]"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (t == "0").then_some(())
+    })
+    .await;
+    assert!(b.text("#kinds").await.contains("work"));
+    b.shot("overview").await;
+
+    // Dead letters: open one, requeue the fixable one and see it handled.
+    c.goto(&format!("{}/console/dlq?kind=work", env.base))
+        .await
+        .unwrap();
+    assert!(b.text("#shown").await.starts_with("3 shown"));
+    b.shot("dead-letters").await;
+    b.click(&format!("a[href$='/{fixable}']")).await;
+    assert!(b.text("#body").await.contains("\"n\": 1"));
+    assert!(
+        b.text("#headers")
+            .await
+            .contains("downstream schema mismatch")
+    );
+    b.shot("dead-letter").await;
+    env.broken.store(false, Ordering::SeqCst);
+    b.click(&format!("button[value='requeue-one:{fixable}']"))
+        .await;
+    b.flash("requeued 1 message(s)").await;
+    let h = &env.handled;
+    eventually(WAIT, "requeued dead letter handled", || async move {
+        (h.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    env.dead_depth(2).await;
+
+    // Bulk: filter by reason, discard all matching after confirming.
+    b.fill("#reason_contains", "JUNK").await;
+    b.click("#apply").await;
+    assert!(b.text("#shown").await.starts_with("2 shown"));
+    b.click("#discard-matching").await;
+    c.accept_alert().await.unwrap();
+    b.flash("discarded 2 message(s)").await;
+    env.dead_depth(0).await;
+    assert_eq!(env.handled.load(Ordering::SeqCst), 1);
+
+    // Outbox: dry run first, then the replay in the background.
+    c.goto(&format!("{}/console/outbox", env.base))
+        .await
+        .unwrap();
+    b.fill("#r-event_type", "console.test").await;
+    b.click("#replay-dry").await;
+    assert!(b.text("#dry-count").await.starts_with("3 events match"));
+    assert_eq!(
+        c.find_all(Locator::Css("#sample tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    b.shot("outbox-dry-run").await;
+    b.click("#replay-run").await;
+    c.accept_alert().await.unwrap();
+    eventually(WAIT, "replay done on the page", || async move {
+        let t = c
+            .find(Locator::Id("replay-state"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (t == "done").then_some(())
+    })
+    .await;
+    assert_eq!(b.text("#replay-done").await, "3");
+    assert_eq!(b.text("#replay-total").await, "3");
+    let mut got = Vec::new();
+    sink.wait_for(&mut got, 6, "three events and their three replays")
+        .await;
+    b.shot("outbox").await;
+
+    // Webhooks: redeliver and see the new attempt; disable the subscription.
+    c.goto(&format!("{}/console/webhooks", env.base))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.find_all(Locator::Css("#deliveries tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    b.click("button.redeliver").await;
+    b.flash("redelivery of").await;
+    rx.wait_for(2).await;
+    env.attempts(2).await;
+    c.refresh().await.unwrap();
+    assert_eq!(
+        c.find_all(Locator::Css("#deliveries tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    b.click(&format!("#sub-{sub}-toggle")).await;
+    b.flash(&format!("disabled subscription {sub}")).await;
+    assert_eq!(b.text(&format!("#sub-{sub}-state")).await, "disabled");
+    b.shot("webhooks").await;
+
+    c.goto(&format!("{}/console/jobs", env.base)).await.unwrap();
+    assert_eq!(b.text("h1").await, "In-flight jobs");
+    b.shot("jobs").await;
+
+    b.client.clone().close().await.unwrap();
+    env.stop().await;
+}
