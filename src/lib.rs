@@ -32,6 +32,7 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod dlq;
+pub mod guard;
 pub mod health;
 pub mod inbox;
 pub mod inflight;
