@@ -18,6 +18,7 @@ mod consume;
 mod e2e;
 mod giant;
 mod gitpush;
+mod outage;
 mod relay;
 mod resume;
 mod rss;
@@ -30,7 +31,7 @@ use support::{Row, base_config, create_database, drop_database, table};
 
 struct Opts {
     quick: bool,
-    /// `--only consume|relay|e2e|resume|rss|giant|gitpush`: just that group of rows
+    /// `--only consume|relay|e2e|resume|outage|rss|giant|gitpush`: just that group of rows
     /// (for repeated runs of a noisy figure, or profiling one path).
     only: Option<String>,
     /// `--rounds N`: overrides the mode's number of alternating throughput rounds.
@@ -42,8 +43,8 @@ struct Opts {
 }
 
 /// The groups `--only` accepts.
-const GROUPS: [&str; 7] = [
-    "consume", "relay", "e2e", "resume", "rss", "giant", "gitpush",
+const GROUPS: [&str; 8] = [
+    "consume", "relay", "e2e", "resume", "outage", "rss", "giant", "gitpush",
 ];
 
 /// Parses the arguments; a bad one is an error naming it (never silently ignored:
@@ -110,6 +111,9 @@ struct Sizes {
     e2e_full: usize,
     e2e_half_secs: u64,
     resume_trials: usize,
+    /// Jobs published during the database outage, and its length.
+    outage_jobs: usize,
+    outage: Duration,
     backlog: usize,
     rss_sample: Duration,
     git_pushes: usize,
@@ -127,6 +131,8 @@ fn sizes(quick: bool) -> Sizes {
             e2e_full: 1_000,
             e2e_half_secs: 3,
             resume_trials: 2,
+            outage_jobs: 500,
+            outage: Duration::from_secs(5),
             backlog: 20_000,
             rss_sample: Duration::from_secs(3),
             git_pushes: 5,
@@ -142,6 +148,8 @@ fn sizes(quick: bool) -> Sizes {
             e2e_full: 5_000,
             e2e_half_secs: 10,
             resume_trials: 3,
+            outage_jobs: 5_000,
+            outage: Duration::from_secs(30),
             backlog: 100_000,
             rss_sample: Duration::from_secs(10),
             git_pushes: 20,
@@ -425,6 +433,31 @@ async fn run(
             "resume_ms".into(),
             serde_json::json!({ "trials": resumes.clone(), "median": support::percentile(&mut resumes, 50.0) }),
         );
+    }
+
+    if want("outage") {
+        let mut runs = Vec::new();
+        for on in [false, true] {
+            step(&format!(
+                "{} jobs during a {:?} database outage, kill switch {}",
+                s.outage_jobs,
+                s.outage,
+                if on { "on" } else { "off" }
+            ));
+            let r = outage::database_outage(cfg, s.outage_jobs, s.outage, on).await?;
+            let label = if on { "kill switch" } else { "no kill switch" };
+            rows.push(Row::alone(
+                &format!(
+                    "DB outage, {label}: dead {} lost {} attempts max {} mean {:.2}; drain",
+                    r.dead, r.lost, r.max_attempt, r.mean_attempt
+                ),
+                r.drain_s,
+                "s",
+                None,
+            ));
+            runs.push(r);
+        }
+        extra.insert("database_outage".into(), serde_json::to_value(&runs)?);
     }
 
     if want("rss") {

@@ -207,6 +207,11 @@ struct Info {
     uptime: String,
     /// The RabbitMQ node (`host:port`) each connection role is connected to.
     amqp_nodes: std::collections::BTreeMap<String, String>,
+    /// Job kinds paused fleet-wide (`hookfleet pause`), as this worker last read them.
+    paused_kinds: Vec<String>,
+    /// Why the kill switch holds consuming (absent while it does not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kill_switch: Option<String>,
 }
 
 fn epoch_seconds(t: SystemTime) -> u64 {
@@ -227,6 +232,8 @@ async fn info(State(state): State<AdminState>) -> axum::Json<Info> {
         uptime_seconds: uptime.as_secs_f64(),
         uptime: humantime::format_duration(Duration::from_secs(uptime.as_secs())).to_string(),
         amqp_nodes: crate::amqp::nodes_in_use(),
+        paused_kinds: state.health.paused_kinds(),
+        kill_switch: state.health.stopped_by_guard(),
     })
 }
 

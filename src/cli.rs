@@ -73,6 +73,24 @@ enum Command {
         #[command(subcommand)]
         command: WebhookCommand,
     },
+    /// Pause a job kind fleet-wide: every worker stops consuming it within
+    /// seconds; its messages stay queued; survives worker restarts.
+    Pause {
+        /// Job kind (push, webhook, ...).
+        #[arg(required_unless_present = "list")]
+        kind: Option<String>,
+        /// Why (shown by `pause --list`).
+        #[arg(long)]
+        reason: Option<String>,
+        /// List the paused kinds instead.
+        #[arg(long, conflicts_with_all = ["kind", "reason"])]
+        list: bool,
+    },
+    /// Resume a paused job kind fleet-wide.
+    Resume {
+        /// Job kind.
+        kind: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -570,7 +588,75 @@ async fn run(
             Ok(ExitCode::SUCCESS)
         }
         Command::Webhook { command } => webhook_command(command, config).await,
+        Command::Pause { kind, reason, list } => pause_command(kind, reason, list, config).await,
+        Command::Resume { kind } => resume_command(kind, config).await,
     }
+}
+
+/// `pause <kind> [--reason]` and `pause --list`.
+async fn pause_command(
+    kind: Option<String>,
+    reason: Option<String>,
+    list: bool,
+    config: Config,
+) -> anyhow::Result<ExitCode> {
+    use crate::guard::pause::{self, PauseError};
+    let kind = match kind {
+        Some(k) if !list => k,
+        _ => {
+            let pool = db::connect(&config.database).await?;
+            let rows = pause::list(&pool).await;
+            pool.close().await;
+            let rows = rows?;
+            if rows.is_empty() {
+                println!("no job kind is paused");
+            }
+            for r in rows {
+                println!(
+                    "{}\tpaused {}{}{}",
+                    r.kind,
+                    r.paused_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    r.paused_by.map(|b| format!(" by {b}")).unwrap_or_default(),
+                    r.reason.map(|x| format!(": {x}")).unwrap_or_default(),
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if let Err(e) = pause::validate_kind(&kind) {
+        eprintln!("hookfleet: {e}");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    let pool = db::connect(&config.database).await?;
+    let user = local_user();
+    let r = pause::pause(&pool, &kind, user.as_deref(), reason.as_deref()).await;
+    pool.close().await;
+    match r {
+        Ok(true) => println!("paused {kind}: workers stop consuming it within seconds"),
+        Ok(false) => println!("{kind} was already paused"),
+        Err(PauseError::InvalidKind(_)) => return Ok(ExitCode::from(EXIT_USAGE)),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `resume <kind>`.
+async fn resume_command(kind: String, config: Config) -> anyhow::Result<ExitCode> {
+    use crate::guard::pause;
+    if let Err(e) = pause::validate_kind(&kind) {
+        eprintln!("hookfleet: {e}");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    let pool = db::connect(&config.database).await?;
+    let r = pause::resume(&pool, &kind).await;
+    pool.close().await;
+    if r? {
+        println!("resumed {kind}: workers consume it again within seconds");
+    } else {
+        println!("{kind} was not paused");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Who runs the command (`$USER`), the `sender` of the pings it asks for.

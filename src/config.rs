@@ -735,6 +735,73 @@ pub struct Config {
     pub webhook: WebhookConfig,
     /// The git host's URLs in webhook bodies.
     pub site: SiteConfig,
+    /// Guards before a handler runs (kill switch, pause polling).
+    #[serde(default)]
+    pub guard: GuardConfig,
+}
+
+/// Default of `guard.failure_share`.
+pub const GUARD_FAILURE_SHARE: f64 = 0.5;
+/// Default of `guard.window`.
+pub const GUARD_WINDOW: Duration = Duration::from_secs(30);
+/// Default of `guard.min_samples`.
+pub const GUARD_MIN_SAMPLES: u32 = 20;
+/// Default of `guard.probe_interval`.
+pub const GUARD_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Default of `guard.probe_timeout`.
+pub const GUARD_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default of `guard.half_open_jobs`.
+pub const GUARD_HALF_OPEN_JOBS: u32 = 5;
+/// Default of `guard.pause_poll_interval`.
+pub const GUARD_PAUSE_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Guards before a handler runs (`src/guard/`): the kill switch that stops
+/// consuming while PostgreSQL is down or most jobs fail transiently, and how
+/// often paused job kinds are re-read besides LISTEN/NOTIFY.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// Whether the kill switch may stop consuming at all.
+    pub enabled: bool,
+    /// Share (0 < x <= 1) of recent jobs of `failure_kinds` failing transiently
+    /// within `window` that opens the switch.
+    pub failure_share: f64,
+    /// How far back the failure share looks.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Jobs the window must hold before the share counts.
+    pub min_samples: u32,
+    /// Kinds whose transient failures count toward the share (a webhook
+    /// receiver's outage is not a fleet outage; its breaker handles it).
+    pub failure_kinds: Vec<String>,
+    /// How often PostgreSQL is probed (`SELECT 1`), open or closed.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// How long one probe may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// Jobs let through after the probes succeed again (half-open); when they
+    /// all succeed the switch closes, when one fails transiently it opens again.
+    pub half_open_jobs: u32,
+    /// How often paused kinds are re-read when no NOTIFY arrives.
+    #[serde(with = "humantime_serde")]
+    pub pause_poll_interval: Duration,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failure_share: GUARD_FAILURE_SHARE,
+            window: GUARD_WINDOW,
+            min_samples: GUARD_MIN_SAMPLES,
+            failure_kinds: vec!["push".to_string()],
+            probe_interval: GUARD_PROBE_INTERVAL,
+            probe_timeout: GUARD_PROBE_TIMEOUT,
+            half_open_jobs: GUARD_HALF_OPEN_JOBS,
+            pause_poll_interval: GUARD_PAUSE_POLL_INTERVAL,
+        }
+    }
 }
 
 mod humantime_serde_vec {
@@ -1057,6 +1124,27 @@ impl Config {
             });
         }
         positive("outbox.max_backoff", self.outbox.max_backoff)?;
+        let share = self.guard.failure_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(ConfigError::Invalid {
+                key: "guard.failure_share".into(),
+                message: format!("must be > 0 and <= 1, got {share}"),
+            });
+        }
+        positive("guard.window", self.guard.window)?;
+        range(
+            "guard.min_samples",
+            self.guard.min_samples.into(),
+            1..=100_000,
+        )?;
+        positive("guard.probe_interval", self.guard.probe_interval)?;
+        positive("guard.probe_timeout", self.guard.probe_timeout)?;
+        range(
+            "guard.half_open_jobs",
+            self.guard.half_open_jobs.into(),
+            1..=10_000,
+        )?;
+        positive("guard.pause_poll_interval", self.guard.pause_poll_interval)?;
         range(
             "outbox.park_after_attempts",
             self.outbox.park_after_attempts.into(),

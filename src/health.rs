@@ -7,8 +7,8 @@
 //! the database before starting its consumers, the consumers not running is not
 //! blamed on the broker (it has not been tried yet).
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
@@ -32,6 +32,10 @@ pub struct Health {
     waiting_for_database: AtomicBool,
     database_address: OnceLock<String>,
     broker_address: OnceLock<String>,
+    /// Why the kill switch stopped consuming (`None` while closed or half-open).
+    stopped_by_guard: Mutex<Option<String>>,
+    /// Job kinds paused fleet-wide, as this worker last read them.
+    paused_kinds: Mutex<Vec<String>>,
 }
 
 impl Default for Health {
@@ -52,6 +56,8 @@ impl Health {
             waiting_for_database: AtomicBool::new(false),
             database_address: OnceLock::new(),
             broker_address: OnceLock::new(),
+            stopped_by_guard: Mutex::new(None),
+            paused_kinds: Mutex::new(Vec::new()),
         }
     }
 
@@ -104,6 +110,30 @@ impl Health {
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
+    /// The kill switch opened (`Some(reason)`: not ready, consumers cancelled on
+    /// purpose) or let consuming resume (`None`).
+    pub fn set_stopped_by_guard(&self, reason: Option<String>) {
+        if let Ok(mut g) = self.stopped_by_guard.lock() {
+            *g = reason;
+        }
+    }
+    /// Why the kill switch holds consuming, if it does.
+    pub fn stopped_by_guard(&self) -> Option<String> {
+        self.stopped_by_guard.lock().ok().and_then(|g| g.clone())
+    }
+    /// The job kinds paused fleet-wide (operator intent: readiness ignores it).
+    pub fn set_paused_kinds(&self, kinds: Vec<String>) {
+        if let Ok(mut g) = self.paused_kinds.lock() {
+            *g = kinds;
+        }
+    }
+    /// The job kinds paused fleet-wide, as last read.
+    pub fn paused_kinds(&self) -> Vec<String> {
+        self.paused_kinds
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default()
+    }
     /// Time since start.
     pub fn uptime(&self) -> std::time::Duration {
         self.started_instant.elapsed()
@@ -131,7 +161,11 @@ impl Health {
                 at(&self.database_address, "PostgreSQL")
             )),
         }
-        if !self.consuming() {
+        let guard = self.stopped_by_guard();
+        if let Some(why) = &guard {
+            reasons.push(format!("kill switch open: {why}"));
+        }
+        if !self.consuming() && guard.is_none() {
             if self.waiting_for_database() {
                 // The broker has not been tried: consumers start after the database.
                 reasons.push(if database == DB_OK {
@@ -199,5 +233,18 @@ mod tests {
         assert_eq!(h.readiness(), Ok(()));
         h.set_draining();
         assert_eq!(h.readiness(), Err("draining".to_string()));
+    }
+
+    #[test]
+    fn kill_switch_names_its_reason_not_the_broker() {
+        let h = Health::new();
+        h.set_database_ok(true);
+        h.set_stopped_by_guard(Some("database not answering".into()));
+        let r = h.readiness().unwrap_err();
+        assert_eq!(r, "kill switch open: database not answering");
+        h.set_stopped_by_guard(None);
+        h.set_consuming(true);
+        h.set_paused_kinds(vec!["push".into()]);
+        assert_eq!(h.readiness(), Ok(()), "paused kinds are operator intent");
     }
 }

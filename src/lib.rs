@@ -38,6 +38,7 @@ pub mod consumer;
 pub mod db;
 pub mod dlq;
 pub mod error;
+pub mod guard;
 pub mod health;
 pub mod inbox;
 pub mod inflight;

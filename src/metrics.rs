@@ -66,6 +66,13 @@ pub struct Metrics {
     /// Repositories opened by the push handler (a read through a repository kept
     /// open does not count): grows with pushes when `push.open_repositories` is too small.
     pub git_repository_opens_total: IntCounter,
+    /// Kill switch state: 0 closed (consuming), 1 half-open (trial jobs), 2 open.
+    pub killswitch_state: IntGauge,
+    /// Kill switch transitions, by the state entered (closed, half_open, open).
+    pub killswitch_transitions_total: IntCounterVec,
+    /// 1 for each job kind paused fleet-wide (`hookfleet pause`), by kind
+    /// (bounded: the configured kinds plus the paused ones).
+    pub kind_paused: IntGaugeVec,
     /// Constant 1 with version and git SHA labels.
     pub build_info: IntGaugeVec,
 }
@@ -278,6 +285,33 @@ fn build() -> Result<Metrics, prometheus::Error> {
             IntCounter::new(
                 "hookfleet_git_repository_opens_total",
                 "Repositories opened by the push handler (reads through a repository kept open do not count).",
+            )?,
+        )?,
+        killswitch_state: reg(
+            r,
+            IntGauge::new(
+                "hookfleet_killswitch_state",
+                "Kill switch: 0 closed (consuming), 1 half-open (trial jobs), 2 open (not consuming).",
+            )?,
+        )?,
+        killswitch_transitions_total: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "hookfleet_killswitch_transitions_total",
+                    "Kill switch transitions, by the state entered.",
+                ),
+                &["to"],
+            )?,
+        )?,
+        kind_paused: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "hookfleet_kind_paused",
+                    "1 while a job kind is paused fleet-wide (hookfleet pause <kind>).",
+                ),
+                &["kind"],
             )?,
         )?,
         build_info: reg(

@@ -12,6 +12,7 @@
 //! answers a close, a connection never returned to the pool) must not keep the
 //! process alive until the kubelet's SIGKILL; it is logged by name and abandoned.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use crate::amqp::topology::Names;
 use crate::backoff::Reconnect;
 use crate::config::Config;
 use crate::consumer::{Ctx, Supervisor};
+use crate::guard::{Gates, KillSwitch, pause};
 use crate::health::Health;
 use crate::inflight::InFlight;
 use crate::job::Handler;
@@ -129,15 +131,17 @@ pub async fn run_with(
     state.health.set_waiting_for_database(false);
     let handlers = handlers(&config, &pool);
     let publisher = Publisher::new(&config.amqp, "publisher")?;
+    let background = TaskTracker::new();
+    let bg_stop = CancellationToken::new();
+    let gates = start_guards(&config, &pool, &state.health, &background, &bg_stop).await;
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         names: Names::new(&config.amqp.prefix),
         publisher: publisher.clone(),
         inflight: state.inflight.clone(),
+        gates,
     });
 
-    let background = TaskTracker::new();
-    let bg_stop = CancellationToken::new();
     background.spawn(watch_database(
         pool.clone(),
         state.health.clone(),
@@ -187,6 +191,36 @@ pub async fn run_with(
     shutdown_step("database pool", deadline, pool.close()).await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// The kill switch (probing the pool) and the paused kinds (read once before
+/// consuming starts, so a paused kind is never consumed after a restart), with
+/// their background tasks.
+async fn start_guards(
+    config: &Config,
+    pool: &PgPool,
+    health: &Arc<Health>,
+    background: &TaskTracker,
+    stop: &CancellationToken,
+) -> Gates {
+    let killswitch = Arc::new(KillSwitch::new(
+        config.guard.clone(),
+        Some(pool.clone()),
+        health.clone(),
+    ));
+    let ks = killswitch.clone();
+    let ks_stop = stop.clone();
+    background.spawn(async move { ks.run(ks_stop).await });
+    let (tx, paused) = tokio::sync::watch::channel(BTreeSet::new());
+    pause::load(pool, &tx, health).await;
+    background.spawn(pause::run_watcher(
+        pool.clone(),
+        config.guard.pause_poll_interval,
+        tx,
+        health.clone(),
+        stop.clone(),
+    ));
+    Gates { killswitch, paused }
 }
 
 /// Runs one shutdown step until it ends or `deadline` passes (then it is logged

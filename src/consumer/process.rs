@@ -21,6 +21,7 @@ use super::acker::Settle;
 use crate::amqp::publisher::Publisher;
 use crate::amqp::topology::Names;
 use crate::config::Config;
+use crate::guard::Gates;
 use crate::inflight::{InFlight, InFlightJob};
 use crate::job::{Done, Handler, Job, JobError};
 
@@ -80,6 +81,8 @@ pub struct Ctx {
     pub publisher: Publisher,
     /// In-flight registry (`/jobs`).
     pub inflight: Arc<InFlight>,
+    /// The kill switch and paused kinds.
+    pub gates: Gates,
 }
 
 /// Why a job failed, as it is classed in headers and metrics.
@@ -259,11 +262,13 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
         lane.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Done::Handled) => {
+                ctx.gates.killswitch.record_success(kind);
                 lane.acked.inc();
                 tracing::debug!("handled");
                 Settle::Ack
             }
             Ok(Done::Duplicate) => {
+                ctx.gates.killswitch.record_success(kind);
                 lane.duplicate.inc();
                 Settle::Ack
             }
@@ -271,6 +276,11 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
                 if class == ErrorClass::Panic {
                     lane.panics.inc();
                     tracing::error!(reason = %reason, "handler panicked");
+                }
+                if matches!(class, ErrorClass::Transient | ErrorClass::Timeout)
+                    && ctx.gates.killswitch.record_transient_failure(kind).await
+                {
+                    return hold(queue, class, &reason);
                 }
                 Box::pin(finish_failure(
                     ctx,
@@ -288,6 +298,17 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
     }
     .instrument(span)
     .await
+}
+
+/// The kill switch is open: give the delivery back to the queue as it came
+/// (`x-attempt` unchanged, no retry copy). The outage, not the job, failed.
+fn hold(queue: &str, class: ErrorClass, reason: &str) -> Settle {
+    metrics()
+        .deliveries_total
+        .with_label_values(&[queue, "held"])
+        .inc();
+    tracing::debug!(class = class.as_str(), error = %reason, "failed while the kill switch is open; requeued with its attempt unchanged");
+    Settle::Requeue
 }
 
 /// Decides, before any handler runs, whether a delivery can be handled at all:

@@ -22,7 +22,7 @@
 //! in-flight tasks up to `worker.drain_timeout`, flush acks, close the channels
 //! (the broker requeues whatever is still unacked) and the connection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,7 @@ use super::pool::TaskPool;
 use super::process::{self, Ctx, Lane};
 use crate::amqp::{self, AmqpError, topology};
 use crate::backoff::Reconnect;
+use crate::guard::killswitch::State as SwitchState;
 use crate::health::Health;
 use crate::job::Handler;
 use crate::metrics::metrics;
@@ -66,9 +67,21 @@ pub struct Supervisor {
 enum End {
     Shutdown,
     Lost(String),
+    /// A guard changed what to consume (kill switch opened, kinds paused or
+    /// resumed): drained, reconnect at once.
+    Gate(Gated),
+}
+
+/// Which guard ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gated {
+    KillSwitch,
+    Pause,
 }
 
 struct Session {
+    /// The paused kinds this session left out.
+    paused: BTreeSet<String>,
     conn: Connection,
     channels: Vec<(Channel, String)>,
     loops: Vec<JoinHandle<String>>,
@@ -111,7 +124,7 @@ impl Supervisor {
         let up = metrics().amqp_connection_up.with_label_values(&[ROLE]);
         up.set(0);
         loop {
-            if shutdown.is_cancelled() {
+            if shutdown.is_cancelled() || !self.wait_while_switch_open(&shutdown).await {
                 break;
             }
             let attempt = tokio::select! {
@@ -144,10 +157,18 @@ impl Supervisor {
                     self.health.set_consuming(true);
                     let started = Instant::now();
                     let end = self.watch(session, &shutdown).await;
-                    self.health.set_consuming(false);
                     up.set(0);
                     match end {
-                        End::Shutdown => return,
+                        // Operator intent, not a fault: stay ready across the restart.
+                        End::Gate(Gated::Pause) => continue,
+                        End::Gate(Gated::KillSwitch) => {
+                            self.health.set_consuming(false);
+                            continue;
+                        }
+                        _ => self.health.set_consuming(false),
+                    }
+                    match end {
+                        End::Shutdown | End::Gate(_) => return,
                         End::Lost(why) => {
                             let node = node();
                             tracing::warn!(amqp = %node, reason = %why, "consuming stopped; reconnecting");
@@ -206,7 +227,9 @@ impl Supervisor {
         let _ = setup.close(200, "declared".into()).await;
 
         let stop = CancellationToken::new();
+        let paused = self.ctx.gates.paused.borrow().clone();
         let mut session = Session {
+            paused,
             conn,
             channels: Vec::new(),
             loops: Vec::new(),
@@ -215,7 +238,7 @@ impl Supervisor {
         };
         let prefetch = cfg.prefetch();
         for (kind, handler) in &self.handlers {
-            if !kinds.contains(kind) {
+            if !kinds.contains(kind) || session.paused.contains(kind) {
                 continue;
             }
             let queue = self.ctx.names.queue(kind);
@@ -259,7 +282,7 @@ impl Supervisor {
                 session.loops.push(tokio::spawn(lp.run(consumer)));
             }
         }
-        if session.loops.is_empty() {
+        if session.loops.is_empty() && session.paused.is_empty() {
             tracing::warn!("no handler for any configured kind: nothing to consume");
         }
         Ok(session)
@@ -274,9 +297,25 @@ impl Supervisor {
         } else {
             loops
         });
+        let mut switch = self.ctx.gates.killswitch.subscribe();
+        let mut paused = self.ctx.gates.paused.clone();
+        // A change between the session's start and here counts too.
+        switch.mark_changed();
+        paused.mark_changed();
         let end = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break End::Shutdown,
+                Ok(()) = switch.changed() => {
+                    if *switch.borrow_and_update() == SwitchState::Open {
+                        break End::Gate(Gated::KillSwitch);
+                    }
+                }
+                Ok(()) = paused.changed() => {
+                    if *paused.borrow_and_update() != session.paused {
+                        tracing::info!("paused job kinds changed: re-registering consumers");
+                        break End::Gate(Gated::Pause);
+                    }
+                }
                 (res, _, rest) = &mut any_loop => {
                     let why = match res {
                         Ok(why) => why,
@@ -306,9 +345,30 @@ impl Supervisor {
                     .await;
                 End::Shutdown
             }
+            End::Gate(g) => {
+                // Stop taking deliveries; let in-flight work finish (while the
+                // switch is open, failures are requeued as they came).
+                self.teardown(session, self.ctx.config.worker.drain_timeout)
+                    .await;
+                End::Gate(g)
+            }
             lost => {
                 self.teardown(session, Duration::ZERO).await;
                 lost
+            }
+        }
+    }
+
+    /// Waits while the kill switch is open. `false` on shutdown.
+    async fn wait_while_switch_open(&self, shutdown: &CancellationToken) -> bool {
+        let mut switch = self.ctx.gates.killswitch.subscribe();
+        loop {
+            if *switch.borrow_and_update() != SwitchState::Open {
+                return true;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                r = switch.changed() => if r.is_err() { return true },
             }
         }
     }
@@ -388,6 +448,14 @@ impl ConsumeLoop {
             // waiter is registered on the pool, the stream or the stop token then.
             if self.stop.is_cancelled() {
                 return "stopped".into();
+            }
+            // Half-open: only the trial jobs start (open: the session is ending).
+            let switch = &self.ctx.gates.killswitch;
+            if switch.state() != SwitchState::Closed {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return "stopped".into(),
+                    _ = switch.admit() => {}
+                }
             }
             // The permit comes first: never pull a delivery we have no room for.
             let permits = match self.pool.try_acquire(&self.kind) {

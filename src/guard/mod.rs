@@ -1,0 +1,26 @@
+//! Guards that decide, before a handler runs, whether the worker consumes at
+//! all: the kill switch (a dependency outage stops consuming instead of burning
+//! every job's retries) and fleet-wide pause of a job kind (operator intent).
+//!
+//! Both only *gate* consuming; the supervisor (`crate::consumer::supervisor`)
+//! acts on them by cancelling and re-registering consumers. They know nothing
+//! of the broker.
+
+pub mod killswitch;
+pub mod pause;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+pub use killswitch::KillSwitch;
+
+/// What the supervisor and the delivery tasks consult.
+#[derive(Clone)]
+pub struct Gates {
+    /// The kill switch.
+    pub killswitch: Arc<KillSwitch>,
+    /// Job kinds paused fleet-wide (kept current by [`pause::run_watcher`]).
+    pub paused: watch::Receiver<BTreeSet<String>>,
+}
