@@ -454,6 +454,10 @@ pub struct RetryConfig {
     pub tiers: Vec<Duration>,
     /// Attempts (the first included) before a message is dead-lettered.
     pub max_attempts: u32,
+    /// Times one message may be postponed by a guard (an open circuit breaker,
+    /// a rate limit) without using an attempt; past it a postponement counts as
+    /// a transient failure, so nothing circles the retry tiers forever unseen.
+    pub max_postponements: u32,
 }
 
 /// Transactional outbox and relay settings.
@@ -602,6 +606,19 @@ pub struct WebhookConfig {
     /// A subscription is disabled after this many consecutive failed attempts
     /// (a success resets the count); `webhook enable` turns it back on.
     pub disable_after_failures: u32,
+    /// Consecutive failed attempts (timeouts, connection errors, 408/429/5xx)
+    /// against one host (`host:port`) that open its circuit breaker: its
+    /// deliveries are then postponed without a request until
+    /// `breaker_open_for` has passed. 0 turns the breaker off. Keep it below
+    /// `disable_after_failures` so a dead host is postponed before its
+    /// subscriptions are disabled.
+    pub breaker_failures: u32,
+    /// How long an open breaker postpones deliveries before letting probes through.
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_for: Duration,
+    /// Attempts let through at once to a host whose breaker is half-open (after
+    /// `breaker_open_for`); one success closes it, one failure reopens it.
+    pub breaker_probes: u32,
     /// Host names, IP addresses or CIDRs a webhook may reach even though they
     /// are private, loopback, link-local or cloud-metadata addresses.
     pub allowed_hosts: Vec<String>,
@@ -980,6 +997,11 @@ impl Config {
             self.retry.max_attempts.into(),
             MAX_ATTEMPTS_RANGE,
         )?;
+        range(
+            "retry.max_postponements",
+            self.retry.max_postponements.into(),
+            1..=100_000,
+        )?;
 
         range(
             "outbox.batch_size",
@@ -1073,6 +1095,17 @@ impl Config {
         range(
             "webhook.disable_after_failures",
             self.webhook.disable_after_failures.into(),
+            1..=1_000,
+        )?;
+        range(
+            "webhook.breaker_failures",
+            self.webhook.breaker_failures.into(),
+            0..=1_000,
+        )?;
+        positive("webhook.breaker_open_for", self.webhook.breaker_open_for)?;
+        range(
+            "webhook.breaker_probes",
+            self.webhook.breaker_probes.into(),
             1..=1_000,
         )?;
         for (key, file) in [
