@@ -650,6 +650,27 @@ pub struct WebhookConfig {
     pub secret_overlap: Duration,
 }
 
+/// Optional rate limits: token buckets per repository (push jobs) and per
+/// webhook subscription (webhook jobs). A job over its rate is postponed to a
+/// retry tier (its attempt counter unchanged), never dropped. Buckets are per
+/// worker process: the fleet-wide rate is these times the number of workers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Push jobs handled per second per repository; 0: no limit.
+    pub push_per_repository: f64,
+    /// Pushes of one repository let through at once after a quiet spell (the
+    /// bucket size); 0: one second's worth.
+    pub push_burst: u32,
+    /// Per repository pattern (`owner/*`, `owner/name`) rates that replace
+    /// `push_per_repository` (the longest matching pattern wins; 0: no limit).
+    pub repositories: BTreeMap<String, f64>,
+    /// Webhook deliveries per second per subscription; 0: no limit.
+    pub webhook_per_subscription: f64,
+    /// Bucket size of a subscription; 0: one second's worth.
+    pub webhook_burst: u32,
+}
+
 /// The git host that hookfleet stands for, as webhook bodies name it: the
 /// bases of the URLs in GitHub-shaped bodies (`html_url`, `url`, `clone_url`,
 /// `ssh_url` of repositories, users and organizations). Receivers written for
@@ -697,6 +718,8 @@ pub struct Config {
     pub push: PushConfig,
     /// Webhook delivery.
     pub webhook: WebhookConfig,
+    /// Optional rate limits (token buckets) that postpone the excess.
+    pub rate_limit: RateLimitConfig,
     /// The git host's URLs in webhook bodies.
     pub site: SiteConfig,
 }
@@ -997,6 +1020,29 @@ impl Config {
             self.retry.max_attempts.into(),
             MAX_ATTEMPTS_RANGE,
         )?;
+        let rates = [
+            (
+                "rate_limit.push_per_repository".to_string(),
+                self.rate_limit.push_per_repository,
+            ),
+            (
+                "rate_limit.webhook_per_subscription".to_string(),
+                self.rate_limit.webhook_per_subscription,
+            ),
+        ];
+        let patterns = self
+            .rate_limit
+            .repositories
+            .iter()
+            .map(|(p, r)| (format!("rate_limit.repositories.{p:?}"), *r));
+        for (key, r) in rates.into_iter().chain(patterns) {
+            if !r.is_finite() || r < 0.0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("must be a rate per second >= 0, got {r}"),
+                });
+            }
+        }
         range(
             "retry.max_postponements",
             self.retry.max_postponements.into(),

@@ -1024,3 +1024,37 @@ async fn dead_host_opens_the_breaker_postpones_without_attempts_and_a_probe_clos
     assert_eq!(hole.swallowed(), 3);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_rate_limit_postpones_the_excess_and_delivers_everything() {
+    let env = Env::start(|c| {
+        c.rate_limit.webhook_per_subscription = 2.0;
+        c.rate_limit.webhook_burst = 1;
+    })
+    .await;
+    let postponed = || {
+        hookfleet::metrics::metrics()
+            .postponed_total
+            .with_label_values(&["webhook", "rate_limit"])
+            .get()
+    };
+    let before = postponed();
+    let rx = Receiver::start(vec![], Reply::Status(200)).await;
+    env.subscribe("org/app", &rx.url(), None, "push").await;
+    for _ in 0..6 {
+        env.push_event("org/app").await;
+    }
+    rx.wait_for(6).await;
+    let recorded = wait_attempts(&env.db.pool, 6).await;
+    assert!(
+        recorded.iter().all(|a| a.outcome == "success"),
+        "{recorded:?}"
+    );
+    assert_eq!(recorded.len(), 6, "postponements are not attempts");
+    assert!(
+        postponed() > before,
+        "six at once over a burst of one: some postponed"
+    );
+    assert_eq!(env.broker.depth(&env.names.dead_queue("webhook")).await, 0);
+    env.stop().await;
+}

@@ -42,6 +42,7 @@ use crate::amqp::topology::Names;
 use crate::config::Config;
 use crate::job::{Done, Handler, Job, JobError};
 use crate::outbox::{self, Event};
+use crate::ratelimit::RateLimits;
 
 /// Job kind: routing key on the jobs exchange and the queue's suffix.
 pub const WEBHOOK_KIND: &str = "webhook";
@@ -71,6 +72,7 @@ pub struct WebhookHandler {
     pool: PgPool,
     client: Client,
     breakers: Breakers,
+    limits: RateLimits,
     names: Names,
     keys: Keyring,
     site: Site,
@@ -93,6 +95,8 @@ impl WebhookHandler {
     pub fn new(config: Arc<Config>, pool: PgPool) -> Self {
         let client = Client::new(&config.webhook);
         let breakers = Breakers::new(&config.webhook);
+        let rl = &config.rate_limit;
+        let limits = RateLimits::new(rl.webhook_per_subscription, rl.webhook_burst, &[]);
         let names = Names::new(&config.amqp.prefix);
         // `Config::validate` refused malformed keys already; a config built by
         // hand that skips it gets no keys (sealed secrets then refuse to sign).
@@ -106,6 +110,7 @@ impl WebhookHandler {
             pool,
             client,
             breakers,
+            limits,
             names,
             keys,
             site,
@@ -380,6 +385,12 @@ impl Handler for WebhookHandler {
                 return Err(JobError::Postpone(p));
             }
         };
+        // Then the subscription's rate (the ticket, if dropped here, only frees its slot).
+        let rate = self.limits.rate_for("");
+        if let Err(p) = self.limits.take(&sub.id.to_string(), rate) {
+            count("postponed");
+            return Err(JobError::Postpone(p));
+        }
         let request = super::render::request(&delivery, &sub, &self.site, &signing, now);
         let (body, headers) = (Bytes::from(request.body), request.headers);
         let started = Instant::now();
