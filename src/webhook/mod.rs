@@ -31,6 +31,7 @@ pub mod admin;
 pub mod breaker;
 pub mod deliver;
 pub mod github;
+pub mod guarded;
 pub mod handler;
 pub mod render;
 pub mod secrets;
