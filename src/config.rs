@@ -657,6 +657,7 @@ pub struct WebhookConfig {
     pub breaker_failures: u32,
     /// How long an open breaker postpones deliveries before letting probes through.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::config_reference::HumanDuration")]
     pub breaker_open_for: Duration,
     /// Attempts let through at once to a host whose breaker is half-open (after
     /// `breaker_open_for`); one success closes it, one failure reopens it.
@@ -698,7 +699,7 @@ pub struct WebhookConfig {
 /// webhook subscription (webhook jobs). A job over its rate is postponed to a
 /// retry tier (its attempt counter unchanged), never dropped. Buckets are per
 /// worker process: the fleet-wide rate is these times the number of workers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Push jobs handled per second per repository; 0: no limit.
