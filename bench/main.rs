@@ -15,6 +15,7 @@
 mod ceiling;
 mod common;
 mod consume;
+mod deadhost;
 mod e2e;
 mod giant;
 mod gitpush;
@@ -43,8 +44,8 @@ struct Opts {
 }
 
 /// The groups `--only` accepts.
-const GROUPS: [&str; 8] = [
-    "consume", "relay", "e2e", "resume", "outage", "rss", "giant", "gitpush",
+const GROUPS: [&str; 9] = [
+    "consume", "relay", "e2e", "resume", "outage", "rss", "giant", "gitpush", "deadhost",
 ];
 
 /// Parses the arguments; a bad one is an error naming it (never silently ignored:
@@ -475,6 +476,33 @@ async fn run(
             "MiB",
             None,
         ));
+    }
+
+    if want("deadhost") {
+        step("dead webhook host: healthy receivers' latency, quiet then with one host blackholed");
+        let f = deadhost::run(cfg).await?;
+        extra.insert(
+            "deadhost".into(),
+            serde_json::json!({ "quiet_ms": [f.quiet.0, f.quiet.1], "dead_ms": [f.dead.0, f.dead.1] }),
+        );
+        for (name, i, target) in [("p50", 0, None), ("p99", 1, Some(2.0))] {
+            let (dead, quiet) = if i == 0 {
+                (f.dead.0, f.quiet.0)
+            } else {
+                (f.dead.1, f.quiet.1)
+            };
+            let ratio = dead / quiet.max(0.001);
+            rows.push(Row {
+                name: format!("webhook delivery {name}, 20 healthy hosts + 1 blackholed"),
+                hookfleet: dead,
+                baseline_name: "same 20 hosts, no dead host".into(),
+                baseline: Some(quiet),
+                unit: "ms".into(),
+                ratio: Some(ratio),
+                target: target.map_or("-".into(), |t| format!("ratio <= {t:.2}")),
+                met: target.map(|t| ratio <= t),
+            });
+        }
     }
 
     // Heavy (a 20,000-commit repository is built): full runs, or asked for.

@@ -485,6 +485,10 @@ pub struct RetryConfig {
     pub tiers: Vec<Duration>,
     /// Attempts (the first included) before a message is dead-lettered.
     pub max_attempts: u32,
+    /// Times one message may be postponed by a guard (an open circuit breaker,
+    /// a rate limit) without using an attempt; past it a postponement counts as
+    /// a transient failure, so nothing circles the retry tiers forever unseen.
+    pub max_postponements: u32,
 }
 
 /// Transactional outbox and relay settings.
@@ -653,6 +657,20 @@ pub struct WebhookConfig {
     /// A subscription is disabled after this many consecutive failed attempts
     /// (a success resets the count); `webhook enable` turns it back on.
     pub disable_after_failures: u32,
+    /// Consecutive failed attempts (timeouts, connection errors, 408/429/5xx)
+    /// against one host (`host:port`) that open its circuit breaker: its
+    /// deliveries are then postponed without a request until
+    /// `breaker_open_for` has passed. 0 turns the breaker off. Keep it below
+    /// `disable_after_failures` so a dead host is postponed before its
+    /// subscriptions are disabled.
+    pub breaker_failures: u32,
+    /// How long an open breaker postpones deliveries before letting probes through.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::config_reference::HumanDuration")]
+    pub breaker_open_for: Duration,
+    /// Attempts let through at once to a host whose breaker is half-open (after
+    /// `breaker_open_for`); one success closes it, one failure reopens it.
+    pub breaker_probes: u32,
     /// Host names, IP addresses or CIDRs a webhook may reach even though they
     /// are private, loopback, link-local or cloud-metadata addresses.
     pub allowed_hosts: Vec<String>,
@@ -684,6 +702,27 @@ pub struct WebhookConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
     pub secret_overlap: Duration,
+}
+
+/// Optional rate limits: token buckets per repository (push jobs) and per
+/// webhook subscription (webhook jobs). A job over its rate is postponed to a
+/// retry tier (its attempt counter unchanged), never dropped. Buckets are per
+/// worker process: the fleet-wide rate is these times the number of workers.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Push jobs handled per second per repository; 0: no limit.
+    pub push_per_repository: f64,
+    /// Pushes of one repository let through at once after a quiet spell (the
+    /// bucket size); 0: one second's worth.
+    pub push_burst: u32,
+    /// Per repository pattern (`owner/*`, `owner/name`) rates that replace
+    /// `push_per_repository` (the longest matching pattern wins; 0: no limit).
+    pub repositories: BTreeMap<String, f64>,
+    /// Webhook deliveries per second per subscription; 0: no limit.
+    pub webhook_per_subscription: f64,
+    /// Bucket size of a subscription; 0: one second's worth.
+    pub webhook_burst: u32,
 }
 
 /// The git host that hookfleet stands for, as webhook bodies name it: the
@@ -733,6 +772,8 @@ pub struct Config {
     pub push: PushConfig,
     /// Webhook delivery.
     pub webhook: WebhookConfig,
+    /// Optional rate limits (token buckets) that postpone the excess.
+    pub rate_limit: RateLimitConfig,
     /// The git host's URLs in webhook bodies.
     pub site: SiteConfig,
     /// Guards before a handler runs (kill switch, pause polling).
@@ -758,7 +799,7 @@ pub const GUARD_PAUSE_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Guards before a handler runs (`src/guard/`): the kill switch that stops
 /// consuming while PostgreSQL is down or most jobs fail transiently, and how
 /// often paused job kinds are re-read besides LISTEN/NOTIFY.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct GuardConfig {
     /// Whether the kill switch may stop consuming at all.
@@ -768,6 +809,7 @@ pub struct GuardConfig {
     pub failure_share: f64,
     /// How far back the failure share looks.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::config_reference::HumanDuration")]
     pub window: Duration,
     /// Jobs the window must hold before the share counts.
     pub min_samples: u32,
@@ -776,15 +818,18 @@ pub struct GuardConfig {
     pub failure_kinds: Vec<String>,
     /// How often PostgreSQL is probed (`SELECT 1`), open or closed.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::config_reference::HumanDuration")]
     pub probe_interval: Duration,
     /// How long one probe may take before it counts as failed.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::config_reference::HumanDuration")]
     pub probe_timeout: Duration,
     /// Jobs let through after the probes succeed again (half-open); when they
     /// all succeed the switch closes, when one fails transiently it opens again.
     pub half_open_jobs: u32,
     /// How often paused kinds are re-read when no NOTIFY arrives.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::config_reference::HumanDuration")]
     pub pause_poll_interval: Duration,
 }
 
@@ -1100,6 +1145,34 @@ impl Config {
             self.retry.max_attempts.into(),
             MAX_ATTEMPTS_RANGE,
         )?;
+        let rates = [
+            (
+                "rate_limit.push_per_repository".to_string(),
+                self.rate_limit.push_per_repository,
+            ),
+            (
+                "rate_limit.webhook_per_subscription".to_string(),
+                self.rate_limit.webhook_per_subscription,
+            ),
+        ];
+        let patterns = self
+            .rate_limit
+            .repositories
+            .iter()
+            .map(|(p, r)| (format!("rate_limit.repositories.{p:?}"), *r));
+        for (key, r) in rates.into_iter().chain(patterns) {
+            if !r.is_finite() || r < 0.0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("must be a rate per second >= 0, got {r}"),
+                });
+            }
+        }
+        range(
+            "retry.max_postponements",
+            self.retry.max_postponements.into(),
+            1..=100_000,
+        )?;
 
         range(
             "outbox.batch_size",
@@ -1225,6 +1298,17 @@ impl Config {
         range(
             "webhook.disable_after_failures",
             self.webhook.disable_after_failures.into(),
+            1..=1_000,
+        )?;
+        range(
+            "webhook.breaker_failures",
+            self.webhook.breaker_failures.into(),
+            0..=1_000,
+        )?;
+        positive("webhook.breaker_open_for", self.webhook.breaker_open_for)?;
+        range(
+            "webhook.breaker_probes",
+            self.webhook.breaker_probes.into(),
             1..=1_000,
         )?;
         for (key, file) in [

@@ -3,7 +3,8 @@
 //! A [`Handler`] declares its kind (which names its queue) and handles one decoded
 //! [`Job`]. Its `Result` says what happens next: `Ok` acks; [`JobError::Transient`]
 //! and [`JobError::RetryAfter`] go through the retry tiers; [`JobError::Permanent`]
-//! dead-letters at once. Handlers that write to PostgreSQL implement [`TxHandler`]
+//! dead-letters at once; [`JobError::Postpone`] delays the job without using
+//! an attempt. Handlers that write to PostgreSQL implement [`TxHandler`]
 //! instead and are wrapped by `inbox::Transactional`, which owns the transaction,
 //! the inbox dedupe and the commit. The push handler is the one exception: its
 //! whole write is one statement with the inbox claim folded in (`inbox::Claim`,
@@ -68,6 +69,21 @@ pub enum JobError {
     /// Will never succeed (bad input, missing object): dead-letter at once.
     #[error("{0:#}")]
     Permanent(anyhow::Error),
+    /// Not now, and not the job's fault: a guard (an open circuit breaker, a
+    /// rate limit) decided before any work was done. The message goes to the
+    /// retry tier that fits the delay with its attempt counter unchanged.
+    #[error("postponed ({})", .0.reason)]
+    Postpone(Postpone),
+}
+
+/// A guard's "not before": how long to wait, and why (a metric label, so one of
+/// a few fixed words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Postpone {
+    /// Wanted delay; the first retry tier at least this long is used.
+    pub after: Duration,
+    /// Bounded reason: `breaker_open`, `breaker_probing`, `host_busy`, ...
+    pub reason: &'static str,
 }
 
 impl JobError {

@@ -22,6 +22,8 @@
 //! - [`outbox`]: the transactional outbox: enqueue, relay, pruning, status, replay.
 //! - [`push`]: the post-receive hook, push jobs, the spool, reading git, push payloads.
 //! - [`webhook`]: webhook subscriptions, delivery jobs, the guarded HTTP POST, attempts.
+//! - [`ratelimit`]: optional token buckets per repository and per subscription
+//!   (postpone, never drop).
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
 pub mod admin;
@@ -47,6 +49,7 @@ pub mod message;
 pub mod metrics;
 pub mod outbox;
 pub mod push;
+pub mod ratelimit;
 pub mod relay_role;
 pub mod shutdown;
 pub mod telemetry;

@@ -22,6 +22,10 @@ pub const H_ERROR_CLASS: &str = "x-error-class";
 pub const H_ORIGIN_QUEUE: &str = "x-origin-queue";
 /// Set on replays: the outbox id the message was replayed from.
 pub const H_REPLAYED_FROM: &str = "x-replayed-from";
+/// Times a guard postponed the message (its attempt counter unchanged).
+pub const H_POSTPONED: &str = "x-postponed";
+/// Why the message was last postponed (`breaker_open`, ...).
+pub const H_POSTPONE_REASON: &str = "x-postpone-reason";
 /// Schema version of the body.
 pub const H_SCHEMA_VERSION: &str = "x-schema-version";
 /// Current schema version written by this build.

@@ -56,6 +56,12 @@ pub struct Metrics {
     pub push_group_size: Histogram,
     /// Webhook deliveries by outcome.
     pub webhook_deliveries_total: IntCounterVec,
+    /// Deliveries postponed by a guard (attempt unchanged), by kind and reason.
+    pub postponed_total: IntCounterVec,
+    /// Circuit breaker state per webhook host (`host:port`): 0 closed, 1
+    /// half-open, 2 open. Hosts are those of subscriptions, so the label is
+    /// bounded by the number of subscriptions.
+    pub webhook_breaker_state: IntGaugeVec,
     /// How long a webhook attempt took, request to response (or failure).
     pub webhook_delivery_duration_seconds: HistogramVec,
     /// Messages in each kind's work, retry (all tiers) and dead-letter queues,
@@ -237,6 +243,26 @@ fn build() -> Result<Metrics, prometheus::Error> {
                     "Pushes written by one statement of the push handler's group commit.",
                 )
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            )?,
+        )?,
+        postponed_total: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "hookfleet_postponed_total",
+                    "Deliveries postponed by a guard before their handler did any work (attempt counter unchanged).",
+                ),
+                &["kind", "reason"],
+            )?,
+        )?,
+        webhook_breaker_state: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "hookfleet_webhook_breaker_state",
+                    "Circuit breaker per webhook host: 0 closed, 1 half-open, 2 open (hosts of subscriptions only).",
+                ),
+                &["host"],
             )?,
         )?,
         webhook_deliveries_total: reg(

@@ -384,7 +384,8 @@ async fn too_many_requests_honours_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consecutive_failures_disable_the_subscription_and_enable_restores_it() {
-    let env = Env::start(|_| {}).await;
+    // The breaker would postpone the fourth attempt; this is about disabling.
+    let env = Env::start(|c| c.webhook.breaker_failures = 0).await;
     assert_eq!(env.cfg.webhook.disable_after_failures, 4);
     let rx = Receiver::start(vec![], Reply::Status(500)).await;
     let sub = env.subscribe("org/app", &rx.url(), None, "push").await;
@@ -892,4 +893,168 @@ fn the_schema_check_refuses_hookfleet_fields_in_a_github_body() {
         "{:?}",
         r[1]
     );
+}
+
+// ---------- guards: the circuit breaker per host ----------
+
+/// A real blackhole in front of a receiver: while dead it accepts connections
+/// and never answers (holding them until the client hangs up); once revived it
+/// forwards new connections to `target`.
+struct Blackhole {
+    port: u16,
+    dead: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Blackhole {
+    async fn start(target: std::net::SocketAddr) -> Blackhole {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dead = std::sync::Arc::new(AtomicBool::new(true));
+        let accepted = std::sync::Arc::new(AtomicU64::new(0));
+        let (d, a) = (dead.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let dead_now = d.load(Ordering::SeqCst);
+                if dead_now {
+                    a.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    if dead_now {
+                        // Read and drop whatever comes, never answer.
+                        let mut buf = [0u8; 4096];
+                        while matches!(inbound.read(&mut buf).await, Ok(n) if n > 0) {}
+                        return;
+                    }
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        Blackhole {
+            port,
+            dead,
+            accepted,
+        }
+    }
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    fn revive(&self) {
+        self.dead.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn swallowed(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn breaker_state(host: &str) -> i64 {
+    hookfleet::metrics::metrics()
+        .webhook_breaker_state
+        .with_label_values(&[host])
+        .get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_host_opens_the_breaker_postpones_without_attempts_and_a_probe_closes_it() {
+    let env = Env::start(|c| {
+        c.webhook.timeout = Duration::from_millis(300);
+        c.webhook.breaker_failures = 2;
+        // Long against the 100 ms retry tier, so attempt 3 finds it open.
+        c.webhook.breaker_open_for = Duration::from_secs(2);
+        c.webhook.disable_after_failures = 100;
+        c.retry.max_attempts = 3;
+    })
+    .await;
+    let rx = Receiver::start(vec![], Reply::Status(200)).await;
+    let hole = Blackhole::start(([127, 0, 0, 1], rx.port).into()).await;
+    env.subscribe("org/app", &hole.url(), None, "push").await;
+    env.push_event("org/app").await;
+
+    // Attempts 1 and 2 time out and open the breaker; the third attempt is
+    // postponed (attempt unchanged) until the breaker half-opens, and its probe
+    // times out too: dead-lettered as attempt 3, with postponements on record.
+    env.dead(1).await;
+    let dead = env.broker.drain(&env.names.dead_queue("webhook")).await;
+    let props = &dead[0].delivery.properties;
+    assert_eq!(common::header(props, "x-attempt").as_deref(), Some("3"));
+    let postponed: u32 = common::header(props, "x-postponed")
+        .expect("x-postponed on the dead letter")
+        .parse()
+        .unwrap();
+    assert!(postponed >= 1, "postponed {postponed} times");
+    assert_eq!(
+        common::header(props, "x-postpone-reason").as_deref(),
+        Some("breaker_open")
+    );
+    assert_eq!(
+        hole.swallowed(),
+        3,
+        "two failures and one probe reached the host"
+    );
+    let recorded = attempts(&env.db.pool).await;
+    assert_eq!(
+        recorded.len(),
+        3,
+        "postponements are not attempts: {recorded:?}"
+    );
+    assert_eq!(breaker_state(&hole.host()), 2, "a failed probe reopens it");
+
+    // The host answers again: the next delivery waits for the half-open probe,
+    // which succeeds and closes the breaker.
+    hole.revive();
+    env.push_event("org/app").await;
+    rx.wait_for(1).await;
+    eventually(WAIT, "a successful attempt", || async {
+        let a = attempts(&env.db.pool).await;
+        a.iter().any(|r| r.outcome == "success").then_some(())
+    })
+    .await;
+    assert_eq!(
+        breaker_state(&hole.host()),
+        0,
+        "a successful probe closes it"
+    );
+    assert_eq!(hole.swallowed(), 3);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_rate_limit_postpones_the_excess_and_delivers_everything() {
+    let env = Env::start(|c| {
+        c.rate_limit.webhook_per_subscription = 2.0;
+        c.rate_limit.webhook_burst = 1;
+    })
+    .await;
+    let postponed = || {
+        hookfleet::metrics::metrics()
+            .postponed_total
+            .with_label_values(&["webhook", "rate_limit"])
+            .get()
+    };
+    let before = postponed();
+    let rx = Receiver::start(vec![], Reply::Status(200)).await;
+    env.subscribe("org/app", &rx.url(), None, "push").await;
+    for _ in 0..6 {
+        env.push_event("org/app").await;
+    }
+    rx.wait_for(6).await;
+    let recorded = wait_attempts(&env.db.pool, 6).await;
+    assert!(
+        recorded.iter().all(|a| a.outcome == "success"),
+        "{recorded:?}"
+    );
+    assert_eq!(recorded.len(), 6, "postponements are not attempts");
+    assert!(
+        postponed() > before,
+        "six at once over a burst of one: some postponed"
+    );
+    assert_eq!(env.broker.depth(&env.names.dead_queue("webhook")).await, 0);
+    env.stop().await;
 }

@@ -5,8 +5,12 @@
 //! to the next retry tier with `x-attempt` + 1 (confirmed) then ack, or the dead
 //! queue after `retry.max_attempts`; permanent or poison (undecodable body, wrong
 //! content type, missing `message_id`) → the dead queue at once with `x-error`
-//! and `x-error-class`. It never nack-requeues in a loop: a requeue happens only
-//! when the copy could not be published at all.
+//! and `x-error-class`; postponed by a guard ([`JobError::Postpone`]) → a copy
+//! to the retry tier that fits the wanted delay with `x-attempt` UNCHANGED and
+//! `x-postponed` + 1 (confirmed) then ack, so postponing costs no attempt; past
+//! `retry.max_postponements` a postponement counts as a transient failure. It
+//! never nack-requeues in a loop: a requeue happens only when the copy could
+//! not be published at all.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,7 +27,7 @@ use crate::amqp::topology::Names;
 use crate::config::Config;
 use crate::guard::Gates;
 use crate::inflight::{InFlight, InFlightJob};
-use crate::job::{Done, Handler, Job, JobError};
+use crate::job::{Done, Handler, Job, JobError, Postpone};
 
 use crate::message::{self, Envelope};
 use crate::metrics::metrics;
@@ -261,13 +265,16 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
         lane.in_flight.dec();
         lane.duration.observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(Done::Handled) => {
+            Ok(Ran::Postponed(p)) => {
+                Box::pin(finish_postpone(ctx, queue, kind, original, attempt, p)).await
+            }
+            Ok(Ran::Done(Done::Handled)) => {
                 ctx.gates.killswitch.record_success(kind);
                 lane.acked.inc();
                 tracing::debug!("handled");
                 Settle::Ack
             }
-            Ok(Done::Duplicate) => {
+            Ok(Ran::Done(Done::Duplicate)) => {
                 ctx.gates.killswitch.record_success(kind);
                 lane.duplicate.inc();
                 Settle::Ack
@@ -380,6 +387,12 @@ struct Original<'a> {
 
 type Failure = (ErrorClass, String, Option<Duration>);
 
+/// How a handler that did not fail ended.
+enum Ran {
+    Done(Done),
+    Postponed(Postpone),
+}
+
 /// Runs the handler bounded by `timeout` (dropping it on expiry) with panics
 /// caught. The delivery already runs in its own spawned task; catching the unwind
 /// here (rather than spawning a second task and reading its `JoinError`) gives the
@@ -388,7 +401,7 @@ async fn run_handler(
     handler: &Arc<dyn Handler>,
     job: Job,
     timeout: Duration,
-) -> Result<Done, Failure> {
+) -> Result<Ran, Failure> {
     let fut = std::panic::AssertUnwindSafe(handler.handle(job)).catch_unwind();
     match tokio::time::timeout(timeout, fut).await {
         Err(_) => Err((
@@ -401,7 +414,8 @@ async fn run_handler(
             format!("panic: {}", panic_message(panic)),
             None,
         )),
-        Ok(Ok(Ok(done))) => Ok(done),
+        Ok(Ok(Ok(done))) => Ok(Ran::Done(done)),
+        Ok(Ok(Err(JobError::Postpone(p)))) => Ok(Ran::Postponed(p)),
         Ok(Ok(Err(JobError::Transient(e)))) => Err((ErrorClass::Transient, format!("{e:#}"), None)),
         Ok(Ok(Err(JobError::RetryAfter(d, e)))) => {
             Err((ErrorClass::Transient, format!("{e:#}"), Some(d)))
@@ -471,26 +485,7 @@ async fn finish_failure(
     }
     let props = original.properties.clone().with_headers(headers);
 
-    // The copy must be confirmed before the original is acked; a few tries ride
-    // out a publisher reconnect.
-    let mut last_err = None;
-    for try_no in 0..3u32 {
-        match ctx
-            .publisher
-            .publish("", &target, original.body, props.clone(), true)
-            .await
-        {
-            Ok(()) => {
-                last_err = None;
-                break;
-            }
-            Err(e) => {
-                last_err = Some(e);
-                tokio::time::sleep(ctx.config.amqp.reconnect_min * 2u32.pow(try_no)).await;
-            }
-        }
-    }
-    if let Some(e) = last_err {
+    if let Err(e) = publish_copy(ctx, &target, original.body, props).await {
         tracing::error!(error = %e, target = %target, "cannot publish the retry/dead-letter copy; requeueing the original");
         metrics()
             .deliveries_total
@@ -517,6 +512,126 @@ async fn finish_failure(
             "dead-lettered"
         ),
     }
+    Settle::Ack
+}
+
+/// Publishes a retry, postponement or dead-letter copy, confirmed; a few tries
+/// ride out a publisher reconnect. The copy must be confirmed before the
+/// original is acked.
+async fn publish_copy(
+    ctx: &Ctx,
+    target: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Result<(), crate::amqp::AmqpError> {
+    let mut last_err = None;
+    for try_no in 0..3u32 {
+        match ctx
+            .publisher
+            .publish("", target, body, props.clone(), true)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                last_err = Some(e);
+                tokio::time::sleep(ctx.config.amqp.reconnect_min * 2u32.pow(try_no)).await;
+            }
+        }
+    }
+    match last_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Times a message was postponed so far (`x-postponed`, 0 when absent).
+fn postponements(properties: &BasicProperties) -> u32 {
+    let Some(v) = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(message::H_POSTPONED).cloned())
+    else {
+        return 0;
+    };
+    let n = match v {
+        AMQPValue::LongLongInt(n) => n,
+        AMQPValue::LongInt(n) => n.into(),
+        AMQPValue::ShortInt(n) => n.into(),
+        AMQPValue::LongUInt(n) => n.into(),
+        _ => 0,
+    };
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+/// The retry tier for a postponement: the first at least `wanted`, else the longest.
+fn postpone_tier(tiers: &[Duration], wanted: Duration) -> Option<Duration> {
+    tiers
+        .iter()
+        .copied()
+        .find(|t| *t >= wanted)
+        .or_else(|| tiers.last().copied())
+}
+
+/// Sends a postponed delivery to the retry tier that fits its "not before",
+/// attempt counter unchanged, `x-postponed` + 1. Past `retry.max_postponements`
+/// (or with no tiers) it is a transient failure instead, which uses an attempt.
+async fn finish_postpone(
+    ctx: &Ctx,
+    queue: &str,
+    kind: &str,
+    original: Original<'_>,
+    attempt: u32,
+    p: Postpone,
+) -> Settle {
+    let count = postponements(original.properties);
+    let tier = postpone_tier(&ctx.config.retry.tiers, p.after);
+    let Some(delay) = tier.filter(|_| count < ctx.config.retry.max_postponements) else {
+        let reason = format!(
+            "postponed {count} times ({}); counted as a failed attempt (retry.max_postponements)",
+            p.reason
+        );
+        tracing::warn!(reason = p.reason, count, "{reason}");
+        return Box::pin(finish_failure(
+            ctx,
+            queue,
+            kind,
+            original,
+            attempt,
+            ErrorClass::Transient,
+            reason,
+            Some(p.after),
+        ))
+        .await;
+    };
+    let target = ctx.names.retry_queue(kind, delay);
+    let mut headers = original.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        ShortString::from(message::H_POSTPONED),
+        AMQPValue::LongLongInt(i64::from(count) + 1),
+    );
+    headers.insert(
+        ShortString::from(message::H_POSTPONE_REASON),
+        AMQPValue::LongString(p.reason.into()),
+    );
+    headers.insert(
+        ShortString::from(message::H_ORIGIN_QUEUE),
+        AMQPValue::LongString(queue.into()),
+    );
+    let props = original.properties.clone().with_headers(headers);
+    if let Err(e) = publish_copy(ctx, &target, original.body, props).await {
+        tracing::error!(error = %e, target = %target, "cannot publish the postponed copy; requeueing the original");
+        metrics()
+            .deliveries_total
+            .with_label_values(&[queue, "requeued"])
+            .inc();
+        return Settle::Requeue;
+    }
+    let m = metrics();
+    m.deliveries_total
+        .with_label_values(&[queue, "postponed"])
+        .inc();
+    m.postponed_total.with_label_values(&[kind, p.reason]).inc();
+    tracing::debug!(reason = p.reason, delay = ?delay, postponed = count + 1, "postponed");
     Settle::Ack
 }
 
@@ -550,6 +665,9 @@ mod tests {
             Route::Dead
         );
         assert_eq!(route(ErrorClass::Poison, 1, 5, &tiers, None), Route::Dead);
+        assert_eq!(postpone_tier(&tiers, S(5)), Some(S(10)));
+        assert_eq!(postpone_tier(&tiers, S(3600)), Some(S(60)));
+        assert_eq!(postpone_tier(&[], S(1)), None);
         assert_eq!(
             route(ErrorClass::Transient, 1, 5, &tiers, Some(S(5))),
             Route::Retry(S(10))

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::inbox;
 use crate::job::{Done, Handler, Job, JobError};
 use crate::outbox::Event;
+use crate::ratelimit::RateLimits;
 
 /// Handles `push` jobs.
 pub struct PushHandler {
@@ -29,6 +30,13 @@ pub struct PushHandler {
     repos: Arc<RepoCache>,
     pool: PgPool,
     writer: Arc<GroupCommit>,
+    limits: RateLimits,
+}
+
+/// The one field a rate limit needs, decoded without the rest of the job.
+#[derive(serde::Deserialize)]
+struct RepositoryOnly {
+    repository: String,
 }
 
 impl PushHandler {
@@ -46,12 +54,20 @@ impl PushHandler {
             config.push.group_writers as usize,
             config.push.group_max as usize,
         ));
+        let rl = &config.rate_limit;
+        let overrides: Vec<(String, f64)> = rl
+            .repositories
+            .iter()
+            .map(|(p, r)| (p.clone(), *r))
+            .collect();
+        let limits = RateLimits::new(rl.push_per_repository, rl.push_burst, &overrides);
         Self {
             config,
             names,
             repos,
             pool,
             writer,
+            limits,
         }
     }
 
@@ -135,6 +151,7 @@ impl Handler for PushHandler {
     }
 
     async fn handle(&self, job: Job) -> Result<Done, JobError> {
+        self.admit(&job)?;
         let message_id = job.envelope.message_id;
         let ReadPush {
             push,
@@ -154,6 +171,22 @@ impl Handler for PushHandler {
 }
 
 impl PushHandler {
+    /// The repository's rate limit, before any work: over it, the job is
+    /// postponed (attempt unchanged). A body without a repository is left to
+    /// the handler to refuse.
+    fn admit(&self, job: &Job) -> Result<(), JobError> {
+        if !self.limits.enabled() {
+            return Ok(());
+        }
+        let Ok(RepositoryOnly { repository }) = serde_json::from_slice(&job.raw) else {
+            return Ok(());
+        };
+        let rate = self.limits.rate_for(&repository);
+        self.limits
+            .take(&repository, rate)
+            .map_err(JobError::Postpone)
+    }
+
     /// Writes the push through the group commit and logs the outcome.
     async fn record(
         &self,

@@ -31,6 +31,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::breaker::Breakers;
 use super::deliver::{Client, DeliverError, Response};
 use super::github::Site;
 use super::secrets::{self, Keyring};
@@ -41,6 +42,7 @@ use crate::amqp::topology::Names;
 use crate::config::Config;
 use crate::job::{Done, Handler, Job, JobError};
 use crate::outbox::{self, Event};
+use crate::ratelimit::RateLimits;
 
 /// Job kind: routing key on the jobs exchange and the queue's suffix.
 pub const WEBHOOK_KIND: &str = "webhook";
@@ -69,6 +71,8 @@ pub struct WebhookHandler {
     config: Arc<Config>,
     pool: PgPool,
     client: Client,
+    breakers: Breakers,
+    limits: RateLimits,
     names: Names,
     keys: Keyring,
     site: Site,
@@ -90,6 +94,9 @@ impl WebhookHandler {
     /// A handler for `config` on `pool`.
     pub fn new(config: Arc<Config>, pool: PgPool) -> Self {
         let client = Client::new(&config.webhook);
+        let breakers = Breakers::new(&config.webhook);
+        let rl = &config.rate_limit;
+        let limits = RateLimits::new(rl.webhook_per_subscription, rl.webhook_burst, &[]);
         let names = Names::new(&config.amqp.prefix);
         // `Config::validate` refused malformed keys already; a config built by
         // hand that skips it gets no keys (sealed secrets then refuse to sign).
@@ -102,6 +109,8 @@ impl WebhookHandler {
             config,
             pool,
             client,
+            breakers,
+            limits,
             names,
             keys,
             site,
@@ -276,6 +285,26 @@ impl WebhookHandler {
     }
 }
 
+/// The breaker's key for `url`: `host:port` (two receivers on one machine are
+/// two hosts; the label stays bounded by the subscriptions' URLs).
+fn breaker_key(url: &url::Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    )
+}
+
+/// Whether an attempt's result says the host is unwell: no answer (timeout,
+/// connection or TLS error, unresolvable) or 408/429/5xx. Other statuses (a
+/// 404, a 410) are answers: the host is up.
+fn host_failed(r: &Result<Response, DeliverError>) -> bool {
+    match r {
+        Ok(resp) => resp.status == 408 || resp.status == 429 || resp.status >= 500,
+        Err(e) => e.is_transient(),
+    }
+}
+
 fn count(outcome: &str) {
     crate::metrics::metrics()
         .webhook_deliveries_total
@@ -346,18 +375,41 @@ impl Handler for WebhookHandler {
                     .await;
             }
         };
+        // Proceed or postpone, before the request: an open breaker or a busy
+        // host costs neither an attempt nor a pool permit while it lasts.
+        let host = breaker_key(&url);
+        let ticket = match self.breakers.admit(&host) {
+            Ok(t) => t,
+            Err(p) => {
+                count("postponed");
+                return Err(JobError::Postpone(p));
+            }
+        };
+        // Then the subscription's rate (the ticket, if dropped here, only frees its slot).
+        let rate = self.limits.rate_for("");
+        if let Err(p) = self.limits.take(&sub.id.to_string(), rate) {
+            count("postponed");
+            return Err(JobError::Postpone(p));
+        }
         let request = super::render::request(&delivery, &sub, &self.site, &signing, now);
         let (body, headers) = (Bytes::from(request.body), request.headers);
         let started = Instant::now();
         let result = self.client.post(&url, &headers, body).await;
-        if let Err(DeliverError::HostBusy(host)) = &result {
+        if let Err(DeliverError::HostBusy(_)) = &result {
             // No request was made: not an attempt, not the endpoint's fault.
+            // (The breaker's own cap makes this rare: other workers' attempts.)
             count("host_busy");
-            return Err(JobError::transient(anyhow::anyhow!(
-                "too many webhook attempts in flight to {host}"
-            )));
+            return Err(JobError::Postpone(crate::job::Postpone {
+                after: Duration::from_secs(1),
+                reason: super::breaker::REASON_BUSY,
+            }));
         }
         let duration = started.elapsed();
+        if host_failed(&result) {
+            ticket.failure();
+        } else {
+            ticket.success();
+        }
         let outcome = self.classify(&job, result);
         let recorded_headers = serde_json::Value::Object(
             headers

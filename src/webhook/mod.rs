@@ -10,6 +10,8 @@
 //! 2. The [`handler`] POSTs each job's delivery, its body GitHub's exact one
 //!    ([`render`], [`github`]), through the SSRF guard
 //!    ([`ssrf`], [`deliver`]) and records every attempt in `webhook_attempts`.
+//!    A circuit breaker per host ([`breaker`]) postpones deliveries to a host
+//!    that keeps failing, before any request, without using an attempt.
 //! 3. `hookfleet webhook ...` ([`admin`]) manages subscriptions, lists attempts,
 //!    redelivers (a new job, same delivery id and body), pings (a new
 //!    `webhook.ping` delivery, also made when a subscription is added) and
@@ -26,6 +28,7 @@
 //! jobs and events go through the outbox.
 
 pub mod admin;
+pub mod breaker;
 pub mod deliver;
 pub mod github;
 pub mod guarded;
