@@ -188,6 +188,7 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
         data,
         properties,
         redelivered,
+        routing_key,
         ..
     } = delivery;
     let body = bytes::Bytes::from(data);
@@ -218,13 +219,24 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
         }
     };
     let attempt = envelope.attempt();
+    // `process <queue>` per the OpenTelemetry messaging conventions, a child of
+    // the context the message carries (retries and requeues carry the same).
     let span = tracing::info_span!(
         "delivery",
         "message.id" = %envelope.message_id,
         "correlation.id" = envelope.correlation_id.as_deref().unwrap_or(""),
         queue,
         attempt,
+        otel.name = format!("process {queue}"),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = queue,
+        messaging.rabbitmq.destination.routing_key = routing_key.as_str(),
+        messaging.message.id = %envelope.message_id,
+        messaging.message.conversation_id = envelope.correlation_id.as_deref(),
     );
+    crate::otel::propagate::continue_from(&span, &envelope.headers);
     async {
         if let Err((class, reason)) = admit(&envelope, &body, &ctx.config.worker) {
             tracing::warn!(reason = %reason, "{} message: dead-lettering", class.as_str());
