@@ -104,6 +104,12 @@ pub fn init(cfg: &LogConfig, tracing: &TracingConfig) -> Option<Exporter> {
     let filter = from_env
         .or_else(|_| EnvFilter::try_new(format!("{},{quiet}", cfg.level)))
         .unwrap_or_else(|_| EnvFilter::new(format!("info,{quiet}")));
+    // Spans made for traces only (database, HTTP client, publish; see
+    // `otel::span`) stay out of the logs: a line keeps its delivery span.
+    let filter = match "hookfleet::otel=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let json = match cfg.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
@@ -137,4 +143,65 @@ pub fn init(cfg: &LogConfig, tracing: &TracingConfig) -> Option<Exporter> {
     // A subscriber already installed (tests) is fine.
     let _ = result;
     exporter
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::*;
+
+    /// Collects what the fmt layer writes.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_trace_and_span_ids() {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let buf = Buf::default();
+        let out = buf.clone();
+        let format = fmt::format()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false);
+        let subscriber = tracing_subscriber::registry()
+            .with(otel_layer(provider.tracer("test")))
+            .with(
+                fmt::layer()
+                    .json()
+                    .event_format(WithTraceIds(format))
+                    .with_writer(move || out.clone()),
+            );
+        let (trace_id, span_id) = tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside any span");
+            let span = tracing::info_span!("delivery");
+            let _entered = span.enter();
+            tracing::info!("inside");
+            let sc = span.context().span().span_context().clone();
+            (sc.trace_id().to_string(), sc.span_id().to_string())
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].get("trace_id").is_none(), "{text}");
+        assert_eq!(lines[1]["trace_id"], trace_id.as_str());
+        assert_eq!(lines[1]["span_id"], span_id.as_str());
+        assert_eq!(lines[1]["fields"]["message"], "inside");
+    }
 }

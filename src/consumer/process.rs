@@ -229,13 +229,8 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
         attempt,
         otel.name = format!("process {queue}"),
         otel.kind = "consumer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "process",
-        messaging.destination.name = queue,
-        messaging.rabbitmq.destination.routing_key = routing_key.as_str(),
-        messaging.message.id = %envelope.message_id,
-        messaging.message.conversation_id = envelope.correlation_id.as_deref(),
     );
+    crate::otel::span::process_attributes(&span, &envelope, queue, routing_key.as_str());
     crate::otel::propagate::continue_from(&span, &envelope.headers);
     async {
         if let Err((class, reason)) = admit(&envelope, &body, &ctx.config.worker) {

@@ -7,6 +7,9 @@ use std::time::SystemTime;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::Link;
 use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::message::Envelope;
 
 /// `publish <exchange>` (producer): a message sent to RabbitMQ.
 pub fn publish(
@@ -27,6 +30,32 @@ pub fn publish(
         messaging.message.conversation_id = conversation,
         hookfleet.replayed_from = Empty,
     )
+}
+
+/// The messaging attributes of a worker's `process <queue>` span (the
+/// consumer's delivery span). Set on the OpenTelemetry span only, so the
+/// delivery's JSON log lines stay as short as they were.
+pub fn process_attributes(
+    span: &tracing::Span,
+    envelope: &Envelope,
+    queue: &str,
+    routing_key: &str,
+) {
+    span.set_attribute("messaging.system", "rabbitmq");
+    span.set_attribute("messaging.operation.type", "process");
+    span.set_attribute("messaging.destination.name", queue.to_string());
+    span.set_attribute(
+        "messaging.rabbitmq.destination.routing_key",
+        routing_key.to_string(),
+    );
+    span.set_attribute("messaging.message.id", envelope.message_id.to_string());
+    if let Some(c) = &envelope.correlation_id {
+        span.set_attribute("messaging.message.conversation_id", c.clone());
+    }
+    span.set_attribute(
+        "messaging.rabbitmq.message.attempt",
+        i64::from(envelope.attempt()),
+    );
 }
 
 /// A PostgreSQL statement (client): `summary` is the span name, e.g.
