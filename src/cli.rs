@@ -332,7 +332,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line, as the README promises: no log line repeating it.
-            eprintln!("hookfleet: {}", error_chain(e.as_ref()));
+            eprintln!("hookfleet: {}", crate::error::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -444,7 +444,7 @@ async fn run(
                         println!("installed {} (repository name: {name})", hook.display());
                     }
                     Err(e) => {
-                        eprintln!("hookfleet: {}", error_chain(&e));
+                        eprintln!("hookfleet: {}", crate::error::error_chain(&e));
                         // A path that is not a repository is bad usage (exit 2),
                         // like any other bad argument; I/O failures are exit 1.
                         if matches!(e, push::install::InstallError::NotARepository(_)) {
@@ -555,35 +555,7 @@ async fn run(
         }
         Command::Relay => {
             let token = shutdown::on_signals();
-            let pool = db::connect(&config.database).await?;
-            // Probes need the admin server; a relay has no consumers, so its
-            // readiness is the database alone.
-            let health = Arc::new(Health::new());
-            health.set_consuming(true);
-            health.set_database_ok(true);
-            let listener = crate::admin::bind(config.admin.listen).await?;
-            let admin_stop = tokio_util::sync::CancellationToken::new();
-            let admin_task = tokio::spawn(crate::admin::serve(
-                listener,
-                crate::admin::AdminState {
-                    health,
-                    inflight: Arc::default(),
-                    pool: Some(pool.clone()),
-                },
-                admin_stop.clone(),
-            ));
-            let pruner = tokio::spawn(outbox::run_pruner(
-                pool.clone(),
-                config.outbox.clone(),
-                token.clone(),
-            ));
-            let janitor = tokio::spawn(crate::alloc::run_janitor(pool.clone(), token.clone()));
-            outbox::run_relay(config.amqp, config.outbox, pool.clone(), token).await?;
-            pruner.await??;
-            let _ = janitor.await;
-            admin_stop.cancel();
-            let _ = admin_task.await;
-            pool.close().await;
+            crate::relay_role::run(config, Arc::new(Health::new()), token).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Outbox {
@@ -892,20 +864,4 @@ async fn replay(args: ReplayArgs, config: Config) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Renders an error and its causes on one line, skipping a cause whose text the
-/// message already contains (sqlx and lapin repeat their sources in `Display`).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(cause) = cur {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = cause.source();
-    }
-    out
 }

@@ -4,13 +4,15 @@
 //! - [`config`]: typed configuration, layered defaults < file < environment, validated once.
 //! - [`cli`]: the `hookfleet` command line; `main.rs` only calls [`cli::main`].
 //! - [`db`]: the PostgreSQL pool (bounded, with timeouts) and the embedded migrations.
-//! - [`amqp`]: broker connections, topology, confirmed publishing and the consuming supervisor.
+//! - [`amqp`]: broker connections, topology, confirmed publishing, queue depths.
 //! - [`consumer`]: the supervisor (reconnect + redeclare), the task pool, outcomes, acks.
 //! - [`dlq`]: listing and requeueing dead letters.
 //! - [`inbox`]: the handler transaction with inbox dedupe ([`inbox::Transactional`]).
 //! - [`alloc`]: returning freed heap to the OS after a giant push.
 //! - [`backoff`]: reconnect delays (exponential, full jitter, unlimited).
-//! - [`worker`]: the `worker` role, wiring everything together under one shutdown token.
+//! - [`worker`]: the `worker` role, wiring everything together under one shutdown token;
+//!   [`relay_role`]: the `relay` role (relay, pruner, admin HTTP) with the same bounded shutdown.
+//! - [`error`]: one-line rendering of an error and its causes.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/info`, `/jobs`).
 //! - [`health`]: readiness flags shared by the parts that know and the parts that ask.
 //! - [`shutdown`]: signals to a cancellation token (first drains, second exits).
@@ -32,6 +34,7 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod dlq;
+pub mod error;
 pub mod health;
 pub mod inbox;
 pub mod inflight;
@@ -41,6 +44,7 @@ pub mod metrics;
 pub mod otel;
 pub mod outbox;
 pub mod push;
+pub mod relay_role;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -190,7 +190,11 @@ pub async fn run_with(
 
 /// Runs one shutdown step until it ends or `deadline` passes (then it is logged
 /// and abandoned: see the module doc).
-async fn shutdown_step<F: Future>(step: &'static str, deadline: tokio::time::Instant, work: F) {
+pub(crate) async fn shutdown_step<F: Future>(
+    step: &'static str,
+    deadline: tokio::time::Instant,
+    work: F,
+) {
     tracing::debug!(step, "shutdown step");
     if tokio::time::timeout_at(deadline, work).await.is_err() {
         tracing::warn!(
@@ -237,7 +241,7 @@ async fn wait_for_database(
                 health.set_database_ok(false);
                 failures += 1;
                 if failures == 1 {
-                    tracing::error!(error = %crate::cli::error_chain(&e), "database unavailable; retrying with backoff");
+                    tracing::error!(error = %crate::error::error_chain(&e), "database unavailable; retrying with backoff");
                 }
             }
         }
@@ -296,13 +300,13 @@ async fn sample_pool(pool: crate::consumer::pool::TaskPool, stop: CancellationTo
 async fn relay_task(config: Arc<Config>, pool: PgPool, stop: CancellationToken) {
     let r = crate::outbox::run_relay(config.amqp.clone(), config.outbox.clone(), pool, stop).await;
     if let Err(e) = r {
-        tracing::error!(error = %crate::cli::error_chain(e.as_ref()), "outbox relay stopped");
+        tracing::error!(error = %crate::error::error_chain(e.as_ref()), "outbox relay stopped");
     }
 }
 
 /// Retention pruning of the outbox and inbox inside the worker.
 async fn pruner_task(config: Arc<Config>, pool: PgPool, stop: CancellationToken) {
     if let Err(e) = crate::outbox::run_pruner(pool, config.outbox.clone(), stop).await {
-        tracing::error!(error = %crate::cli::error_chain(e.as_ref()), "outbox pruner stopped");
+        tracing::error!(error = %crate::error::error_chain(e.as_ref()), "outbox pruner stopped");
     }
 }

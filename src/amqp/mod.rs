@@ -1,4 +1,6 @@
-//! RabbitMQ: connecting, topology, publishing, and the consuming supervisor.
+//! RabbitMQ: connecting (one round over the cluster's nodes), topology, confirmed
+//! publishing and queue-depth sampling. The consuming supervisor lives in
+//! [`crate::consumer`].
 
 pub mod connect;
 pub mod depths;

@@ -122,7 +122,7 @@ impl Supervisor {
                 Err(e) => {
                     failures += 1;
                     if failures == 1 {
-                        tracing::error!(error = %crate::cli::error_chain(&e), "cannot start consuming; retrying with backoff");
+                        tracing::error!(error = %crate::error::error_chain(&e), "cannot start consuming; retrying with backoff");
                     } else {
                         tracing::debug!(error = %e, failures, "still cannot start consuming");
                     }

@@ -547,14 +547,14 @@ pub async fn run_relay(
                 // on a new channel at once; this is not an outage.
                 tracing::info!(
                     suspects = relay.suspects.len(),
-                    error = %crate::cli::error_chain(e.as_ref()),
+                    error = %crate::error::error_chain(e.as_ref()),
                     "relay: the broker refused a message; finding the row"
                 );
             }
             Err(e) => {
                 failures += 1;
                 let delay = backoff.next_delay();
-                let error = crate::cli::error_chain(e.as_ref());
+                let error = crate::error::error_chain(e.as_ref());
                 if failures == 1 {
                     tracing::warn!(%error, retry_in = ?delay, "relay: batch failed, backing off");
                 } else {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use gix::ObjectId;
 
-use super::git::{GitError, GitRepo, PeeledRef, Reader};
+use super::git::{CommitInfo, GitError, GitRepo, PeeledRef, Reader};
 use super::update::RefUpdate;
 
 /// What kind of ref was updated.
@@ -49,43 +49,6 @@ impl RefKind {
             RefKind::Other
         }
     }
-}
-
-/// An author or committer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Person {
-    /// Name.
-    pub name: String,
-    /// Email.
-    pub email: String,
-}
-
-/// One commit as the payload lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitInfo {
-    /// Commit id.
-    pub id: String,
-    /// Tree id.
-    pub tree_id: String,
-    /// Full message, without the trailing newline.
-    pub message: String,
-    /// Author date, RFC 3339 with offset.
-    pub timestamp: String,
-    /// Author.
-    pub author: Person,
-    /// Committer.
-    pub committer: Person,
-    /// Paths added (merges: compared to the first parent).
-    pub added: Vec<String>,
-    /// Paths removed.
-    pub removed: Vec<String>,
-    /// Paths modified (content or type).
-    pub modified: Vec<String>,
-    /// Paths changed beyond `push.max_paths_per_commit` (counted, not listed).
-    #[serde(default)]
-    pub paths_omitted: u64,
-    /// Not reachable from any other ref of the repository.
-    pub distinct: bool,
 }
 
 /// The git facts of one ref update.

@@ -322,7 +322,7 @@ pub async fn post_receive(
         .await;
     let publish_error = match publish {
         Ok(()) => return Outcome::Published(job.push_id),
-        Err(e) => crate::cli::error_chain(&e),
+        Err(e) => crate::error::error_chain(&e),
     };
     match spool::write_job(&config.spool.dir, &job) {
         Ok(path) => {
@@ -337,7 +337,7 @@ pub async fn post_receive(
             let mut msg = format!(
                 "hookfleet: push {} NOT recorded: broker unavailable ({publish_error}) and {}; tell an administrator",
                 job.push_id,
-                crate::cli::error_chain(&e)
+                crate::error::error_chain(&e)
             );
             push_ref_lines(&mut msg, input);
             let _ = writeln!(stderr, "{msg}");

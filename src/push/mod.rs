@@ -7,8 +7,10 @@
 //! - [`hook`]: `hookfleet hook post-receive` (publish within `hook.timeout`, else spool;
 //!   always exit 0); [`install`]: `hookfleet hook install`.
 //! - [`publish`]: a push job on the wire; [`spool`]: the fsynced local spool and its flusher.
-//! - [`git`]: running the git CLI with a deadline; [`classify`]: what a ref update
-//!   means (created, deleted, forced, commits, distinct).
+//! - [`git`]: reading a bare repository in process (gitoxide) with a deadline;
+//!   [`repo_cache`]: repositories kept open between reads; [`confine`]: which
+//!   repositories a job may name; [`classify`]: what a ref update means (created,
+//!   deleted, forced, commits, distinct).
 //! - [`payload`]: GitHub-compatible event payloads, `events_for_push` (pure).
 //! - [`handler`]: the push job; [`record`]: its writes as one statement for a
 //!   group of pushes; [`group_commit`]: which pushes are written together.
@@ -25,5 +27,6 @@ pub mod payload;
 pub mod publish;
 pub mod record;
 pub mod refname;
+pub mod repo_cache;
 pub mod spool;
 pub mod update;

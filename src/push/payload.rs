@@ -22,7 +22,8 @@
 
 use serde_json::{Value, json};
 
-use super::classify::{CommitInfo, RefData, RefKind, RepoFacts};
+use super::classify::{RefData, RefKind, RepoFacts};
+use super::git::CommitInfo;
 use super::job::PushJob;
 use super::update::RefUpdate;
 use crate::config::PushConfig;

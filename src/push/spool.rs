@@ -226,7 +226,7 @@ pub async fn run_spool_flusher(config: Config, shutdown: CancellationToken) {
             Ok(_) => {}
             Err(e) => {
                 failures += 1;
-                let error = crate::cli::error_chain(&e);
+                let error = crate::error::error_chain(&e);
                 if failures == 1 {
                     tracing::warn!(%error, "spool flush failed; will retry");
                 } else {

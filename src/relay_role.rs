@@ -1,0 +1,80 @@
+//! `hookfleet relay`: the outbox relay, retention pruning, the memory janitor and
+//! the admin server, without consumers, until the shutdown token is cancelled.
+//!
+//! Shutdown is bounded like the worker's (see [`crate::worker`]): once the token
+//! is cancelled, the relay's batch in hand, the pruner, the admin server and the
+//! pool share [`AFTER_DRAIN_GRACE`]. A step still waiting then (a broker that
+//! never confirms, a database that never answers) is logged by name and
+//! abandoned, so the process exits inside the chart's termination grace period
+//! instead of being killed: unconfirmed rows stay pending and are published again
+//! by the next relay (consumers dedupe by message id).
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::health::Health;
+use crate::worker::{AFTER_DRAIN_GRACE, shutdown_step};
+use crate::{alloc, db, outbox};
+
+/// Runs the relay role until `shutdown` is cancelled (then within
+/// [`AFTER_DRAIN_GRACE`]) or the relay fails.
+pub async fn run(
+    config: Config,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database).await?;
+    // Probes need the admin server; a relay has no consumers, so its readiness
+    // is the database alone.
+    health.set_consuming(true);
+    health.set_database_ok(true);
+    let listener = admin::bind(config.admin.listen).await?;
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(
+        listener,
+        AdminState {
+            health,
+            inflight: Arc::default(),
+            pool: Some(pool.clone()),
+        },
+        admin_stop.clone(),
+    ));
+    let pruner = tokio::spawn(outbox::run_pruner(
+        pool.clone(),
+        config.outbox.clone(),
+        shutdown.clone(),
+    ));
+    let janitor = tokio::spawn(alloc::run_janitor(pool.clone(), shutdown.clone()));
+    let mut relay = tokio::spawn(outbox::run_relay(
+        config.amqp,
+        config.outbox,
+        pool.clone(),
+        shutdown.clone(),
+    ));
+
+    // The relay only returns on its own when it fails.
+    let failed = tokio::select! {
+        r = &mut relay => Some(r),
+        _ = shutdown.cancelled() => None,
+    };
+    let deadline = tokio::time::Instant::now() + AFTER_DRAIN_GRACE;
+    let mut result = Ok(());
+    match failed {
+        Some(r) => {
+            shutdown.cancel();
+            result = r.map_err(anyhow::Error::from).and_then(|r| r);
+        }
+        None => shutdown_step("outbox relay", deadline, &mut relay).await,
+    }
+    relay.abort();
+    shutdown_step("outbox pruner", deadline, pruner).await;
+    shutdown_step("memory janitor", deadline, janitor).await;
+    admin_stop.cancel();
+    shutdown_step("admin server", deadline, admin_task).await;
+    shutdown_step("database pool", deadline, pool.close()).await;
+    tracing::info!("relay stopped");
+    result
+}
