@@ -601,6 +601,7 @@ fn iso_strict(seconds: i64, offset: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::repo_cache::MAX_KEPT_BUFFER;
 
     #[test]
     fn an_idle_handle_keeps_only_small_read_buffers() {
