@@ -250,6 +250,27 @@ mod tests {
     }
 
     #[test]
+    fn spans_beyond_the_queue_are_dropped_and_counted_not_waited_for() {
+        use opentelemetry::trace::{Span as _, Tracer as _};
+        // Bound and never accepted: every export request hangs.
+        let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = cfg();
+        c.enabled = true;
+        c.endpoint = format!("http://{}", blackhole.local_addr().unwrap());
+        c.max_queue_size = 4;
+        let (exporter, tracer) = Exporter::build(&c).unwrap();
+        let dropped = || crate::metrics::metrics().trace_spans_dropped_total.get();
+        let before = dropped();
+        for _ in 0..20 {
+            tracer.start("span").end();
+        }
+        // 4 fit; the first export (which frees room) starts only after the
+        // batch delay, so most of the other 16 are dropped, and counted.
+        assert!(dropped() - before >= 8, "dropped {}", dropped() - before);
+        exporter.shutdown(Duration::from_millis(50));
+    }
+
+    #[test]
     fn otel_variables_turn_it_on_and_win_over_the_section() {
         let vars = |k: &str| match k {
             "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://c:4318".to_string()),
