@@ -5,9 +5,13 @@
 //! run `SELECT 1` for readiness; it must never change what the worker does, take a
 //! request body, or expose a secret (no config, no URLs, no environment).
 //!
-//! Slow or idle clients cannot pin tasks: request headers must arrive within
-//! [`HEADER_READ_TIMEOUT`], a request is answered (or 408) within [`REQUEST_TIMEOUT`],
-//! and a keep-alive connection is closed after [`CONNECTION_MAX_AGE`].
+//! Served by `axum::serve` with graceful shutdown. Slow or idle clients cannot pin
+//! tasks: a request is answered (or 408) within [`REQUEST_TIMEOUT`], at most
+//! [`MAX_REQUESTS`] are handled at once (more wait), a request body over
+//! [`MAX_BODY_BYTES`] is refused (413; no endpoint takes one), and the connection
+//! bounds of [`crate::admin_conn`] (a request must arrive in time; keep-alive
+//! connections end between requests when idle or old; a cap on open connections)
+//! apply to every connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,14 +22,15 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tower::limit::ConcurrencyLimitLayer;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+
+use crate::admin_conn::BoundedListener;
 
 use crate::health::Health;
 use crate::inflight::{InFlight, InFlightJob};
@@ -33,19 +38,16 @@ use crate::{build_info, metrics};
 
 /// Upper bound on answering one request; beyond it the client gets 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upper bound on receiving a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection (keep-alive included) is closed gracefully after this long.
-pub const CONNECTION_MAX_AGE: Duration = Duration::from_secs(120);
+/// Requests handled at once; more wait for a slot (within their connection's bounds).
+pub const MAX_REQUESTS: usize = 32;
+/// Largest request body accepted (no endpoint takes one).
+pub const MAX_BODY_BYTES: usize = 1024;
 /// Upper bound on the `SELECT 1` that `/readyz` runs when a pool is present.
 pub const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// On shutdown, open connections get this long to finish their request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Content type of the Prometheus text exposition format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
-
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop cannot spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the endpoints read. Cheap to clone (all shared).
 #[derive(Clone, Debug)]
@@ -80,7 +82,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
         .map_err(|source| AdminError::Bind { addr, source })
 }
 
-/// The routes, with the request timeout applied. Exposed for tests and embedding.
+/// The routes, with the request timeout, body limit and concurrency limit applied.
+/// A plain `Router`, so other routers can be merged into it.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
@@ -93,6 +96,8 @@ pub fn router(state: AdminState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(ConcurrencyLimitLayer::new(MAX_REQUESTS))
         .with_state(state)
 }
 
@@ -101,7 +106,8 @@ pub fn router(state: AdminState) -> Router {
 ///
 /// The caller owns the token: the worker should cancel it only after draining, so
 /// `/readyz` keeps answering 503 (`draining`) while in-flight work finishes.
-/// Failed `accept`s are logged and retried, so this returns `Ok` on shutdown.
+/// Failed `accept`s are logged and retried (by axum), so this returns `Ok` on
+/// shutdown.
 pub async fn serve(
     listener: TcpListener,
     state: AdminState,
@@ -110,52 +116,18 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(admin.addr = %addr, "admin server listening");
     }
-    let app = router(state);
-    let tracker = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin server: accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-        };
-        let service = TowerToHyperService::new(app.clone());
-        let token = shutdown.clone();
-        tracker.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            let finished = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                _ = token.cancelled() => None,
-                _ = tokio::time::sleep(CONNECTION_MAX_AGE) => None,
-            };
-            let result = match finished {
-                Some(r) => r,
-                None => {
-                    conn.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(SHUTDOWN_GRACE, conn).await {
-                        Ok(r) => r,
-                        Err(_) => return,
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, peer = %peer, "admin connection ended with an error");
+    let server = axum::serve(BoundedListener::new(listener), router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        r = server.as_mut() => r?,
+        _ = shutdown.cancelled() => {
+            // axum waits for every connection; ours get SHUTDOWN_GRACE.
+            if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
+                tracing::warn!("admin server: connections still open after the grace period");
             }
-        });
+        }
     }
-    tracker.close();
-    // Connections bound themselves by SHUTDOWN_GRACE; this outer bound is a backstop.
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE * 2, tracker.wait()).await;
     tracing::info!("admin server stopped");
     Ok(())
 }

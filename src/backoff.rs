@@ -5,14 +5,29 @@
 //! uniformly from `[min, cap]` ("full jitter"), so a fleet that lost the broker
 //! at the same moment does not reconnect in lockstep.
 //!
+//! # Why not backon's own jitter
+//!
+//! `ExponentialBuilder::with_jitter` adds a random part *on top of* the step:
+//! a delay is drawn from `[d, 2d)`. At the top of the series that is up to twice
+//! `max` (the configured reconnect ceiling would no longer be one), and clamping
+//! it to `max` or to the outage bound below makes every process of a fleet wait
+//! exactly the clamp — lockstep, what jitter is there to prevent. Both are shown
+//! by the unit test `backons_jitter_exceeds_max_and_collapses_when_clamped`.
+//! Full jitter below the cap keeps both properties, so we keep it (one line).
+//!
+//! # Why the outage bound earns its place
+//!
 //! The cap is also bounded by [`OUTAGE_FRACTION`] of the time since the first
-//! delay of this series (the outage so far). Why: with the plain series, a
-//! 1-second outage could be followed by a wait of up to 1.6 s (100 ms doubling:
-//! the 1.6 s step is often drawn before the second is over), so a short outage
-//! cost more than itself. Bounded by the outage's own length, the wait after an
-//! outage of `T` is at most `T / 2`; the attempt rate still falls geometrically
-//! (attempt times grow by at most 1.5× each), and the series' `max` still caps long
-//! outages.
+//! delay of this series (the outage so far). Without it a short outage costs more
+//! than itself: the doubling series (plain, or with backon's jitter) can put the
+//! next attempt up to twice the outage's length after it began, so a 1 s broker
+//! restart may cost 2 s (and a 150 ms blip 300 ms). Bounded by the outage's own
+//! length, the wait after an outage of `T` is at most `T / 2`, so reconnecting
+//! takes at most `1.5 T` (or `T + min`); the attempt rate still falls
+//! geometrically (attempt times grow by at most 1.5× each), and the series' `max`
+//! still caps long outages. The unit test
+//! `the_outage_bound_caps_what_a_short_outage_costs` measures both schedules on
+//! the same outages: ours stays within `1.5 T`, backon's jittered series does not.
 
 use std::time::{Duration, Instant};
 
@@ -102,6 +117,75 @@ mod tests {
         );
         r.reset();
         assert_eq!(r.next_delay(), min, "a new series starts at min");
+    }
+
+    /// When the first attempt at or after `outage` happens, for a series of
+    /// delays (attempts at 0 and after each delay).
+    fn reconnected_at(outage: Duration, mut delays: impl FnMut(Duration) -> Duration) -> Duration {
+        let mut at = Duration::ZERO;
+        while at < outage {
+            at += delays(at);
+        }
+        at
+    }
+
+    #[test]
+    fn the_outage_bound_caps_what_a_short_outage_costs() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(10));
+        let mut worst_ours = 0.0_f64;
+        let mut worst_backon = 0.0_f64;
+        for seed in 0..200u64 {
+            for outage_ms in [150u64, 400, 1_000, 3_000, 7_000] {
+                let outage = Duration::from_millis(outage_ms);
+                let start = Instant::now();
+                let mut ours = Reconnect::new(min, max);
+                let at = reconnected_at(outage, |at| ours.next_delay_at(start + at));
+                let bound = outage.mul_f64(1.0 + OUTAGE_FRACTION).max(outage + min);
+                assert!(at <= bound, "{outage:?} outage: reconnected at {at:?}");
+                worst_ours = worst_ours.max(at.as_secs_f64() / outage.as_secs_f64());
+
+                let mut jittered = ExponentialBuilder::new()
+                    .with_min_delay(min)
+                    .with_max_delay(max)
+                    .with_jitter()
+                    .with_jitter_seed(seed)
+                    .without_max_times()
+                    .build();
+                let at = reconnected_at(outage, |_| jittered.next().unwrap_or(max));
+                worst_backon = worst_backon.max(at.as_secs_f64() / outage.as_secs_f64());
+            }
+        }
+        assert!(worst_ours <= 1.5 + 1e-9, "ours: {worst_ours}");
+        assert!(
+            worst_backon > 1.5,
+            "backon's jittered series costs more than 1.5x an outage: {worst_backon}"
+        );
+    }
+
+    #[test]
+    fn backons_jitter_exceeds_max_and_collapses_when_clamped() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = ExponentialBuilder::new()
+            .with_min_delay(min)
+            .with_max_delay(max)
+            .with_jitter()
+            .with_jitter_seed(7)
+            .without_max_times()
+            .build()
+            .take(40)
+            .collect();
+        assert!(delays.iter().any(|d| *d > max), "above max: {delays:?}");
+        // Clamped to max, the tail is one value for every process: lockstep.
+        let tail: Vec<Duration> = delays[10..].iter().map(|d| (*d).min(max)).collect();
+        assert!(tail.iter().all(|d| *d == max), "{tail:?}");
+        // Ours keeps spreading the tail below the cap.
+        let mut r = Reconnect::new(min, max);
+        let start = Instant::now();
+        let ours: Vec<Duration> = (0..40)
+            .map(|i| r.next_delay_at(start + Duration::from_secs(60 + i)))
+            .collect();
+        assert!(ours.iter().all(|d| *d <= max));
+        assert!(ours[10..].iter().any(|d| *d < max.mul_f64(0.9)), "{ours:?}");
     }
 
     #[test]

@@ -274,6 +274,9 @@ enum DlqCommand {
 enum ConfigCommand {
     /// Validate and print the effective config with secrets redacted.
     Check,
+    /// Print the configuration reference (every key, default, allowed values,
+    /// environment variable, description) as markdown: docs/CONFIG.md.
+    Reference,
 }
 
 /// Entry point used by `main.rs`.
@@ -294,6 +297,14 @@ pub fn main() -> ExitCode {
     } = cli.command
     {
         return post_receive(cli.config.as_deref());
+    }
+    if let Command::Config {
+        command: ConfigCommand::Reference,
+    } = cli.command
+    {
+        // From the types and built-in defaults only: no file, no environment.
+        print!("{}", crate::config_reference::markdown());
+        return ExitCode::SUCCESS;
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,

@@ -25,12 +25,14 @@
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
 pub mod admin;
+pub mod admin_conn;
 pub mod alloc;
 pub mod amqp;
 pub mod backoff;
 pub mod build_info;
 pub mod cli;
 pub mod config;
+pub mod config_reference;
 pub mod consumer;
 pub mod db;
 pub mod dlq;

@@ -45,7 +45,7 @@ impl Admin {
             inflight,
             token,
             task: Some(task),
-            client: reqwest::Client::builder()
+            client: common::http_client()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
@@ -91,6 +91,28 @@ async fn healthz_is_ok_and_unknown_paths_are_404() {
     assert_eq!(r.text().await.unwrap(), "ok");
     assert_eq!(a.get("/nope").await.status().as_u16(), 404);
     assert_eq!(a.get("/metrics/extra").await.status().as_u16(), 404);
+}
+
+#[tokio::test]
+async fn a_request_body_over_the_limit_is_refused() {
+    let a = Admin::start(None).await;
+    let r = a
+        .client
+        .get(format!("{}/healthz", a.base))
+        .body(vec![b'x'; admin::MAX_BODY_BYTES + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    // A small body does not matter to a GET endpoint.
+    let r = a
+        .client
+        .get(format!("{}/healthz", a.base))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
 }
 
 #[tokio::test]
@@ -277,7 +299,7 @@ async fn cancelling_the_token_stops_the_server() {
         .expect("serve returns after cancel")
         .unwrap()
         .unwrap();
-    let fresh = reqwest::Client::new();
+    let fresh = common::http_client().build().unwrap();
     assert!(
         fresh
             .get(format!("{}/healthz", a.base))

@@ -69,7 +69,7 @@ impl AdminClient {
         .await;
         AdminClient {
             base: format!("http://{addr}"),
-            http: reqwest::Client::builder()
+            http: common::http_client()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),

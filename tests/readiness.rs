@@ -60,7 +60,7 @@ impl Readyz {
         .await;
         Readyz {
             url: format!("http://{addr}/readyz"),
-            http: reqwest::Client::builder()
+            http: common::http_client()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
@@ -166,7 +166,9 @@ async fn an_unreachable_broker_is_named_not_the_database() {
 async fn both_down_names_both_and_recovery_is_ready() {
     let kind = "rdy_both";
     let db = TestDb::new().await;
-    let pg = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let pg = TcpProxy::start("127.0.0.1:5432".parse().unwrap())
+        .await
+        .expect("proxy starts");
     let mq = TcpProxy::rabbitmq().await;
     let mut cfg = config(
         &format!("postgres://postgres@{}/{}", pg.addr, db.name),

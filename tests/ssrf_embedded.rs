@@ -272,3 +272,61 @@ async fn webhook_add_does_not_warn_when_deliveries_can_go_through() {
         .unwrap_err();
     assert!(matches!(e, admin::AdminError::Invalid(_)), "{e:?}");
 }
+
+/// A one-shot HTTP receiver on 127.0.0.1 answering 200; its port.
+async fn ok_receiver() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn the_sender_refuses_a_name_that_resolves_to_loopback() {
+    let port = ok_receiver().await;
+    let client = Client::new(&webhook_config(|_| {}));
+    let url = check_url(&format!("http://localhost:{port}/hook")).unwrap();
+    let e = client
+        .post(&url, &[], Bytes::from_static(b"{}"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, DeliverError::Ssrf(SsrfError::Blocked { .. })),
+        "the client's resolver refuses it: {e:?}"
+    );
+    assert!(!e.is_transient());
+    let text = e.to_string();
+    assert!(
+        text.starts_with("refused: localhost resolves only to blocked addresses")
+            && text.contains("loopback"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn allowed_hosts_entries_pass_the_resolver_and_the_peer_check() {
+    let port = ok_receiver().await;
+    for (entry, host) in [("localhost", "localhost"), ("127.0.0.1", "127.0.0.1")] {
+        let client = Client::new(&webhook_config(|c| c.allowed_hosts = vec![entry.into()]));
+        let url = check_url(&format!("http://{host}:{port}/hook")).unwrap();
+        let r = client
+            .post(&url, &[], Bytes::from_static(b"{}"))
+            .await
+            .unwrap_or_else(|e| panic!("{entry}: {e}"));
+        assert_eq!(r.status, 200, "{entry}");
+        assert_eq!(&r.body[..], b"ok", "{entry}");
+    }
+}

@@ -4,5 +4,7 @@
 #![allow(dead_code)]
 
 pub mod procs;
+/// The test kit's fault-injecting proxy: one copy for tests and benches.
+#[path = "../../tests/common/proxy.rs"]
 pub mod proxy;
 pub mod repo;

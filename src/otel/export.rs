@@ -112,6 +112,10 @@ impl Exporter {
         if !settings.enabled {
             return None;
         }
+        // reqwest is built without a default TLS provider (see Cargo.toml): the
+        // exporter's client takes the process default, ring, as the rest of
+        // hookfleet uses. Already installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)

@@ -1,27 +1,30 @@
 //! One HTTP POST to a webhook endpoint, through the SSRF guard.
 //!
-//! Owns the connection: resolve and validate with [`Guard::resolve`], connect
-//! (bounded by `webhook.connect_timeout`) to a validated address only, TLS with
-//! rustls (ring; the platform's roots plus `webhook.ca_file`'s) for https, one HTTP/1.1 request, and reading at most
-//! [`MAX_RESPONSE_BYTES`] of the response; the whole attempt is bounded by
-//! `webhook.timeout`. Redirects are never followed (hyper's connection-level client
-//! does not follow them). A per-host semaphore bounds attempts in flight per host.
-//! It never touches the database and never sees the secret (it gets the signed
-//! headers ready-made).
+//! Owns the webhook HTTP client: reqwest (HTTP/1.1, rustls with ring; the
+//! platform's roots plus `webhook.ca_file`'s), with the SSRF guard as its DNS
+//! resolver and as a check of each connection's peer address
+//! ([`super::guarded`]); IP-literal URLs are checked here before the request.
+//! Proxies are off (an environment `HTTPS_PROXY` would bypass the guard),
+//! redirects are never followed, and each phase is bounded: name resolution
+//! and the TCP connect by `webhook.connect_timeout`, the whole attempt
+//! (connect, TLS, request, reading the response) by `webhook.timeout`, which
+//! also bounds the read phase (no separate read timeout: a receiver may take
+//! its time to answer, up to `webhook.timeout`). At most [`MAX_RESPONSE_BYTES`]
+//! of the response body are read. A per-host semaphore bounds attempts in
+//! flight per host; idle connections are kept (reqwest's pool) and reused, so a
+//! busy host is not reconnected for every delivery. It never touches the
+//! database and never sees the secret (it gets the signed headers ready-made).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::CertificateDer;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use url::Url;
 
+use super::guarded::{Exempt, GuardResolver, PeerCheckLayer};
 use super::ssrf::{Guard, SsrfError};
 use crate::config::WebhookConfig;
 
@@ -73,12 +76,12 @@ pub struct Response {
     pub body: Bytes,
 }
 
-/// The client: policy, TLS config and per-host limits, shared by all attempts.
+/// The client: policy, HTTP client and per-host limits, shared by all attempts.
 pub struct Client {
-    guard: Guard,
-    tls: Option<tokio_rustls::TlsConnector>,
+    guard: Arc<Guard>,
+    /// `Err`: reqwest refused the configuration (logged; every attempt fails).
+    http: Result<reqwest::Client, String>,
     timeout: Duration,
-    connect_timeout: Duration,
     per_host: usize,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
@@ -97,11 +100,15 @@ impl Client {
                 Vec::new()
             }
         };
+        let guard = Arc::new(Guard::new(cfg));
+        let http = tls_config(extra).and_then(|tls| http_client(cfg, guard.clone(), tls));
+        if let Err(e) = &http {
+            tracing::error!(error = %e, "webhook HTTP client unusable; deliveries will fail");
+        }
         Self {
-            guard: Guard::new(cfg),
-            tls: tls_connector(extra),
+            guard,
+            http,
             timeout: cfg.timeout,
-            connect_timeout: cfg.connect_timeout,
             per_host: usize::try_from(cfg.per_host_concurrency)
                 .unwrap_or(1)
                 .max(1),
@@ -145,45 +152,118 @@ impl Client {
         headers: &[(String, String)],
         body: Bytes,
     ) -> Result<Response, DeliverError> {
-        let addrs = self.guard.resolve(url).await?;
-        let tcp = self.connect(&addrs).await?;
-        let host = url.host_str().unwrap_or_default();
-        match url.scheme() {
-            "https" => {
-                let tls = self
-                    .tls
-                    .as_ref()
-                    .ok_or_else(|| DeliverError::Tls("no TLS root certificates".into()))?;
-                let bare = host.trim_start_matches('[').trim_end_matches(']');
-                let name = rustls::pki_types::ServerName::try_from(bare.to_string())
-                    .map_err(|e| DeliverError::Tls(e.to_string()))?;
-                let stream = tls
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| DeliverError::Tls(e.to_string()))?;
-                send(stream, url, headers, body).await
-            }
-            _ => send(tcp, url, headers, body).await,
+        // Names are checked by the resolver; literals never reach it.
+        if matches!(url.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))) {
+            self.guard.resolve(url).await?;
         }
+        let http = self
+            .http
+            .as_ref()
+            .map_err(|e| DeliverError::Http(e.clone()))?;
+        let mut req = http.post(url.as_str()).body(body);
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req.send().await.map_err(|e| self.classify(&e))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        Ok(Response {
+            status,
+            retry_after,
+            body: read_capped(resp).await,
+        })
     }
 
-    async fn connect(&self, addrs: &[SocketAddr]) -> Result<TcpStream, DeliverError> {
-        let mut last = String::from("no address");
-        for addr in addrs {
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    return Ok(s);
-                }
-                Ok(Err(e)) => last = format!("{addr}: {e}"),
-                Err(_) => last = format!("{addr}: timed out after {:?}", self.connect_timeout),
+    /// The [`DeliverError`] of a failed request: the guard's refusal (from the
+    /// resolver or the peer check), a TLS failure, or what reqwest says.
+    fn classify(&self, e: &reqwest::Error) -> DeliverError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = source {
+            if let Some(ssrf) = s.downcast_ref::<SsrfError>() {
+                return DeliverError::Ssrf(ssrf.clone());
             }
+            if is_tls(s) {
+                return DeliverError::Tls(chain(e));
+            }
+            source = s.source();
         }
-        Err(DeliverError::Connect(last))
+        if e.is_connect() {
+            DeliverError::Connect(chain(e))
+        } else if e.is_timeout() {
+            DeliverError::Timeout(self.timeout)
+        } else {
+            DeliverError::Http(chain(e))
+        }
     }
 }
 
-fn tls_connector(extra: Vec<CertificateDer<'static>>) -> Option<tokio_rustls::TlsConnector> {
+/// Whether `e` is a rustls error, also when wrapped in (nested) io::Errors,
+/// whose `source()` skips the error they wrap.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.is::<rustls::Error>() {
+        return true;
+    }
+    e.downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+        .is_some_and(|inner| is_tls(inner))
+}
+
+/// The error and its causes, `: `-separated (reqwest's own message is terse).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The first [`MAX_RESPONSE_BYTES`] of the body; a body cut short still leaves
+/// a status worth recording, so a read error ends the body.
+async fn read_capped(mut resp: reqwest::Response) -> Bytes {
+    let mut buf = Vec::new();
+    while buf.len() < MAX_RESPONSE_BYTES {
+        match resp.chunk().await {
+            Ok(Some(data)) => {
+                let take = data.len().min(MAX_RESPONSE_BYTES - buf.len());
+                buf.extend_from_slice(&data[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Bytes::from(buf)
+}
+
+/// The reqwest client of `cfg`: the guard as resolver and peer check, no
+/// proxies, no redirects, the connect and whole-request timeouts, our TLS.
+fn http_client(
+    cfg: &WebhookConfig,
+    guard: Arc<Guard>,
+    tls: rustls::ClientConfig,
+) -> Result<reqwest::Client, String> {
+    let exempt = Exempt::default();
+    reqwest::Client::builder()
+        .dns_resolver(GuardResolver::new(guard.clone(), exempt.clone()))
+        .connector_layer(PeerCheckLayer::new(guard, exempt))
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(cfg.connect_timeout)
+        .timeout(cfg.timeout)
+        .tcp_nodelay(true)
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| chain(&e))
+}
+
+/// rustls with ring, trusting the platform's roots plus `extra` (with none,
+/// every https handshake fails, transiently, and a warning says why).
+fn tls_config(extra: Vec<CertificateDer<'static>>) -> Result<rustls::ClientConfig, String> {
     let loaded = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
     for cert in loaded.certs.into_iter().chain(extra) {
@@ -191,83 +271,14 @@ fn tls_connector(extra: Vec<CertificateDer<'static>>) -> Option<tokio_rustls::Tl
     }
     if roots.is_empty() {
         tracing::warn!("no TLS root certificates found; https webhooks will fail");
-        return None;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .ok()?
+        .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
-async fn send<S>(
-    stream: S,
-    url: &Url,
-    headers: &[(String, String)],
-    body: Bytes,
-) -> Result<Response, DeliverError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| DeliverError::Http(e.to_string()))?;
-    // The connection task ends when the response is done or dropped.
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut path = url.path().to_string();
-    if let Some(q) = url.query() {
-        path.push('?');
-        path.push_str(q);
-    }
-    let host_header = match url.port() {
-        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
-        None => url.host_str().unwrap_or_default().to_string(),
-    };
-    let mut req = hyper::Request::post(path).header(hyper::header::HOST, host_header);
-    for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let req = req
-        .body(Full::new(body))
-        .map_err(|e| DeliverError::Http(e.to_string()))?;
-    let result = async {
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| DeliverError::Http(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let mut body = resp.into_body();
-        let mut buf = Vec::new();
-        while buf.len() < MAX_RESPONSE_BYTES {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        let take = data.len().min(MAX_RESPONSE_BYTES - buf.len());
-                        buf.extend_from_slice(&data[..take]);
-                    }
-                }
-                // A body cut short still leaves a status worth recording.
-                Some(Err(_)) | None => break,
-            }
-        }
-        Ok(Response {
-            status,
-            retry_after,
-            body: Bytes::from(buf),
-        })
-    }
-    .await;
-    driver.abort();
-    result
+    Ok(config)
 }
 
 /// `Retry-After`: delay-seconds or an HTTP date.

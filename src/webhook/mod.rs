@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod deliver;
 pub mod github;
+pub mod guarded;
 pub mod handler;
 pub mod render;
 pub mod secrets;

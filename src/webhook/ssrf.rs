@@ -71,6 +71,10 @@ pub enum SsrfError {
         /// The refused addresses.
         addrs: String,
     },
+    /// A connection reached a refused address (the webhook client's peer
+    /// check, `src/webhook/guarded.rs`).
+    #[error("refused: connected to a blocked address ({0})")]
+    Peer(String),
     /// The name did not resolve (may be temporary).
     #[error("cannot resolve {host}: {reason}")]
     Resolve {
@@ -426,24 +430,33 @@ impl Guard {
     pub async fn check(&self, url: &Url) -> Result<Vec<(SocketAddr, Option<Refusal>)>, SsrfError> {
         let host = url.host_str().ok_or(SsrfError::NoHost)?;
         let port = url.port_or_known_default().unwrap_or(80);
+        self.check_host(host, port).await
+    }
+
+    /// [`Guard::check`] of a host (a name, or an IP literal, brackets allowed)
+    /// and port.
+    pub async fn check_host(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<(SocketAddr, Option<Refusal>)>, SsrfError> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => {
                 let lookup = tokio::net::lookup_host((bare, port));
+                let failed = |reason: String| SsrfError::Resolve {
+                    host: host.to_string(),
+                    reason,
+                };
                 match tokio::time::timeout(self.resolve_timeout, lookup).await {
                     Ok(Ok(it)) => it.collect(),
-                    Ok(Err(e)) => {
-                        return Err(SsrfError::Resolve {
-                            host: host.to_string(),
-                            reason: e.to_string(),
-                        });
-                    }
+                    Ok(Err(e)) => return Err(failed(e.to_string())),
                     Err(_) => {
-                        return Err(SsrfError::Resolve {
-                            host: host.to_string(),
-                            reason: format!("timed out after {:?}", self.resolve_timeout),
-                        });
+                        return Err(failed(format!(
+                            "timed out after {:?}",
+                            self.resolve_timeout
+                        )));
                     }
                 }
             }
@@ -465,7 +478,15 @@ impl Guard {
     /// names each address with why it is refused (and the IPv4 address an IPv6
     /// form carries).
     pub async fn resolve(&self, url: &Url) -> Result<Vec<SocketAddr>, SsrfError> {
-        let checked = self.check(url).await?;
+        let host = url.host_str().ok_or(SsrfError::NoHost)?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        self.resolve_host(host, port).await
+    }
+
+    /// [`Guard::resolve`] of a host and port: what the webhook client's DNS
+    /// resolver returns (`src/webhook/deliver.rs`).
+    pub async fn resolve_host(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, SsrfError> {
+        let checked = self.check_host(host, port).await?;
         let (ok, refused): (Vec<_>, Vec<_>) = checked.into_iter().partition(|(_, r)| r.is_none());
         if ok.is_empty() {
             let addrs = refused
@@ -477,11 +498,17 @@ impl Guard {
                 .collect::<Vec<_>>()
                 .join(", ");
             return Err(SsrfError::Blocked {
-                host: url.host_str().unwrap_or_default().to_string(),
+                host: host.to_string(),
                 addrs,
             });
         }
         Ok(ok.into_iter().map(|(a, _)| a).collect())
+    }
+
+    /// Whether `host` is named by an `allowed_hosts` entry (its addresses are
+    /// then never refused).
+    pub fn is_host_exempt(&self, host: &str) -> bool {
+        self.host_allowed(host)
     }
 }
 

@@ -10,11 +10,11 @@ pub mod cli;
 pub mod otlp;
 pub mod pki;
 pub mod prom;
+pub mod proxy;
 pub mod receiver;
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod gitrepo;
@@ -22,8 +22,9 @@ pub mod gitrepo;
 use hookfleet::config::{Config, QueueType, SecretUrl};
 use sqlx::postgres::PgPool;
 use sqlx::{Connection, PgConnection};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+pub use proxy::TcpProxy;
 
 /// The local PostgreSQL server, maintenance database.
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -189,116 +190,17 @@ where
     }
 }
 
-/// A TCP proxy between a client under test and a real server. `cut()` resets every
-/// open connection; `block()` makes new connections fail until `unblock()`.
-pub struct TcpProxy {
-    /// Where clients connect.
-    pub addr: SocketAddr,
-    state: Arc<Mutex<ProxyState>>,
-    stop: CancellationToken,
-}
-
-struct ProxyState {
-    generation: CancellationToken,
-    /// Cancelled: open connections stop forwarding but stay open (a peer that hangs).
-    stalled: CancellationToken,
-    blocked: bool,
-    accepted: u64,
-}
-
 impl TcpProxy {
-    /// Starts a proxy on 127.0.0.1:0 forwarding to `target`.
-    pub async fn start(target: SocketAddr) -> TcpProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(ProxyState {
-            generation: CancellationToken::new(),
-            stalled: CancellationToken::new(),
-            blocked: false,
-            accepted: 0,
-        }));
-        let stop = CancellationToken::new();
-        let (st, stop2) = (state.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = stop2.cancelled() => return,
-                    r = listener.accept() => r,
-                };
-                let Ok((mut inbound, _)) = accepted else {
-                    continue;
-                };
-                let (blocked, gen_token, stall_token) = {
-                    let mut s = st.lock().unwrap();
-                    s.accepted += 1;
-                    (s.blocked, s.generation.clone(), s.stalled.clone())
-                };
-                if blocked {
-                    drop(inbound);
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = gen_token.cancelled() => {}
-                        // Both sockets stay open, nothing moves, until the next cut.
-                        _ = stall_token.cancelled() => gen_token.cancelled().await,
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    }
-                });
-            }
-        });
-        TcpProxy { addr, state, stop }
-    }
-
     /// Proxy in front of the local RabbitMQ.
     pub async fn rabbitmq() -> TcpProxy {
-        Self::start("127.0.0.1:5672".parse().unwrap()).await
+        Self::start("127.0.0.1:5672".parse().unwrap())
+            .await
+            .expect("proxy starts")
     }
 
     /// An AMQP URL through this proxy.
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
-    }
-
-    /// Closes every connection open now.
-    pub fn cut(&self) {
-        let mut s = self.state.lock().unwrap();
-        let old = std::mem::replace(&mut s.generation, CancellationToken::new());
-        old.cancel();
-    }
-
-    /// Open connections stop forwarding in both directions but stay open (a broker
-    /// that hangs instead of closing), until the next `cut`.
-    pub fn stall(&self) {
-        let mut s = self.state.lock().unwrap();
-        let old = std::mem::replace(&mut s.stalled, CancellationToken::new());
-        old.cancel();
-    }
-
-    /// Refuses new connections (and cuts open ones) until `unblock`.
-    pub fn block(&self) {
-        self.state.lock().unwrap().blocked = true;
-        self.cut();
-    }
-
-    /// Lets connections through again.
-    pub fn unblock(&self) {
-        self.state.lock().unwrap().blocked = false;
-    }
-
-    /// Connections accepted so far (each reconnect counts one).
-    pub fn accepted(&self) -> u64 {
-        self.state.lock().unwrap().accepted
-    }
-}
-
-impl Drop for TcpProxy {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        self.cut();
     }
 }
 
@@ -562,4 +464,17 @@ pub struct SinkEvent {
     pub message_id: String,
     /// JSON body.
     pub body: serde_json::Value,
+}
+
+/// A reqwest client builder for the tests' plain-HTTP clients. reqwest is built
+/// without its own crypto provider (hookfleet hands it a ring rustls config), so
+/// a client needs one preconfigured: ring, no roots (these clients speak http).
+pub fn http_client() -> reqwest::ClientBuilder {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder().tls_backend_preconfigured(tls)
 }
