@@ -210,13 +210,30 @@ pub async fn end_to_end(
     half_secs: u64,
     paced_rate: Option<f64>,
 ) -> anyhow::Result<E2e> {
+    end_to_end_with(exe, cfg, pool, repo, n_full, half_secs, paced_rate, &[]).await
+}
+
+/// [`end_to_end`] with more variables for the worker (tracing on or off).
+#[allow(clippy::too_many_arguments)]
+pub async fn end_to_end_with(
+    exe: &std::path::Path,
+    cfg: &Config,
+    pool: &PgPool,
+    repo: &TinyRepo,
+    n_full: usize,
+    half_secs: u64,
+    paced_rate: Option<f64>,
+    extra_env: &[(String, String)],
+) -> anyhow::Result<E2e> {
     declare_topology(cfg).await?;
     let names = Names::new(&cfg.amqp.prefix);
     let sink = format!("{}.e2e-sink", cfg.amqp.prefix);
     declare_queue(cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
 
     let log = repo.root.join("e2e-worker.log");
-    let mut worker = WorkerProc::spawn(exe, &worker_env(cfg, repo), free_port()?, &log)?;
+    let mut env = worker_env(cfg, repo);
+    env.extend(extra_env.iter().cloned());
+    let mut worker = WorkerProc::spawn(exe, &env, free_port()?, &log)?;
     worker.wait_ready(Duration::from_secs(30)).await?;
     let conn = amqp::connect(&cfg.amqp, "bench-sink").await?;
     let ch = conn.create_channel().await?;

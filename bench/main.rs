@@ -24,6 +24,7 @@ mod relay;
 mod resume;
 mod rss;
 mod support;
+mod tracing;
 mod txn;
 
 use std::time::{Duration, Instant};
@@ -44,8 +45,8 @@ struct Opts {
 }
 
 /// The groups `--only` accepts.
-const GROUPS: [&str; 9] = [
-    "consume", "relay", "e2e", "resume", "outage", "rss", "giant", "gitpush", "deadhost",
+const GROUPS: [&str; 10] = [
+    "consume", "relay", "e2e", "tracing", "resume", "outage", "rss", "giant", "gitpush", "deadhost",
 ];
 
 /// Parses the arguments; a bad one is an error naming it (never silently ignored:
@@ -217,6 +218,72 @@ fn cpu_model() -> String {
         .unwrap_or_default()
 }
 
+/// End to end with tracing off / on / on with an unreachable collector,
+/// alternating per round; medians and their ratios to off.
+async fn tracing_rows(
+    cfg: &hookfleet::config::Config,
+    pool: &sqlx::PgPool,
+    (exe, repo): (&std::path::Path, &common::repo::TinyRepo),
+    s: &Sizes,
+    step: &impl Fn(&str),
+    rows: &mut Vec<Row>,
+    extra: &mut serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    let (url, received) = tracing::collector().await?;
+    // Bound, never accepted: the exporter's requests hang until their timeout.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let unreachable = format!("http://{}", blackhole.local_addr()?);
+    let modes = [
+        ("off", None),
+        ("on", Some(url.as_str())),
+        ("unreachable", Some(unreachable.as_str())),
+    ];
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for round in 1..=s.rounds {
+        for (i, (mode, endpoint)) in modes.iter().enumerate() {
+            step(&format!(
+                "tracing round {round}/{}: end to end, tracing {mode}",
+                s.rounds
+            ));
+            let e = e2e::end_to_end_with(
+                exe,
+                cfg,
+                pool,
+                repo,
+                s.e2e_full,
+                0,
+                None,
+                &tracing::env(*endpoint),
+            )
+            .await?;
+            rates[i].push(e.full_rate);
+        }
+    }
+    extra.insert(
+        "tracing_rounds".into(),
+        serde_json::json!({
+            "off": rates[0].clone(), "on": rates[1].clone(), "unreachable": rates[2].clone(),
+            "otlp_bytes_received": received.load(std::sync::atomic::Ordering::Relaxed),
+        }),
+    );
+    let off = support::percentile(&mut rates[0], 50.0);
+    for (i, label) in [
+        (1, "tracing on, sampling 1.0, OTLP/HTTP collector"),
+        (2, "tracing on, collector unreachable (hangs)"),
+    ] {
+        rows.push(Row::vs(
+            &format!("end-to-end pushes/s, {label} (median of {})", s.rounds),
+            support::percentile(&mut rates[i], 50.0),
+            "same, tracing off",
+            off,
+            "push/s",
+            0.9,
+        ));
+    }
+    drop(blackhole);
+    Ok(())
+}
+
 async fn run(
     o: &Opts,
     cfg: &hookfleet::config::Config,
@@ -262,6 +329,10 @@ async fn run(
 
     if want("relay") {
         relay_rows(cfg, &pool, &s, &step, &mut rows, &mut extra).await?;
+    }
+
+    if want("tracing") {
+        tracing_rows(cfg, &pool, (&exe, &repo), &s, &step, &mut rows, &mut extra).await?;
     }
 
     if want("e2e") {

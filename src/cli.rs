@@ -372,7 +372,7 @@ pub fn main() -> ExitCode {
         print!("{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;
     }
-    telemetry::init(&config.log);
+    let exporter = telemetry::init(&config.log, &config.tracing);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -383,7 +383,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let flush_timeout = config.tracing.flush_timeout;
     let result = runtime.block_on(run(cli.command, cli.config, config));
+    if let Some(e) = exporter {
+        e.shutdown(flush_timeout);
+    }
     // Dropping a runtime waits for its blocking threads without limit (a DNS lookup
     // or file write stuck on a dead peer would keep a drained process alive).
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
@@ -457,7 +461,12 @@ fn post_receive(config_path: Option<&std::path::Path>) -> ExitCode {
     };
     let env = push::hook::HookEnv::from_env(&config.hook);
     let mut stderr = std::io::stderr();
+    let exporter = telemetry::init_spans_only(&config.tracing);
     let outcome = runtime.block_on(push::hook::post_receive(&config, &env, &input, &mut stderr));
+    if let Some(e) = exporter {
+        // Bounded: a push never waits long for a collector.
+        e.shutdown(config.tracing.flush_timeout);
+    }
     // The push has happened either way; a non-zero status makes git show the
     // pusher that it was not recorded (the message above says how to replay it).
     if outcome.is_lost() {

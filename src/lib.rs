@@ -47,6 +47,7 @@ pub mod inflight;
 pub mod job;
 pub mod message;
 pub mod metrics;
+pub mod otel;
 pub mod outbox;
 pub mod push;
 pub mod ratelimit;

@@ -40,6 +40,9 @@ pub struct Metrics {
     /// Outbox rows set aside after failing `outbox.park_after_attempts` times
     /// (or refused by size before any attempt).
     pub relay_parked_total: IntCounter,
+    /// Spans dropped because the export queue (`tracing.max_queue_size`) was full:
+    /// the collector is slow or unreachable; jobs never wait for it.
+    pub trace_spans_dropped_total: IntCounter,
     /// Outbox rows the broker returned as unroutable (mandatory publish, nothing
     /// bound), by exchange and routing key (bounded: event types).
     pub relay_unroutable_total: IntCounterVec,
@@ -186,6 +189,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             IntCounter::new(
                 "hookfleet_relay_parked_total",
                 "Outbox rows set aside after repeated refusals (see outbox status).",
+            )?,
+        )?,
+        trace_spans_dropped_total: reg(
+            r,
+            IntCounter::new(
+                "hookfleet_trace_spans_dropped_total",
+                "Spans dropped because the trace export queue was full.",
             )?,
         )?,
         relay_unroutable_total: reg(

@@ -121,7 +121,9 @@ async fn retry_and_dead(broker: &Broker, cfg: &Config) -> u32 {
 async fn database_outage_stops_consuming_and_keeps_every_attempt() {
     let db = TestDb::new().await;
     table(&db).await;
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await.unwrap();
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap())
+        .await
+        .unwrap();
     let url = format!("postgres://postgres@{}/{}", proxy.addr, db.name);
     let mut cfg = config(&url);
     cfg.database.url = SecretUrl::new(&url);

@@ -195,6 +195,7 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
         data,
         properties,
         redelivered,
+        routing_key,
         ..
     } = delivery;
     let body = bytes::Bytes::from(data);
@@ -225,13 +226,19 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
         }
     };
     let attempt = envelope.attempt();
+    // `process <queue>` per the OpenTelemetry messaging conventions, a child of
+    // the context the message carries (retries and requeues carry the same).
     let span = tracing::info_span!(
         "delivery",
         "message.id" = %envelope.message_id,
         "correlation.id" = envelope.correlation_id.as_deref().unwrap_or(""),
         queue,
         attempt,
+        otel.name = format!("process {queue}"),
+        otel.kind = "consumer",
     );
+    crate::otel::span::process_attributes(&span, &envelope, queue, routing_key.as_str());
+    crate::otel::propagate::continue_from(&span, &envelope.headers);
     async {
         if let Err((class, reason)) = admit(&envelope, &body, &ctx.config.worker) {
             tracing::warn!(reason = %reason, "{} message: dead-lettering", class.as_str());

@@ -51,6 +51,9 @@ pub struct Event {
     pub routing_key: String,
     /// JSON body.
     pub payload: serde_json::Value,
+    /// `traceparent` of the span that created the event (the creation context
+    /// the relay publishes it with); `None` with tracing off.
+    pub trace_context: Option<String>,
 }
 
 impl Event {
@@ -68,6 +71,7 @@ impl Event {
             exchange: names.events_exchange(),
             routing_key: event_type,
             payload,
+            trace_context: crate::otel::propagate::traceparent_of(&tracing::Span::current()),
         }
     }
 
@@ -148,8 +152,21 @@ pub fn row_envelope(row: &storage::OutboxRow) -> Envelope {
         correlation_id: row.correlation_id.clone(),
         event_type: Some(row.event_type.clone()),
         timestamp: Some(u64::try_from(row.created_at.timestamp()).unwrap_or(0)),
-        headers: headers_from_json(&row.headers),
+        headers: row_headers(row),
     }
+}
+
+/// The row's headers, with its creation context as `traceparent` (the relay
+/// publishes each event in the trace that wrote it).
+fn row_headers(row: &storage::OutboxRow) -> BTreeMap<String, HeaderValue> {
+    let mut headers = headers_from_json(&row.headers);
+    if let Some(tp) = &row.trace_context {
+        headers.insert(
+            crate::otel::propagate::TRACEPARENT.to_string(),
+            HeaderValue::Str(tp.clone()),
+        );
+    }
+    headers
 }
 
 /// AMQP properties of a stored row (persistent, JSON, ids and headers from the row).

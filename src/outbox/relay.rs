@@ -48,23 +48,27 @@
 use std::collections::{HashMap, HashSet};
 
 use std::sync::{LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
 use anyhow::Context;
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind, PublisherConfirm};
+use opentelemetry::trace::TraceContextExt;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::storage::{self, Failure, OutboxRow};
 use crate::amqp::{self, AmqpError, publish};
 use crate::backoff::Reconnect;
 use crate::config::{AmqpConfig, OutboxConfig};
 use crate::metrics::metrics;
+use crate::otel;
 
 /// The connection role the relay reports in logs and metrics.
 pub const ROLE: &str = "relay";
@@ -272,6 +276,8 @@ struct Settle {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
     sent: Sent,
     started: Instant,
+    /// The rows' creation contexts, linked from the settle span.
+    traces: Vec<String>,
 }
 
 /// Marks the batch's confirmed rows published and its failed rows backed off
@@ -285,7 +291,7 @@ async fn settle_batch_inner(
         mut tx,
         sent,
         started,
-        ..
+        traces,
     } = batch;
     let policy = sent.policy;
     let mut outcome = await_confirms(sent).await;
@@ -309,6 +315,7 @@ async fn settle_batch_inner(
     let routes = unroutable_routes(&mut tx, &outcome.failed)
         .await
         .context("relay: looking up the routes of returned rows")?;
+    let settle_started = SystemTime::now();
     storage::mark_published(&mut tx, &outcome.published)
         .await
         .context("relay: marking rows published")?;
@@ -316,6 +323,12 @@ async fn settle_batch_inner(
         .await
         .context("relay: recording failed rows")?;
     tx.commit().await.context("relay: commit")?;
+    otel::span::db_batch(
+        "UPDATE",
+        "UPDATE outbox",
+        settle_started,
+        traces.iter().map(String::as_str),
+    );
     let m = metrics();
     m.relay_published_total
         .inc_by(outcome.published.len() as u64);
@@ -751,9 +764,16 @@ async fn claim_batches(
     while !failed.is_cancelled() {
         let started = Instant::now();
         let mut tx = storage::begin_claim(pool).await.context("relay: begin")?;
+        let claim_started = SystemTime::now();
         let rows = storage::claim(&mut tx, batch_size)
             .await
             .context("relay: claiming rows")?;
+        otel::span::db_batch(
+            "SELECT",
+            "SELECT outbox",
+            claim_started,
+            rows.iter().filter_map(|r| r.trace_context.as_deref()),
+        );
         stats.sample(pool).await;
         if rows.is_empty() {
             tx.commit().await.context("relay: commit")?;
@@ -814,8 +834,18 @@ async fn send_batches(
         if broken {
             drop_broker(broker);
         }
+        let traces = rows
+            .iter()
+            .filter_map(|r| r.trace_context.clone())
+            .collect();
         // The settler outlives this loop (it drains its channel to the end).
-        if to_settle.send(Settle { tx, sent, started }).await.is_err() || broken {
+        let settle = Settle {
+            tx,
+            sent,
+            started,
+            traces,
+        };
+        if to_settle.send(settle).await.is_err() || broken {
             break;
         }
     }
@@ -987,7 +1017,7 @@ async fn send_rows(
             }
             continue;
         }
-        let result = tokio::time::timeout_at(
+        let send = tokio::time::timeout_at(
             sent.deadline,
             publish::send(
                 &broker.channel,
@@ -997,8 +1027,11 @@ async fn send_rows(
                 super::row_properties(row),
                 true,
             ),
-        )
-        .await;
+        );
+        let result = match send_span(row) {
+            Some(span) => send.instrument(span).await,
+            None => send.await,
+        };
         match result {
             Ok(Ok(confirm)) => {
                 sent.pending
@@ -1018,6 +1051,21 @@ async fn send_rows(
         }
     }
     sent
+}
+
+/// `publish <exchange>` for a row written in a trace: a child of the row's
+/// creation context, which the message carries on to its consumer. `None` for
+/// rows written with tracing off (no span, no cost).
+fn send_span(row: &OutboxRow) -> Option<tracing::Span> {
+    let sc = otel::propagate::span_context(row.trace_context.as_deref()?, None)?;
+    let span = otel::span::publish(
+        &row.exchange,
+        &row.routing_key,
+        &row.message_id.to_string(),
+        row.correlation_id.as_deref(),
+    );
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
+    Some(span)
 }
 
 /// The exchanges `rows` aim at that do not exist (checked once per connection).

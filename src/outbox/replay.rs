@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::storage::{self, OutboxRow, Selection};
 use crate::amqp::{self, AmqpError, publish};
@@ -380,10 +382,19 @@ async fn publish_all(
             let exchange = plan.to_exchange.as_deref().unwrap_or(&row.exchange);
             let key = plan.routing_key.as_deref().unwrap_or(&row.routing_key);
             let body = super::row_body(row);
+            let span = replay_span(row, exchange, key);
+            let replay_headers = crate::otel::propagate::headers_of(&span);
+            if !replay_headers.is_empty() {
+                // The replay is a trace of its own, linked to the original.
+                for (k, v) in replay_headers {
+                    envelope.headers.insert(k.to_string(), HeaderValue::Str(v));
+                }
+            }
             let sent = tokio::time::timeout(
                 timeout,
                 publish::send(channel, exchange, key, body, envelope.to_properties(), true),
             )
+            .instrument(span)
             .await
             .unwrap_or(Err(AmqpError::Timeout {
                 what: "publish",
@@ -415,6 +426,30 @@ async fn publish_all(
         }
         progress.advance(done, selected, next_id - 1);
     }
+}
+
+/// `publish <exchange>` of one replayed row: a new trace (whatever the replay
+/// runs in), linked to the row's creation context. With tracing on in the
+/// replaying process, the message carries it instead of the original context;
+/// with tracing off there, the message keeps the original (the consumer then
+/// continues the original trace).
+fn replay_span(row: &super::storage::OutboxRow, exchange: &str, key: &str) -> tracing::Span {
+    let span = crate::otel::span::publish(
+        exchange,
+        key,
+        &row.message_id.to_string(),
+        row.correlation_id.as_deref(),
+    );
+    span.record("hookfleet.replayed_from", row.id);
+    let _ = span.set_parent(opentelemetry::Context::new());
+    if let Some(sc) = row
+        .trace_context
+        .as_deref()
+        .and_then(|tp| crate::otel::propagate::span_context(tp, None))
+    {
+        span.add_link(sc);
+    }
+    span
 }
 
 /// Awaits confirms in id order; advances `next_id` past each confirmed row and

@@ -42,6 +42,8 @@ pub struct OutboxRow {
     pub headers: serde_json::Value,
     /// Body.
     pub payload: String,
+    /// `traceparent` of the span that created the event (NULL: no trace).
+    pub trace_context: Option<String>,
     /// Creation time (AMQP `timestamp`).
     pub created_at: DateTime<Utc>,
     /// Publish attempts so far (failed ones included).
@@ -51,7 +53,8 @@ pub struct OutboxRow {
 /// The outbox columns of an [`OutboxRow`] (table alias `o`); the attempts come
 /// from `outbox_pending` or `outbox_published`.
 const ROW_COLUMNS: &str = "o.id, o.message_id, o.exchange, o.routing_key, o.event_type, \
-                           o.correlation_id, o.headers, o.payload::text AS payload, o.created_at";
+                           o.correlation_id, o.headers, o.payload::text AS payload, \
+                           o.trace_context, o.created_at";
 
 /// The parameter arrays of an outbox insert (`INSERT ... SELECT ... UNNEST`), so
 /// the insert can run alone ([`insert_events`]) or be folded into a caller's
@@ -66,10 +69,11 @@ pub struct EventArrays {
     corr: Vec<Option<String>>,
     headers: Vec<serde_json::Value>,
     payloads: Vec<serde_json::Value>,
+    traces: Vec<Option<String>>,
 }
 
 /// How many parameters [`EventArrays::insert_sql`] uses.
-pub const EVENT_PARAMS: usize = 7;
+pub const EVENT_PARAMS: usize = 8;
 
 /// An array insert folded into a statement that writes for several owners (the
 /// pushes of one group commit), some of which may be skipped (duplicates): one
@@ -119,6 +123,7 @@ impl EventArrays {
             self.headers
                 .push(super::headers_to_json(&e.envelope.headers));
             self.payloads.push(e.payload.clone());
+            self.traces.push(e.trace_context.clone());
         }
     }
 
@@ -128,15 +133,16 @@ impl EventArrays {
     /// the UNNEST in the FROM list, so the rows are produced only after it. Rows
     /// are inserted in array order (`WITH ORDINALITY`), so ids follow it.
     pub fn insert_sql(first: usize, join: &str, owned: Option<Owned<'_>>) -> String {
-        let [m, x, k, t, c, h, p] = std::array::from_fn::<usize, EVENT_PARAMS, _>(|i| first + i);
+        let [m, x, k, t, c, h, p, tc] =
+            std::array::from_fn::<usize, EVENT_PARAMS, _>(|i| first + i);
         let (owner_col, owner_alias, filter) = Owned::parts(owned);
         format!(
             "INSERT INTO outbox (message_id, exchange, routing_key, event_type, correlation_id, \
-                                 headers, payload) \
-             SELECT e.m, e.x, e.k, e.t, e.c, e.h, e.p \
+                                 headers, payload, trace_context) \
+             SELECT e.m, e.x, e.k, e.t, e.c, e.h, e.p, e.tc \
              FROM {join}UNNEST(${m}::uuid[], ${x}::text[], ${k}::text[], ${t}::text[], ${c}::text[], \
-                         ${h}::jsonb[], ${p}::jsonb[]{owner_col}) \
-                  WITH ORDINALITY AS e(m, x, k, t, c, h, p{owner_alias}, n) \
+                         ${h}::jsonb[], ${p}::jsonb[], ${tc}::text[]{owner_col}) \
+                  WITH ORDINALITY AS e(m, x, k, t, c, h, p, tc{owner_alias}, n) \
              {filter}ORDER BY e.n"
         )
     }
@@ -153,6 +159,7 @@ impl EventArrays {
             .bind(self.corr)
             .bind(self.headers)
             .bind(self.payloads)
+            .bind(self.traces)
     }
 }
 

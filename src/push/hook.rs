@@ -17,6 +17,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::job::PushJob;
@@ -314,7 +316,10 @@ pub async fn post_receive(
         let _ = writeln!(stderr, "{msg}");
         return Outcome::Refused;
     }
-    let publish = publish_once(&config.amqp, "hook", &job, config.hook.timeout).await;
+    let span = hook_span(&job);
+    let publish = publish_once(&config.amqp, "hook", &job, config.hook.timeout)
+        .instrument(span)
+        .await;
     let publish_error = match publish {
         Ok(()) => return Outcome::Published(job.push_id),
         Err(e) => crate::error::error_chain(&e),
@@ -340,6 +345,24 @@ pub async fn post_receive(
             Outcome::Lost(job.push_id)
         }
     }
+}
+
+/// The push's root span (`git push <repository>`), a child of `TRACEPARENT`
+/// when the pusher's environment has one (CI systems set it). Inert with
+/// tracing off.
+fn hook_span(job: &PushJob) -> tracing::Span {
+    let span = tracing::info_span!(
+        "post-receive",
+        otel.name = format!("git push {}", job.repository),
+        otel.kind = "producer",
+        hookfleet.push_id = %job.push_id,
+        hookfleet.repository = %job.repository,
+        hookfleet.refs = job.total_refs(),
+    );
+    if let Some(parent) = crate::otel::propagate::from_env() {
+        let _ = span.set_parent(parent);
+    }
+    span
 }
 
 /// The message printed when the hook's configuration is invalid. The hook then

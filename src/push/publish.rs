@@ -8,12 +8,15 @@
 use std::time::Duration;
 
 use lapin::Channel;
+use tracing::Instrument;
 
 use super::job::{PUSH_KIND, PushJob};
 use crate::amqp::publish::{confirm_channel, publish_confirmed};
 use crate::amqp::topology::Names;
 use crate::amqp::{self, AmqpError};
 use crate::config::AmqpConfig;
+use crate::message::HeaderValue;
+use crate::otel;
 
 /// Publishes one job on a confirm channel and waits for its confirm within `timeout`.
 pub async fn publish_job(
@@ -22,15 +25,28 @@ pub async fn publish_job(
     job: &PushJob,
     timeout: Duration,
 ) -> Result<(), AmqpError> {
+    let exchange = Names::new(prefix).jobs_exchange();
+    let mut envelope = job.envelope();
+    let span = otel::span::publish(
+        &exchange,
+        PUSH_KIND,
+        &envelope.message_id.to_string(),
+        envelope.correlation_id.as_deref(),
+    );
+    // The job carries the publish span's context: the worker continues it.
+    for (k, v) in otel::propagate::headers_of(&span) {
+        envelope.headers.insert(k.to_string(), HeaderValue::Str(v));
+    }
     publish_confirmed(
         channel,
-        &Names::new(prefix).jobs_exchange(),
+        &exchange,
         PUSH_KIND,
         &job.to_json(),
-        job.envelope().to_properties(),
+        envelope.to_properties(),
         true,
         timeout,
     )
+    .instrument(span)
     .await
 }
 

@@ -29,6 +29,8 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, Row};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::job::PushJob;
@@ -63,6 +65,11 @@ impl PushWrite {
         deliveries: Deliveries,
     ) -> Self {
         let Deliveries { rows, mut jobs } = deliveries;
+        // Planned in the group's writer: the jobs belong to this push's trace.
+        let trace = events.first().and_then(|e| e.trace_context.clone());
+        for job in &mut jobs {
+            job.trace_context.clone_from(&trace);
+        }
         events.append(&mut jobs);
         Self {
             message_id,
@@ -98,9 +105,42 @@ pub async fn record<'c>(
     queue: &str,
     writes: &[PushWrite],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    if let [one] = writes {
-        return record_one(conn, queue, one).await;
+    let span = record_span(writes);
+    async {
+        if let [one] = writes {
+            return record_one(conn, queue, one).await;
+        }
+        record_group(conn, queue, writes).await
     }
+    .instrument(span)
+    .await
+}
+
+/// The push statement's database span: a child of the writing push's span,
+/// linked to the trace of every push of the group (their events' creation
+/// contexts), so each push's trace shows the statement that wrote it.
+fn record_span(writes: &[PushWrite]) -> tracing::Span {
+    let span = crate::otel::span::db("INSERT", "INSERT pushes");
+    let current = crate::otel::propagate::traceparent_of(&tracing::Span::current());
+    for w in writes {
+        let Some(tp) = w.events.first().and_then(|e| e.trace_context.as_deref()) else {
+            continue;
+        };
+        if Some(tp) != current.as_deref()
+            && let Some(sc) = crate::otel::propagate::span_context(tp, None)
+        {
+            span.add_link(sc);
+        }
+    }
+    span
+}
+
+/// [`record`] for two or more pushes.
+async fn record_group<'c>(
+    conn: impl PgExecutor<'c>,
+    queue: &str,
+    writes: &[PushWrite],
+) -> Result<Vec<Uuid>, sqlx::Error> {
     const ITEMS: usize = 2;
     const REFS: usize = ITEMS + 7;
     const EVENTS: usize = REFS + 4;

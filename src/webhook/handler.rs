@@ -29,6 +29,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgPool;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::breaker::Breakers;
@@ -391,10 +392,20 @@ impl Handler for WebhookHandler {
             count("postponed");
             return Err(JobError::Postpone(p));
         }
-        let request = super::render::request(&delivery, &sub, &self.site, &signing, now);
+        // The HTTP client span: its context is the request's `traceparent`.
+        let span = crate::otel::span::http_client("POST", url.host_str().unwrap_or_default());
+        let request =
+            span.in_scope(|| super::render::request(&delivery, &sub, &self.site, &signing, now));
         let (body, headers) = (Bytes::from(request.body), request.headers);
         let started = Instant::now();
-        let result = self.client.post(&url, &headers, body).await;
+        let result = self
+            .client
+            .post(&url, &headers, body)
+            .instrument(span.clone())
+            .await;
+        if let Ok(r) = &result {
+            span.record("http.response.status_code", r.status);
+        }
         if let Err(DeliverError::HostBusy(_)) = &result {
             // No request was made: not an attempt, not the endpoint's fault.
             // (The breaker's own cap makes this rare: other workers' attempts.)

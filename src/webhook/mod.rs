@@ -61,6 +61,7 @@ pub fn job_event(names: &Names, job: &WebhookJob, correlation_id: Option<String>
         routing_key: WEBHOOK_KIND.to_string(),
         // Serialising a struct of ids and strings cannot fail.
         payload: serde_json::to_value(job).unwrap_or_default(),
+        trace_context: crate::otel::propagate::traceparent_of(&tracing::Span::current()),
     }
 }
 

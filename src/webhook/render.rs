@@ -81,6 +81,13 @@ fn common_headers(delivery: &DeliveryRow, sub: &Subscription) -> Vec<(String, St
         ("X-Hookfleet-Subscription".to_string(), sub.id.to_string()),
     ];
     h.extend(github::hookfleet_headers(&delivery.payload));
+    // W3C trace context of the attempt's HTTP client span (rendered inside it),
+    // so the receiver can continue the push's trace; nothing with tracing off.
+    h.extend(
+        crate::otel::propagate::headers_of(&tracing::Span::current())
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
     h
 }
 

@@ -88,8 +88,21 @@ impl Repos {
     /// `git push <args>` from the clone with the hook configured for `cfg` and the
     /// broker at `amqp_url`; returns stderr.
     pub fn push(&self, cfg: &Config, amqp_url: &str, args: &[&str]) -> String {
+        self.push_with_env(cfg, amqp_url, args, &[])
+    }
+
+    /// [`Repos::push`] with extra variables for git and so for the hook
+    /// (`TRACEPARENT`, `OTEL_*`).
+    pub fn push_with_env(
+        &self,
+        cfg: &Config,
+        amqp_url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> String {
         let mut c = Command::new("git");
         clean_env(&mut c);
+        c.envs(env.iter().copied());
         c.env("HOOKFLEET_AMQP__URL", amqp_url)
             .env("HOOKFLEET_AMQP__PREFIX", &cfg.amqp.prefix)
             .env("HOOKFLEET_AMQP__CONNECT_TIMEOUT", "1s")

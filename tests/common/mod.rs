@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod otlp;
 pub mod pki;
 pub mod prom;
 pub mod proxy;
