@@ -3,8 +3,8 @@
 //! Owns the markdown of `hookfleet config reference`. Every key comes from the
 //! JSON schema that `schemars` derives from [`Config`] (the field's doc comment
 //! is its description, an enum's variants its allowed values), its default from
-//! the embedded `config/default.toml` as loaded, its range from the `*_RANGE`
-//! constants [`Config::validate`] checks. So the reference cannot drift: a test
+//! the embedded `config/default.toml` as loaded, its range by asking
+//! [`Config::validate`] itself (see [`probed_range`]). So the reference cannot drift: a test
 //! (`tests/config_reference.rs`) fails when `docs/CONFIG.md` differs from what
 //! this renders, and says how to regenerate it.
 
@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde_json::Value;
 
-use crate::config::{self, Config, ENV_PREFIX, SecretString, SecretUrl};
+use crate::config::{Config, ENV_PREFIX, SecretString, SecretUrl};
 
 /// The schema of a duration setting: a humantime string (`30s`, `5m`, `1h 30m`).
 pub struct HumanDuration;
@@ -49,16 +49,51 @@ impl JsonSchema for SecretString {
     }
 }
 
-/// Ranges [`Config::validate`] enforces, by key.
-const RANGES: [(&str, std::ops::RangeInclusive<u64>); 7] = [
-    ("worker.concurrency", config::CONCURRENCY_RANGE),
-    ("database.max_connections", config::MAX_CONNECTIONS_RANGE),
-    ("retry.max_attempts", config::MAX_ATTEMPTS_RANGE),
-    ("outbox.batch_size", config::BATCH_SIZE_RANGE),
-    ("amqp.consumers_per_queue", config::CONSUMERS_RANGE),
-    ("push.max_commits", config::MAX_COMMITS_RANGE),
-    ("amqp.max_message_bytes", config::MAX_MESSAGE_BYTES_RANGE),
-];
+/// Largest value probed for an integer key; a key still valid there has no
+/// upper bound worth printing.
+const PROBE_MAX: u64 = 1 << 40;
+
+/// Whether the config loads with `dotted` set to `value` (as its environment
+/// variable would set it) and every other key at its default.
+fn accepts(dotted: &str, value: &str) -> bool {
+    let var = format!(
+        "{ENV_PREFIX}{}",
+        dotted.to_ascii_uppercase().replace('.', "__")
+    );
+    Config::load_from(None, [(var, value.to_string())]).is_ok()
+}
+
+/// The range [`Config::validate`] (and the field's type) accepts for an integer
+/// key, found by asking it, every other key at its default: the reference shows
+/// the checks as they are instead of a table kept by hand beside them. Ranges
+/// are intervals around the default, so two binary searches find their ends.
+/// `None` when the default itself is refused (nothing sensible to probe from).
+fn probed_range(dotted: &str, default: u64) -> Option<(u64, Option<u64>)> {
+    let ok = |v: u64| accepts(dotted, &v.to_string());
+    if !ok(default) {
+        return None;
+    }
+    // Smallest accepted value in [0, default].
+    let (mut lo, mut hi) = (0, default);
+    if !ok(0) {
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if ok(mid) { hi = mid } else { lo = mid }
+        }
+        lo = hi;
+    }
+    let min = lo;
+    if ok(PROBE_MAX) {
+        return Some((min, None));
+    }
+    // Largest accepted value in [default, PROBE_MAX).
+    let (mut lo, mut hi) = (default, PROBE_MAX);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if ok(mid) { lo = mid } else { hi = mid }
+    }
+    Some((min, Some(lo)))
+}
 
 /// The markdown of `docs/CONFIG.md`.
 pub fn markdown() -> String {
@@ -87,7 +122,12 @@ pub fn markdown() -> String {
                 out,
                 "| `{dotted}` | {} | {} | `{ENV_PREFIX}{}__{}` | {} |",
                 default_of(&defaults[section.as_str()][key.as_str()]),
-                allowed(&schema, &dotted, field),
+                allowed(
+                    &schema,
+                    &dotted,
+                    field,
+                    &defaults[section.as_str()][key.as_str()]
+                ),
                 section.to_ascii_uppercase(),
                 key.to_ascii_uppercase(),
                 cell(field["description"].as_str().unwrap_or("")),
@@ -103,7 +143,10 @@ const HEADER: &str = "# Configuration reference\n\n\
 Layers, lowest first: the built-in defaults (`config/default.toml`), the file given with \
 `--config`, then environment variables `HOOKFLEET_<SECTION>__<KEY>` (a list as one \
 comma-separated string). Unknown keys are errors. `hookfleet config check` prints the \
-effective config with secrets redacted. Durations are written like `30s`, `5m`, `1h 30m`.\n";
+effective config with secrets redacted. Durations are written like `30s`, `5m`, `1h 30m`. \
+The allowed range of a number is what the config check accepts for that key with every other \
+key at its default (some bounds follow other keys: a cap must fit in \
+`amqp.max_message_bytes`, writers in `database.max_connections`).\n";
 
 /// A `$ref` followed to its definition, or the schema itself.
 fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
@@ -127,11 +170,25 @@ fn default_of(v: &Value) -> String {
 }
 
 /// Range, enum values or the type of a field.
-fn allowed(root: &Value, dotted: &str, field: &Value) -> String {
-    if let Some((_, r)) = RANGES.iter().find(|(k, _)| *k == dotted) {
-        return format!("{}..={}", r.start(), r.end());
-    }
+fn allowed(root: &Value, dotted: &str, field: &Value, default: &Value) -> String {
     let def = resolve(root, field);
+    if def["type"] == "integer"
+        && let Some(d) = default.as_u64()
+        && let Some((min, max)) = probed_range(dotted, d)
+    {
+        return match max {
+            Some(max) => format!("{min}..={max}"),
+            None => format!("≥ {min}"),
+        };
+    }
+    if def["format"] == "duration"
+        && !dotted.is_empty()
+        && let Some(d) = default.as_str()
+        && accepts(dotted, d)
+        && !accepts(dotted, "0s")
+    {
+        return "duration > 0".into();
+    }
     // Unit enums: `enum`, or `oneOf` of `const`s when variants have doc comments.
     let values: Vec<&Value> = match (def["enum"].as_array(), def["oneOf"].as_array()) {
         (Some(e), _) => e.iter().collect(),
@@ -159,7 +216,7 @@ fn allowed(root: &Value, dotted: &str, field: &Value) -> String {
         _ => String::new(),
     };
     if ty == "array" {
-        let item = allowed(root, "", &def["items"]);
+        let item = allowed(root, "", &def["items"], &Value::Null);
         return format!("list of {item}");
     }
     ty

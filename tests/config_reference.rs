@@ -56,3 +56,32 @@ fn the_cli_prints_the_reference_whatever_the_environment() {
         hookfleet::config_reference::markdown()
     );
 }
+
+#[test]
+fn numbers_show_the_range_the_config_check_accepts() {
+    let md = hookfleet::config_reference::markdown();
+    let row = |key: &str| {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| `{key}` |")))
+            .unwrap_or_else(|| panic!("{key} missing"))
+            .to_string()
+    };
+    // Bounds written inline in Config::validate, found by asking it.
+    assert!(
+        row("amqp.frame_max").contains("| 4096..=1048576 |"),
+        "{}",
+        row("amqp.frame_max")
+    );
+    assert!(
+        row("push.max_refs").contains("| 1..=10000 |"),
+        "{}",
+        row("push.max_refs")
+    );
+    assert!(row("worker.concurrency").contains("| 1..=10000 |"));
+    // A positive duration says so.
+    assert!(row("worker.handler_timeout").contains("| duration > 0 |"));
+    // No integer key is left with only its type.
+    for line in md.lines().filter(|l| l.starts_with("| `")) {
+        assert!(!line.contains("| integer |"), "no range shown: {line}");
+    }
+}
