@@ -273,7 +273,7 @@ impl Env {
 /// Without the token every page is 401; with it but without the CSRF token
 /// every action is 403 and changes nothing.
 async fn refusals(env: &Env) {
-    let http = reqwest::Client::new();
+    let http = common::http_client().build().unwrap();
     let url = format!("{}/console/dlq?kind=work", env.base);
     let anon = http.get(&url).send().await.unwrap();
     assert_eq!(anon.status(), 401);
@@ -309,7 +309,7 @@ async fn refusals(env: &Env) {
         .unwrap();
     assert_eq!(bad_csrf.status(), 403);
     // A logged-in session cookie alone is not enough either.
-    let login = reqwest::Client::builder()
+    let login = common::http_client()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
