@@ -93,20 +93,7 @@ async fn table(db: &TestDb) {
 }
 
 async fn consumers(broker: &Broker, queue: &str) -> u32 {
-    let ch = broker.conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    let _ = ch.close(200, "ok".into()).await;
-    q.consumer_count()
+    broker.consumers(queue).await
 }
 
 async fn retry_and_dead(broker: &Broker, cfg: &Config) -> u32 {

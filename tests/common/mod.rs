@@ -321,6 +321,16 @@ impl Broker {
 
     /// Messages ready in `queue` (passive declare).
     pub async fn depth(&self, queue: &str) -> u32 {
+        self.declare_passive(queue).await.message_count()
+    }
+
+    /// Consumers registered on `queue` (passive declare).
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.declare_passive(queue).await.consumer_count()
+    }
+
+    /// `queue` as the broker sees it now, on a channel of its own.
+    async fn declare_passive(&self, queue: &str) -> lapin::Queue {
         let ch = self.conn.create_channel().await.unwrap();
         let q = ch
             .queue_declare(
@@ -334,7 +344,7 @@ impl Broker {
             .await
             .unwrap();
         let _ = ch.close(200, "ok".into()).await;
-        q.message_count()
+        q
     }
 
     /// Takes every message now in `queue` (acked).
