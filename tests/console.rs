@@ -110,16 +110,26 @@ impl Browser {
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
     }
 
+    /// The element's text; found again when the live refresh replaced it
+    /// between finding and reading (a stale element reference).
     async fn text(&self, css: &str) -> String {
-        self.client
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let el = self
+                .client
+                .wait()
+                .at_most(WAIT)
+                .for_element(Locator::Css(css))
+                .await
+                .unwrap();
+            match el.text().await {
+                Ok(t) => return t,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "element replaced; finding it again")
+                }
+                Err(e) => panic!("text of {css}: {e}"),
+            }
+        }
     }
 
     async fn click(&self, css: &str) {
