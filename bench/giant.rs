@@ -163,8 +163,14 @@ async fn publish(cfg: &Config, jobs: &[PushJob]) -> anyhow::Result<()> {
     let conn = hookfleet::amqp::connect(&cfg.amqp, "bench-giant").await?;
     let ch = hookfleet::amqp::publish::confirm_channel(&conn).await?;
     for j in jobs {
-        hookfleet::push::publish::publish_job(&ch, &cfg.amqp.prefix, j, Duration::from_secs(30))
-            .await?;
+        hookfleet::push::publish::publish_job(
+            &ch,
+            &cfg.amqp.prefix,
+            j,
+            hookfleet::push::fairness::Lane::Push,
+            Duration::from_secs(30),
+        )
+        .await?;
     }
     let _ = conn.close(200, "ok".into()).await;
     Ok(())

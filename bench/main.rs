@@ -19,6 +19,7 @@ mod deadhost;
 mod e2e;
 mod giant;
 mod gitpush;
+mod noisy;
 mod outage;
 mod relay;
 mod resume;
@@ -45,8 +46,9 @@ struct Opts {
 }
 
 /// The groups `--only` accepts.
-const GROUPS: [&str; 10] = [
-    "consume", "relay", "e2e", "tracing", "resume", "outage", "rss", "giant", "gitpush", "deadhost",
+const GROUPS: [&str; 11] = [
+    "consume", "relay", "e2e", "tracing", "resume", "outage", "rss", "giant", "gitpush",
+    "deadhost", "noisy",
 ];
 
 /// Parses the arguments; a bad one is an error naming it (never silently ignored:
@@ -119,6 +121,9 @@ struct Sizes {
     backlog: usize,
     rss_sample: Duration,
     git_pushes: usize,
+    /// The noisy neighbour's storm, and how long the quiet load runs per phase.
+    noisy_storm: usize,
+    noisy_secs: u64,
 }
 
 fn sizes(quick: bool) -> Sizes {
@@ -138,6 +143,8 @@ fn sizes(quick: bool) -> Sizes {
             backlog: 20_000,
             rss_sample: Duration::from_secs(3),
             git_pushes: 5,
+            noisy_storm: 5_000,
+            noisy_secs: 4,
         }
     } else {
         Sizes {
@@ -155,6 +162,8 @@ fn sizes(quick: bool) -> Sizes {
             backlog: 100_000,
             rss_sample: Duration::from_secs(10),
             git_pushes: 20,
+            noisy_storm: 20_000,
+            noisy_secs: 10,
         }
     }
 }
@@ -573,6 +582,47 @@ async fn run(
                 target: target.map_or("-".into(), |t| format!("ratio <= {t:.2}")),
                 met: target.map(|t| ratio <= t),
             });
+        }
+    }
+
+    if want("noisy") {
+        step(&format!(
+            "noisy neighbour: 20 repositories at 20 pushes/s, quiet, then with a {}-push storm (one FIFO, then fairness)",
+            s.noisy_storm
+        ));
+        let n = noisy::run(&exe, cfg, &pool, dir, s.noisy_storm, s.noisy_secs).await?;
+        extra.insert("noisy".into(), serde_json::to_value(&n)?);
+        for (label, lat, target) in [
+            ("one FIFO (before)", n.storm_fifo, None),
+            ("fairness (after)", n.storm_fair, Some(3.0)),
+        ] {
+            for (name, v, quiet, target) in [
+                ("p50", lat.p50, n.quiet.p50, None),
+                ("p99", lat.p99, n.quiet.p99, target),
+            ] {
+                let ratio = v / quiet.max(0.001);
+                rows.push(Row {
+                    name: format!(
+                        "push→event {name} of 20 repositories during a {}-push storm, {label}",
+                        s.noisy_storm
+                    ),
+                    hookfleet: v,
+                    baseline_name: "same 20 repositories, no storm".into(),
+                    baseline: Some(quiet),
+                    unit: "ms".into(),
+                    ratio: Some(ratio),
+                    target: target.map_or("-".into(), |t: f64| format!("ratio <= {t:.2}")),
+                    met: target.map(|t| ratio <= t),
+                });
+            }
+        }
+        for (label, v) in [("one FIFO", n.drain_fifo_s), ("fairness", n.drain_fair_s)] {
+            rows.push(Row::alone(
+                &format!("storm of {} pushes drained, {label}", s.noisy_storm),
+                v,
+                "s",
+                None,
+            ));
         }
     }
 

@@ -445,7 +445,7 @@ def expect_keda(k):
     (so,) = k["ScaledObject"]
     assert so["spec"]["scaleTargetRef"]["name"] == "hf-hookfleet-worker"
     queues = sorted(t["metadata"]["queueName"] for t in so["spec"]["triggers"])
-    assert queues == ["hookfleet.push", "hookfleet.webhook"], queues
+    assert queues == ["hookfleet.push", "hookfleet.push.bulk", "hookfleet.webhook"], queues
     assert all(t["type"] == "rabbitmq" for t in so["spec"]["triggers"])
     (ta,) = k["TriggerAuthentication"]
     ref = ta["spec"]["secretTargetRef"][0]

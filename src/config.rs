@@ -806,6 +806,60 @@ pub struct Config {
     /// Guards before a handler runs (kill switch, pause polling).
     #[serde(default)]
     pub guard: GuardConfig,
+    /// Fairness between repositories: the bulk queue for storms.
+    #[serde(default)]
+    pub fairness: FairnessConfig,
+}
+
+/// Fairness between repositories and owners (`src/push/fairness.rs`): the
+/// hook sends a push to the kind's bulk queue (`<prefix>.push.bulk`) instead of
+/// the push queue once its repository or its owner has used up a token bucket,
+/// and workers give the bulk queue at most `bulk_concurrency` permits. A storm
+/// then queues behind itself, not ahead of other repositories' pushes.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FairnessConfig {
+    /// Whether the hook routes storms to the bulk queue (off: every push goes
+    /// to the push queue, as one FIFO).
+    pub enabled: bool,
+    /// Pushes per second one repository may send to the push queue.
+    pub repository_rate: f64,
+    /// Pushes of one repository sent to the push queue at once after a quiet
+    /// spell (the bucket size).
+    pub repository_burst: u32,
+    /// Pushes per second all repositories of one owner (`owner/*`) may send to
+    /// the push queue.
+    pub owner_rate: f64,
+    /// Bucket size of an owner.
+    pub owner_burst: u32,
+    /// Pool permits the bulk queue's deliveries may hold in one worker (they
+    /// also count against `worker.concurrency`; the rest stay free for the
+    /// push queue).
+    pub bulk_concurrency: u32,
+}
+
+/// Default of `fairness.repository_rate`.
+pub const FAIRNESS_REPOSITORY_RATE: f64 = 50.0;
+/// Default of `fairness.repository_burst`.
+pub const FAIRNESS_REPOSITORY_BURST: u32 = 200;
+/// Default of `fairness.owner_rate`.
+pub const FAIRNESS_OWNER_RATE: f64 = 100.0;
+/// Default of `fairness.owner_burst`.
+pub const FAIRNESS_OWNER_BURST: u32 = 400;
+/// Default of `fairness.bulk_concurrency`.
+pub const FAIRNESS_BULK_CONCURRENCY: u32 = 4;
+
+impl Default for FairnessConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            repository_rate: FAIRNESS_REPOSITORY_RATE,
+            repository_burst: FAIRNESS_REPOSITORY_BURST,
+            owner_rate: FAIRNESS_OWNER_RATE,
+            owner_burst: FAIRNESS_OWNER_BURST,
+            bulk_concurrency: FAIRNESS_BULK_CONCURRENCY,
+        }
+    }
 }
 
 /// Default of `guard.failure_share`.
@@ -1245,6 +1299,7 @@ impl Config {
             1..=10_000,
         )?;
         positive("guard.pause_poll_interval", self.guard.pause_poll_interval)?;
+        self.validate_fairness()?;
         range(
             "outbox.park_after_attempts",
             self.outbox.park_after_attempts.into(),
@@ -1441,6 +1496,51 @@ impl Config {
     /// The effective config as TOML with every secret redacted (for `config check`).
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// `[fairness]`: rates finite and positive, buckets of at least one push.
+    fn validate_fairness(&self) -> Result<(), ConfigError> {
+        let f = &self.fairness;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: format!("fairness.{key}"),
+            message,
+        };
+        for (key, r) in [
+            ("repository_rate", f.repository_rate),
+            ("owner_rate", f.owner_rate),
+        ] {
+            if !r.is_finite() || r <= 0.0 {
+                return Err(invalid(
+                    key,
+                    format!("must be a rate per second > 0, got {r}"),
+                ));
+            }
+        }
+        for (key, b) in [
+            ("repository_burst", f.repository_burst),
+            ("owner_burst", f.owner_burst),
+        ] {
+            if !(1..=1_000_000).contains(&b) {
+                return Err(invalid(key, format!("must be 1..=1000000, got {b}")));
+            }
+        }
+        if !(1..=10_000).contains(&f.bulk_concurrency) {
+            return Err(invalid(
+                "bulk_concurrency",
+                format!("must be 1..=10000, got {}", f.bulk_concurrency),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Permits the bulk queue may hold: `fairness.bulk_concurrency`, but
+    /// always one fewer than `worker.concurrency` (at least one), so the push
+    /// queue keeps a permit however the two are set.
+    pub fn bulk_permits(&self) -> u32 {
+        self.fairness
+            .bulk_concurrency
+            .min(self.worker.concurrency.saturating_sub(1))
+            .max(1)
     }
 
     /// Prefetch per consumer channel: the override, or the pool size (capped to u16).

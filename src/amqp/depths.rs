@@ -67,9 +67,13 @@ async fn sample_once(
     let mut channel = c.create_channel().await?;
     let gauge = &crate::metrics::metrics().queue_messages;
     for kind in kinds {
-        let retry: Vec<String> = tiers.iter().map(|d| names.retry_queue(kind, *d)).collect();
+        let work = names.work_queues(kind);
+        let retry: Vec<String> = work
+            .iter()
+            .flat_map(|q| tiers.iter().map(|d| super::topology::retry_queue_of(q, *d)))
+            .collect();
         for (role, queues) in [
-            ("work", vec![names.queue(kind)]),
+            ("work", work),
             ("retry", retry),
             ("dead", vec![names.dead_queue(kind)]),
         ] {

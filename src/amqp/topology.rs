@@ -5,6 +5,9 @@
 //! each work queue has retry tiers `<prefix>.<k>.retry.<delay>` whose messages
 //! expire (`x-message-ttl`) and dead-letter back to the work queue through the
 //! default exchange, and a parking queue `<prefix>.<k>.dead` that never expires.
+//! A kind of [`BULK_KINDS`] also has a bulk queue `<prefix>.<k>.bulk` (routing key
+//! `<k>.bulk`) with its own retry tiers, so a storm that was sent there is retried
+//! and postponed there too; it shares the kind's parking queue.
 //! `<prefix>.events` (topic) carries outgoing events, published only by the relay.
 //!
 //! Declaring is idempotent and runs on every (re)connect, so a queue deleted on the
@@ -17,6 +20,20 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use crate::config::{AmqpConfig, QueueType};
+
+/// Kinds with a bulk queue: their publisher sends a storm there (the push hook,
+/// `src/push/fairness.rs`), and workers give it a few permits only.
+pub const BULK_KINDS: &[&str] = &["push"];
+
+/// Whether `kind` has a bulk queue.
+pub fn has_bulk(kind: &str) -> bool {
+    BULK_KINDS.contains(&kind)
+}
+
+/// Routing key of a kind's bulk queue.
+pub fn bulk_routing_key(kind: &str) -> String {
+    format!("{kind}.bulk")
+}
 
 /// Names of everything hookfleet declares, derived from the prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,15 +61,32 @@ impl Names {
     pub fn queue(&self, kind: &str) -> String {
         format!("{}.{kind}", self.prefix)
     }
-    /// The retry queue for a delay tier.
-    pub fn retry_queue(&self, kind: &str, delay: Duration) -> String {
-        format!(
-            "{}.{kind}.retry.{}",
-            self.prefix,
-            humantime::format_duration(delay)
-        )
-        .replace(' ', "")
+    /// The bulk queue of a kind (see [`BULK_KINDS`]).
+    pub fn bulk_queue(&self, kind: &str) -> String {
+        format!("{}.{kind}.bulk", self.prefix)
     }
+    /// The work queues of a kind: its queue, and its bulk queue if it has one.
+    pub fn work_queues(&self, kind: &str) -> Vec<String> {
+        let mut v = vec![self.queue(kind)];
+        if has_bulk(kind) {
+            v.push(self.bulk_queue(kind));
+        }
+        v
+    }
+    /// The retry queue of a kind's work queue for a delay tier.
+    pub fn retry_queue(&self, kind: &str, delay: Duration) -> String {
+        retry_queue_of(&self.queue(kind), delay)
+    }
+}
+
+/// The retry queue of the work queue `queue` (a kind's queue or its bulk
+/// queue) for a delay tier: `<queue>.retry.<delay>`; it dead-letters back to
+/// `queue`.
+pub fn retry_queue_of(queue: &str, delay: Duration) -> String {
+    format!("{queue}.retry.{}", humantime::format_duration(delay)).replace(' ', "")
+}
+
+impl Names {
     /// The parking queue of a kind.
     pub fn dead_queue(&self, kind: &str) -> String {
         format!("{}.{kind}.dead", self.prefix)
@@ -113,67 +147,92 @@ pub async fn declare(
         .await?;
 
     for kind in kinds {
-        let work = names.queue(kind);
-        let mut args = queue_args(cfg);
-        if cfg.queue_type == QueueType::Quorum {
-            // A crash loop (worker dies mid-message) never reaches our retry logic;
-            // the broker's delivery limit parks such a message instead of looping.
-            args.insert(
-                s("x-delivery-limit"),
-                AMQPValue::LongLongInt(cfg.delivery_limit.into()),
-            );
-            args.insert(
-                s("x-dead-letter-exchange"),
-                AMQPValue::LongString("".into()),
-            );
-            args.insert(
-                s("x-dead-letter-routing-key"),
-                AMQPValue::LongString(names.dead_queue(kind).as_str().into()),
-            );
-        }
-        channel.queue_declare(s(&work), durable(), args).await?;
-        channel
-            .queue_bind(
-                s(&work),
-                s(&names.jobs_exchange()),
-                s(kind),
-                QueueBindOptions::default(),
-                FieldTable::default(),
+        declare_work(channel, cfg, &names, kind, &names.queue(kind), kind, tiers).await?;
+        if has_bulk(kind) {
+            let key = bulk_routing_key(kind);
+            declare_work(
+                channel,
+                cfg,
+                &names,
+                kind,
+                &names.bulk_queue(kind),
+                &key,
+                tiers,
             )
             .await?;
-
+        }
         channel
             .queue_declare(s(&names.dead_queue(kind)), durable(), queue_args(cfg))
             .await?;
+    }
+    Ok(())
+}
 
-        for delay in tiers {
-            let mut args = queue_args(cfg);
-            let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-            args.insert(s("x-message-ttl"), AMQPValue::LongLongInt(ttl));
+/// Declares the work queue `work` of `kind` (bound with `routing_key`) and its
+/// retry tiers, which dead-letter back to it.
+async fn declare_work(
+    channel: &Channel,
+    cfg: &AmqpConfig,
+    names: &Names,
+    kind: &str,
+    work: &str,
+    routing_key: &str,
+    tiers: &[Duration],
+) -> Result<(), lapin::Error> {
+    let mut args = queue_args(cfg);
+    if cfg.queue_type == QueueType::Quorum {
+        // A crash loop (worker dies mid-message) never reaches our retry logic;
+        // the broker's delivery limit parks such a message instead of looping.
+        args.insert(
+            s("x-delivery-limit"),
+            AMQPValue::LongLongInt(cfg.delivery_limit.into()),
+        );
+        args.insert(
+            s("x-dead-letter-exchange"),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            s("x-dead-letter-routing-key"),
+            AMQPValue::LongString(names.dead_queue(kind).as_str().into()),
+        );
+    }
+    channel.queue_declare(s(work), durable(), args).await?;
+    channel
+        .queue_bind(
+            s(work),
+            s(&names.jobs_exchange()),
+            s(routing_key),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    for delay in tiers {
+        let mut args = queue_args(cfg);
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        args.insert(s("x-message-ttl"), AMQPValue::LongLongInt(ttl));
+        args.insert(
+            s("x-dead-letter-exchange"),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            s("x-dead-letter-routing-key"),
+            AMQPValue::LongString(work.into()),
+        );
+        if cfg.queue_type == QueueType::Quorum {
+            // Quorum dead-lettering is at-most-once unless asked otherwise; a
+            // retried job must not vanish on its way back.
             args.insert(
-                s("x-dead-letter-exchange"),
-                AMQPValue::LongString("".into()),
+                s("x-dead-letter-strategy"),
+                AMQPValue::LongString("at-least-once".into()),
             );
             args.insert(
-                s("x-dead-letter-routing-key"),
-                AMQPValue::LongString(work.as_str().into()),
+                s("x-overflow"),
+                AMQPValue::LongString("reject-publish".into()),
             );
-            if cfg.queue_type == QueueType::Quorum {
-                // Quorum dead-lettering is at-most-once unless asked otherwise; a
-                // retried job must not vanish on its way back.
-                args.insert(
-                    s("x-dead-letter-strategy"),
-                    AMQPValue::LongString("at-least-once".into()),
-                );
-                args.insert(
-                    s("x-overflow"),
-                    AMQPValue::LongString("reject-publish".into()),
-                );
-            }
-            channel
-                .queue_declare(s(&names.retry_queue(kind, *delay)), durable(), args)
-                .await?;
         }
+        channel
+            .queue_declare(s(&retry_queue_of(work, *delay)), durable(), args)
+            .await?;
     }
     Ok(())
 }
@@ -187,8 +246,11 @@ pub async fn delete(
 ) -> Result<(), lapin::Error> {
     let names = Names::new(prefix);
     for kind in kinds {
-        let mut queues = vec![names.queue(kind), names.dead_queue(kind)];
-        queues.extend(tiers.iter().map(|d| names.retry_queue(kind, *d)));
+        let mut queues = vec![names.dead_queue(kind)];
+        for work in names.work_queues(kind) {
+            queues.extend(tiers.iter().map(|d| retry_queue_of(&work, *d)));
+            queues.push(work);
+        }
         for q in queues {
             channel
                 .queue_delete(s(&q), lapin::options::QueueDeleteOptions::default())

@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use super::acker::Settle;
 use crate::amqp::publisher::Publisher;
-use crate::amqp::topology::Names;
+use crate::amqp::topology::{self, Names};
 use crate::config::Config;
 use crate::guard::Gates;
 use crate::inflight::{InFlight, InFlightJob};
@@ -456,7 +456,11 @@ async fn finish_failure(
     );
     let reason = truncate(reason);
     let (target, next_attempt, outcome) = match &route {
-        Route::Retry(delay) => (ctx.names.retry_queue(kind, *delay), attempt + 1, "retried"),
+        Route::Retry(delay) => (
+            topology::retry_queue_of(queue, *delay),
+            attempt + 1,
+            "retried",
+        ),
         Route::Dead if class == ErrorClass::Poison => {
             (ctx.names.dead_queue(kind), attempt, "poison")
         }
@@ -610,7 +614,7 @@ async fn finish_postpone(
         ))
         .await;
     };
-    let target = ctx.names.retry_queue(kind, delay);
+    let target = topology::retry_queue_of(queue, delay);
     let mut headers = original.properties.headers().clone().unwrap_or_default();
     headers.insert(
         ShortString::from(message::H_POSTPONED),

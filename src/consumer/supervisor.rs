@@ -93,7 +93,13 @@ impl Supervisor {
     /// A supervisor for `handlers` (keyed by kind).
     pub fn new(ctx: Arc<Ctx>, handlers: Vec<Arc<dyn Handler>>, health: Arc<Health>) -> Self {
         let cfg = &ctx.config.worker;
-        let pool = TaskPool::new(cfg.concurrency, &cfg.kind_concurrency);
+        // A bulk queue's deliveries take their own few permits (and global ones),
+        // so a storm there never holds the permits its kind's queue needs.
+        let mut limits = cfg.kind_concurrency.clone();
+        for kind in topology::BULK_KINDS {
+            limits.insert(topology::bulk_routing_key(kind), ctx.config.bulk_permits());
+        }
+        let pool = TaskPool::new(cfg.concurrency, &limits);
         let handlers = handlers
             .into_iter()
             .map(|h| (h.kind().to_string(), h))
@@ -236,56 +242,76 @@ impl Supervisor {
             ackers: Vec::new(),
             stop: stop.clone(),
         };
-        let prefetch = cfg.prefetch();
         for (kind, handler) in &self.handlers {
             if !kinds.contains(kind) || session.paused.contains(kind) {
                 continue;
             }
-            let queue = self.ctx.names.queue(kind);
-            for i in 0..cfg.amqp.consumers_per_queue {
-                let opened = async {
-                    let ch = session.conn.create_channel().await?;
-                    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-                    let tag = format!("hookfleet-{kind}-{i}-{}", uuid::Uuid::now_v7().simple());
-                    let consumer = ch
-                        .basic_consume(
-                            queue.as_str().into(),
-                            tag.as_str().into(),
-                            BasicConsumeOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await?;
-                    Ok::<_, lapin::Error>((ch, tag, consumer))
+            let mut queues = vec![(self.ctx.names.queue(kind), kind.clone())];
+            if topology::has_bulk(kind) {
+                let key = topology::bulk_routing_key(kind);
+                queues.push((self.ctx.names.bulk_queue(kind), key));
+            }
+            for (queue, permit_key) in queues {
+                if let Err(e) = self
+                    .consume(&mut session, handler, &queue, &permit_key, &stop)
+                    .await
+                {
+                    self.teardown(session, Duration::ZERO).await;
+                    return Err(e.into());
                 }
-                .await;
-                let (ch, tag, consumer) = match opened {
-                    Ok(x) => x,
-                    Err(e) => {
-                        self.teardown(session, Duration::ZERO).await;
-                        return Err(e.into());
-                    }
-                };
-                let (ack, acker_task) =
-                    acker::spawn(ch.clone(), prefetch, cfg.worker.ack_flush_interval);
-                session.ackers.push(acker_task);
-                session.channels.push((ch, tag));
-                let lp = ConsumeLoop {
-                    ctx: self.ctx.clone(),
-                    lane: Arc::new(Lane::new(handler.clone(), queue.clone())),
-                    kind: kind.clone(),
-                    queue: queue.clone(),
-                    pool: self.pool.clone(),
-                    tasks: self.tasks.clone(),
-                    ack,
-                    stop: stop.clone(),
-                };
-                session.loops.push(tokio::spawn(lp.run(consumer)));
             }
         }
         if session.loops.is_empty() && session.paused.is_empty() {
             tracing::warn!("no handler for any configured kind: nothing to consume");
         }
         Ok(session)
+    }
+
+    /// Opens `amqp.consumers_per_queue` consumers of `queue` into `session`,
+    /// their deliveries taking the pool permits of `permit_key` (the kind, or
+    /// its bulk queue's routing key).
+    async fn consume(
+        &self,
+        session: &mut Session,
+        handler: &Arc<dyn Handler>,
+        queue: &str,
+        permit_key: &str,
+        stop: &CancellationToken,
+    ) -> Result<(), lapin::Error> {
+        let cfg = &self.ctx.config;
+        let prefetch = cfg.prefetch();
+        for i in 0..cfg.amqp.consumers_per_queue {
+            let ch = session.conn.create_channel().await?;
+            ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+            let tag = format!(
+                "hookfleet-{permit_key}-{i}-{}",
+                uuid::Uuid::now_v7().simple()
+            );
+            let consumer = ch
+                .basic_consume(
+                    queue.into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let (ack, acker_task) =
+                acker::spawn(ch.clone(), prefetch, cfg.worker.ack_flush_interval);
+            session.ackers.push(acker_task);
+            session.channels.push((ch, tag));
+            let lp = ConsumeLoop {
+                ctx: self.ctx.clone(),
+                lane: Arc::new(Lane::new(handler.clone(), queue.to_string())),
+                kind: permit_key.to_string(),
+                queue: queue.to_string(),
+                pool: self.pool.clone(),
+                tasks: self.tasks.clone(),
+                ack,
+                stop: stop.clone(),
+            };
+            session.loops.push(tokio::spawn(lp.run(consumer)));
+        }
+        Ok(())
     }
 
     /// Waits until a consumer loop ends, the connection reports an error, or shutdown.

@@ -317,7 +317,8 @@ pub async fn post_receive(
         return Outcome::Refused;
     }
     let span = hook_span(&job);
-    let publish = publish_once(&config.amqp, "hook", &job, config.hook.timeout)
+    let lane = super::fairness::choose(&config.fairness, &config.spool.dir, &job.repository);
+    let publish = publish_once(&config.amqp, "hook", &job, lane, config.hook.timeout)
         .instrument(span)
         .await;
     let publish_error = match publish {

@@ -6,7 +6,9 @@
 //! - [`job`]: the `push` job body and its envelope (message id = push id).
 //! - [`hook`]: `hookfleet hook post-receive` (publish within `hook.timeout`, else spool;
 //!   always exit 0); [`install`]: `hookfleet hook install`.
-//! - [`publish`]: a push job on the wire; [`spool`]: the fsynced local spool and its flusher.
+//! - [`fairness`]: which queue a push goes to (the push queue, or the bulk
+//!   queue while its repository or owner is over its rate);
+//!   [`publish`]: a push job on the wire; [`spool`]: the fsynced local spool and its flusher.
 //! - [`git`]: reading a bare repository in process (gitoxide) with a deadline;
 //!   [`repo_cache`]: repositories kept open between reads; [`confine`]: which
 //!   repositories a job may name; [`classify`]: what a ref update means (created,
@@ -17,6 +19,7 @@
 
 pub mod classify;
 pub mod confine;
+pub mod fairness;
 pub mod git;
 pub mod group_commit;
 pub mod handler;

@@ -1,7 +1,10 @@
-//! Publishing push jobs to `<prefix>.jobs` with routing key `push`, confirmed.
+//! Publishing push jobs to `<prefix>.jobs`, confirmed: routing key `push`, or
+//! `push.bulk` for a push that [`super::fairness`] sent to the bulk queue.
 //!
 //! Owns how a [`PushJob`] goes on the wire (mandatory, so a missing queue is a
-//! failure and not a silent drop; envelope derived from the job). Used by the
+//! failure and not a silent drop; envelope derived from the job). A bulk push
+//! the broker cannot route (workers of a release without the bulk queue) is
+//! published again to the push queue. Used by the
 //! hook and by the spool flusher. It never decides what to do on failure: the
 //! caller spools or keeps the file.
 
@@ -10,6 +13,7 @@ use std::time::Duration;
 use lapin::Channel;
 use tracing::Instrument;
 
+use super::fairness::Lane;
 use super::job::{PUSH_KIND, PushJob};
 use crate::amqp::publish::{confirm_channel, publish_confirmed};
 use crate::amqp::topology::Names;
@@ -18,11 +22,29 @@ use crate::config::AmqpConfig;
 use crate::message::HeaderValue;
 use crate::otel;
 
-/// Publishes one job on a confirm channel and waits for its confirm within `timeout`.
+/// Publishes one job to `lane` on a confirm channel and waits for its confirm
+/// within `timeout` (per publish).
 pub async fn publish_job(
     channel: &Channel,
     prefix: &str,
     job: &PushJob,
+    lane: Lane,
+    timeout: Duration,
+) -> Result<(), AmqpError> {
+    match publish_to(channel, prefix, job, lane, timeout).await {
+        Err(AmqpError::Rejected(reason)) if lane == Lane::Bulk => {
+            tracing::warn!(%reason, "the bulk queue refused the push; publishing it to the push queue");
+            publish_to(channel, prefix, job, Lane::Push, timeout).await
+        }
+        r => r,
+    }
+}
+
+async fn publish_to(
+    channel: &Channel,
+    prefix: &str,
+    job: &PushJob,
+    lane: Lane,
     timeout: Duration,
 ) -> Result<(), AmqpError> {
     let exchange = Names::new(prefix).jobs_exchange();
@@ -40,7 +62,7 @@ pub async fn publish_job(
     publish_confirmed(
         channel,
         &exchange,
-        PUSH_KIND,
+        &lane.routing_key(),
         &job.to_json(),
         envelope.to_properties(),
         true,
@@ -59,6 +81,7 @@ pub async fn publish_once(
     cfg: &AmqpConfig,
     role: &str,
     job: &PushJob,
+    lane: Lane,
     deadline: Duration,
 ) -> Result<(), AmqpError> {
     let mut conn_slot = None;
@@ -67,7 +90,7 @@ pub async fn publish_once(
         // Every node gets its share of the deadline before the hook spools.
         let conn = conn_slot.insert(amqp::connect_within(cfg, role, Some(deadline)).await?);
         let channel = channel_slot.insert(confirm_channel(conn).await?);
-        publish_job(channel, &cfg.prefix, job, deadline).await
+        publish_job(channel, &cfg.prefix, job, lane, deadline).await
     };
     let result = match tokio::time::timeout(deadline, work).await {
         Ok(r) => r,

@@ -174,10 +174,14 @@ async fn flush_files(
                     continue;
                 }
             };
+            // A flush after an outage is a burst: its lane is chosen as the
+            // hook's is, so it does not queue ahead of fresh pushes.
+            let lane = super::fairness::choose(&config.fairness, dir, &job.repository);
             publish_job(
                 channel,
                 &config.amqp.prefix,
                 &job,
+                lane,
                 config.amqp.publish_timeout,
             )
             .await?;
