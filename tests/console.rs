@@ -533,3 +533,53 @@ async fn an_operator_works_the_console_in_a_browser() {
     b.client.clone().close().await.unwrap();
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_pauses_and_resumes_a_kind_from_the_guards_page() {
+    let env = Env::start().await;
+    let b = Browser::start().await;
+    let c = &b.client;
+    c.goto(&format!("{}/console/login", env.base))
+        .await
+        .unwrap();
+    b.fill("#token", TOKEN).await;
+    b.fill("#user", "ann").await;
+    b.click("#signin").await;
+    assert_eq!(b.text("h1").await, "Overview");
+
+    c.goto(&format!("{}/console/guards", env.base))
+        .await
+        .unwrap();
+    assert_eq!(b.text("#killswitch").await, "closed");
+    assert_eq!(b.text("#kind-work-state").await, "consuming");
+    b.fill("#kind-work-reason", "schema migration").await;
+    b.click("#kind-work-pause").await;
+    b.flash("paused work on every worker").await;
+    assert_eq!(b.text("#kind-work-state").await, "paused");
+    assert!(b.text("#paused").await.contains("by ann: schema migration"));
+    b.shot("guards").await;
+
+    // The worker stops consuming the kind; what is published stays queued.
+    let (broker, queue) = (&env.broker, env.names.queue("work"));
+    let q = &queue;
+    eventually(WAIT, "no consumer on the paused queue", || async move {
+        (broker.consumers(q).await == 0).then_some(())
+    })
+    .await;
+    env.broken.store(false, Ordering::SeqCst);
+    broker.publish_job("work", &json!({"n": 1})).await;
+    assert_eq!(broker.depth(q).await, 1);
+    assert_eq!(env.handled.load(Ordering::SeqCst), 0);
+
+    b.click("#kind-work-resume").await;
+    b.flash("resumed work on every worker").await;
+    assert_eq!(b.text("#kind-work-state").await, "consuming");
+    let h = &env.handled;
+    eventually(WAIT, "the queued job handled after resume", || async move {
+        (h.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+
+    b.client.clone().close().await.unwrap();
+    env.stop().await;
+}

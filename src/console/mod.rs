@@ -6,11 +6,13 @@
 //! through the same library functions as the CLI: [`crate::dlq`] for dead
 //! letters, [`crate::outbox::replay`] and [`crate::outbox::status`] for the
 //! outbox, [`crate::webhook::admin`] and [`crate::webhook::storage`] for
-//! webhooks, so the page and `hookfleet dlq|outbox|webhook` cannot disagree.
+//! webhooks, [`crate::guard::pause`] for paused kinds, so the page and
+//! `hookfleet dlq|outbox|webhook|pause` cannot disagree.
 //! Every action is logged with who, what and how many (`console action`).
 
 mod auth;
 mod dlq;
+mod guards;
 mod outbox;
 mod overview;
 mod page;
@@ -88,6 +90,8 @@ pub fn router(admin: &AdminState) -> Router<AdminState> {
         .route("/console/webhooks", get(webhooks::page))
         .route("/console/webhooks/active", post(webhooks::set_active))
         .route("/console/webhooks/redeliver", post(webhooks::redeliver))
+        .route("/console/guards", get(guards::page))
+        .route("/console/guards/pause", post(guards::set_paused))
         .route("/console/logout", post(auth::logout))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

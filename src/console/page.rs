@@ -61,11 +61,12 @@ impl Form {
 }
 
 /// The navigation entries: path and label.
-const NAV: [(&str, &str); 5] = [
+const NAV: [(&str, &str); 6] = [
     ("/console", "Overview"),
     ("/console/dlq", "Dead letters"),
     ("/console/outbox", "Outbox"),
     ("/console/webhooks", "Webhooks"),
+    ("/console/guards", "Guards"),
     ("/console/jobs", "In flight"),
 ];
 
