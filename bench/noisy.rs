@@ -8,6 +8,7 @@
 //! (the bucket file in a directory of the run), so the rates and the bucket
 //! file are the hook's own. The storm's drain time (first publish → its last
 //! event) is reported too: fairness trades the storm's speed for the others'.
+//! A 2 s quiet warm-up, not counted, comes first.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -257,6 +258,9 @@ pub async fn run(
         )
         .await?;
     let commit = repo.c2.clone();
+    // Warm-up, not counted: the worker's first pushes open repositories and
+    // connections.
+    let (consumer, _, _) = phase(&cfg, &root, consumer, &commit, (2, 0, true, 4)).await?;
     let (consumer, quiet, _) = phase(&cfg, &root, consumer, &commit, (secs, 0, true, 1)).await?;
     let (consumer, fifo, drain_fifo_s) =
         phase(&cfg, &root, consumer, &commit, (secs, storm, false, 2)).await?;
