@@ -48,11 +48,6 @@ const KNOWN_KNOTS: &[(&str, &[&str], &str)] = &[
         "ConsoleState and the shared page types leave mod.rs for a file of their own, \
          so mod.rs only routes",
     ),
-    (
-        "src/outbox",
-        &["mod", "storage"],
-        "Event and its header JSON leave mod.rs for a file storage can depend on",
-    ),
 ];
 
 /// A reference from one module to another, remembered by its first site for the report.
