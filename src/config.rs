@@ -729,6 +729,92 @@ pub struct WebhookConfig {
     pub secret_overlap: Duration,
 }
 
+/// Bytes of a `webhook.secret_key` (AES-256).
+pub const SECRET_KEY_BYTES: usize = 32;
+
+/// The bytes of `webhook.secret_key` and `webhook.previous_secret_keys`, decoded. No
+/// `Debug`: key material is never formatted.
+pub struct SecretKeyBytes {
+    /// `secret_key`, or `None` when it is empty.
+    pub current: Option<Vec<u8>>,
+    /// `previous_secret_keys`, in their order.
+    pub previous: Vec<Vec<u8>>,
+}
+
+impl WebhookConfig {
+    /// The decoded secret keys, current first; the error names the config key, never
+    /// its value. Here, beside the keys, so [`Config::validate`] and the keyring that
+    /// seals secrets (`webhook::secrets`) accept exactly the same values.
+    pub fn secret_key_bytes(&self) -> Result<SecretKeyBytes, (String, String)> {
+        let current = match self.secret_key.expose() {
+            "" => None,
+            k => Some(decode_secret_key(k).map_err(|m| ("webhook.secret_key".to_string(), m))?),
+        };
+        let previous = self
+            .previous_secret_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                decode_secret_key(k.expose())
+                    .map_err(|m| (format!("webhook.previous_secret_keys[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SecretKeyBytes { current, previous })
+    }
+}
+
+/// The bytes of one secret key: standard base64 of [`SECRET_KEY_BYTES`] bytes.
+fn decode_secret_key(b64: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| "must be standard base64 (e.g. `openssl rand -base64 32`)".to_string())?;
+    if bytes.len() != SECRET_KEY_BYTES {
+        return Err(format!(
+            "must be the base64 of {SECRET_KEY_BYTES} bytes (e.g. `openssl rand -base64 32`), \
+             got {} bytes",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// One `webhook.allowed_hosts` entry. Beside its config because [`Config::validate`]
+/// rejects a bad entry at load and the SSRF guard (`webhook::ssrf`) builds its policy
+/// from the same parse: one definition of what an entry may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowed {
+    /// A host name (case-insensitive): every address it resolves to is allowed.
+    Host(String),
+    /// An address or network.
+    Net(ipnet::IpNet),
+}
+
+impl Allowed {
+    /// Parses an entry: a CIDR, an IP, or a host name.
+    pub fn parse(entry: &str) -> Result<Allowed, String> {
+        let e = entry.trim();
+        if let Ok(net) = e.parse::<ipnet::IpNet>() {
+            return Ok(Allowed::Net(net));
+        }
+        let bare = e.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            return Ok(Allowed::Net(ipnet::IpNet::from(ip)));
+        }
+        let name_ok = !e.is_empty()
+            && e.len() <= 253
+            && e.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+        if name_ok {
+            Ok(Allowed::Host(e.to_ascii_lowercase()))
+        } else {
+            Err(format!(
+                "entries must be host names, IP addresses or CIDRs, got {entry:?}"
+            ))
+        }
+    }
+}
+
 /// Optional rate limits: token buckets per repository (push jobs) and per
 /// webhook subscription (webhook jobs). A job over its rate is postponed to a
 /// retry tier (its attempt counter unchanged), never dropped. Buckets are per
@@ -1349,7 +1435,8 @@ impl Config {
         }
         // Checked here so a bad key stops `config check` and the worker at start
         // rather than failing deliveries; the message never shows the value.
-        crate::webhook::secrets::Keyring::from_config(&self.webhook)
+        self.webhook
+            .secret_key_bytes()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         for (key, base) in [
             ("push.compare_base_url", &self.push.compare_base_url),
@@ -1386,7 +1473,7 @@ impl Config {
         }
         self.validate_tracing()?;
         for entry in &self.webhook.allowed_hosts {
-            if let Err(message) = crate::webhook::ssrf::Allowed::parse(entry) {
+            if let Err(message) = Allowed::parse(entry) {
                 return Err(ConfigError::Invalid {
                     key: "webhook.allowed_hosts".into(),
                     message,

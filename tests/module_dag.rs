@@ -25,16 +25,8 @@ use std::path::{Path, PathBuf};
 const KNOWN_KNOTS: &[(&str, &[&str], &str)] = &[
     (
         "src",
-        &[
-            "amqp",
-            "config",
-            "otel",
-            "outbox",
-            "push",
-            "ratelimit",
-            "webhook",
-        ],
-        "push job types, repository patterns and the webhook config checks below all",
+        &["push", "ratelimit", "webhook"],
+        "push job types and repository patterns below push, ratelimit and webhook",
     ),
     (
         "src",
