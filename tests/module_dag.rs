@@ -25,11 +25,6 @@ use std::path::{Path, PathBuf};
 const KNOWN_KNOTS: &[(&str, &[&str], &str)] = &[
     (
         "src",
-        &["push", "ratelimit", "webhook"],
-        "push job types and repository patterns below push, ratelimit and webhook",
-    ),
-    (
-        "src",
         &["admin", "console"],
         "the console is part of the admin server (AdminState holds it, its router is \
          Router<AdminState>): move src/console/ under src/admin/",
