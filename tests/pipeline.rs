@@ -618,7 +618,6 @@ fn job_of(kind: &str, id: uuid::Uuid, body: &impl serde::Serialize) -> Job {
     Job {
         kind: kind.into(),
         attempt: 1,
-        redelivered: false,
         raw: serde_json::to_vec(body).unwrap().into(),
         parsed: std::sync::OnceLock::new(),
         envelope,

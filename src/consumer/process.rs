@@ -194,7 +194,6 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
     let Delivery {
         data,
         properties,
-        redelivered,
         routing_key,
         ..
     } = delivery;
@@ -262,7 +261,6 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
         let job = Job {
             kind: kind.to_string(),
             attempt,
-            redelivered,
             raw: body.clone(),
             parsed: std::sync::OnceLock::new(),
             envelope,
