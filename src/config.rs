@@ -1098,54 +1098,31 @@ impl Config {
     }
 
     /// Checks ranges and cross-field rules, naming the key, the value and what is allowed.
+    /// One function per section; a section whose ranges depend on another's values
+    /// (push on database and amqp, webhook on worker) is checked after it, so a bad
+    /// value is reported under its own key first.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn range(key: &str, v: u64, r: std::ops::RangeInclusive<u64>) -> Result<(), ConfigError> {
-            if r.contains(&v) {
-                Ok(())
-            } else {
-                Err(ConfigError::Invalid {
-                    key: key.into(),
-                    message: format!("must be {}..={}, got {v}", r.start(), r.end()),
-                })
-            }
-        }
-        fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
-            if d.is_zero() {
-                Err(ConfigError::Invalid {
-                    key: key.into(),
-                    message: "must be greater than 0s, got 0s".into(),
-                })
-            } else {
-                Ok(())
-            }
-        }
-        fn url(key: &str, u: &SecretUrl, schemes: &[&str]) -> Result<(), ConfigError> {
-            match url::Url::parse(u.expose()) {
-                Ok(p) if schemes.contains(&p.scheme()) => Ok(()),
-                Ok(p) => Err(ConfigError::Invalid {
-                    key: key.into(),
-                    message: format!(
-                        "must use one of the schemes {}, got {:?}",
-                        schemes.join(", "),
-                        p.scheme()
-                    ),
-                }),
-                Err(e) => Err(ConfigError::Invalid {
-                    key: key.into(),
-                    message: format!("must be a valid URL, got {} ({e})", u.redacted()),
-                }),
-            }
-        }
+        self.validate_amqp()?;
+        self.validate_database()?;
+        self.validate_worker()?;
+        self.validate_retry()?;
+        self.validate_rate_limit()?;
+        self.validate_outbox()?;
+        self.validate_admin()?;
+        self.validate_guard()?;
+        self.validate_hook()?;
+        self.validate_push()?;
+        self.validate_webhook()?;
+        self.validate_site()?;
+        self.validate_tracing()
+    }
 
+    /// The `[amqp]` checks: URLs, the queue prefix, limits, timeouts, the CA file.
+    fn validate_amqp(&self) -> Result<(), ConfigError> {
         url("amqp.url", &self.amqp.url, &["amqp", "amqps"])?;
         for u in &self.amqp.urls {
             url("amqp.urls", u, &["amqp", "amqps"])?;
         }
-        url(
-            "database.url",
-            &self.database.url,
-            &["postgres", "postgresql"],
-        )?;
         let prefix_ok = !self.amqp.prefix.is_empty()
             && self.amqp.prefix.len() <= 100
             && self
@@ -1191,7 +1168,20 @@ impl Config {
                 ),
             });
         }
+        crate::tls::configured_ca(&self.amqp.ca_file).map_err(|message| ConfigError::Invalid {
+            key: "amqp.ca_file".into(),
+            message,
+        })?;
+        Ok(())
+    }
 
+    /// The `[database]` checks: the URL, pool sizes, timeouts.
+    fn validate_database(&self) -> Result<(), ConfigError> {
+        url(
+            "database.url",
+            &self.database.url,
+            &["postgres", "postgresql"],
+        )?;
         range(
             "database.max_connections",
             self.database.max_connections.into(),
@@ -1208,7 +1198,12 @@ impl Config {
             "database.statement_timeout",
             self.database.statement_timeout,
         )?;
+        Ok(())
+    }
 
+    /// The `[worker]` checks: concurrency, kinds, timeouts, the job size (within
+    /// `amqp.max_message_bytes`).
+    fn validate_worker(&self) -> Result<(), ConfigError> {
         range(
             "worker.concurrency",
             self.worker.concurrency.into(),
@@ -1235,7 +1230,16 @@ impl Config {
         }
         positive("worker.handler_timeout", self.worker.handler_timeout)?;
         positive("worker.ack_flush_interval", self.worker.ack_flush_interval)?;
+        range(
+            "worker.max_job_bytes",
+            self.worker.max_job_bytes.into(),
+            16_384..=u64::from(self.amqp.max_message_bytes),
+        )?;
+        Ok(())
+    }
 
+    /// The `[retry]` checks: tiers, attempts, postponements.
+    fn validate_retry(&self) -> Result<(), ConfigError> {
         if self.retry.tiers.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "retry.tiers".into(),
@@ -1258,6 +1262,16 @@ impl Config {
             self.retry.max_attempts.into(),
             MAX_ATTEMPTS_RANGE,
         )?;
+        range(
+            "retry.max_postponements",
+            self.retry.max_postponements.into(),
+            1..=100_000,
+        )?;
+        Ok(())
+    }
+
+    /// The `[rate_limit]` checks: every rate a finite number >= 0.
+    fn validate_rate_limit(&self) -> Result<(), ConfigError> {
         let rates = [
             (
                 "rate_limit.push_per_repository".to_string(),
@@ -1281,12 +1295,11 @@ impl Config {
                 });
             }
         }
-        range(
-            "retry.max_postponements",
-            self.retry.max_postponements.into(),
-            1..=100_000,
-        )?;
+        Ok(())
+    }
 
+    /// The `[outbox]` checks: batch sizes, intervals, backoff, parking.
+    fn validate_outbox(&self) -> Result<(), ConfigError> {
         range(
             "outbox.batch_size",
             self.outbox.batch_size.into(),
@@ -1294,6 +1307,22 @@ impl Config {
         )?;
         positive("outbox.poll_interval", self.outbox.poll_interval)?;
         positive("outbox.prune_interval", self.outbox.prune_interval)?;
+        positive("outbox.max_backoff", self.outbox.max_backoff)?;
+        range(
+            "outbox.park_after_attempts",
+            self.outbox.park_after_attempts.into(),
+            1..=1_000,
+        )?;
+        range(
+            "outbox.prune_batch_size",
+            self.outbox.prune_batch_size.into(),
+            1..=100_000,
+        )?;
+        Ok(())
+    }
+
+    /// The `[admin]` checks: the depth interval and the console token's length.
+    fn validate_admin(&self) -> Result<(), ConfigError> {
         positive(
             "admin.queue_depth_interval",
             self.admin.queue_depth_interval,
@@ -1309,7 +1338,11 @@ impl Config {
                 ),
             });
         }
-        positive("outbox.max_backoff", self.outbox.max_backoff)?;
+        Ok(())
+    }
+
+    /// The `[guard]` checks: the kill switch's share, window, probes and the pause poll.
+    fn validate_guard(&self) -> Result<(), ConfigError> {
         let share = self.guard.failure_share;
         if !(share > 0.0 && share <= 1.0) {
             return Err(ConfigError::Invalid {
@@ -1331,18 +1364,24 @@ impl Config {
             1..=10_000,
         )?;
         positive("guard.pause_poll_interval", self.guard.pause_poll_interval)?;
-        range(
-            "outbox.park_after_attempts",
-            self.outbox.park_after_attempts.into(),
-            1..=1_000,
-        )?;
-        range(
-            "outbox.prune_batch_size",
-            self.outbox.prune_batch_size.into(),
-            1..=100_000,
-        )?;
+        Ok(())
+    }
 
+    /// The `[hook]` checks: the publish timeout and the input caps.
+    fn validate_hook(&self) -> Result<(), ConfigError> {
         positive("hook.timeout", self.hook.timeout)?;
+        range(
+            "hook.max_input_bytes",
+            self.hook.max_input_bytes.into(),
+            4_096..=1_073_741_824,
+        )?;
+        range("hook.max_refs", self.hook.max_refs.into(), 1..=1_000_000)?;
+        Ok(())
+    }
+
+    /// The `[push]` checks: the read timeout, caps (some within `database` and
+    /// `amqp` values), the group commit and the compare URL base.
+    fn validate_push(&self) -> Result<(), ConfigError> {
         positive("push.git_timeout", self.push.git_timeout)?;
         range(
             "push.max_commits",
@@ -1376,18 +1415,13 @@ impl Config {
             self.push.max_bulk_refs.into(),
             0..=1_000_000,
         )?;
-        range(
-            "hook.max_input_bytes",
-            self.hook.max_input_bytes.into(),
-            4_096..=1_073_741_824,
-        )?;
-        range("hook.max_refs", self.hook.max_refs.into(), 1..=1_000_000)?;
-        range(
-            "worker.max_job_bytes",
-            self.worker.max_job_bytes.into(),
-            16_384..=u64::from(self.amqp.max_message_bytes),
-        )?;
+        http_base_url("push.compare_base_url", &self.push.compare_base_url, false)?;
+        Ok(())
+    }
 
+    /// The `[webhook]` checks: timeouts (within `worker.handler_timeout`), the
+    /// breaker, the CA file, the secret keys and the allow-list.
+    fn validate_webhook(&self) -> Result<(), ConfigError> {
         positive("webhook.timeout", self.webhook.timeout)?;
         positive("webhook.connect_timeout", self.webhook.connect_timeout)?;
         positive("webhook.retention", self.webhook.retention)?;
@@ -1424,37 +1458,36 @@ impl Config {
             self.webhook.breaker_probes.into(),
             1..=1_000,
         )?;
-        for (key, file) in [
-            ("amqp.ca_file", &self.amqp.ca_file),
-            ("webhook.ca_file", &self.webhook.ca_file),
-        ] {
-            crate::tls::configured_ca(file).map_err(|message| ConfigError::Invalid {
-                key: key.into(),
+        crate::tls::configured_ca(&self.webhook.ca_file).map_err(|message| {
+            ConfigError::Invalid {
+                key: "webhook.ca_file".into(),
                 message,
-            })?;
-        }
+            }
+        })?;
         // Checked here so a bad key stops `config check` and the worker at start
         // rather than failing deliveries; the message never shows the value.
         self.webhook
             .secret_key_bytes()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        for entry in &self.webhook.allowed_hosts {
+            if let Err(message) = Allowed::parse(entry) {
+                return Err(ConfigError::Invalid {
+                    key: "webhook.allowed_hosts".into(),
+                    message,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[site]` checks: absolute http(s) URL bases and the SSH host.
+    fn validate_site(&self) -> Result<(), ConfigError> {
         for (key, base) in [
-            ("push.compare_base_url", &self.push.compare_base_url),
             ("site.html_url", &self.site.html_url),
             ("site.api_url", &self.site.api_url),
             ("site.clone_url", &self.site.clone_url),
         ] {
-            // Bodies are checked against schemas with `format: uri`: a base
-            // that is not an absolute http(s) URL would make every body invalid.
-            let ok = (base.is_empty() && key != "push.compare_base_url")
-                || url::Url::parse(base)
-                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
-            if !ok {
-                return Err(ConfigError::Invalid {
-                    key: key.into(),
-                    message: format!("must be an absolute http or https URL, got {base:?}"),
-                });
-            }
+            http_base_url(key, base, true)?;
         }
         let ssh_ok = self.site.ssh_host.is_empty()
             || self
@@ -1470,15 +1503,6 @@ impl Config {
                     self.site.ssh_host
                 ),
             });
-        }
-        self.validate_tracing()?;
-        for entry in &self.webhook.allowed_hosts {
-            if let Err(message) = Allowed::parse(entry) {
-                return Err(ConfigError::Invalid {
-                    key: "webhook.allowed_hosts".into(),
-                    message,
-                });
-            }
         }
         Ok(())
     }
@@ -1538,6 +1562,62 @@ impl Config {
             u16::try_from(self.worker.concurrency).unwrap_or(u16::MAX)
         }
     }
+}
+
+/// The checks `Config::validate`'s sections share. A failed one names the key, the
+/// value and what is allowed.
+fn range(key: &str, v: u64, r: std::ops::RangeInclusive<u64>) -> Result<(), ConfigError> {
+    if r.contains(&v) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!("must be {}..={}, got {v}", r.start(), r.end()),
+        })
+    }
+}
+fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::Invalid {
+            key: key.into(),
+            message: "must be greater than 0s, got 0s".into(),
+        })
+    } else {
+        Ok(())
+    }
+}
+fn url(key: &str, u: &SecretUrl, schemes: &[&str]) -> Result<(), ConfigError> {
+    match url::Url::parse(u.expose()) {
+        Ok(p) if schemes.contains(&p.scheme()) => Ok(()),
+        Ok(p) => Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!(
+                "must use one of the schemes {}, got {:?}",
+                schemes.join(", "),
+                p.scheme()
+            ),
+        }),
+        Err(e) => Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!("must be a valid URL, got {} ({e})", u.redacted()),
+        }),
+    }
+}
+
+/// A URL base of webhook bodies: bodies are checked against schemas with
+/// `format: uri`, so a base that is not an absolute http(s) URL would make every
+/// body invalid. Empty is allowed where `empty_ok` (the base is derived).
+fn http_base_url(key: &str, base: &str, empty_ok: bool) -> Result<(), ConfigError> {
+    let ok = (base.is_empty() && empty_ok)
+        || url::Url::parse(base)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+    if !ok {
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!("must be an absolute http or https URL, got {base:?}"),
+        });
+    }
+    Ok(())
 }
 
 fn parse_toml(text: &str, origin: &Origin) -> Result<toml::Table, ConfigError> {
