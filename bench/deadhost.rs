@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use hookfleet::amqp::topology::Names;
 use hookfleet::config::Config;
 use hookfleet::outbox::{self, Event};
-use hookfleet::push::job::PushJob;
+use hookfleet::push_job::PushJob;
 use hookfleet::webhook::{self, admin};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hookfleet::config::Config;
-use hookfleet::push::job::{PUSH_KIND, PushJob};
-use hookfleet::push::update::RefUpdate;
+use hookfleet::push_job::update::RefUpdate;
+use hookfleet::push_job::{PUSH_KIND, PushJob};
 
 use crate::common::procs::{WorkerProc, free_port, worker_env_at};
 use crate::common::repo::git_command;

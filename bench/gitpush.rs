@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use hookfleet::amqp::topology::Names;
 use hookfleet::config::Config;
-use hookfleet::push::job::PUSH_KIND;
+use hookfleet::push_job::PUSH_KIND;
 
 use crate::common::repo::{TinyRepo, git, git_command, temp_dir};
 use crate::support::{declare_topology, delete_topology, percentile};

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hookfleet::config::Config;
-use hookfleet::push::job::PUSH_KIND;
+use hookfleet::push_job::PUSH_KIND;
 
 use crate::common::procs::{WorkerProc, free_port, worker_env};
 use crate::common::repo::TinyRepo;

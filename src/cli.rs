@@ -744,7 +744,7 @@ fn print_dead_letters(
 }
 
 async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Result<ExitCode> {
-    use crate::webhook::admin::{self, AdminError};
+    use crate::webhook::admin::AdminError;
     // Validate `add` before connecting, so bad input is exit 2 even with no database.
     let add = match &command {
         WebhookCommand::Add {
@@ -754,182 +754,15 @@ async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Res
             events,
             content_type,
             style,
-        } => {
-            let style = match crate::webhook::subscription::Style::parse(style) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("hookfleet: invalid --style: {e}");
-                    return Ok(ExitCode::from(EXIT_USAGE));
-                }
-            };
-            let r = admin::AddRequest {
-                repo: repo.clone(),
-                url: url.clone(),
-                secret: secret.clone(),
-                events: events.clone(),
-                content_type: content_type.clone(),
-                style,
-            };
-            if let Err(e) = admin::validate(&r) {
-                eprintln!("hookfleet: {e}");
-                return Ok(ExitCode::from(EXIT_USAGE));
-            }
-            Some(r)
-        }
+        } => match webhook_add_request(repo, url, secret, events, content_type, style) {
+            Ok(r) => Some(r),
+            Err(code) => return Ok(code),
+        },
         _ => None,
     };
     let pool = db::connect(&config.database).await?;
     let names = crate::amqp::topology::Names::new(&config.amqp.prefix);
-    let result: Result<(), AdminError> = async {
-        match command {
-            WebhookCommand::Add { .. } => {
-                if let Some(r) = add {
-                    let added = admin::add_checked(&pool, &r, &config.webhook).await?;
-                    for w in &added.warnings {
-                        eprintln!("hookfleet: warning: {w}");
-                    }
-                    if added.stored_plaintext {
-                        eprintln!("hookfleet: warning: {PLAINTEXT_WARNING}");
-                    }
-                    println!("added subscription {}", added.id);
-                    if let Some(secret) = &added.generated_secret {
-                        // The one time it is shown: stdout, for the operator to
-                        // hand to the receiver.
-                        println!("secret: {secret}");
-                    }
-                    // As GitHub does when a hook is created. On stderr, so
-                    // stdout stays the one line scripts read the id from.
-                    let delivery = admin::ping(&pool, &names, added.id, local_user()).await?;
-                    eprintln!("hookfleet: ping delivery {delivery} enqueued");
-                }
-            }
-            WebhookCommand::List { json } => {
-                let subs = crate::webhook::storage::list_subscriptions(&pool).await?;
-                let matched = admin::matched_last_day(&pool, &subs).await?;
-                if json {
-                    let rows: Vec<serde_json::Value> = subs
-                        .iter()
-                        .map(|s| {
-                            let mut v = serde_json::to_value(s).unwrap_or_default();
-                            if let Some(m) = v.as_object_mut() {
-                                m.insert("url".into(), crate::config::redact_url(&s.url).into());
-                                let n = matched.get(&s.id).copied().unwrap_or(0);
-                                m.insert("pushes_24h".into(), n.into());
-                            }
-                            v
-                        })
-                        .collect();
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&rows).unwrap_or_default()
-                    );
-                } else {
-                    for s in subs {
-                        let rotating = match s.previous_secret_expires_at {
-                            Some(t) if t > chrono::Utc::now() && s.previous_secret.is_some() => {
-                                format!("\tprevious secret valid until {}", t.to_rfc3339())
-                            }
-                            _ => String::new(),
-                        };
-                        println!(
-                            "{}\t{}\t{}\t{}\t{}\tevents={}\tstyle={}\tsecret={}\tfailures={}\tpushes_24h={}{}{}",
-                            s.id,
-                            if s.active { "active" } else { "disabled" },
-                            s.repository_pattern,
-                            crate::config::redact_url(&s.url),
-                            s.content_type,
-                            s.events.join(","),
-                            s.style.as_str(),
-                            if s.secret.is_some() { "yes" } else { "no" },
-                            s.consecutive_failures,
-                            matched.get(&s.id).copied().unwrap_or(0),
-                            s.disabled_reason
-                                .as_deref()
-                                .map(|r| format!("\tdisabled: {r}"))
-                                .unwrap_or_default(),
-                            rotating
-                        );
-                    }
-                }
-            }
-            WebhookCommand::Remove { id } => {
-                admin::remove(&pool, id).await?;
-                println!("removed subscription {id}");
-            }
-            WebhookCommand::Enable { id } => {
-                admin::set_active(&pool, id, true).await?;
-                println!("enabled subscription {id}");
-            }
-            WebhookCommand::Disable { id } => {
-                admin::set_active(&pool, id, false).await?;
-                println!("disabled subscription {id}");
-            }
-            WebhookCommand::Deliveries {
-                subscription,
-                failed,
-                limit,
-                json,
-            } => {
-                let rows = crate::webhook::storage::list_attempts(
-                    &pool,
-                    subscription,
-                    failed,
-                    limit.clamp(1, 10_000),
-                )
-                .await?;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&rows).unwrap_or_default()
-                    );
-                } else {
-                    for r in rows {
-                        println!(
-                            "{}\t{}\tsub={}\t{}\tattempt={}\t{}\tstatus={}\t{}ms\t{}",
-                            r.created_at.to_rfc3339(),
-                            r.delivery_id,
-                            r.subscription_id,
-                            r.event_type.as_deref().unwrap_or("-"),
-                            r.attempt,
-                            r.outcome,
-                            r.status.map_or("-".to_string(), |s| s.to_string()),
-                            r.duration_ms,
-                            r.error.as_deref().unwrap_or("")
-                        );
-                    }
-                }
-            }
-            WebhookCommand::RotateSecret {
-                id,
-                secret,
-                overlap,
-            } => {
-                let keys = admin::keyring(&config.webhook)?;
-                let overlap = overlap.unwrap_or(config.webhook.secret_overlap);
-                let r = admin::rotate_secret(&pool, &keys, id, secret, overlap).await?;
-                if r.stored_plaintext {
-                    eprintln!("hookfleet: warning: {PLAINTEXT_WARNING}");
-                }
-                println!(
-                    "rotated the secret of subscription {id}; the previous one stays valid for {}",
-                    humantime::format_duration(overlap)
-                );
-                if let Some(secret) = &r.generated_secret {
-                    println!("secret: {secret}");
-                }
-            }
-            WebhookCommand::Ping { id } => {
-                let delivery = admin::ping(&pool, &names, id, local_user()).await?;
-                println!("ping delivery {delivery} enqueued");
-            }
-            WebhookCommand::Redeliver { delivery_id } => {
-                let id = admin::redeliver(&pool, &names, delivery_id).await?;
-                println!("redelivery of {delivery_id} enqueued (job {id})");
-            }
-        }
-        Ok(())
-    }
-    .await;
+    let result = run_webhook_command(command, add, &pool, &names, &config).await;
     pool.close().await;
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -943,6 +776,238 @@ async fn webhook_command(command: WebhookCommand, config: Config) -> anyhow::Res
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `webhook add`'s arguments as a checked request, or the usage exit code after
+/// saying why (before any connection, so bad input is exit 2 without a database).
+fn webhook_add_request(
+    repo: &str,
+    url: &str,
+    secret: &Option<String>,
+    events: &str,
+    content_type: &str,
+    style: &str,
+) -> Result<crate::webhook::admin::AddRequest, ExitCode> {
+    use crate::webhook::admin;
+    let style = match crate::webhook::subscription::Style::parse(style) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hookfleet: invalid --style: {e}");
+            return Err(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let r = admin::AddRequest {
+        repo: repo.to_string(),
+        url: url.to_string(),
+        secret: secret.clone(),
+        events: events.to_string(),
+        content_type: content_type.to_string(),
+        style,
+    };
+    if let Err(e) = admin::validate(&r) {
+        eprintln!("hookfleet: {e}");
+        return Err(ExitCode::from(EXIT_USAGE));
+    }
+    Ok(r)
+}
+
+/// One `webhook` subcommand against the database; `add` is the request
+/// [`webhook_add_request`] checked before connecting.
+async fn run_webhook_command(
+    command: WebhookCommand,
+    add: Option<crate::webhook::admin::AddRequest>,
+    pool: &sqlx::PgPool,
+    names: &crate::amqp::topology::Names,
+    config: &Config,
+) -> Result<(), crate::webhook::admin::AdminError> {
+    use crate::webhook::admin;
+    match command {
+        WebhookCommand::Add { .. } => {
+            if let Some(r) = add {
+                webhook_add(pool, names, &config.webhook, &r).await?;
+            }
+        }
+        WebhookCommand::List { json } => webhook_list(pool, json).await?,
+        WebhookCommand::Remove { id } => {
+            admin::remove(pool, id).await?;
+            println!("removed subscription {id}");
+        }
+        WebhookCommand::Enable { id } => {
+            admin::set_active(pool, id, true).await?;
+            println!("enabled subscription {id}");
+        }
+        WebhookCommand::Disable { id } => {
+            admin::set_active(pool, id, false).await?;
+            println!("disabled subscription {id}");
+        }
+        WebhookCommand::Deliveries {
+            subscription,
+            failed,
+            limit,
+            json,
+        } => webhook_deliveries(pool, subscription, failed, limit, json).await?,
+        WebhookCommand::RotateSecret {
+            id,
+            secret,
+            overlap,
+        } => webhook_rotate_secret(pool, config, id, secret, overlap).await?,
+        WebhookCommand::Ping { id } => {
+            let delivery = admin::ping(pool, names, id, local_user()).await?;
+            println!("ping delivery {delivery} enqueued");
+        }
+        WebhookCommand::Redeliver { delivery_id } => {
+            let id = admin::redeliver(pool, names, delivery_id).await?;
+            println!("redelivery of {delivery_id} enqueued (job {id})");
+        }
+    }
+    Ok(())
+}
+
+/// `webhook add`: stores the subscription, prints its id (and a generated secret,
+/// the one time it is shown), and enqueues a ping.
+async fn webhook_add(
+    pool: &sqlx::PgPool,
+    names: &crate::amqp::topology::Names,
+    cfg: &crate::config::WebhookConfig,
+    r: &crate::webhook::admin::AddRequest,
+) -> Result<(), crate::webhook::admin::AdminError> {
+    use crate::webhook::admin;
+    let added = admin::add_checked(pool, r, cfg).await?;
+    for w in &added.warnings {
+        eprintln!("hookfleet: warning: {w}");
+    }
+    if added.stored_plaintext {
+        eprintln!("hookfleet: warning: {PLAINTEXT_WARNING}");
+    }
+    println!("added subscription {}", added.id);
+    if let Some(secret) = &added.generated_secret {
+        // The one time it is shown: stdout, for the operator to
+        // hand to the receiver.
+        println!("secret: {secret}");
+    }
+    // As GitHub does when a hook is created. On stderr, so
+    // stdout stays the one line scripts read the id from.
+    let delivery = admin::ping(pool, names, added.id, local_user()).await?;
+    eprintln!("hookfleet: ping delivery {delivery} enqueued");
+    Ok(())
+}
+
+/// `webhook list`: every subscription with its pushes matched in the last day, as
+/// tab-separated lines or JSON (URLs redacted either way).
+async fn webhook_list(
+    pool: &sqlx::PgPool,
+    json: bool,
+) -> Result<(), crate::webhook::admin::AdminError> {
+    use crate::webhook::admin;
+    let subs = crate::webhook::storage::list_subscriptions(pool).await?;
+    let matched = admin::matched_last_day(pool, &subs).await?;
+    if json {
+        let rows: Vec<serde_json::Value> = subs
+            .iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(s).unwrap_or_default();
+                if let Some(m) = v.as_object_mut() {
+                    m.insert("url".into(), crate::config::redact_url(&s.url).into());
+                    let n = matched.get(&s.id).copied().unwrap_or(0);
+                    m.insert("pushes_24h".into(), n.into());
+                }
+                v
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+    } else {
+        for s in subs {
+            let rotating = match s.previous_secret_expires_at {
+                Some(t) if t > chrono::Utc::now() && s.previous_secret.is_some() => {
+                    format!("\tprevious secret valid until {}", t.to_rfc3339())
+                }
+                _ => String::new(),
+            };
+            println!(
+                "{}\t{}\t{}\t{}\t{}\tevents={}\tstyle={}\tsecret={}\tfailures={}\tpushes_24h={}{}{}",
+                s.id,
+                if s.active { "active" } else { "disabled" },
+                s.repository_pattern,
+                crate::config::redact_url(&s.url),
+                s.content_type,
+                s.events.join(","),
+                s.style.as_str(),
+                if s.secret.is_some() { "yes" } else { "no" },
+                s.consecutive_failures,
+                matched.get(&s.id).copied().unwrap_or(0),
+                s.disabled_reason
+                    .as_deref()
+                    .map(|r| format!("\tdisabled: {r}"))
+                    .unwrap_or_default(),
+                rotating
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `webhook deliveries`: recorded attempts (of one subscription, or failed ones, up
+/// to `limit`, clamped to 1..=10000) as tab-separated lines or JSON.
+async fn webhook_deliveries(
+    pool: &sqlx::PgPool,
+    subscription: Option<i64>,
+    failed: bool,
+    limit: i64,
+    json: bool,
+) -> Result<(), crate::webhook::admin::AdminError> {
+    let rows =
+        crate::webhook::storage::list_attempts(pool, subscription, failed, limit.clamp(1, 10_000))
+            .await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+    } else {
+        for r in rows {
+            println!(
+                "{}\t{}\tsub={}\t{}\tattempt={}\t{}\tstatus={}\t{}ms\t{}",
+                r.created_at.to_rfc3339(),
+                r.delivery_id,
+                r.subscription_id,
+                r.event_type.as_deref().unwrap_or("-"),
+                r.attempt,
+                r.outcome,
+                r.status.map_or("-".to_string(), |s| s.to_string()),
+                r.duration_ms,
+                r.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `webhook rotate-secret`: a new secret, the previous one signing on for the overlap.
+async fn webhook_rotate_secret(
+    pool: &sqlx::PgPool,
+    config: &Config,
+    id: i64,
+    secret: Option<String>,
+    overlap: Option<std::time::Duration>,
+) -> Result<(), crate::webhook::admin::AdminError> {
+    use crate::webhook::admin;
+    let keys = admin::keyring(&config.webhook)?;
+    let overlap = overlap.unwrap_or(config.webhook.secret_overlap);
+    let r = admin::rotate_secret(pool, &keys, id, secret, overlap).await?;
+    if r.stored_plaintext {
+        eprintln!("hookfleet: warning: {PLAINTEXT_WARNING}");
+    }
+    println!(
+        "rotated the secret of subscription {id}; the previous one stays valid for {}",
+        humantime::format_duration(overlap)
+    );
+    if let Some(secret) = &r.generated_secret {
+        println!("secret: {secret}");
+    }
+    Ok(())
 }
 
 async fn replay(args: ReplayArgs, config: Config) -> anyhow::Result<ExitCode> {

@@ -729,6 +729,92 @@ pub struct WebhookConfig {
     pub secret_overlap: Duration,
 }
 
+/// Bytes of a `webhook.secret_key` (AES-256).
+pub const SECRET_KEY_BYTES: usize = 32;
+
+/// The bytes of `webhook.secret_key` and `webhook.previous_secret_keys`, decoded. No
+/// `Debug`: key material is never formatted.
+pub struct SecretKeyBytes {
+    /// `secret_key`, or `None` when it is empty.
+    pub current: Option<Vec<u8>>,
+    /// `previous_secret_keys`, in their order.
+    pub previous: Vec<Vec<u8>>,
+}
+
+impl WebhookConfig {
+    /// The decoded secret keys, current first; the error names the config key, never
+    /// its value. Here, beside the keys, so [`Config::validate`] and the keyring that
+    /// seals secrets (`webhook::secrets`) accept exactly the same values.
+    pub fn secret_key_bytes(&self) -> Result<SecretKeyBytes, (String, String)> {
+        let current = match self.secret_key.expose() {
+            "" => None,
+            k => Some(decode_secret_key(k).map_err(|m| ("webhook.secret_key".to_string(), m))?),
+        };
+        let previous = self
+            .previous_secret_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                decode_secret_key(k.expose())
+                    .map_err(|m| (format!("webhook.previous_secret_keys[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SecretKeyBytes { current, previous })
+    }
+}
+
+/// The bytes of one secret key: standard base64 of [`SECRET_KEY_BYTES`] bytes.
+fn decode_secret_key(b64: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| "must be standard base64 (e.g. `openssl rand -base64 32`)".to_string())?;
+    if bytes.len() != SECRET_KEY_BYTES {
+        return Err(format!(
+            "must be the base64 of {SECRET_KEY_BYTES} bytes (e.g. `openssl rand -base64 32`), \
+             got {} bytes",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// One `webhook.allowed_hosts` entry. Beside its config because [`Config::validate`]
+/// rejects a bad entry at load and the SSRF guard (`webhook::ssrf`) builds its policy
+/// from the same parse: one definition of what an entry may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowed {
+    /// A host name (case-insensitive): every address it resolves to is allowed.
+    Host(String),
+    /// An address or network.
+    Net(ipnet::IpNet),
+}
+
+impl Allowed {
+    /// Parses an entry: a CIDR, an IP, or a host name.
+    pub fn parse(entry: &str) -> Result<Allowed, String> {
+        let e = entry.trim();
+        if let Ok(net) = e.parse::<ipnet::IpNet>() {
+            return Ok(Allowed::Net(net));
+        }
+        let bare = e.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            return Ok(Allowed::Net(ipnet::IpNet::from(ip)));
+        }
+        let name_ok = !e.is_empty()
+            && e.len() <= 253
+            && e.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+        if name_ok {
+            Ok(Allowed::Host(e.to_ascii_lowercase()))
+        } else {
+            Err(format!(
+                "entries must be host names, IP addresses or CIDRs, got {entry:?}"
+            ))
+        }
+    }
+}
+
 /// Optional rate limits: token buckets per repository (push jobs) and per
 /// webhook subscription (webhook jobs). A job over its rate is postponed to a
 /// retry tier (its attempt counter unchanged), never dropped. Buckets are per
@@ -1066,54 +1152,32 @@ impl Config {
     }
 
     /// Checks ranges and cross-field rules, naming the key, the value and what is allowed.
+    /// One function per section; a section whose ranges depend on another's values
+    /// (push on database and amqp, webhook on worker) is checked after it, so a bad
+    /// value is reported under its own key first.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn range(key: &str, v: u64, r: std::ops::RangeInclusive<u64>) -> Result<(), ConfigError> {
-            if r.contains(&v) {
-                Ok(())
-            } else {
-                Err(ConfigError::Invalid {
-                    key: key.into(),
-                    message: format!("must be {}..={}, got {v}", r.start(), r.end()),
-                })
-            }
-        }
-        fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
-            if d.is_zero() {
-                Err(ConfigError::Invalid {
-                    key: key.into(),
-                    message: "must be greater than 0s, got 0s".into(),
-                })
-            } else {
-                Ok(())
-            }
-        }
-        fn url(key: &str, u: &SecretUrl, schemes: &[&str]) -> Result<(), ConfigError> {
-            match url::Url::parse(u.expose()) {
-                Ok(p) if schemes.contains(&p.scheme()) => Ok(()),
-                Ok(p) => Err(ConfigError::Invalid {
-                    key: key.into(),
-                    message: format!(
-                        "must use one of the schemes {}, got {:?}",
-                        schemes.join(", "),
-                        p.scheme()
-                    ),
-                }),
-                Err(e) => Err(ConfigError::Invalid {
-                    key: key.into(),
-                    message: format!("must be a valid URL, got {} ({e})", u.redacted()),
-                }),
-            }
-        }
+        self.validate_amqp()?;
+        self.validate_database()?;
+        self.validate_worker()?;
+        self.validate_retry()?;
+        self.validate_rate_limit()?;
+        self.validate_outbox()?;
+        self.validate_admin()?;
+        self.validate_guard()?;
+        self.validate_fairness()?;
+        self.validate_hook()?;
+        self.validate_push()?;
+        self.validate_webhook()?;
+        self.validate_site()?;
+        self.validate_tracing()
+    }
 
+    /// The `[amqp]` checks: URLs, the queue prefix, limits, timeouts, the CA file.
+    fn validate_amqp(&self) -> Result<(), ConfigError> {
         url("amqp.url", &self.amqp.url, &["amqp", "amqps"])?;
         for u in &self.amqp.urls {
             url("amqp.urls", u, &["amqp", "amqps"])?;
         }
-        url(
-            "database.url",
-            &self.database.url,
-            &["postgres", "postgresql"],
-        )?;
         let prefix_ok = !self.amqp.prefix.is_empty()
             && self.amqp.prefix.len() <= 100
             && self
@@ -1159,7 +1223,20 @@ impl Config {
                 ),
             });
         }
+        crate::tls::configured_ca(&self.amqp.ca_file).map_err(|message| ConfigError::Invalid {
+            key: "amqp.ca_file".into(),
+            message,
+        })?;
+        Ok(())
+    }
 
+    /// The `[database]` checks: the URL, pool sizes, timeouts.
+    fn validate_database(&self) -> Result<(), ConfigError> {
+        url(
+            "database.url",
+            &self.database.url,
+            &["postgres", "postgresql"],
+        )?;
         range(
             "database.max_connections",
             self.database.max_connections.into(),
@@ -1176,7 +1253,12 @@ impl Config {
             "database.statement_timeout",
             self.database.statement_timeout,
         )?;
+        Ok(())
+    }
 
+    /// The `[worker]` checks: concurrency, kinds, timeouts, the job size (within
+    /// `amqp.max_message_bytes`).
+    fn validate_worker(&self) -> Result<(), ConfigError> {
         range(
             "worker.concurrency",
             self.worker.concurrency.into(),
@@ -1203,7 +1285,16 @@ impl Config {
         }
         positive("worker.handler_timeout", self.worker.handler_timeout)?;
         positive("worker.ack_flush_interval", self.worker.ack_flush_interval)?;
+        range(
+            "worker.max_job_bytes",
+            self.worker.max_job_bytes.into(),
+            16_384..=u64::from(self.amqp.max_message_bytes),
+        )?;
+        Ok(())
+    }
 
+    /// The `[retry]` checks: tiers, attempts, postponements.
+    fn validate_retry(&self) -> Result<(), ConfigError> {
         if self.retry.tiers.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "retry.tiers".into(),
@@ -1226,6 +1317,16 @@ impl Config {
             self.retry.max_attempts.into(),
             MAX_ATTEMPTS_RANGE,
         )?;
+        range(
+            "retry.max_postponements",
+            self.retry.max_postponements.into(),
+            1..=100_000,
+        )?;
+        Ok(())
+    }
+
+    /// The `[rate_limit]` checks: every rate a finite number >= 0.
+    fn validate_rate_limit(&self) -> Result<(), ConfigError> {
         let rates = [
             (
                 "rate_limit.push_per_repository".to_string(),
@@ -1249,12 +1350,11 @@ impl Config {
                 });
             }
         }
-        range(
-            "retry.max_postponements",
-            self.retry.max_postponements.into(),
-            1..=100_000,
-        )?;
+        Ok(())
+    }
 
+    /// The `[outbox]` checks: batch sizes, intervals, backoff, parking.
+    fn validate_outbox(&self) -> Result<(), ConfigError> {
         range(
             "outbox.batch_size",
             self.outbox.batch_size.into(),
@@ -1262,6 +1362,22 @@ impl Config {
         )?;
         positive("outbox.poll_interval", self.outbox.poll_interval)?;
         positive("outbox.prune_interval", self.outbox.prune_interval)?;
+        positive("outbox.max_backoff", self.outbox.max_backoff)?;
+        range(
+            "outbox.park_after_attempts",
+            self.outbox.park_after_attempts.into(),
+            1..=1_000,
+        )?;
+        range(
+            "outbox.prune_batch_size",
+            self.outbox.prune_batch_size.into(),
+            1..=100_000,
+        )?;
+        Ok(())
+    }
+
+    /// The `[admin]` checks: the depth interval and the console token's length.
+    fn validate_admin(&self) -> Result<(), ConfigError> {
         positive(
             "admin.queue_depth_interval",
             self.admin.queue_depth_interval,
@@ -1277,7 +1393,11 @@ impl Config {
                 ),
             });
         }
-        positive("outbox.max_backoff", self.outbox.max_backoff)?;
+        Ok(())
+    }
+
+    /// The `[guard]` checks: the kill switch's share, window, probes and the pause poll.
+    fn validate_guard(&self) -> Result<(), ConfigError> {
         let share = self.guard.failure_share;
         if !(share > 0.0 && share <= 1.0) {
             return Err(ConfigError::Invalid {
@@ -1299,19 +1419,24 @@ impl Config {
             1..=10_000,
         )?;
         positive("guard.pause_poll_interval", self.guard.pause_poll_interval)?;
-        self.validate_fairness()?;
-        range(
-            "outbox.park_after_attempts",
-            self.outbox.park_after_attempts.into(),
-            1..=1_000,
-        )?;
-        range(
-            "outbox.prune_batch_size",
-            self.outbox.prune_batch_size.into(),
-            1..=100_000,
-        )?;
+        Ok(())
+    }
 
+    /// The `[hook]` checks: the publish timeout and the input caps.
+    fn validate_hook(&self) -> Result<(), ConfigError> {
         positive("hook.timeout", self.hook.timeout)?;
+        range(
+            "hook.max_input_bytes",
+            self.hook.max_input_bytes.into(),
+            4_096..=1_073_741_824,
+        )?;
+        range("hook.max_refs", self.hook.max_refs.into(), 1..=1_000_000)?;
+        Ok(())
+    }
+
+    /// The `[push]` checks: the read timeout, caps (some within `database` and
+    /// `amqp` values), the group commit and the compare URL base.
+    fn validate_push(&self) -> Result<(), ConfigError> {
         positive("push.git_timeout", self.push.git_timeout)?;
         range(
             "push.max_commits",
@@ -1345,18 +1470,13 @@ impl Config {
             self.push.max_bulk_refs.into(),
             0..=1_000_000,
         )?;
-        range(
-            "hook.max_input_bytes",
-            self.hook.max_input_bytes.into(),
-            4_096..=1_073_741_824,
-        )?;
-        range("hook.max_refs", self.hook.max_refs.into(), 1..=1_000_000)?;
-        range(
-            "worker.max_job_bytes",
-            self.worker.max_job_bytes.into(),
-            16_384..=u64::from(self.amqp.max_message_bytes),
-        )?;
+        http_base_url("push.compare_base_url", &self.push.compare_base_url, false)?;
+        Ok(())
+    }
 
+    /// The `[webhook]` checks: timeouts (within `worker.handler_timeout`), the
+    /// breaker, the CA file, the secret keys and the allow-list.
+    fn validate_webhook(&self) -> Result<(), ConfigError> {
         positive("webhook.timeout", self.webhook.timeout)?;
         positive("webhook.connect_timeout", self.webhook.connect_timeout)?;
         positive("webhook.retention", self.webhook.retention)?;
@@ -1393,36 +1513,36 @@ impl Config {
             self.webhook.breaker_probes.into(),
             1..=1_000,
         )?;
-        for (key, file) in [
-            ("amqp.ca_file", &self.amqp.ca_file),
-            ("webhook.ca_file", &self.webhook.ca_file),
-        ] {
-            crate::tls::configured_ca(file).map_err(|message| ConfigError::Invalid {
-                key: key.into(),
+        crate::tls::configured_ca(&self.webhook.ca_file).map_err(|message| {
+            ConfigError::Invalid {
+                key: "webhook.ca_file".into(),
                 message,
-            })?;
-        }
+            }
+        })?;
         // Checked here so a bad key stops `config check` and the worker at start
         // rather than failing deliveries; the message never shows the value.
-        crate::webhook::secrets::Keyring::from_config(&self.webhook)
+        self.webhook
+            .secret_key_bytes()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        for entry in &self.webhook.allowed_hosts {
+            if let Err(message) = Allowed::parse(entry) {
+                return Err(ConfigError::Invalid {
+                    key: "webhook.allowed_hosts".into(),
+                    message,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[site]` checks: absolute http(s) URL bases and the SSH host.
+    fn validate_site(&self) -> Result<(), ConfigError> {
         for (key, base) in [
-            ("push.compare_base_url", &self.push.compare_base_url),
             ("site.html_url", &self.site.html_url),
             ("site.api_url", &self.site.api_url),
             ("site.clone_url", &self.site.clone_url),
         ] {
-            // Bodies are checked against schemas with `format: uri`: a base
-            // that is not an absolute http(s) URL would make every body invalid.
-            let ok = (base.is_empty() && key != "push.compare_base_url")
-                || url::Url::parse(base)
-                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
-            if !ok {
-                return Err(ConfigError::Invalid {
-                    key: key.into(),
-                    message: format!("must be an absolute http or https URL, got {base:?}"),
-                });
-            }
+            http_base_url(key, base, true)?;
         }
         let ssh_ok = self.site.ssh_host.is_empty()
             || self
@@ -1438,15 +1558,6 @@ impl Config {
                     self.site.ssh_host
                 ),
             });
-        }
-        self.validate_tracing()?;
-        for entry in &self.webhook.allowed_hosts {
-            if let Err(message) = crate::webhook::ssrf::Allowed::parse(entry) {
-                return Err(ConfigError::Invalid {
-                    key: "webhook.allowed_hosts".into(),
-                    message,
-                });
-            }
         }
         Ok(())
     }
@@ -1551,6 +1662,62 @@ impl Config {
             u16::try_from(self.worker.concurrency).unwrap_or(u16::MAX)
         }
     }
+}
+
+/// The checks `Config::validate`'s sections share. A failed one names the key, the
+/// value and what is allowed.
+fn range(key: &str, v: u64, r: std::ops::RangeInclusive<u64>) -> Result<(), ConfigError> {
+    if r.contains(&v) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!("must be {}..={}, got {v}", r.start(), r.end()),
+        })
+    }
+}
+fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::Invalid {
+            key: key.into(),
+            message: "must be greater than 0s, got 0s".into(),
+        })
+    } else {
+        Ok(())
+    }
+}
+fn url(key: &str, u: &SecretUrl, schemes: &[&str]) -> Result<(), ConfigError> {
+    match url::Url::parse(u.expose()) {
+        Ok(p) if schemes.contains(&p.scheme()) => Ok(()),
+        Ok(p) => Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!(
+                "must use one of the schemes {}, got {:?}",
+                schemes.join(", "),
+                p.scheme()
+            ),
+        }),
+        Err(e) => Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!("must be a valid URL, got {} ({e})", u.redacted()),
+        }),
+    }
+}
+
+/// A URL base of webhook bodies: bodies are checked against schemas with
+/// `format: uri`, so a base that is not an absolute http(s) URL would make every
+/// body invalid. Empty is allowed where `empty_ok` (the base is derived).
+fn http_base_url(key: &str, base: &str, empty_ok: bool) -> Result<(), ConfigError> {
+    let ok = (base.is_empty() && empty_ok)
+        || url::Url::parse(base)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+    if !ok {
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!("must be an absolute http or https URL, got {base:?}"),
+        });
+    }
+    Ok(())
 }
 
 fn parse_toml(text: &str, origin: &Origin) -> Result<toml::Table, ConfigError> {

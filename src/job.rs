@@ -25,8 +25,6 @@ pub struct Job {
     pub kind: String,
     /// 1-based attempt.
     pub attempt: u32,
-    /// The broker marked this delivery redelivered (a previous consumer died).
-    pub redelivered: bool,
     /// The raw JSON body (already checked to be valid JSON); shared with the
     /// delivery, not copied.
     pub raw: bytes::Bytes,
@@ -47,11 +45,6 @@ impl Job {
     pub fn body(&self) -> &serde_json::Value {
         self.parsed
             .get_or_init(|| serde_json::from_slice(&self.raw).unwrap_or(serde_json::Value::Null))
-    }
-
-    /// The message id as text, for logs.
-    pub fn message_id(&self) -> String {
-        self.envelope.message_id.to_string()
     }
 }
 

@@ -20,10 +20,13 @@
 //!   AMQP message contract (properties and `x-` headers).
 //! - [`metrics`]: every Prometheus metric; [`inflight`]: what is being handled now (`/jobs`).
 //! - [`outbox`]: the transactional outbox: enqueue, relay, pruning, status, replay.
-//! - [`push`]: the post-receive hook, push jobs, the spool, reading git, push payloads.
+//! - [`push`]: the post-receive hook, the spool, reading git, push payloads, the push
+//!   handler; [`push_job`]: the `push` job body and its ref updates, shared by the
+//!   hook, the handler and webhooks.
 //! - [`webhook`]: webhook subscriptions, delivery jobs, the guarded HTTP POST, attempts.
 //! - [`ratelimit`]: optional token buckets per repository and per subscription
-//!   (postpone, never drop).
+//!   (postpone, never drop); [`repository`]: repository names' owners and the
+//!   patterns that select them (subscriptions, rate limits).
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
 pub mod admin;
@@ -50,8 +53,10 @@ pub mod metrics;
 pub mod otel;
 pub mod outbox;
 pub mod push;
+pub mod push_job;
 pub mod ratelimit;
 pub mod relay_role;
+pub mod repository;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

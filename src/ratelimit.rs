@@ -83,7 +83,7 @@ impl RateLimits {
         let found = self
             .overrides
             .iter()
-            .find(|(p, _)| crate::webhook::subscription::matches(p, repository));
+            .find(|(p, _)| crate::repository::matches(p, repository));
         match found {
             Some((_, r)) if r.per_second > 0.0 => Some(*r),
             Some(_) => None,

@@ -175,14 +175,14 @@ async fn replay_sends_events_only_unless_asked_and_ends_cleanly() {
     sink.wait_for(&mut got, 1, "the replayed event").await;
 
     // spool flush: one spooled push published, then the same clean end.
-    let job = hookfleet::push::job::PushJob {
+    let job = hookfleet::push_job::PushJob {
         push_id: uuid::Uuid::now_v7(),
         repository: "acme/app".into(),
         path: None,
         pusher: None,
         push_options: vec![],
         pushed_at: chrono::Utc::now(),
-        updates: vec![hookfleet::push::update::RefUpdate {
+        updates: vec![hookfleet::push_job::update::RefUpdate {
             refname: "refs/heads/main".into(),
             before: "0".repeat(40),
             after: "a".repeat(40),

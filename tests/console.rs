@@ -20,7 +20,7 @@ use hookfleet::amqp::topology::Names;
 use hookfleet::config::{Config, SecretString};
 use hookfleet::job::{Done, Handler, Job, JobError};
 use hookfleet::outbox::{self, Event};
-use hookfleet::push::job::PushJob;
+use hookfleet::push_job::PushJob;
 use hookfleet::webhook::{self, admin};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;

@@ -11,8 +11,8 @@ use chrono::Utc;
 use common::gitrepo::{Repos, git};
 use common::{Broker, EventSink, RunningWorker, TestDb, eventually, test_config, unique_prefix};
 use hookfleet::config::Config;
-use hookfleet::push::job::PushJob;
-use hookfleet::push::update::RefUpdate;
+use hookfleet::push_job::PushJob;
+use hookfleet::push_job::update::RefUpdate;
 use uuid::Uuid;
 
 fn push_config(db: &TestDb, repos: &Repos) -> Config {

@@ -10,9 +10,9 @@ use hookfleet::push::classify::{RefData, RefKind, read_ref, read_refs};
 use std::sync::Arc;
 
 use hookfleet::push::git::{GitError, GitRepo, RepoCache};
-use hookfleet::push::job::PushJob;
 use hookfleet::push::payload::{events_for_push, refs_to_read};
-use hookfleet::push::update::RefUpdate;
+use hookfleet::push_job::PushJob;
+use hookfleet::push_job::update::RefUpdate;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 

@@ -36,7 +36,7 @@ impl Handler for Recorder {
             started.notify_one();
             release.notified().await;
         }
-        let id = job.message_id();
+        let id = job.envelope.message_id.to_string();
         sqlx::query("INSERT INTO guard_test (id) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(&id)
             .execute(&self.pool)

@@ -11,8 +11,8 @@ use common::{AMQP_URL, eventually, test_config, unique_prefix};
 use hookfleet::amqp::topology::{self, Names};
 use hookfleet::config::Config;
 use hookfleet::message::Envelope;
-use hookfleet::push::job::PushJob;
 use hookfleet::push::spool;
+use hookfleet::push_job::PushJob;
 use lapin::options::BasicGetOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -274,7 +274,7 @@ async fn the_worker_flusher_publishes_spooled_jobs() {
         pushed_at: chrono::Utc::now(),
         refs_omitted: 0,
         updates: vec![
-            hookfleet::push::update::parse_line(&format!(
+            hookfleet::push_job::update::parse_line(&format!(
                 "{ZERO} {} refs/heads/main",
                 "a".repeat(40)
             ))

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::{Broker, TestDb, unique_prefix};
 use hookfleet::config::Config;
-use hookfleet::push::job::PushJob;
-use hookfleet::push::update::RefUpdate;
+use hookfleet::push_job::PushJob;
+use hookfleet::push_job::update::RefUpdate;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};

@@ -14,9 +14,9 @@ use hookfleet::config::Config;
 use hookfleet::inbox::Transactional;
 use hookfleet::job::{Handler, Job, JobError, TxHandler};
 use hookfleet::outbox::{self, Event};
-use hookfleet::push::job::PushJob;
 use hookfleet::push::record::{PushWrite, record};
-use hookfleet::push::update::RefUpdate;
+use hookfleet::push_job::PushJob;
+use hookfleet::push_job::update::RefUpdate;
 use serde_json::json;
 use sqlx::{Postgres, Transaction};
 
@@ -618,7 +618,6 @@ fn job_of(kind: &str, id: uuid::Uuid, body: &impl serde::Serialize) -> Job {
     Job {
         kind: kind.into(),
         attempt: 1,
-        redelivered: false,
         raw: serde_json::to_vec(body).unwrap().into(),
         parsed: std::sync::OnceLock::new(),
         envelope,

@@ -17,7 +17,7 @@ use hmac::{Hmac, Mac};
 use hookfleet::amqp::topology::Names;
 use hookfleet::config::Config;
 use hookfleet::outbox::{self, Event};
-use hookfleet::push::job::PushJob;
+use hookfleet::push_job::PushJob;
 use hookfleet::webhook::{self, admin};
 use sha2::Sha256;
 use sqlx::PgPool;

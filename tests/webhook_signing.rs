@@ -22,7 +22,7 @@ use common::{Broker, RunningWorker, TestDb, eventually, test_config, unique_pref
 use hookfleet::amqp::topology::Names;
 use hookfleet::config::{Config, SecretString};
 use hookfleet::outbox::{self, Event};
-use hookfleet::push::job::PushJob;
+use hookfleet::push_job::PushJob;
 use hookfleet::webhook::secrets::{Keyring, SEALED_PREFIX};
 use hookfleet::webhook::subscription::Style;
 use hookfleet::webhook::{self, admin};

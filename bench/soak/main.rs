@@ -51,8 +51,8 @@ use common::repo::{TinyRepo, temp_dir};
 use futures_util::StreamExt;
 use hookfleet::amqp::{self, publish, topology};
 use hookfleet::config::{Config, SecretUrl};
-use hookfleet::push::job::{PUSH_KIND, PushJob};
-use hookfleet::push::update::RefUpdate;
+use hookfleet::push_job::update::RefUpdate;
+use hookfleet::push_job::{PUSH_KIND, PushJob};
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };

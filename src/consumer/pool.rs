@@ -90,11 +90,6 @@ impl TaskPool {
                 .set(s.available_permits() as i64);
         }
     }
-
-    /// Free global permits now.
-    pub fn available(&self) -> usize {
-        self.global.available_permits()
-    }
 }
 
 fn unreachable_closed() -> ! {

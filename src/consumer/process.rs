@@ -194,7 +194,6 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
     let Delivery {
         data,
         properties,
-        redelivered,
         routing_key,
         ..
     } = delivery;
@@ -215,9 +214,7 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
                     kind,
                     original,
                     1,
-                    ErrorClass::Poison,
-                    reason,
-                    None,
+                    Failure::new(ErrorClass::Poison, reason),
                 ))
                 .await
             }
@@ -243,7 +240,12 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
         if let Err((class, reason)) = admit(&envelope, &body, &ctx.config.worker) {
             tracing::warn!(reason = %reason, "{} message: dead-lettering", class.as_str());
             return Box::pin(finish_failure(
-                ctx, queue, kind, original, attempt, class, reason, None,
+                ctx,
+                queue,
+                kind,
+                original,
+                attempt,
+                Failure::new(class, reason),
             ))
             .await;
         }
@@ -262,7 +264,6 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
         let job = Job {
             kind: kind.to_string(),
             attempt,
-            redelivered,
             raw: body.clone(),
             parsed: std::sync::OnceLock::new(),
             envelope,
@@ -286,27 +287,17 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
                 lane.duplicate.inc();
                 Settle::Ack
             }
-            Err((class, reason, retry_after)) => {
-                if class == ErrorClass::Panic {
+            Err(failure) => {
+                if failure.class == ErrorClass::Panic {
                     lane.panics.inc();
-                    tracing::error!(reason = %reason, "handler panicked");
+                    tracing::error!(reason = %failure.reason, "handler panicked");
                 }
-                if matches!(class, ErrorClass::Transient | ErrorClass::Timeout)
+                if matches!(failure.class, ErrorClass::Transient | ErrorClass::Timeout)
                     && ctx.gates.killswitch.record_transient_failure(kind).await
                 {
-                    return hold(queue, class, &reason);
+                    return hold(queue, failure.class, &failure.reason);
                 }
-                Box::pin(finish_failure(
-                    ctx,
-                    queue,
-                    kind,
-                    original,
-                    attempt,
-                    class,
-                    reason,
-                    retry_after,
-                ))
-                .await
+                Box::pin(finish_failure(ctx, queue, kind, original, attempt, failure)).await
             }
         }
     }
@@ -392,7 +383,27 @@ struct Original<'a> {
     body: &'a [u8],
 }
 
-type Failure = (ErrorClass, String, Option<Duration>);
+/// Why a delivery failed: what [`finish_failure`] routes (retry tier or dead
+/// letter) and writes into the copy's `x-error` headers.
+struct Failure {
+    /// Decides retry or dead letter, and `x-error-class`.
+    class: ErrorClass,
+    /// `x-error` (truncated) and the log line.
+    reason: String,
+    /// The handler's own "not before" (`JobError::RetryAfter`), if it gave one.
+    retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A failure with no "retry after" of its own.
+    fn new(class: ErrorClass, reason: String) -> Self {
+        Self {
+            class,
+            reason,
+            retry_after: None,
+        }
+    }
+}
 
 /// How a handler that did not fail ended.
 enum Ran {
@@ -411,23 +422,26 @@ async fn run_handler(
 ) -> Result<Ran, Failure> {
     let fut = std::panic::AssertUnwindSafe(handler.handle(job)).catch_unwind();
     match tokio::time::timeout(timeout, fut).await {
-        Err(_) => Err((
+        Err(_) => Err(Failure::new(
             ErrorClass::Timeout,
             format!("handler timed out after {timeout:?}"),
-            None,
         )),
-        Ok(Err(panic)) => Err((
+        Ok(Err(panic)) => Err(Failure::new(
             ErrorClass::Panic,
             format!("panic: {}", panic_message(panic)),
-            None,
         )),
         Ok(Ok(Ok(done))) => Ok(Ran::Done(done)),
         Ok(Ok(Err(JobError::Postpone(p)))) => Ok(Ran::Postponed(p)),
-        Ok(Ok(Err(JobError::Transient(e)))) => Err((ErrorClass::Transient, format!("{e:#}"), None)),
-        Ok(Ok(Err(JobError::RetryAfter(d, e)))) => {
-            Err((ErrorClass::Transient, format!("{e:#}"), Some(d)))
+        Ok(Ok(Err(JobError::Transient(e)))) => {
+            Err(Failure::new(ErrorClass::Transient, format!("{e:#}")))
         }
-        Ok(Ok(Err(JobError::Permanent(e)))) => Err((ErrorClass::Permanent, format!("{e:#}"), None)),
+        Ok(Ok(Err(JobError::RetryAfter(d, e)))) => Err(Failure {
+            retry_after: Some(d),
+            ..Failure::new(ErrorClass::Transient, format!("{e:#}"))
+        }),
+        Ok(Ok(Err(JobError::Permanent(e)))) => {
+            Err(Failure::new(ErrorClass::Permanent, format!("{e:#}")))
+        }
     }
 }
 
@@ -435,17 +449,19 @@ async fn run_handler(
 /// publish of the copy) would otherwise make every delivery task's future, which
 /// is allocated and copied at each spawn, several kilobytes larger (7.2 KB
 /// against 2.6 KB when measured).
-#[allow(clippy::too_many_arguments)]
 async fn finish_failure(
     ctx: &Ctx,
     queue: &str,
     kind: &str,
     original: Original<'_>,
     attempt: u32,
-    class: ErrorClass,
-    reason: String,
-    retry_after: Option<Duration>,
+    failure: Failure,
 ) -> Settle {
+    let Failure {
+        class,
+        reason,
+        retry_after,
+    } = failure;
     let cfg = &ctx.config;
     let route = route(
         class,
@@ -602,17 +618,11 @@ async fn finish_postpone(
             p.reason
         );
         tracing::warn!(reason = p.reason, count, "{reason}");
-        return Box::pin(finish_failure(
-            ctx,
-            queue,
-            kind,
-            original,
-            attempt,
-            ErrorClass::Transient,
-            reason,
-            Some(p.after),
-        ))
-        .await;
+        let failure = Failure {
+            retry_after: Some(p.after),
+            ..Failure::new(ErrorClass::Transient, reason)
+        };
+        return Box::pin(finish_failure(ctx, queue, kind, original, attempt, failure)).await;
     };
     let target = topology::retry_queue_of(queue, delay);
     let mut headers = original.properties.headers().clone().unwrap_or_default();

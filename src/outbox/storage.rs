@@ -21,7 +21,10 @@ use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::Event;
+use super::event::{Event, headers_to_json};
+
+/// The PostgreSQL notification channel the outbox trigger signals on insert.
+pub const NOTIFY_CHANNEL: &str = "hookfleet_outbox";
 
 /// One outbox row as the relay and replay read it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -120,8 +123,7 @@ impl EventArrays {
             self.keys.push(e.routing_key.clone());
             self.types.push(e.event_type().to_string());
             self.corr.push(e.envelope.correlation_id.clone());
-            self.headers
-                .push(super::headers_to_json(&e.envelope.headers));
+            self.headers.push(headers_to_json(&e.envelope.headers));
             self.payloads.push(e.payload.clone());
             self.traces.push(e.trace_context.clone());
         }
@@ -346,7 +348,7 @@ pub async fn unpark(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
     .await?
     .rows_affected();
     sqlx::query("SELECT pg_notify($1, '')")
-        .bind(super::NOTIFY_CHANNEL)
+        .bind(NOTIFY_CHANNEL)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

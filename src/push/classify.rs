@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use gix::ObjectId;
 
 use super::git::{CommitInfo, GitError, GitRepo, PeeledRef, Reader};
-use super::update::RefUpdate;
+use crate::push_job::update::RefUpdate;
 
 /// What kind of ref was updated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,9 +32,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::job::PUSH_KIND;
 use crate::amqp::topology;
 use crate::config::FairnessConfig;
+use crate::push_job::PUSH_KIND;
 
 /// Slots in the bucket file (32 bytes each: 128 KiB).
 pub const SLOTS: u64 = 4096;

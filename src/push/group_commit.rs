@@ -30,12 +30,12 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, oneshot};
 use uuid::Uuid;
 
-use super::job::PushJob;
 use super::record::{PushWrite, record};
 use crate::amqp::topology::Names;
 use crate::inbox;
 use crate::job::JobError;
 use crate::outbox::Event;
+use crate::push_job::PushJob;
 use crate::webhook::{plan_deliveries, storage::active_subscriptions};
 
 /// What became of one push's writes.

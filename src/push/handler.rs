@@ -14,13 +14,13 @@ use sqlx::PgPool;
 use super::classify::{self, RefData};
 use super::git::{GitError, GitRepo, HEAVY_READ, RepoCache};
 use super::group_commit::{GroupCommit, Written};
-use super::job::{PUSH_KIND, PushJob};
 use super::payload;
 use crate::amqp::topology::Names;
 use crate::config::Config;
 use crate::inbox;
 use crate::job::{Done, Handler, Job, JobError};
 use crate::outbox::Event;
+use crate::push_job::{PUSH_KIND, PushJob};
 use crate::ratelimit::RateLimits;
 
 /// Handles `push` jobs.

@@ -21,11 +21,11 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use super::job::PushJob;
 use super::publish::publish_once;
 use super::spool;
-use super::update::{LineError, parse_input};
 use crate::config::{Config, ConfigError, HookConfig};
+use crate::push_job::PushJob;
+use crate::push_job::update::{LineError, parse_input};
 
 /// What git tells the hook through its environment and working directory.
 #[derive(Debug, Clone, Default)]

@@ -1,9 +1,8 @@
 //! Pushes: from git's `post-receive` to the facts the push handler turns into events.
 //!
 //! # Layout
-//! - [`refname`]: `git check-ref-format` rules; [`update`]: one stdin line,
-//!   `<old> <new> <ref>`, validated.
-//! - [`job`]: the `push` job body and its envelope (message id = push id).
+//! - The `push` job body, its envelope and its ref updates are
+//!   [`crate::push_job`]'s, below this module and webhooks alike.
 //! - [`hook`]: `hookfleet hook post-receive` (publish within `hook.timeout`, else spool;
 //!   always exit 0); [`install`]: `hookfleet hook install`.
 //! - [`fairness`]: which queue a push goes to (the push queue, or the bulk
@@ -25,11 +24,8 @@ pub mod group_commit;
 pub mod handler;
 pub mod hook;
 pub mod install;
-pub mod job;
 pub mod payload;
 pub mod publish;
 pub mod record;
-pub mod refname;
 pub mod repo_cache;
 pub mod spool;
-pub mod update;

@@ -24,9 +24,10 @@ use serde_json::{Value, json};
 
 use super::classify::{RefData, RefKind, RepoFacts};
 use super::git::CommitInfo;
-use super::job::PushJob;
-use super::update::RefUpdate;
 use crate::config::PushConfig;
+use crate::push_job::PushJob;
+use crate::push_job::update::RefUpdate;
+use crate::repository::owner_of;
 
 /// Every ref update.
 pub const EV_PUSH: &str = "git.push";
@@ -53,15 +54,6 @@ fn repo_names(repository: &str) -> (String, String) {
         .to_string();
     let name = full.rsplit('/').next().unwrap_or(&full).to_string();
     (name, full)
-}
-
-/// The owner of a repository named `full_name`: its first path segment when it
-/// has more than one (`org/app`, `org/team/app` → `org`), else none.
-pub fn owner_of(full_name: &str) -> Option<&str> {
-    full_name
-        .split_once('/')
-        .map(|(owner, _)| owner)
-        .filter(|o| !o.is_empty())
 }
 
 fn base_url(cfg: &PushConfig) -> &str {

@@ -14,13 +14,13 @@ use lapin::Channel;
 use tracing::Instrument;
 
 use super::fairness::Lane;
-use super::job::{PUSH_KIND, PushJob};
 use crate::amqp::publish::{confirm_channel, publish_confirmed};
 use crate::amqp::topology::Names;
 use crate::amqp::{self, AmqpError};
 use crate::config::AmqpConfig;
 use crate::message::HeaderValue;
 use crate::otel;
+use crate::push_job::{PUSH_KIND, PushJob};
 
 /// Publishes one job to `lane` on a confirm channel and waits for its confirm
 /// within `timeout` (per publish).

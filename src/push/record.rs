@@ -33,11 +33,11 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use super::job::PushJob;
-use super::update::is_zero;
 use crate::inbox::Claim;
 use crate::outbox::Event;
 use crate::outbox::storage::{EVENT_PARAMS, EventArrays, Owned};
+use crate::push_job::PushJob;
+use crate::push_job::update::is_zero;
 use crate::webhook::Deliveries;
 use crate::webhook::storage::{DELIVERY_PARAMS, DeliveryArrays, NewDelivery};
 

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::job::PushJob;
 use super::publish::publish_job;
 use crate::amqp::publish::confirm_channel;
 use crate::amqp::{self, AmqpError};
 use crate::config::Config;
 use crate::metrics::metrics;
+use crate::push_job::PushJob;
 
 /// Subdirectory where unreadable spool files are moved.
 pub const CORRUPT_DIR: &str = "corrupt";

@@ -28,6 +28,7 @@ use super::subscription::{self, Style};
 use crate::amqp::topology::Names;
 use crate::config::{WebhookConfig, redact_url};
 use crate::outbox;
+use crate::repository;
 
 /// Content types a subscription may ask for.
 pub const CONTENT_TYPES: [&str; 1] = ["json"];
@@ -220,7 +221,7 @@ const PATTERN_EXAMPLES: usize = 5;
 /// before the first push.
 pub async fn pattern_warning(pool: &PgPool, pattern: &str) -> Result<Option<String>, AdminError> {
     let known = storage::pushed_repositories(pool, None, PATTERN_SAMPLE).await?;
-    if known.is_empty() || known.iter().any(|(r, _)| subscription::matches(pattern, r)) {
+    if known.is_empty() || known.iter().any(|(r, _)| repository::matches(pattern, r)) {
         return Ok(None);
     }
     let examples: Vec<&str> = known
@@ -250,7 +251,7 @@ pub async fn matched_last_day(
         .map(|s| {
             let n = recent
                 .iter()
-                .filter(|(r, _)| subscription::matches(&s.repository_pattern, r))
+                .filter(|(r, _)| repository::matches(&s.repository_pattern, r))
                 .map(|(_, n)| n)
                 .sum();
             (s.id, n)
@@ -308,7 +309,7 @@ pub async fn delivery_warnings(cfg: &WebhookConfig, url: &str) -> Vec<String> {
 pub fn validate(r: &AddRequest) -> Result<NewSubscription, AdminError> {
     let url =
         ssrf::check_url(&r.url).map_err(|e| AdminError::Invalid(format!("invalid --url: {e}")))?;
-    subscription::check_pattern(&r.repo)
+    repository::check_pattern(&r.repo)
         .map_err(|e| AdminError::Invalid(format!("invalid --repo: {e}")))?;
     let events = subscription::parse_events(&r.events)
         .map_err(|e| AdminError::Invalid(format!("invalid --events: {e}")))?;

@@ -32,7 +32,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::push::payload::owner_of;
+use crate::repository::owner_of;
 
 /// hookfleet event type of a ping delivery (`X-Hookfleet-Event`).
 pub const EV_PING: &str = "webhook.ping";

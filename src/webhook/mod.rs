@@ -49,7 +49,7 @@ use crate::amqp::topology::Names;
 use crate::config::WebhookConfig;
 use crate::message::Envelope;
 use crate::outbox::Event;
-use crate::push::job::PushJob;
+use crate::push_job::PushJob;
 pub use handler::{WEBHOOK_KIND, WebhookHandler, WebhookJob};
 
 /// The outbox event carrying one `webhook` job (fresh message id; a manual
@@ -100,7 +100,7 @@ pub fn plan_deliveries(
 ) -> Deliveries {
     let subs: Vec<_> = active
         .iter()
-        .filter(|s| subscription::matches(&s.repository_pattern, &push.repository))
+        .filter(|s| crate::repository::matches(&s.repository_pattern, &push.repository))
         .collect();
     let mut out = Deliveries::default();
     for ev in events {

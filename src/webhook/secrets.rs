@@ -36,8 +36,6 @@ pub const WHSEC_PREFIX: &str = "whsec_";
 pub const SEALED_PREFIX: &str = "enc:v1:";
 /// Bytes of a generated secret's key (Svix uses 24; 32 is the HMAC-SHA256 block-friendly size).
 pub const GENERATED_KEY_BYTES: usize = 32;
-/// Bytes of a `webhook.secret_key` (AES-256).
-pub const KEY_BYTES: usize = 32;
 /// Associated data of every sealed secret, so a ciphertext of some other use of
 /// the same key cannot be passed off as a webhook secret.
 const AAD: &[u8] = b"hookfleet webhook secret v1";
@@ -132,19 +130,10 @@ struct Key {
 }
 
 impl Key {
-    fn from_b64(b64: &str) -> Result<Key, String> {
-        let bytes = B64
-            .decode(b64.trim())
-            .map_err(|_| "must be standard base64 (e.g. `openssl rand -base64 32`)".to_string())?;
-        if bytes.len() != KEY_BYTES {
-            return Err(format!(
-                "must be the base64 of {KEY_BYTES} bytes (e.g. `openssl rand -base64 32`), \
-                 got {} bytes",
-                bytes.len()
-            ));
-        }
-        let id = hex::encode(&Sha256::digest(&bytes)[..4]);
-        let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| "invalid key".to_string())?;
+    /// The cipher of key bytes that [`WebhookConfig::secret_key_bytes`] decoded.
+    fn from_bytes(bytes: &[u8]) -> Result<Key, String> {
+        let id = hex::encode(&Sha256::digest(bytes)[..4]);
+        let cipher = Aes256Gcm::new_from_slice(bytes).map_err(|_| "invalid key".to_string())?;
         Ok(Key { id, cipher })
     }
 }
@@ -173,17 +162,17 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     /// The keys of `cfg`; the error names the config key (never its value).
     pub fn from_config(cfg: &WebhookConfig) -> Result<Keyring, (String, String)> {
-        let current = match cfg.secret_key.expose() {
-            "" => None,
-            k => Some(Key::from_b64(k).map_err(|m| ("webhook.secret_key".to_string(), m))?),
-        };
-        let previous = cfg
-            .previous_secret_keys
+        let bytes = cfg.secret_key_bytes()?;
+        let current = bytes
+            .current
+            .map(|k| Key::from_bytes(&k).map_err(|m| ("webhook.secret_key".to_string(), m)))
+            .transpose()?;
+        let previous = bytes
+            .previous
             .iter()
             .enumerate()
             .map(|(i, k)| {
-                Key::from_b64(k.expose())
-                    .map_err(|m| (format!("webhook.previous_secret_keys[{i}]"), m))
+                Key::from_bytes(k).map_err(|m| (format!("webhook.previous_secret_keys[{i}]"), m))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Keyring { current, previous })
@@ -274,7 +263,7 @@ mod tests {
     }
 
     fn key() -> String {
-        let mut k = [0u8; KEY_BYTES];
+        let mut k = [0u8; crate::config::SECRET_KEY_BYTES];
         OsRng.fill_bytes(&mut k);
         B64.encode(k)
     }

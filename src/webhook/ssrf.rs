@@ -36,10 +36,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use ipnet::IpNet;
 use url::Url;
 
-use crate::config::WebhookConfig;
+use crate::config::{Allowed, WebhookConfig};
 
 /// Cloud instance-metadata endpoints (AWS, GCP, Azure, OpenStack; AWS IPv6).
 const METADATA: [IpAddr; 2] = [
@@ -104,40 +103,6 @@ pub fn check_url(raw: &str) -> Result<Url, SsrfError> {
     match url.host_str() {
         Some(h) if !h.is_empty() => Ok(url),
         _ => Err(SsrfError::NoHost),
-    }
-}
-
-/// One `webhook.allowed_hosts` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Allowed {
-    /// A host name (case-insensitive): every address it resolves to is allowed.
-    Host(String),
-    /// An address or network.
-    Net(IpNet),
-}
-
-impl Allowed {
-    /// Parses an entry: a CIDR, an IP, or a host name.
-    pub fn parse(entry: &str) -> Result<Allowed, String> {
-        let e = entry.trim();
-        if let Ok(net) = e.parse::<IpNet>() {
-            return Ok(Allowed::Net(net));
-        }
-        let bare = e.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Ok(Allowed::Net(IpNet::from(ip)));
-        }
-        let name_ok = !e.is_empty()
-            && e.len() <= 253
-            && e.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
-        if name_ok {
-            Ok(Allowed::Host(e.to_ascii_lowercase()))
-        } else {
-            Err(format!(
-                "entries must be host names, IP addresses or CIDRs, got {entry:?}"
-            ))
-        }
     }
 }
 

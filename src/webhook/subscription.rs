@@ -1,10 +1,9 @@
 //! Subscriptions as values: the repository pattern, the event categories, and the
 //! names receivers see.
 //!
-//! Owns which events a subscription wants (`push`, `branch`, `tag`, `*`), how a
-//! repository pattern matches (`*` within one path segment, `**` across
-//! segments, `*` or `**` alone every repository; a trailing `.git` on the
-//! repository is ignored) and the signing [`Style`]. GitHub's event names are
+//! Owns which events a subscription wants (`push`, `branch`, `tag`, `*`) and the
+//! signing [`Style`]; how its repository pattern matches is
+//! [`crate::repository`]'s, shared with the rate limits. GitHub's event names are
 //! `github`'s. Pure: no I/O.
 
 use chrono::{DateTime, Utc};
@@ -92,56 +91,6 @@ pub fn parse_events(raw: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// Checks a repository pattern: non-empty, no whitespace or control characters.
-pub fn check_pattern(pattern: &str) -> Result<(), String> {
-    if pattern.is_empty() || pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "repository pattern must be non-empty with no spaces, got {pattern:?}"
-        ));
-    }
-    Ok(())
-}
-
-/// Whether `pattern` matches `repository` (or `repository` without `.git`).
-/// `*` alone and `**` match every repository, whatever its number of segments:
-/// nobody writing `*` means "repositories without an owner".
-pub fn matches(pattern: &str, repository: &str) -> bool {
-    if matches!(pattern.trim(), "*" | "**") {
-        return true;
-    }
-    let repo = repository.trim_matches('/');
-    let pattern = pattern.trim_matches('/');
-    let short = repo.strip_suffix(".git").unwrap_or(repo);
-    let pat_short = pattern.strip_suffix(".git").unwrap_or(pattern);
-    glob(pattern.as_bytes(), repo.as_bytes()) || glob(pat_short.as_bytes(), short.as_bytes())
-}
-
-/// Glob over bytes: `**` matches anything, `*` anything but `/`, `?` one non-`/`.
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.first() {
-        None => s.is_empty(),
-        Some(b'*') if p.get(1) == Some(&b'*') => {
-            let rest = &p[2..];
-            (0..=s.len()).any(|i| glob(rest, &s[i..]))
-        }
-        Some(b'*') => {
-            let rest = &p[1..];
-            let mut i = 0;
-            loop {
-                if glob(rest, &s[i..]) {
-                    return true;
-                }
-                if i == s.len() || s[i] == b'/' {
-                    return false;
-                }
-                i += 1;
-            }
-        }
-        Some(b'?') => !s.is_empty() && s[0] != b'/' && glob(&p[1..], &s[1..]),
-        Some(c) => s.first() == Some(c) && glob(&p[1..], &s[1..]),
-    }
-}
-
 /// One subscription row.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Subscription {
@@ -189,21 +138,6 @@ impl Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patterns() {
-        assert!(matches("org/*", "org/repo"));
-        assert!(matches("org/*", "org/repo.git"));
-        assert!(matches("org/repo", "org/repo.git"));
-        assert!(!matches("org/*", "org/team/repo"));
-        assert!(matches("org/**", "org/team/repo"));
-        assert!(matches("**", "/srv/git/x.git"));
-        assert!(!matches("org/*", "other/repo"));
-        assert!(matches("org/re?o", "org/repo"));
-        assert!(matches("*", "org/team/repo"));
-        assert!(matches("*", "/srv/git/x.git"));
-        assert!(matches("**", "org/repo"));
-    }
 
     #[test]
     fn events() {

@@ -1,10 +1,21 @@
 //! The `push` job: the message body the hook publishes and the push handler
 //! consumes, and the AMQP envelope that goes with it.
 //!
+//! # Layout
+//! - this file: [`PushJob`] and its envelope (message id = push id);
+//! - [`update`]: one stdin line of `post-receive`, `<old> <new> <ref>`, validated;
+//!   [`refname`]: `git check-ref-format` rules.
+//!
+//! Below the hook, the push handler (`push`) and webhooks (`webhook`, which plan
+//! deliveries from a job), so none of those has to import another for the job's shape.
+//!
 //! Owns the body's shape and the rule that the envelope is derived from the job
 //! alone (message id = push id), so publishing the same job twice (hook, then
 //! `spool flush`) yields the same message id and the inbox drops the duplicate.
 //! It never performs I/O.
+
+pub mod refname;
+pub mod update;
 
 use std::collections::BTreeMap;
 
@@ -12,7 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::update::RefUpdate;
+use self::update::RefUpdate;
 use crate::message::{Envelope, H_SCHEMA_VERSION, HeaderValue, SCHEMA_VERSION};
 
 /// Job kind: routing key on the jobs exchange and the queue's suffix.
