@@ -40,10 +40,11 @@ pub enum Settle {
 /// ack went through its log. A delivery spends longer between arriving and
 /// being settled here than in a bare consume loop (a task of its own, then the
 /// acker), and an ack is only sent once the previous one is written, so acks
-/// already cover more than this count under load. A fixed 64 left the broker
-/// idle for a whole round trip with the default window of 64, and measured at
-/// a window of 256 (the bench), 0.80–0.87 of a raw consumer acking every 64
-/// against 0.90–1.03 with a sixteenth (BENCHMARKS.md).
+/// already cover more than this count under load. A fixed count near the
+/// window would hold back all credit until the whole window had finished (with
+/// the default window of 64, a fixed 64 leaves the broker idle for a round trip
+/// per window); a fraction of the window keeps credit flowing at any size.
+/// BENCHMARKS.md has the measurement.
 pub fn flush_every(prefetch: u16) -> u64 {
     (u64::from(prefetch) / 16).clamp(1, 64)
 }

@@ -237,11 +237,10 @@ async fn record_group<'c>(
 }
 
 /// [`record`] for a single push: the same writes, without the group's joins
-/// between the pushes and their rows (items, claims, owners), so a push
-/// written alone, the common case below full load, costs the database what it
-/// did before groups: about a fifth less server time than the group statement
-/// with one push (3,000 executions timed in one session, 2026-11-24), and the
-/// repository's lock is held for less.
+/// between the pushes and their rows (items, claims, owners). A push written
+/// alone is the common case below full load, and those joins would cost it
+/// server time for nothing and hold the repository's lock longer
+/// (BENCHMARKS.md, "What limits each figure").
 async fn record_one<'c>(
     conn: impl PgExecutor<'c>,
     queue: &str,
