@@ -163,11 +163,11 @@ async fn publish(cfg: &Config, jobs: &[PushJob]) -> anyhow::Result<()> {
     let conn = hookfleet::amqp::connect(&cfg.amqp, "bench-giant").await?;
     let ch = hookfleet::amqp::publish::confirm_channel(&conn).await?;
     for j in jobs {
-        hookfleet::push::publish::publish_job(
+        hookfleet::hook::publish::publish_job(
             &ch,
             &cfg.amqp.prefix,
             j,
-            hookfleet::push::fairness::Lane::Push,
+            hookfleet::hook::fairness::Lane::Push,
             Duration::from_secs(30),
         )
         .await?;

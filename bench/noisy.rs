@@ -1,10 +1,10 @@
 //! Noisy neighbour: 20 repositories (each its own owner) push at 20 pushes/s
 //! each; their push → last event latency on a quiet fleet, then while one
 //! repository publishes a storm of pushes at once, with fairness off (one FIFO:
-//! the behaviour before `src/push/fairness.rs`) and on. One real `hookfleet
+//! the behaviour before `src/hook/fairness.rs`) and on. One real `hookfleet
 //! worker` process (defaults: 64 permits, `fairness.bulk_concurrency` 4) reads
 //! real bare repositories; every push is published as the hook publishes it,
-//! its queue chosen by `push::fairness::choose` with the run's `[fairness]`
+//! its queue chosen by `hook::fairness::choose` with the run's `[fairness]`
 //! (the bucket file in a directory of the run), so the rates and the bucket
 //! file are the hook's own. The storm's drain time (first publish → its last
 //! event) is reported too: fairness trades the storm's speed for the others'.
@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use hookfleet::amqp::{self, publish, topology::Names};
 use hookfleet::config::Config;
-use hookfleet::push::fairness;
+use hookfleet::hook::fairness;
 use hookfleet::push_job::PushJob;
 use hookfleet::push_job::update::RefUpdate;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::{build_info, db, health::Health, outbox, push, shutdown, telemetry, worker};
+use crate::{build_info, db, health::Health, hook, outbox, shutdown, telemetry, worker};
 
 /// Printed when a webhook secret is stored without `webhook.secret_key`.
 const PLAINTEXT_WARNING: &str = "webhook.secret_key is not set: the secret is stored in \
@@ -401,7 +401,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `hook post-receive`: exits 0 whatever happens (see `push::hook`), including on
+/// `hook post-receive`: exits 0 whatever happens (see `hook::post_receive`), including on
 /// an invalid configuration. It installs no log subscriber: its stderr is shown to
 /// the pusher, so it prints its own short lines instead.
 fn post_receive(config_path: Option<&std::path::Path>) -> ExitCode {
@@ -414,7 +414,7 @@ fn post_receive(config_path: Option<&std::path::Path>) -> ExitCode {
             .map(|c| c.hook.max_input_bytes)
             .unwrap_or(4 * 1024 * 1024),
     };
-    let input = match push::hook::read_input(
+    let input = match hook::post_receive::read_input(
         std::io::stdin().lock(),
         usize::try_from(max_input).unwrap_or(usize::MAX),
     ) {
@@ -427,7 +427,10 @@ fn post_receive(config_path: Option<&std::path::Path>) -> ExitCode {
     let config = match loaded {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{}", push::hook::config_error_message(&e, &input.bytes));
+            eprintln!(
+                "{}",
+                hook::post_receive::config_error_message(&e, &input.bytes)
+            );
             return ExitCode::SUCCESS;
         }
     };
@@ -459,10 +462,15 @@ fn post_receive(config_path: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let env = push::hook::HookEnv::from_env(&config.hook);
+    let env = hook::post_receive::HookEnv::from_env(&config.hook);
     let mut stderr = std::io::stderr();
     let exporter = telemetry::init_spans_only(&config.tracing);
-    let outcome = runtime.block_on(push::hook::post_receive(&config, &env, &input, &mut stderr));
+    let outcome = runtime.block_on(hook::post_receive::post_receive(
+        &config,
+        &env,
+        &input,
+        &mut stderr,
+    ));
     if let Some(e) = exporter {
         // Bounded: a push never waits long for a collector.
         e.shutdown(config.tracing.flush_timeout);
@@ -499,18 +507,20 @@ async fn run(
             let mut failed = false;
             let mut bad_usage = false;
             for repo in repos {
-                match push::install::install(&repo, &binary, config_path.as_deref(), force) {
+                match hook::install::install(&repo, &binary, config_path.as_deref(), force) {
                     Ok(hook) => {
                         let git_dir = std::fs::canonicalize(&repo).unwrap_or(repo.clone());
-                        let name =
-                            push::hook::repository_name(&config.hook.repositories_root, &git_dir);
+                        let name = hook::post_receive::repository_name(
+                            &config.hook.repositories_root,
+                            &git_dir,
+                        );
                         println!("installed {} (repository name: {name})", hook.display());
                     }
                     Err(e) => {
                         eprintln!("hookfleet: {}", crate::error::error_chain(&e));
                         // A path that is not a repository is bad usage (exit 2),
                         // like any other bad argument; I/O failures are exit 1.
-                        if matches!(e, push::install::InstallError::NotARepository(_)) {
+                        if matches!(e, hook::install::InstallError::NotARepository(_)) {
                             bad_usage = true;
                         }
                         failed = true;
@@ -528,7 +538,7 @@ async fn run(
         Command::Spool {
             command: SpoolCommand::Flush,
         } => {
-            let report = push::spool::flush_spool(&config).await?;
+            let report = hook::spool::flush_spool(&config).await?;
             println!(
                 "published {} spooled push(es); {} corrupt file(s) moved aside; {} remaining",
                 report.published, report.corrupt, report.remaining

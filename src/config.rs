@@ -897,7 +897,7 @@ pub struct Config {
     pub fairness: FairnessConfig,
 }
 
-/// Fairness between repositories and owners (`src/push/fairness.rs`): the
+/// Fairness between repositories and owners (`src/hook/fairness.rs`): the
 /// hook sends a push to the kind's bulk queue (`<prefix>.push.bulk`) instead of
 /// the push queue once its repository or its owner has used up a token bucket,
 /// and workers give the bulk queue at most `bulk_concurrency` permits. A storm

@@ -20,9 +20,11 @@
 //!   AMQP message contract (properties and `x-` headers).
 //! - [`metrics`]: every Prometheus metric; [`inflight`]: what is being handled now (`/jobs`).
 //! - [`outbox`]: the transactional outbox: enqueue, relay, pruning, status, replay.
-//! - [`push`]: the post-receive hook, the spool, reading git, push payloads, the push
-//!   handler; [`push_job`]: the `push` job body and its ref updates, shared by the
-//!   hook, the handler and webhooks.
+//! - [`hook`]: the git server side: the post-receive hook, its spool, the queue a
+//!   push goes to (fairness), publishing.
+//! - [`push`]: the worker side: reading git, push payloads, the push handler;
+//!   [`push_job`]: the `push` job body and its ref updates, shared by the hook, the
+//!   handler and webhooks.
 //! - [`webhook`]: webhook subscriptions, delivery jobs, the guarded HTTP POST, attempts.
 //! - [`ratelimit`]: optional token buckets per repository and per subscription
 //!   (postpone, never drop); [`repository`]: repository names' owners and the
@@ -45,6 +47,7 @@ pub mod dlq;
 pub mod error;
 pub mod guard;
 pub mod health;
+pub mod hook;
 pub mod inbox;
 pub mod inflight;
 pub mod job;

@@ -148,7 +148,7 @@ pub async fn run_with(
         bg_stop.clone(),
     ));
     background.spawn(crate::alloc::run_janitor(pool.clone(), bg_stop.clone()));
-    background.spawn(crate::push::spool::run_spool_flusher(
+    background.spawn(crate::hook::spool::run_spool_flusher(
         (*config).clone(),
         bg_stop.clone(),
     ));

@@ -17,8 +17,8 @@ use common::{
     unique_prefix,
 };
 use hookfleet::config::Config;
+use hookfleet::hook::post_receive::read_input;
 use hookfleet::message::{H_ERROR, H_ERROR_CLASS, H_SCHEMA_VERSION, HeaderValue};
-use hookfleet::push::hook::read_input;
 use serde_json::{Value, json};
 
 const ZERO: &str = "0000000000000000000000000000000000000000";

@@ -189,7 +189,7 @@ async fn replay_sends_events_only_unless_asked_and_ends_cleanly() {
         }],
         refs_omitted: 0,
     };
-    hookfleet::push::spool::write_job(&cfg.spool.dir, &job).unwrap();
+    hookfleet::hook::spool::write_job(&cfg.spool.dir, &job).unwrap();
     let spool = cfg.spool.dir.display().to_string();
     let mut env = env.to_vec();
     env.push(("HOOKFLEET_SPOOL__DIR", &spool));

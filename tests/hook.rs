@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::{AMQP_URL, eventually, test_config, unique_prefix};
 use hookfleet::amqp::topology::{self, Names};
 use hookfleet::config::Config;
+use hookfleet::hook::spool;
 use hookfleet::message::Envelope;
-use hookfleet::push::spool;
 use hookfleet::push_job::PushJob;
 use lapin::options::BasicGetOptions;
 use tokio_util::sync::CancellationToken;
@@ -428,7 +428,7 @@ fn install_refuses_a_foreign_hook_unless_forced() {
         String::from_utf8_lossy(&out.stderr)
     );
     let script = std::fs::read_to_string(&hook).unwrap();
-    assert!(script.contains(hookfleet::push::install::MARKER));
+    assert!(script.contains(hookfleet::hook::install::MARKER));
     assert!(script.contains(env!("CARGO_BIN_EXE_hookfleet")) || script.contains("hookfleet'"));
     assert!(script.contains("--config") && script.contains("hf.toml"));
     #[cfg(unix)]

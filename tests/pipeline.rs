@@ -338,7 +338,7 @@ async fn a_push_while_the_broker_is_down_is_spooled_and_handled_once_later() {
         "the push was not held up"
     );
     assert!(stderr.contains("queued locally"), "{stderr}");
-    let spooled = hookfleet::push::spool::pending(&cfg.spool.dir).unwrap();
+    let spooled = hookfleet::hook::spool::pending(&cfg.spool.dir).unwrap();
     assert_eq!(spooled.len(), 1);
 
     // The worker flushes the spool at start; the push is handled exactly once.
@@ -357,7 +357,7 @@ async fn a_push_while_the_broker_is_down_is_spooled_and_handled_once_later() {
     .await;
     // Flushing again (nothing left) and a second publish of the same job change nothing.
     assert!(
-        hookfleet::push::spool::pending(&cfg.spool.dir)
+        hookfleet::hook::spool::pending(&cfg.spool.dir)
             .unwrap()
             .is_empty()
     );

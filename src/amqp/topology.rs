@@ -22,7 +22,7 @@ use lapin::{Channel, ExchangeKind};
 use crate::config::{AmqpConfig, QueueType};
 
 /// Kinds with a bulk queue: their publisher sends a storm there (the push hook,
-/// `src/push/fairness.rs`), and workers give it a few permits only.
+/// `src/hook/fairness.rs`), and workers give it a few permits only.
 pub const BULK_KINDS: &[&str] = &["push"];
 
 /// Whether `kind` has a bulk queue.

@@ -21,8 +21,12 @@
 
 use std::path::{Path, PathBuf};
 
-use super::install::MARKER;
 use crate::config::HookConfig;
+
+/// The line `hookfleet hook install` writes into the hooks it manages; a
+/// repository whose `post-receive` has it may be read without a root or an
+/// allowed directory.
+pub const MARKER: &str = "# hookfleet-managed post-receive hook";
 
 /// Why a repository name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

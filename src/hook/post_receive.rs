@@ -310,7 +310,7 @@ pub async fn post_receive(
         );
     }
     let input = input.bytes.as_slice();
-    if let Err(refused) = super::confine::resolve(&config.hook, job.location()) {
+    if let Err(refused) = crate::push::confine::resolve(&config.hook, job.location()) {
         let mut msg = format!("hookfleet: push NOT recorded: {refused}; tell an administrator");
         push_ref_lines(&mut msg, input);
         let _ = writeln!(stderr, "{msg}");

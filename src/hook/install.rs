@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Marker line identifying a hook written by hookfleet.
-pub const MARKER: &str = "# hookfleet-managed post-receive hook";
+pub use crate::push::confine::MARKER;
 
 /// Why a hook was not installed.
 #[derive(Debug, thiserror::Error)]
