@@ -120,12 +120,17 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(admin.addr = %addr, "admin server listening");
     }
+    let console = state.console.clone();
     let server = axum::serve(BoundedListener::new(listener), router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         r = server.as_mut() => r?,
         _ = shutdown.cancelled() => {
+            // A console replay stops with its server and stores where it stopped.
+            if let Some(c) = &console {
+                c.stop();
+            }
             // axum waits for every connection; ours get SHUTDOWN_GRACE.
             if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
                 tracing::warn!("admin server: connections still open after the grace period");

@@ -45,7 +45,7 @@ pub struct Console {
     instance: Uuid,
     /// The replay this process runs now, if any.
     running: replay_task::Slot,
-    /// Stops this process's replay when the console goes (see [`Drop`]).
+    /// Stops this process's replay ([`Console::stop`], or the console dropped).
     replay_stop: CancellationToken,
     /// Samples behind the overview's relay rate.
     relay_rate: overview::RelayRate,
@@ -60,6 +60,15 @@ impl Drop for Console {
 }
 
 impl Console {
+    /// Stops the replay this process runs, if any, as its admin server stops
+    /// (`admin::serve`): the replay confirms what it sent and stores
+    /// `interrupted` with the id to resume from, so another process's console
+    /// can resume it. Connections still open would keep the console alive,
+    /// so this does not wait for [`Drop`].
+    pub fn stop(&self) {
+        self.replay_stop.cancel();
+    }
+
     /// The console of a process with `config` and `pool`; `None` when
     /// `admin.console_token` is empty (the console is then off). Whether this
     /// process relays the outbox is `config`'s `outbox.relay`.

@@ -495,7 +495,7 @@ async fn start(state: &ConsoleState, who: &Who, form: &Form) -> Response {
     }
     tracing::info!(user = %who.user, via = who.via, console.replay = id, outbox.request = ?req, "console action: outbox replay started");
     replay_task::spawn(
-        c.pool.clone(),
+        &c.pool,
         c.config.amqp.clone(),
         c.instance,
         c.running.clone(),
@@ -548,7 +548,7 @@ async fn resume(state: &ConsoleState, who: &Who, form: &Form) -> Response {
     tracing::info!(user = %who.user, via = who.via, console.replay = id, outbox.from_id = row.next_id,
         count = row.published, "console action: outbox replay resumed");
     replay_task::spawn(
-        c.pool.clone(),
+        &c.pool,
         c.config.amqp.clone(),
         c.instance,
         c.running.clone(),

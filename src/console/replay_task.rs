@@ -2,8 +2,8 @@
 //! row current: the cursor after every confirmed page, a heartbeat while a
 //! slow (rate-limited) page is under way, and how it ended.
 //!
-//! The replay stops, as `outbox replay` does on a signal, when its console is
-//! dropped (the process's admin server stopped): it confirms what it sent and
+//! The replay stops, as `outbox replay` does on a signal, when its console
+//! stops (the process's admin server stops): it confirms what it sent and
 //! stores `interrupted` with the exact id to resume from. A process killed
 //! outright cannot say so; its row stays `running` until the heartbeat is
 //! [`STALE`], when the page shows it as interrupted and offers to resume from
@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -65,18 +66,28 @@ pub fn release(slot: &Slot, id: i64) {
     }
 }
 
-/// Runs `run` in a task; the slot must already be taken for it.
+/// Database connections a replay uses at most (a page read and a progress write).
+const REPLAY_CONNECTIONS: u32 = 2;
+
+/// Runs `run` in a task; the slot must already be taken for it. The task has
+/// a small pool of its own (same connect options as `pool`): a stopping
+/// process closes its pool right after its admin server, and the replay
+/// must still store where it stopped.
 pub fn spawn(
-    pool: PgPool,
+    pool: &PgPool,
     amqp: AmqpConfig,
     owner: Uuid,
     slot: Slot,
     stop: CancellationToken,
     run: Run,
 ) {
+    let own = PgPoolOptions::new()
+        .max_connections(REPLAY_CONNECTIONS)
+        .connect_lazy_with((*pool.connect_options()).clone());
     tokio::spawn(async move {
         let id = run.id;
-        execute(&pool, &amqp, owner, &stop, run).await;
+        execute(&own, &amqp, owner, &stop, run).await;
+        own.close().await;
         release(&slot, id);
     });
 }

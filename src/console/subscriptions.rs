@@ -49,7 +49,7 @@ pub fn add_form(csrf: &str) -> String {
 /// The remove and rotate controls of subscription `id`.
 pub fn manage(id: i64, csrf: &str) -> String {
     format!(
-        "<details><summary class=\"small\">Manage</summary>\
+        "<details><summary id=\"sub-{id}-manage\">Manage</summary>\
          <form method=\"post\" action=\"/console/webhooks/rotate\" class=\"filters\">{c}\
          <input type=\"hidden\" name=\"id\" value=\"{id}\">\
          <label>New secret (blank: generate) <input type=\"password\" name=\"secret\" id=\"sub-{id}-secret\" autocomplete=\"off\"></label>\
