@@ -889,14 +889,19 @@ async fn a_replay_stopped_by_a_restart_resumes_from_the_page() {
 
     // The process restarts mid-replay: the replay stores where it stopped.
     env.restart_worker().await;
+    let pool = &env.db.pool;
+    let (state, next_id, published) = eventually(WAIT, "the replay stopped", || async move {
+        let row: (String, i64, i64) =
+            sqlx::query_as("SELECT state, next_id, published FROM console_replays WHERE id = $1")
+                .bind(replay)
+                .fetch_one(pool)
+                .await
+                .ok()?;
+        (row.0 != "running").then_some(row)
+    })
+    .await;
     let before = env.broker.depth(&target).await as usize;
     assert!(before < N, "the replay finished before the restart");
-    let (state, next_id, published): (String, i64, i64) =
-        sqlx::query_as("SELECT state, next_id, published FROM console_replays WHERE id = $1")
-            .bind(replay)
-            .fetch_one(&env.db.pool)
-            .await
-            .unwrap();
     assert_eq!(state, "interrupted");
     assert_eq!(published as usize, before);
     assert_eq!(next_id, ids[before]);
@@ -953,6 +958,49 @@ async fn a_replay_stopped_by_a_restart_resumes_from_the_page() {
     }
     seen.sort_unstable();
     assert_eq!(seen, ids);
+
+    // A process killed outright leaves its replay `running`; once its
+    // heartbeat is stale the page shows it interrupted and resumes it from
+    // the last stored cursor.
+    let killed: i64 = sqlx::query_scalar(
+        "INSERT INTO console_replays (request, started_by, state, owner, next_id, published, \
+             total, heartbeat_at) \
+         VALUES ($1, 'bob', 'running', $2, $3, 6, $4, now() - interval '1 minute') RETURNING id",
+    )
+    .bind(json!({"event_type": "resume.test", "to_exchange": target}))
+    .bind(Uuid::now_v7())
+    .bind(ids[6])
+    .bind(N as i64)
+    .fetch_one(&env.db.pool)
+    .await
+    .unwrap();
+    c.goto(&format!("{}/console/outbox", env.base))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.text(&format!("#replay-{killed}-state")).await,
+        "interrupted"
+    );
+    b.click(&format!("#resume-{killed}")).await;
+    c.accept_alert().await.unwrap();
+    b.flash(&format!("resumed from id {}", ids[6])).await;
+    let (br, q) = (&env.broker, target.clone());
+    eventually(WAIT, "the rest of the killed replay", || {
+        let q = q.clone();
+        async move { (br.depth(&q).await as usize == N - 6).then_some(()) }
+    })
+    .await;
+    let pool = &env.db.pool;
+    eventually(WAIT, "the killed replay done", || async move {
+        let (state, published): (String, i64) =
+            sqlx::query_as("SELECT state, published FROM console_replays WHERE id = $1")
+                .bind(killed)
+                .fetch_one(pool)
+                .await
+                .ok()?;
+        (state == "done" && published == N as i64).then_some(())
+    })
+    .await;
 
     b.client.clone().close().await.unwrap();
     env.stop().await;
