@@ -38,12 +38,12 @@ pub struct RelayRate(Mutex<VecDeque<(Instant, u64)>>);
 impl RelayRate {
     /// Adds `published` (the counter now) and returns the rate per second
     /// since the oldest sample within the window, and that span in seconds
-    /// (`None` until two samples are apart).
+    /// (`None` until two samples within the window are a second apart).
     fn sample(&self, now: Instant, published: u64) -> Option<(f64, f64)> {
         let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        while q.len() > 1
-            && q.get(1)
-                .is_some_and(|(t, _)| now.duration_since(*t) >= RATE_WINDOW)
+        while q
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
         {
             q.pop_front();
         }
@@ -335,4 +335,29 @@ pub async fn jobs(State(state): State<ConsoleState>) -> Response {
         &body,
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_rate_covers_the_last_minute_at_most() {
+        let r = RelayRate::default();
+        let t0 = Instant::now();
+        assert_eq!(r.sample(t0, 10), None);
+        assert_eq!(
+            r.sample(t0 + Duration::from_secs(10), 60),
+            Some((5.0, 10.0))
+        );
+        assert_eq!(
+            r.sample(t0 + Duration::from_secs(50), 110),
+            Some((2.0, 50.0))
+        );
+        // Samples older than the window drop out: the rate is the last 40 s.
+        assert_eq!(
+            r.sample(t0 + Duration::from_secs(90), 190),
+            Some((2.0, 40.0))
+        );
+    }
 }
