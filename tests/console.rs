@@ -814,6 +814,19 @@ async fn a_replay_stopped_by_a_restart_resumes_from_the_page() {
         .collect();
     outbox::enqueue_many(&mut tx, &events).await.unwrap();
     tx.commit().await.unwrap();
+    // And one row set aside (parked) as the relay parks one, for `unpark --all`.
+    let mut tx = env.db.pool.begin().await.unwrap();
+    let parked = Event::new(&env.names, "parked.test", None, json!({}));
+    outbox::enqueue(&mut tx, &parked).await.unwrap();
+    let parked_id: i64 = sqlx::query_scalar(
+        "UPDATE outbox_pending SET parked_at = now(), last_error = 'refused', \
+             publish_attempts = 5, next_attempt_at = 'infinity' \
+         WHERE id = (SELECT max(id) FROM outbox) RETURNING id",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     let ids: Vec<i64> =
         sqlx::query_scalar("SELECT id FROM outbox WHERE event_type = 'resume.test' ORDER BY id")
             .fetch_all(&env.db.pool)
@@ -903,6 +916,17 @@ async fn a_replay_stopped_by_a_restart_resumes_from_the_page() {
     c.goto(&format!("{}/console/outbox", env.base))
         .await
         .unwrap();
+    b.load_by("#unpark-all", true).await;
+    b.flash("unparked 1").await;
+    let pool = &env.db.pool;
+    eventually(WAIT, "the unparked row published", || async move {
+        sqlx::query_scalar::<_, i64>("SELECT id FROM outbox_published WHERE id = $1")
+            .bind(parked_id)
+            .fetch_optional(pool)
+            .await
+            .ok()?
+    })
+    .await;
     b.fill("#r-event_type", "resume.test").await;
     b.fill("#r-to_exchange", &target).await;
     b.fill("#r-rate", "4").await;

@@ -243,7 +243,7 @@ fn status_html(s: &status::Status, csrf: &str) -> String {
          <div class=\"card\"><span>parked</span><b>{}</b></div>\
          <div class=\"card\"><span>published last minute</span><b>{}</b></div></div>\
          <h2>Failing rows</h2><form method=\"post\" action=\"/console/outbox/replay\">{}\
-         <input type=\"hidden\" name=\"mode\" value=\"unpark\">{}</form>",
+         <input type=\"hidden\" name=\"mode\" value=\"unpark\">{}{}</form>",
         s.pending,
         s.oldest_pending_age_seconds,
         s.failing,
@@ -254,7 +254,17 @@ fn status_html(s: &status::Status, csrf: &str) -> String {
             "failing",
             &["Id", "Event", "Exchange", "Attempts", "Last error", "Next"],
             &rows
-        )
+        ),
+        // As `outbox unpark --all`: every parked row, listed here or not.
+        if s.parked > 0 {
+            format!(
+                "<p class=\"actions\"><button name=\"all\" value=\"1\" id=\"unpark-all\" \
+                 data-confirm=\"Unpark all {} parked rows?\">Unpark all parked</button></p>",
+                s.parked
+            )
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -380,12 +390,14 @@ async fn unpark(state: &ConsoleState, who: &Who, form: &Form) -> Response {
         .iter()
         .filter_map(|v| v.parse().ok())
         .collect();
-    let flash = if ids.is_empty() {
+    // `all` is `outbox unpark --all`: no ids means every parked row.
+    let all = form.get("all").is_some();
+    let flash = if ids.is_empty() && !all {
         "no row given".to_string()
     } else {
         match crate::outbox::storage::unpark(&state.console.pool, &ids).await {
             Ok(n) => {
-                tracing::info!(user = %who.user, via = who.via, outbox.ids = ?ids, count = n, "console action: outbox unpark");
+                tracing::info!(user = %who.user, via = who.via, outbox.ids = ?ids, all, count = n, "console action: outbox unpark");
                 format!("unparked {n}")
             }
             Err(e) => format!("failed: {e}"),
