@@ -127,9 +127,13 @@ pub async fn serve(
     tokio::select! {
         r = server.as_mut() => r?,
         _ = shutdown.cancelled() => {
-            // A console replay stops with its server and stores where it stopped.
-            if let Some(c) = &console {
-                c.stop();
+            // A console replay stops with its server and stores where it
+            // stopped (bounded: a database that does not answer cannot hold
+            // the shutdown; the replay then shows as interrupted once stale).
+            if let Some(c) = &console
+                && tokio::time::timeout(SHUTDOWN_GRACE, c.stop()).await.is_err()
+            {
+                tracing::warn!("console replay: its end not stored within the grace period");
             }
             // axum waits for every connection; ours get SHUTDOWN_GRACE.
             if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {

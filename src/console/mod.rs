@@ -61,12 +61,13 @@ impl Drop for Console {
 
 impl Console {
     /// Stops the replay this process runs, if any, as its admin server stops
-    /// (`admin::serve`): the replay confirms what it sent and stores
-    /// `interrupted` with the id to resume from, so another process's console
-    /// can resume it. Connections still open would keep the console alive,
-    /// so this does not wait for [`Drop`].
-    pub fn stop(&self) {
+    /// (`admin::serve`), and returns once it has stored `interrupted` with
+    /// the id to resume from (it confirms what it sent first), so another
+    /// process's console can resume it. Explicit, not on [`Drop`]: open
+    /// connections keep the console alive after its server has stopped.
+    pub async fn stop(&self) {
         self.replay_stop.cancel();
+        replay_task::idle(&self.running).await;
     }
 
     /// The console of a process with `config` and `pool`; `None` when
@@ -82,7 +83,7 @@ impl Console {
             pool,
             token,
             instance: Uuid::now_v7(),
-            running: replay_task::Slot::default(),
+            running: replay_task::slot(),
             replay_stop: CancellationToken::new(),
             relay_rate: overview::RelayRate::default(),
         }))

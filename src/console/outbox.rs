@@ -112,7 +112,7 @@ fn shown_state(state: &ConsoleState, row: &ReplayRow) -> &'static str {
     match row.state.as_str() {
         "running" => {
             let mine = row.owner == Some(c.instance);
-            let here = *c.running.lock().unwrap_or_else(|p| p.into_inner()) == Some(row.id);
+            let here = replay_task::current(&c.running) == Some(row.id);
             let silent = chrono::Utc::now() - row.heartbeat_at
                 > chrono::Duration::from_std(replay_task::STALE).unwrap_or_default();
             if here || (!mine && !silent) {

@@ -3,15 +3,16 @@
 //! slow (rate-limited) page is under way, and how it ended.
 //!
 //! The replay stops, as `outbox replay` does on a signal, when its console
-//! stops (the process's admin server stops): it confirms what it sent and
-//! stores `interrupted` with the exact id to resume from. A process killed
+//! stops (the process's admin server stops, and waits for it up to its
+//! grace period): it confirms what it sent and stores `interrupted` with the
+//! exact id to resume from. A process killed
 //! outright cannot say so; its row stays `running` until the heartbeat is
 //! [`STALE`], when the page shows it as interrupted and offers to resume from
 //! the last stored cursor (rows of the page under way then go out twice:
 //! replays are at-least-once, with the original `message_id` for consumers
 //! to deduplicate on).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -28,8 +29,52 @@ pub const HEARTBEAT: Duration = Duration::from_secs(3);
 /// A `running` replay silent this long lost its process.
 pub const STALE: Duration = Duration::from_secs(15);
 
-/// The one replay this process runs at a time (its row id), shared with the task.
-pub type Slot = Arc<Mutex<Option<i64>>>;
+/// The one replay this process runs at a time (its row id), shared with the
+/// task; a watch, so a stopping process can wait until it has stored its end.
+pub type Slot = Arc<tokio::sync::watch::Sender<Option<i64>>>;
+
+/// A free slot.
+pub fn slot() -> Slot {
+    Arc::new(tokio::sync::watch::Sender::new(None))
+}
+
+/// The replay this process runs now, if any.
+pub fn current(slot: &Slot) -> Option<i64> {
+    *slot.borrow()
+}
+
+/// Whether this process runs a replay now.
+pub fn busy(slot: &Slot) -> bool {
+    current(slot).is_some()
+}
+
+/// Takes the slot for replay `id`; `false` when another one holds it.
+pub fn take(slot: &Slot, id: i64) -> bool {
+    slot.send_if_modified(|s| {
+        if s.is_some() {
+            return false;
+        }
+        *s = Some(id);
+        true
+    })
+}
+
+/// Frees the slot held by replay `id`.
+pub fn release(slot: &Slot, id: i64) {
+    slot.send_if_modified(|s| {
+        if *s != Some(id) {
+            return false;
+        }
+        *s = None;
+        true
+    });
+}
+
+/// Returns once no replay runs (at once when none does).
+pub async fn idle(slot: &Slot) {
+    let mut rx = slot.subscribe();
+    let _ = rx.wait_for(Option::is_none).await;
+}
 
 /// A run of replay `id`, from the plan's `from_id`.
 pub struct Run {
@@ -41,29 +86,6 @@ pub struct Run {
     pub published_before: i64,
     /// Who started or resumed it, for the log.
     pub user: String,
-}
-
-/// Whether this process runs a replay now.
-pub fn busy(slot: &Slot) -> bool {
-    slot.lock().unwrap_or_else(|p| p.into_inner()).is_some()
-}
-
-/// Takes the slot for replay `id`; `false` when another one holds it.
-pub fn take(slot: &Slot, id: i64) -> bool {
-    let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
-    if s.is_some() {
-        return false;
-    }
-    *s = Some(id);
-    true
-}
-
-/// Frees the slot held by replay `id`.
-pub fn release(slot: &Slot, id: i64) {
-    let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
-    if *s == Some(id) {
-        *s = None;
-    }
 }
 
 /// Database connections a replay uses at most (a page read and a progress write).
