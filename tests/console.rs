@@ -240,6 +240,11 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with(|_| {}).await
+    }
+
+    /// [`Env::start`] with `tweak` applied to the worker's config.
+    async fn start_with(tweak: impl FnOnce(&mut Config)) -> Env {
         let db = TestDb::new().await;
         let mut cfg = test_config(&db.url, &unique_prefix());
         cfg.worker.kinds = vec!["push".into(), "webhook".into(), "work".into()];
@@ -247,6 +252,7 @@ impl Env {
         cfg.outbox.poll_interval = Duration::from_millis(100);
         cfg.admin.console_token = SecretString::new(TOKEN);
         cfg.admin.queue_depth_interval = Duration::from_millis(500);
+        tweak(&mut cfg);
         let broker = Broker::new(&cfg).await;
         let broken = Arc::new(AtomicBool::new(true));
         let handled = Arc::new(AtomicUsize::new(0));
@@ -660,11 +666,13 @@ async fn stored_subscriptions(env: &Env) -> Vec<(i64, Option<String>, Option<Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_manages_webhook_subscriptions_in_a_browser() {
-    let env = Env::start().await;
+    // The outbox is relayed by the test's own relay task, not the worker.
+    let env = Env::start_with(|cfg| cfg.outbox.relay = false).await;
     let rx = Receiver::start(vec![], Reply::Status(200)).await;
     let b = Browser::start().await;
     let c = &b.client;
     b.login(&env.base, "ann").await;
+    assert_eq!(b.text("[data-f=relay_rate]").await, "not running here");
 
     // Add, standard style without a secret: one is generated and shown once,
     // and the ping `webhook add` sends arrives signed with it.
