@@ -120,12 +120,21 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(admin.addr = %addr, "admin server listening");
     }
+    let console = state.console.clone();
     let server = axum::serve(BoundedListener::new(listener), router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         r = server.as_mut() => r?,
         _ = shutdown.cancelled() => {
+            // A console replay stops with its server and stores where it
+            // stopped (bounded: a database that does not answer cannot hold
+            // the shutdown; the replay then shows as interrupted once stale).
+            if let Some(c) = &console
+                && tokio::time::timeout(SHUTDOWN_GRACE, c.stop()).await.is_err()
+            {
+                tracing::warn!("console replay: its end not stored within the grace period");
+            }
             // axum waits for every connection; ours get SHUTDOWN_GRACE.
             if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
                 tracing::warn!("admin server: connections still open after the grace period");

@@ -70,6 +70,9 @@ pub struct Metrics {
     /// Messages in each kind's work, retry (all tiers) and dead-letter queues,
     /// sampled by [`crate::amqp::depths`].
     pub queue_messages: IntGaugeVec,
+    /// Consumers on each kind's main work queue (every worker's), sampled with
+    /// [`Self::queue_messages`]: 0 while messages wait means nobody consumes.
+    pub queue_consumers: IntGaugeVec,
     /// Files waiting in the hook spool.
     pub spool_files_pending: IntGauge,
     /// Repositories opened by the push handler (a read through a repository kept
@@ -307,6 +310,17 @@ fn build() -> Result<Metrics, prometheus::Error> {
                      sampled every admin.queue_depth_interval.",
                 ),
                 &["kind", "queue"],
+            )?,
+        )?,
+        queue_consumers: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "hookfleet_queue_consumers",
+                    "Consumers on a kind's work queue (all workers), \
+                     sampled every admin.queue_depth_interval.",
+                ),
+                &["kind"],
             )?,
         )?,
         spool_files_pending: reg(

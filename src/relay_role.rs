@@ -32,6 +32,10 @@ pub async fn run(
     health.set_consuming(true);
     health.set_database_ok(true);
     let listener = admin::bind(config.admin.listen).await?;
+    // This process relays whatever `outbox.relay` says (that key is the
+    // worker's); the console reads it to tell whether the relay runs here.
+    let mut relaying = config.clone();
+    relaying.outbox.relay = true;
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
         listener,
@@ -39,7 +43,7 @@ pub async fn run(
             health,
             inflight: Arc::default(),
             pool: Some(pool.clone()),
-            console: crate::console::Console::new(Arc::new(config.clone()), pool.clone()),
+            console: crate::console::Console::new(Arc::new(relaying), pool.clone()),
         },
         admin_stop.clone(),
     ));

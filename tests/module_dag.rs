@@ -32,7 +32,14 @@ const KNOWN_KNOTS: &[(&str, &[&str], &str)] = &[
     (
         "src/console",
         &[
-            "auth", "dlq", "guards", "mod", "outbox", "overview", "webhooks",
+            "auth",
+            "dlq",
+            "guards",
+            "mod",
+            "outbox",
+            "overview",
+            "subscriptions",
+            "webhooks",
         ],
         "ConsoleState and the shared page types leave mod.rs for a file of their own, \
          so mod.rs only routes",

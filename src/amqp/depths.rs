@@ -1,4 +1,5 @@
-//! Queue depths on `/metrics`: each kind's work, retry and dead-letter queues.
+//! Queue depths on `/metrics`: each kind's work, retry and dead-letter queues,
+//! and the consumers on its work queue (the same answer carries both).
 //!
 //! A dead-letter queue that grows is the first sign of a failure that is not
 //! going away, and a retry queue that grows says a dependency is failing; both
@@ -66,6 +67,7 @@ async fn sample_once(
     };
     let mut channel = c.create_channel().await?;
     let gauge = &crate::metrics::metrics().queue_messages;
+    let consumers = &crate::metrics::metrics().queue_consumers;
     for kind in kinds {
         let work = names.work_queues(kind);
         let retry: Vec<String> = work
@@ -80,7 +82,16 @@ async fn sample_once(
             let mut total = 0i64;
             for q in &queues {
                 match depth(&channel, q).await {
-                    Some(n) => total += i64::from(n),
+                    Some((n, on)) => {
+                        total += i64::from(n);
+                        // The kind's main queue: every worker of the kind
+                        // consumes it (and the bulk queue too, when there is one).
+                        if *q == names.queue(kind) {
+                            consumers
+                                .with_label_values(&[kind.as_str()])
+                                .set(i64::from(on));
+                        }
+                    }
                     // A 404 closes the channel: the next queue needs a new one.
                     None => channel = c.create_channel().await?,
                 }
@@ -92,9 +103,9 @@ async fn sample_once(
     Ok(())
 }
 
-/// The message count of `queue`, or `None` when it does not exist (or the
-/// broker refused the declare).
-async fn depth(channel: &lapin::Channel, queue: &str) -> Option<u32> {
+/// The ready-message and consumer counts of `queue`, or `None` when it does
+/// not exist (or the broker refused the declare).
+async fn depth(channel: &lapin::Channel, queue: &str) -> Option<(u32, u32)> {
     let opts = QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()
@@ -103,5 +114,5 @@ async fn depth(channel: &lapin::Channel, queue: &str) -> Option<u32> {
         .queue_declare(queue.into(), opts, FieldTable::default())
         .await
         .ok()
-        .map(|q| q.message_count())
+        .map(|q| (q.message_count(), q.consumer_count()))
 }

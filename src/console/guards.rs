@@ -48,6 +48,24 @@ fn breakers() -> Vec<(String, i64)> {
     out
 }
 
+/// The "Webhook circuit breakers" heading and table (also on the webhooks page).
+pub fn breakers_section() -> String {
+    let rows: Vec<Vec<String>> = breakers()
+        .into_iter()
+        .map(|(host, v)| {
+            let l = state_label(v);
+            vec![
+                format!("<span class=\"mono\">{}</span>", esc(&host)),
+                format!("<span class=\"pill {l}\">{l}</span>"),
+            ]
+        })
+        .collect();
+    format!(
+        "<h2>Webhook circuit breakers (this process)</h2>{}",
+        page::table("breakers", &["Host", "State"], &rows)
+    )
+}
+
 /// `GET /console/guards`.
 pub async fn page(State(state): State<ConsoleState>, RawQuery(query): RawQuery) -> Response {
     let form = Form::parse(query.unwrap_or_default().as_bytes());
@@ -100,18 +118,7 @@ pub async fn page(State(state): State<ConsoleState>, RawQuery(query): RawQuery) 
         }
         Err(e) => body.push_str(&page::error_box("cannot read paused kinds", &e)),
     }
-    body.push_str("<h2>Webhook circuit breakers (this process)</h2>");
-    let rows: Vec<Vec<String>> = breakers()
-        .into_iter()
-        .map(|(host, v)| {
-            let l = state_label(v);
-            vec![
-                format!("<span class=\"mono\">{}</span>", esc(&host)),
-                format!("<span class=\"pill {l}\">{l}</span>"),
-            ]
-        })
-        .collect();
-    body.push_str(&page::table("breakers", &["Host", "State"], &rows));
+    body.push_str(&breakers_section());
     page::frame("Guards", "/console/guards", &csrf, form.get("flash"), &body).into_response()
 }
 

@@ -2,11 +2,18 @@
 //! the page turns into per-second rates; outbox; readiness; version and
 //! uptime), its JSON for the live refresh, and the in-flight jobs page.
 //!
-//! Figures come from this process's metrics registry (queue depths as sampled
-//! every `admin.queue_depth_interval`) and one outbox status query, so the
-//! overview costs the broker nothing.
+//! Figures come from this process's metrics registry (queue depths and
+//! consumer counts as sampled every `admin.queue_depth_interval` by one
+//! passive declare per queue) and one outbox status query, so the overview
+//! costs the broker nothing. AMQP does not tell unacknowledged counts (only
+//! RabbitMQ's management API does, which hookfleet does not use): the page
+//! shows this process's in-flight jobs per kind instead, and says so. The
+//! relay's publishing rate is this process's relay counter over the last
+//! minute (the samples are taken when the overview is read).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
@@ -20,12 +27,41 @@ use crate::{build_info, metrics};
 
 /// A job at or past this share of `worker.handler_timeout` is highlighted.
 pub const NEAR_TIMEOUT: f64 = 0.8;
+/// The window of the relay's publishing rate.
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Samples of this process's relay counter, to turn it into a rate over
+/// [`RATE_WINDOW`] (kept only as long as the window needs).
+#[derive(Debug, Default)]
+pub struct RelayRate(Mutex<VecDeque<(Instant, u64)>>);
+
+impl RelayRate {
+    /// Adds `published` (the counter now) and returns the rate per second
+    /// since the oldest sample within the window, and that span in seconds
+    /// (`None` until two samples within the window are a second apart).
+    fn sample(&self, now: Instant, published: u64) -> Option<(f64, f64)> {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        while q
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            q.pop_front();
+        }
+        q.push_back((now, published));
+        let (t0, n0) = *q.front()?;
+        let span = now.duration_since(t0).as_secs_f64();
+        (span >= 1.0).then(|| (published.saturating_sub(n0) as f64 / span, span))
+    }
+}
 
 /// One job kind's figures.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct KindFigures {
     kind: String,
+    /// Ready messages in the work queue.
     work: i64,
+    /// Consumers on the work queue (all workers).
+    consumers: i64,
     retry: i64,
     dead: i64,
     in_flight: i64,
@@ -48,6 +84,12 @@ pub struct Overview {
     outbox_oldest_pending_age_seconds: Option<f64>,
     outbox_failing: Option<i64>,
     outbox_published_last_minute: Option<i64>,
+    /// Whether this process runs the outbox relay.
+    relay_here: bool,
+    /// This process's relay: events published per second, over
+    /// `relay_rate_window_seconds` (at most a minute; `None` until measured).
+    relay_rate: Option<f64>,
+    relay_rate_window_seconds: Option<f64>,
     in_flight: usize,
 }
 
@@ -98,6 +140,11 @@ fn kinds(state: &ConsoleState) -> Vec<KindFigures> {
                         _ => {}
                     }
                 }
+                "hookfleet_queue_consumers" => {
+                    if let Some(f) = by.get_mut(label(m, "kind")) {
+                        f.consumers = m.get_gauge().get_value() as i64;
+                    }
+                }
                 "hookfleet_in_flight" => {
                     if let Some(f) = by.get_mut(label(m, "kind")) {
                         f.in_flight = m.get_gauge().get_value() as i64;
@@ -127,6 +174,13 @@ async fn overview(state: &ConsoleState) -> Overview {
     let health = &state.admin.health;
     let readiness = health.readiness();
     let status = crate::outbox::status::fetch(&state.console.pool).await.ok();
+    let relay_here = state.console.config.outbox.relay;
+    let rate = if relay_here {
+        let published = metrics::metrics().relay_published_total.get();
+        state.console.relay_rate.sample(Instant::now(), published)
+    } else {
+        None
+    };
     Overview {
         ready: readiness.is_ok(),
         reason: readiness.err(),
@@ -141,8 +195,26 @@ async fn overview(state: &ConsoleState) -> Overview {
         outbox_oldest_pending_age_seconds: status.as_ref().map(|s| s.oldest_pending_age_seconds),
         outbox_failing: status.as_ref().map(|s| s.failing),
         outbox_published_last_minute: status.as_ref().map(|s| s.published_last_minute),
+        relay_here,
+        relay_rate: rate.map(|(r, _)| r),
+        relay_rate_window_seconds: rate.map(|(_, w)| w),
         in_flight: state.admin.inflight.list().len(),
     }
+}
+
+/// The relay rate as the page shows it (`console.js` writes the same).
+fn relay_text(o: &Overview) -> String {
+    match (o.relay_here, o.relay_rate) {
+        (false, _) => "not running here".into(),
+        (true, None) => "measuring…".into(),
+        (true, Some(r)) => format!("{r:.1}/s"),
+    }
+}
+
+fn window_text(o: &Overview) -> String {
+    o.relay_rate_window_seconds
+        .map(|w| format!("over the last {w:.0} s"))
+        .unwrap_or_default()
 }
 
 /// `GET /console/api/overview`.
@@ -168,6 +240,7 @@ pub async fn page(State(state): State<ConsoleState>) -> Response {
                     esc(&k.kind)
                 ),
                 cell("work", k.work.to_string()),
+                cell("consumers", k.consumers.to_string()),
                 cell("retry", k.retry.to_string()),
                 cell("dead", k.dead.to_string()),
                 cell("in_flight", k.in_flight.to_string()),
@@ -182,12 +255,16 @@ pub async fn page(State(state): State<ConsoleState>) -> Response {
          <div class=\"card\"><span>readiness</span><b data-f=\"ready\">{ready}</b><small data-f=\"reason\">{reason}</small></div>\
          <div class=\"card\"><span>outbox pending</span><b data-f=\"outbox_pending\">{pending}</b></div>\
          <div class=\"card\"><span>oldest pending</span><b data-f=\"outbox_oldest_pending_age_seconds\">{age}</b></div>\
-         <div class=\"card\"><span>published last minute</span><b data-f=\"outbox_published_last_minute\">{pubd}</b></div>\
+         <div class=\"card\"><span>published last minute</span><b data-f=\"outbox_published_last_minute\">{pubd}</b><small>all relays</small></div>\
+         <div class=\"card\"><span>relay rate (this process)</span><b data-f=\"relay_rate\">{relay}</b><small data-f=\"relay_window\">{window}</small></div>\
          <div class=\"card\"><span>in flight</span><b data-f=\"in_flight\">{inflight}</b></div>\
          <div class=\"card\"><span>version</span><b>{version}</b><small>up <span data-f=\"uptime\">{uptime}</span></small></div></div>\
          <h2>Job kinds</h2>{table}\
          <h2>Handled / failed per second</h2><svg id=\"chart\" viewBox=\"0 0 300 60\" preserveAspectRatio=\"none\">\
          <polyline id=\"chart-handled\" points=\"\"/><polyline id=\"chart-failed\" points=\"\"/></svg>\
+         <p class=\"muted\">Ready and consumers: every worker's, from the broker (sampled every \
+         admin.queue_depth_interval). Unacknowledged counts are not available over AMQP: \
+         In flight here is this process's jobs being handled.</p>\
          <p class=\"muted\">Refreshes every 2 s; the chart covers the last minutes this page has been open. \
          <span class=\"legend handled\">handled</span> <span class=\"legend failed\">failed</span></p>",
         ready = if o.ready { "ready" } else { "not ready" },
@@ -197,6 +274,8 @@ pub async fn page(State(state): State<ConsoleState>) -> Response {
             .outbox_oldest_pending_age_seconds
             .map_or("?".into(), |a| format!("{a:.0} s")),
         pubd = opt(o.outbox_published_last_minute),
+        relay = relay_text(&o),
+        window = window_text(&o),
         inflight = o.in_flight,
         version = esc(o.version),
         uptime = esc(&o.uptime),
@@ -204,10 +283,11 @@ pub async fn page(State(state): State<ConsoleState>) -> Response {
             "kinds",
             &[
                 "Kind",
-                "Queued",
+                "Ready",
+                "Consumers",
                 "Retrying",
                 "Dead",
-                "In flight",
+                "In flight here",
                 "Handled/s",
                 "Failed/s"
             ],
@@ -255,4 +335,29 @@ pub async fn jobs(State(state): State<ConsoleState>) -> Response {
         &body,
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_rate_covers_the_last_minute_at_most() {
+        let r = RelayRate::default();
+        let t0 = Instant::now();
+        assert_eq!(r.sample(t0, 10), None);
+        assert_eq!(
+            r.sample(t0 + Duration::from_secs(10), 60),
+            Some((5.0, 10.0))
+        );
+        assert_eq!(
+            r.sample(t0 + Duration::from_secs(50), 110),
+            Some((2.0, 50.0))
+        );
+        // Samples older than the window drop out: the rate is the last 40 s.
+        assert_eq!(
+            r.sample(t0 + Duration::from_secs(90), 190),
+            Some((2.0, 40.0))
+        );
+    }
 }

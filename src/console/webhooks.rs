@@ -1,7 +1,9 @@
-//! The webhooks page: subscriptions (enable, disable, ping; secrets never
-//! shown, URLs redacted) and recent delivery attempts with their request
-//! headers and response excerpt, filterable, each with a redeliver button
-//! (through [`crate::webhook::admin`], as `hookfleet webhook` does).
+//! The webhooks page: subscriptions (enable, disable, ping; add, remove and
+//! rotate a secret in [`super::subscriptions`]; secrets never shown, URLs
+//! redacted) and recent delivery attempts with their request and response
+//! headers and bodies (as recorded, capped), filterable by subscription,
+//! status and event, each with a redeliver button (through
+//! [`crate::webhook::admin`], as `hookfleet webhook` does).
 
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -10,6 +12,7 @@ use axum::{Extension, body::Bytes};
 use super::ConsoleState;
 use super::auth::{Who, csrf_token};
 use super::page::{self, Form, esc, q};
+use super::subscriptions;
 use crate::amqp::topology::Names;
 use crate::config::redact_url;
 use crate::webhook::storage::{self, AttemptRow};
@@ -27,9 +30,11 @@ pub async fn page(State(state): State<ConsoleState>, RawQuery(query): RawQuery) 
     let pool = &state.console.pool;
     let mut body = String::from("<h2>Subscriptions</h2>");
     match storage::list_subscriptions(pool).await {
-        Ok(subs) => body.push_str(&subscriptions(&subs, &csrf)),
+        Ok(subs) => body.push_str(&subscription_table(&subs, &csrf)),
         Err(e) => body.push_str(&page::error_box("cannot read subscriptions", &e)),
     }
+    body.push_str(&subscriptions::add_form(&csrf));
+    body.push_str(&super::guards::breakers_section());
     body.push_str("<h2>Recent deliveries</h2>");
     body.push_str(&filters(&form));
     let sub: Option<i64> = form.num("subscription");
@@ -57,7 +62,7 @@ pub async fn page(State(state): State<ConsoleState>, RawQuery(query): RawQuery) 
     .into_response()
 }
 
-fn subscriptions(subs: &[Subscription], csrf: &str) -> String {
+fn subscription_table(subs: &[Subscription], csrf: &str) -> String {
     let rows: Vec<Vec<String>> = subs
         .iter()
         .map(|s| {
@@ -82,9 +87,10 @@ fn subscriptions(subs: &[Subscription], csrf: &str) -> String {
                     "<form method=\"post\" action=\"/console/webhooks/active\" class=\"inline\">{}\
                      <input type=\"hidden\" name=\"id\" value=\"{id}\">\
                      <button name=\"active\" value=\"{flip}\" id=\"sub-{id}-toggle\" class=\"small\">{verb}</button>\
-                     <button name=\"active\" value=\"ping\" id=\"sub-{id}-ping\" class=\"small\">Ping</button></form>",
+                     <button name=\"active\" value=\"ping\" id=\"sub-{id}-ping\" class=\"small\">Ping</button></form>{manage}",
                     page::csrf_field(csrf),
-                    id = s.id
+                    id = s.id,
+                    manage = subscriptions::manage(s.id, csrf),
                 ),
             ]
         })
@@ -134,15 +140,24 @@ fn attempts(rows: &[&AttemptRow], csrf: &str) -> String {
         .iter()
         .map(|r| {
             let headers = serde_json::to_string_pretty(&r.request_headers).unwrap_or_default();
+            let response_headers = r.response_headers.as_ref().map_or_else(
+                || "(none recorded)".to_string(),
+                |h| serde_json::to_string_pretty(h).unwrap_or_default(),
+            );
             vec![
                 r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 format!(
-                    "<details><summary class=\"mono\">{d}</summary>\
-                     <p class=\"mono\">{url}</p><h3>Request headers</h3><pre>{h}</pre>\
-                     <h3>Response</h3><pre>{resp}</pre></details>",
+                    "<details id=\"attempt-{id}\"><summary class=\"mono\">{d}</summary>\
+                     <p class=\"mono\">{url}</p><h3>Request headers</h3><pre class=\"req-headers\">{h}</pre>\
+                     <h3>Request body</h3><pre class=\"req-body\">{req}</pre>\
+                     <h3>Response headers</h3><pre class=\"resp-headers\">{rh}</pre>\
+                     <h3>Response body</h3><pre class=\"resp-body\">{resp}</pre></details>",
+                    id = r.id,
                     d = r.delivery_id,
                     url = esc(&redact_url(&r.url)),
                     h = esc(&headers),
+                    req = esc(&pretty(r.request_body.as_deref().unwrap_or("(none recorded)"))),
+                    rh = esc(&response_headers),
                     resp = esc(r.response_excerpt.as_deref().unwrap_or("")),
                 ),
                 r.subscription_id.to_string(),
@@ -168,6 +183,15 @@ fn attempts(rows: &[&AttemptRow], csrf: &str) -> String {
         ],
         &rows,
     )
+}
+
+/// `text` re-indented when it is JSON (bodies are), as it came otherwise
+/// (including a body cut at its cap, which no longer parses).
+fn pretty(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| text.to_string())
 }
 
 fn back(flash: &str) -> Response {

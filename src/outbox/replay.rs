@@ -119,6 +119,20 @@ pub enum Progress {
     Bar(indicatif::ProgressBar),
     /// A plain line per page on stderr.
     Lines,
+    /// The latest [`Advance`], for a caller that keeps the cursor (the console
+    /// stores it, so a replay stopped by a restart resumes where it stopped).
+    Watch(tokio::sync::watch::Sender<Advance>),
+}
+
+/// Where a replay stands, after each confirmed page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Advance {
+    /// Rows published and confirmed so far.
+    pub done: u64,
+    /// Rows selected.
+    pub total: i64,
+    /// The first outbox id not yet confirmed: the `--from-id` to resume from.
+    pub next_id: i64,
 }
 
 impl Progress {
@@ -141,8 +155,10 @@ impl Progress {
         Progress::Bar(indicatif::ProgressBar::with_draw_target(Some(0), target).with_style(style))
     }
     fn start(&self, total: i64) {
-        if let Progress::Bar(b) = self {
-            b.set_length(u64::try_from(total).unwrap_or(0));
+        match self {
+            Progress::Bar(b) => b.set_length(u64::try_from(total).unwrap_or(0)),
+            Progress::Watch(w) => w.send_modify(|a| a.total = total),
+            Progress::Quiet | Progress::Lines => {}
         }
     }
     fn advance(&self, done: u64, total: i64, last_id: i64) {
@@ -150,6 +166,13 @@ impl Progress {
             Progress::Quiet => {}
             Progress::Bar(b) => b.set_position(done),
             Progress::Lines => eprintln!("replayed {done}/{total} (through outbox id {last_id})"),
+            Progress::Watch(w) => {
+                w.send_replace(Advance {
+                    done,
+                    total,
+                    next_id: last_id + 1,
+                });
+            }
         }
     }
     /// Clears the bar, so that the summary printed next starts a line of its own

@@ -30,6 +30,14 @@ use crate::config::WebhookConfig;
 
 /// Response bytes read at most (the rest is dropped with the connection).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Response headers kept at most, for the attempt record (a receiver could
+/// send thousands; the operator needs the first few).
+pub const MAX_RESPONSE_HEADERS: usize = 64;
+/// Characters of one response header value kept at most.
+pub const MAX_HEADER_VALUE_CHARS: usize = 512;
+/// Response headers whose values are not kept: the receiver's session
+/// credentials are none of ours to store or show.
+const UNRECORDED_HEADERS: [&str; 2] = ["set-cookie", "www-authenticate"];
 
 /// Why an attempt got no HTTP response.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +82,9 @@ pub struct Response {
     pub retry_after: Option<Duration>,
     /// The first [`MAX_RESPONSE_BYTES`] of the body.
     pub body: Bytes,
+    /// The first [`MAX_RESPONSE_HEADERS`] headers, values cut at
+    /// [`MAX_HEADER_VALUE_CHARS`] (cookies left out), for the attempt record.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The client: policy, HTTP client and per-host limits, shared by all attempts.
@@ -171,9 +182,11 @@ impl Client {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
+        let headers = recorded_headers(resp.headers());
         Ok(Response {
             status,
             retry_after,
+            headers,
             body: read_capped(resp).await,
         })
     }
@@ -222,6 +235,24 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+/// Response headers as the attempt record keeps them (see [`Response::headers`]).
+fn recorded_headers(h: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .take(MAX_RESPONSE_HEADERS)
+        .map(|(k, v)| {
+            let value = if UNRECORDED_HEADERS.contains(&k.as_str()) {
+                "(not recorded)".to_string()
+            } else {
+                String::from_utf8_lossy(v.as_bytes())
+                    .chars()
+                    .take(MAX_HEADER_VALUE_CHARS)
+                    .collect()
+            };
+            (k.as_str().to_string(), value)
+        })
+        .collect()
 }
 
 /// The first [`MAX_RESPONSE_BYTES`] of the body; a body cut short still leaves
@@ -295,6 +326,26 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recorded_headers_are_capped_and_leave_cookies_out() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("set-cookie", "session=abc".parse().unwrap());
+        h.insert("x-long", "v".repeat(2000).parse().unwrap());
+        let r = recorded_headers(&h);
+        let get = |k: &str| r.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("set-cookie").as_deref(), Some("(not recorded)"));
+        assert_eq!(get("x-long").map(|v| v.len()), Some(MAX_HEADER_VALUE_CHARS));
+        let mut many = reqwest::header::HeaderMap::new();
+        for i in 0..100 {
+            let name = format!("x-{i}");
+            many.insert(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "1".parse().unwrap(),
+            );
+        }
+        assert_eq!(recorded_headers(&many).len(), MAX_RESPONSE_HEADERS);
+    }
 
     #[test]
     fn retry_after_forms() {

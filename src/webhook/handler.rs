@@ -51,6 +51,9 @@ pub const WEBHOOK_KIND: &str = "webhook";
 pub const EV_WEBHOOK_DISABLED: &str = "webhook.disabled";
 /// Response characters kept in the attempt record.
 pub const EXCERPT_CHARS: usize = 1024;
+/// Request body bytes kept in the attempt record: enough to see what was sent
+/// (the whole payload stays in `webhook_deliveries`), bounded per attempt.
+pub const RECORDED_BODY_BYTES: usize = 16 * 1024;
 
 /// The body of a `webhook` job. The payload itself lives in `webhook_deliveries`,
 /// so every retry and redelivery sends the same bytes.
@@ -278,6 +281,8 @@ impl WebhookHandler {
             status: None,
             duration: Duration::ZERO,
             response_excerpt: None,
+            request_body: None,
+            response_headers: None,
             error: Some(why.to_string()),
         };
         self.record(&attempt, false, None, None).await?;
@@ -311,6 +316,15 @@ fn count(outcome: &str) {
         .webhook_deliveries_total
         .with_label_values(&[outcome])
         .inc();
+}
+
+/// The first `max` bytes of `body` as text, saying how long it was when cut.
+fn capped_text(body: &Bytes, max: usize) -> String {
+    let mut text = String::from_utf8_lossy(&body[..body.len().min(max)]).into_owned();
+    if body.len() > max {
+        text.push_str(&format!("\n… ({} bytes in all)", body.len()));
+    }
+    text
 }
 
 fn excerpt(body: &Bytes) -> String {
@@ -397,6 +411,7 @@ impl Handler for WebhookHandler {
         let request =
             span.in_scope(|| super::render::request(&delivery, &sub, &self.site, &signing, now));
         let (body, headers) = (Bytes::from(request.body), request.headers);
+        let request_body = capped_text(&body, RECORDED_BODY_BYTES);
         let started = Instant::now();
         let result = self
             .client
@@ -421,6 +436,14 @@ impl Handler for WebhookHandler {
         } else {
             ticket.success();
         }
+        let response_headers = result.as_ref().ok().map(|r| {
+            serde_json::Value::Object(
+                r.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect(),
+            )
+        });
         let outcome = self.classify(&job, result);
         let recorded_headers = serde_json::Value::Object(
             headers
@@ -438,6 +461,8 @@ impl Handler for WebhookHandler {
             status: outcome.status,
             duration,
             response_excerpt: outcome.excerpt,
+            request_body: Some(request_body),
+            response_headers,
             error: outcome.error,
         };
         let disabled_now = self

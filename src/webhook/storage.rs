@@ -346,6 +346,10 @@ pub struct NewAttempt {
     pub duration: Duration,
     /// The start of the response body.
     pub response_excerpt: Option<String>,
+    /// The start of the request body (`None`: no request was made).
+    pub request_body: Option<String>,
+    /// The response headers as a JSON object, when a response came.
+    pub response_headers: Option<serde_json::Value>,
     /// Why it failed.
     pub error: Option<String>,
 }
@@ -385,8 +389,10 @@ pub async fn record_attempt(
              UPDATE webhook_deliveries SET attempts = attempts + 1, state = $11, updated_at = now() \
              WHERE delivery_id = $1 RETURNING attempts) \
          INSERT INTO webhook_attempts (delivery_id, subscription_id, message_id, attempt, url, \
-             request_headers, outcome, status, duration_ms, response_excerpt, error) \
-         VALUES ($1, $2, $3, COALESCE((SELECT attempts FROM d), 1), $4, $5, $6, $7, $8, $9, $10)",
+             request_headers, outcome, status, duration_ms, response_excerpt, error, \
+             request_body, response_headers) \
+         VALUES ($1, $2, $3, COALESCE((SELECT attempts FROM d), 1), $4, $5, $6, $7, $8, $9, $10, \
+             $12, $13)",
     )
     .bind(a.delivery_id)
     .bind(a.subscription_id)
@@ -399,6 +405,8 @@ pub async fn record_attempt(
     .bind(&a.response_excerpt)
     .bind(&a.error)
     .bind(state)
+    .bind(&a.request_body)
+    .bind(&a.response_headers)
     .execute(&mut **tx)
     .await?;
     if !counts {
@@ -469,6 +477,10 @@ pub struct AttemptRow {
     pub duration_ms: i32,
     /// Response start.
     pub response_excerpt: Option<String>,
+    /// Request body start (NULL for attempts recorded before migration 0011).
+    pub request_body: Option<String>,
+    /// Response headers (NULL without a response, or before migration 0011).
+    pub response_headers: Option<serde_json::Value>,
     /// Error.
     pub error: Option<String>,
     /// When.
@@ -485,7 +497,7 @@ pub async fn list_attempts(
     sqlx::query_as(
         "SELECT a.id, a.delivery_id, a.subscription_id, d.event_type, a.message_id, a.attempt, \
                 a.url, a.request_headers, a.outcome, a.status, a.duration_ms, \
-                a.response_excerpt, a.error, a.created_at \
+                a.response_excerpt, a.request_body, a.response_headers, a.error, a.created_at \
          FROM webhook_attempts a LEFT JOIN webhook_deliveries d USING (delivery_id) \
          WHERE ($1::bigint IS NULL OR a.subscription_id = $1) \
            AND (NOT $2 OR a.outcome <> 'success') \

@@ -117,6 +117,7 @@ async fn receive(
         }
     };
     builder
+        .header("x-receiver", "hookfleet-test")
         .body(axum::body::Body::from("receiver says hi"))
         .unwrap()
 }

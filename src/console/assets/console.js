@@ -41,10 +41,14 @@
         d.outbox_oldest_pending_age_seconds == null ? "?" : Math.round(d.outbox_oldest_pending_age_seconds) + " s");
       set("[data-f=outbox_published_last_minute]", d.outbox_published_last_minute == null ? "?" : d.outbox_published_last_minute);
       set("[data-f=in_flight]", d.in_flight);
+      set("[data-f=relay_rate]", !d.relay_here ? "not running here"
+        : d.relay_rate == null ? "measuring\u2026" : d.relay_rate.toFixed(1) + "/s");
+      set("[data-f=relay_window]", d.relay_rate_window_seconds == null ? ""
+        : "over the last " + Math.round(d.relay_rate_window_seconds) + " s");
       set("[data-f=uptime]", d.uptime);
       var now = Date.now(), h = 0, f = 0;
       d.kinds.forEach(function (k) {
-        ["work", "retry", "dead", "in_flight"].forEach(function (x) { set('[data-k="' + k.kind + "." + x + '"]', k[x]); });
+        ["work", "consumers", "retry", "dead", "in_flight"].forEach(function (x) { set('[data-k="' + k.kind + "." + x + '"]', k[x]); });
         var prev = last && last.kinds[k.kind];
         if (prev) {
           var secs = (now - last.at) / 1000;
