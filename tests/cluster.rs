@@ -158,10 +158,10 @@ async fn recorded(pool: &PgPool) -> i64 {
 }
 
 /// Spooled pushes (the hook found no node).
+/// Pushes waiting in the spool (its job files; the directory also holds the
+/// hook's fairness buckets).
 fn spooled(cfg: &Config) -> usize {
-    std::fs::read_dir(&cfg.spool.dir)
-        .map(|d| d.filter_map(Result::ok).count())
-        .unwrap_or(0)
+    hookfleet::hook::spool::pending(&cfg.spool.dir).map_or(0, |p| p.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

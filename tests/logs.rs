@@ -110,6 +110,12 @@ fn message(v: &Value) -> &str {
 /// Environment for a worker on `db` under `prefix`, JSON logs, admin on port 0.
 fn worker_env(db: &TestDb, prefix: &str, rust_log: &str) -> Vec<(String, String)> {
     let allowed = format!("[{:?}]", std::env::temp_dir().display().to_string());
+    // A spool of its own: a job another test left in the default spool would
+    // make this worker's flusher connect (and log) too.
+    let spool = std::env::temp_dir()
+        .join(format!("hookfleet-test-spool-{prefix}"))
+        .display()
+        .to_string();
     [
         ("HOOKFLEET_DATABASE__URL", db.url.as_str()),
         ("HOOKFLEET_DATABASE__AUTO_MIGRATE", "false"),
@@ -119,6 +125,7 @@ fn worker_env(db: &TestDb, prefix: &str, rust_log: &str) -> Vec<(String, String)
         ("HOOKFLEET_LOG__FORMAT", "json"),
         // The test repositories are temporary ones without the hook.
         ("HOOKFLEET_HOOK__ALLOWED_DIRS", &allowed),
+        ("HOOKFLEET_SPOOL__DIR", &spool),
         ("RUST_LOG", rust_log),
     ]
     .into_iter()
