@@ -236,12 +236,13 @@ pub async fn run(
     let names = Names::new(&cfg.amqp.prefix);
     let sink = format!("{}.noisy-sink", cfg.amqp.prefix);
     declare_queue(&cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
-    let mut worker = WorkerProc::spawn(
-        exe,
-        &worker_env_at(&cfg, &root),
-        free_port()?,
-        &root.join("worker.log"),
-    )?;
+    // The worker runs with the defaults; HOOKFLEET_FAIRNESS__BULK_CONCURRENCY
+    // given to the bench is passed on, to compare settings.
+    let mut env = worker_env_at(&cfg, &root);
+    if let Ok(v) = std::env::var("HOOKFLEET_FAIRNESS__BULK_CONCURRENCY") {
+        env.push(("HOOKFLEET_FAIRNESS__BULK_CONCURRENCY".into(), v));
+    }
+    let mut worker = WorkerProc::spawn(exe, &env, free_port()?, &root.join("worker.log"))?;
     worker.wait_ready(Duration::from_secs(30)).await?;
     let conn = amqp::connect(&cfg.amqp, "bench-sink").await?;
     let ch = conn.create_channel().await?;

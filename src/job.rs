@@ -30,6 +30,10 @@ pub struct Job {
     pub raw: bytes::Bytes,
     /// The body as a JSON value, parsed on first use.
     pub parsed: std::sync::OnceLock<serde_json::Value>,
+    /// Delivered from the kind's bulk queue (a storm the hook set apart,
+    /// `crate::hook::fairness`): a handler keeps such work apart from the rest
+    /// where they would share something (the push handler's group commit).
+    pub bulk: bool,
 }
 
 impl Job {

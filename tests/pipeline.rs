@@ -621,6 +621,7 @@ fn job_of(kind: &str, id: uuid::Uuid, body: &impl serde::Serialize) -> Job {
         raw: serde_json::to_vec(body).unwrap().into(),
         parsed: std::sync::OnceLock::new(),
         envelope,
+        bulk: false,
     }
 }
 

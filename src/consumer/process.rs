@@ -44,6 +44,8 @@ pub struct Lane {
     pub kind: String,
     /// Work queue name.
     pub queue: String,
+    /// Whether `queue` is the kind's bulk queue.
+    pub bulk: bool,
     in_flight: prometheus::IntGauge,
     duration: prometheus::Histogram,
     acked: prometheus::IntCounter,
@@ -52,8 +54,8 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// A lane for `handler` consuming `queue`.
-    pub fn new(handler: Arc<dyn Handler>, queue: String) -> Self {
+    /// A lane for `handler` consuming `queue` (`bulk`: the kind's bulk queue).
+    pub fn new(handler: Arc<dyn Handler>, queue: String, bulk: bool) -> Self {
         let kind = handler.kind().to_string();
         let m = metrics();
         Self {
@@ -71,6 +73,7 @@ impl Lane {
             handler,
             kind,
             queue,
+            bulk,
         }
     }
 }
@@ -267,6 +270,7 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
             raw: body.clone(),
             parsed: std::sync::OnceLock::new(),
             envelope,
+            bulk: lane.bulk,
         };
         lane.in_flight.inc();
         let result = run_handler(&lane.handler, job, ctx.config.worker.handler_timeout).await;

@@ -301,7 +301,11 @@ impl Supervisor {
             session.channels.push((ch, tag));
             let lp = ConsumeLoop {
                 ctx: self.ctx.clone(),
-                lane: Arc::new(Lane::new(handler.clone(), queue.to_string())),
+                lane: Arc::new(Lane::new(
+                    handler.clone(),
+                    queue.to_string(),
+                    permit_key != handler.kind(),
+                )),
                 kind: permit_key.to_string(),
                 queue: queue.to_string(),
                 pool: self.pool.clone(),

@@ -30,6 +30,10 @@ pub struct PushHandler {
     repos: Arc<RepoCache>,
     pool: PgPool,
     writer: Arc<GroupCommit>,
+    /// The bulk queue's own group commit (one writer): a storm's pushes all
+    /// take its repository's lock, and sharing statements with them would make
+    /// other repositories' pushes wait for that lock.
+    bulk_writer: Arc<GroupCommit>,
     limits: RateLimits,
 }
 
@@ -54,6 +58,13 @@ impl PushHandler {
             config.push.group_writers as usize,
             config.push.group_max as usize,
         ));
+        let bulk_writer = Arc::new(GroupCommit::new(
+            pool.clone(),
+            names.clone(),
+            names.queue(PUSH_KIND),
+            1,
+            config.bulk_permits() as usize,
+        ));
         let rl = &config.rate_limit;
         let overrides: Vec<(String, f64)> = rl
             .repositories
@@ -67,6 +78,7 @@ impl PushHandler {
             repos,
             pool,
             writer,
+            bulk_writer,
             limits,
         }
     }
@@ -161,7 +173,7 @@ impl Handler for PushHandler {
             Ok(read) => read,
             Err(e) => return inbox::skip_if_handled(&self.pool, message_id, e).await,
         };
-        let done = self.record(message_id, push, events).await;
+        let done = self.record(message_id, push, events, job.bulk).await;
         if heavy {
             // What the giant push allocated is freed by now: give it back.
             crate::alloc::request_release();
@@ -193,10 +205,16 @@ impl PushHandler {
         message_id: uuid::Uuid,
         push: PushJob,
         events: Vec<Event>,
+        bulk: bool,
     ) -> Result<Done, JobError> {
         let (repository, refs, events_count) =
             (push.repository.clone(), push.updates.len(), events.len());
-        match self.writer.write(message_id, push, events).await? {
+        let writer = if bulk {
+            &self.bulk_writer
+        } else {
+            &self.writer
+        };
+        match writer.write(message_id, push, events).await? {
             Written::Duplicate => Ok(inbox::duplicate()),
             Written::Recorded { webhooks } => {
                 tracing::info!(
