@@ -29,21 +29,6 @@ const KNOWN_KNOTS: &[(&str, &[&str], &str)] = &[
         "the console is part of the admin server (AdminState holds it, its router is \
          Router<AdminState>): move src/console/ under src/admin/",
     ),
-    (
-        "src/console",
-        &[
-            "auth",
-            "dlq",
-            "guards",
-            "mod",
-            "outbox",
-            "overview",
-            "subscriptions",
-            "webhooks",
-        ],
-        "ConsoleState and the shared page types leave mod.rs for a file of their own, \
-         so mod.rs only routes",
-    ),
 ];
 
 /// A reference from one module to another, remembered by its first site for the report.

@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::ConsoleState;
 use super::page::{self, Form};
+use super::state::ConsoleState;
 
 /// Session cookie name.
 pub const SESSION_COOKIE: &str = "hookfleet_console";

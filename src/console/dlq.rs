@@ -6,9 +6,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, body::Bytes};
 
-use super::ConsoleState;
 use super::auth::{Who, csrf_token};
 use super::page::{self, Form, esc, q};
+use super::state::ConsoleState;
 use crate::dlq::{self, Action, Filter};
 
 /// Rows shown on the page at most.

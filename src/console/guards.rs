@@ -12,9 +12,9 @@ use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use prometheus::core::Collector;
 
-use super::ConsoleState;
 use super::auth::{Who, csrf_token};
 use super::page::{self, Form, esc, q};
+use super::state::ConsoleState;
 use crate::guard::pause;
 use crate::metrics::metrics;
 

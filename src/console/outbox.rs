@@ -16,11 +16,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Json, body::Bytes};
 use tokio_util::sync::CancellationToken;
 
-use super::ConsoleState;
 use super::auth::{Who, csrf_token};
 use super::page::{self, Form, esc, q};
 use super::replay_store::{self, ReplayRow};
 use super::replay_task::{self, Run};
+use super::state::ConsoleState;
 use crate::amqp::topology::Names;
 use crate::outbox::replay::{self, Progress, ReplayRequest};
 use crate::outbox::status;

@@ -14,9 +14,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, body::Bytes, extract::State};
 
-use super::ConsoleState;
 use super::auth::{Who, csrf_token};
 use super::page::{self, Form, esc, q};
+use super::state::ConsoleState;
 use crate::amqp::topology::Names;
 use crate::config::redact_url;
 use crate::webhook::admin::{self, AddRequest};

@@ -9,9 +9,9 @@ use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, body::Bytes};
 
-use super::ConsoleState;
 use super::auth::{Who, csrf_token};
 use super::page::{self, Form, esc, q};
+use super::state::ConsoleState;
 use super::subscriptions;
 use crate::amqp::topology::Names;
 use crate::config::redact_url;
