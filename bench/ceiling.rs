@@ -24,7 +24,8 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
 use crate::support::{
-    PREFETCH, body, declare_queue, delete_queue, publish_raw_data, wait_for_quiet_services,
+    PREFETCH, body, declare_queue, delete_queue, publish_raw_data, sink_consumer,
+    wait_for_quiet_services,
 };
 
 /// Busy CPU time of the whole machine so far, all cores, in seconds: user, nice,
@@ -63,19 +64,7 @@ pub async fn broker_traffic(cfg: &Config, n: u64) -> anyhow::Result<Option<f64>>
     wait_for_quiet_services().await;
 
     let conn = amqp::connect(&cfg.amqp, "bench-ceiling").await?;
-    let sink_ch = conn.create_channel().await?;
-    sink_ch.basic_qos(1000, BasicQosOptions::default()).await?;
-    let mut sink_consumer = sink_ch
-        .basic_consume(
-            sink.as_str().into(),
-            "ceiling-sink".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (_sink_ch, mut sink_consumer) = sink_consumer(&conn, &sink, "ceiling-sink").await?;
     let work_ch = conn.create_channel().await?;
     work_ch
         .basic_qos(PREFETCH, BasicQosOptions::default())

@@ -16,20 +16,16 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use hookfleet::amqp::{self, publish, topology::Names};
 use hookfleet::config::Config;
-use hookfleet::push_job::update::RefUpdate;
 use hookfleet::push_job::{PUSH_KIND, PushJob};
 use lapin::Consumer;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::ceiling::{machine_busy_seconds, ms_per};
 use crate::common::procs::{WorkerProc, free_port, metric, worker_env};
 use crate::common::repo::TinyRepo;
 use crate::support::{
-    OUTBOX_TABLES, PREFETCH, declare_queue, declare_topology, delete_queue, delete_topology,
-    percentile, truncate, wait_for_quiet_services,
+    OUTBOX_TABLES, PREFETCH, branch_push, declare_queue, declare_topology, delete_queue,
+    delete_topology, percentile, sink_consumer, truncate, wait_for_quiet_services,
 };
 
 /// Latency percentiles in ms.
@@ -104,20 +100,7 @@ impl Counts {
 const LAST_EVENT: &str = "git.branch.created";
 
 fn job(repo: &TinyRepo, i: usize) -> PushJob {
-    PushJob {
-        push_id: Uuid::now_v7(),
-        repository: repo.name.clone(),
-        path: None,
-        pusher: Some("bench".into()),
-        push_options: Vec::new(),
-        pushed_at: Utc::now(),
-        refs_omitted: 0,
-        updates: vec![RefUpdate {
-            refname: format!("refs/heads/e2e-{i}"),
-            before: "0".repeat(40),
-            after: repo.c2.clone(),
-        }],
-    }
+    branch_push(&repo.name, format!("refs/heads/e2e-{i}"), &repo.c2)
 }
 
 /// Consumes until `n` pushes completed (their last event arrived); returns the
@@ -236,19 +219,7 @@ pub async fn end_to_end_with(
     let mut worker = WorkerProc::spawn(exe, &env, free_port()?, &log)?;
     worker.wait_ready(Duration::from_secs(30)).await?;
     let conn = amqp::connect(&cfg.amqp, "bench-sink").await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(1000, BasicQosOptions::default()).await?;
-    let consumer = ch
-        .basic_consume(
-            sink.as_str().into(),
-            "e2e".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (_ch, consumer) = sink_consumer(&conn, &sink, "e2e").await?;
 
     // Full load: the publisher is not throttled.
     wait_for_quiet_services().await;

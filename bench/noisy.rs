@@ -20,17 +20,13 @@ use hookfleet::amqp::{self, publish, topology::Names};
 use hookfleet::config::Config;
 use hookfleet::hook::fairness;
 use hookfleet::push_job::PushJob;
-use hookfleet::push_job::update::RefUpdate;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::common::procs::{WorkerProc, free_port, worker_env_at};
 use crate::common::repo::{TinyRepo, git};
 use crate::support::{
-    OUTBOX_TABLES, declare_queue, declare_topology, delete_queue, delete_topology, percentile,
-    truncate, wait_for_quiet_services,
+    OUTBOX_TABLES, branch_push, declare_queue, declare_topology, delete_queue, delete_topology,
+    percentile, sink_consumer, truncate, wait_for_quiet_services,
 };
 
 /// Quiet repositories and each one's pushes per second.
@@ -62,20 +58,7 @@ pub struct Noisy {
 }
 
 fn job(repository: &str, n: usize, commit: &str) -> PushJob {
-    PushJob {
-        push_id: Uuid::now_v7(),
-        repository: repository.into(),
-        path: None,
-        pusher: Some("bench".into()),
-        push_options: Vec::new(),
-        pushed_at: Utc::now(),
-        refs_omitted: 0,
-        updates: vec![RefUpdate {
-            refname: format!("refs/heads/n{n}"),
-            before: "0".repeat(40),
-            after: commit.into(),
-        }],
-    }
+    branch_push(repository, format!("refs/heads/n{n}"), commit)
 }
 
 /// Publishes `jobs` (`every` apart; zero: as fast as confirms allow), each to
@@ -245,19 +228,7 @@ pub async fn run(
     let mut worker = WorkerProc::spawn(exe, &env, free_port()?, &root.join("worker.log"))?;
     worker.wait_ready(Duration::from_secs(30)).await?;
     let conn = amqp::connect(&cfg.amqp, "bench-sink").await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(1000, BasicQosOptions::default()).await?;
-    let consumer = ch
-        .basic_consume(
-            sink.as_str().into(),
-            "noisy".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (_ch, consumer) = sink_consumer(&conn, &sink, "noisy").await?;
     let commit = repo.c2.clone();
     // Warm-up, not counted: the worker's first pushes open repositories and
     // connections.

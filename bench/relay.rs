@@ -7,15 +7,13 @@ use futures_util::StreamExt;
 use hookfleet::amqp::{self, topology::Names};
 use hookfleet::config::Config;
 use hookfleet::outbox::{self, Event};
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{
-    BODY_SIZE, OUTBOX_TABLES, declare_queue, delete_queue, now_micros, percentile, truncate,
-    wait_for_quiet_services,
+    BODY_SIZE, OUTBOX_TABLES, declare_queue, delete_queue, now_micros, percentile, sink_consumer,
+    truncate, wait_for_quiet_services,
 };
 
 fn event(names: &Names, t: i64) -> Event {
@@ -99,19 +97,7 @@ pub async fn relay_latency(
     ));
     let total = rate * secs;
     let conn = amqp::connect(&cfg.amqp, "bench-consumer").await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(1000, BasicQosOptions::default()).await?;
-    let mut consumer = ch
-        .basic_consume(
-            sink.as_str().into(),
-            "latency".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (_ch, mut consumer) = sink_consumer(&conn, &sink, "latency").await?;
     let collector = tokio::spawn(async move {
         let mut lat = Vec::with_capacity(total as usize);
         while lat.len() < total as usize {

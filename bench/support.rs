@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use crate::common::procs::process_cpu_seconds;
 use hookfleet::amqp::{self, publish};
 use hookfleet::config::{Config, QueueType, SecretUrl};
-use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
 use sqlx::{Connection, PgConnection};
@@ -405,5 +407,46 @@ pub async fn wait_for_quiet_services() {
         if used < 0.05 * window.as_secs_f64() {
             return;
         }
+    }
+}
+
+/// A consumer of `queue` on a channel of its own (prefetch 1,000, no acks):
+/// how the benches read their sink queues. The channel is returned with it.
+pub async fn sink_consumer(
+    conn: &lapin::Connection,
+    queue: &str,
+    tag: &str,
+) -> anyhow::Result<(lapin::Channel, lapin::Consumer)> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(1000, BasicQosOptions::default()).await?;
+    let consumer = ch
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((ch, consumer))
+}
+
+/// A push of `repository` creating branch `refname` at `after`, pushed now.
+pub fn branch_push(repository: &str, refname: String, after: &str) -> hookfleet::push_job::PushJob {
+    hookfleet::push_job::PushJob {
+        push_id: uuid::Uuid::now_v7(),
+        repository: repository.into(),
+        path: None,
+        pusher: Some("bench".into()),
+        push_options: Vec::new(),
+        pushed_at: chrono::Utc::now(),
+        refs_omitted: 0,
+        updates: vec![hookfleet::push_job::update::RefUpdate {
+            refname,
+            before: "0".repeat(40),
+            after: after.into(),
+        }],
     }
 }

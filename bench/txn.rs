@@ -12,19 +12,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use hookfleet::amqp::topology::Names;
 use hookfleet::outbox::Event;
 use hookfleet::push::record::{PushWrite, record};
-use hookfleet::push_job::PushJob;
-use hookfleet::push_job::update::RefUpdate;
 use hookfleet::webhook::deliveries_for_push;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::ceiling::{machine_busy_seconds, ms_per};
-use crate::support::{OUTBOX_TABLES, truncate};
+use crate::support::{OUTBOX_TABLES, branch_push, truncate};
 
 /// One baseline round.
 pub struct TxnRun {
@@ -53,20 +50,11 @@ pub async fn push_transactions(
         let (pool, names, done) = (pool.clone(), names.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                let push = PushJob {
-                    push_id: Uuid::now_v7(),
-                    repository: "repo.git".into(),
-                    path: None,
-                    pusher: Some("bench".into()),
-                    push_options: Vec::new(),
-                    pushed_at: Utc::now(),
-                    refs_omitted: 0,
-                    updates: vec![RefUpdate {
-                        refname: format!("refs/heads/b-{}", Uuid::now_v7().simple()),
-                        before: "0".repeat(40),
-                        after: "a".repeat(40),
-                    }],
-                };
+                let push = branch_push(
+                    "repo.git",
+                    format!("refs/heads/b-{}", Uuid::now_v7().simple()),
+                    &"a".repeat(40),
+                );
                 let payload = json!({ "push_id": push.push_id, "pad": "x".repeat(1000) });
                 let corr = Some(push.push_id.to_string());
                 let events = [

@@ -1627,20 +1627,17 @@ impl Config {
                 ));
             }
         }
-        for (key, b) in [
-            ("repository_burst", f.repository_burst),
-            ("owner_burst", f.owner_burst),
-        ] {
-            if !(1..=1_000_000).contains(&b) {
-                return Err(invalid(key, format!("must be 1..=1000000, got {b}")));
-            }
-        }
-        if !(1..=10_000).contains(&f.bulk_concurrency) {
-            return Err(invalid(
-                "bulk_concurrency",
-                format!("must be 1..=10000, got {}", f.bulk_concurrency),
-            ));
-        }
+        range(
+            "fairness.repository_burst",
+            f.repository_burst.into(),
+            1..=1_000_000,
+        )?;
+        range("fairness.owner_burst", f.owner_burst.into(), 1..=1_000_000)?;
+        range(
+            "fairness.bulk_concurrency",
+            f.bulk_concurrency.into(),
+            1..=10_000,
+        )?;
         Ok(())
     }
 

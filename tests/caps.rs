@@ -191,22 +191,10 @@ async fn a_push_of_many_refs_becomes_a_capped_job_and_a_capped_bulk_event() {
 /// Waits for the next event of `event_type` in the sink (others taken meanwhile
 /// are dropped).
 async fn wait_for_type(sink: &EventSink, event_type: &str) -> SinkEvent {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some(e) = sink
-            .take()
-            .await
-            .into_iter()
-            .find(|e| e.event_type == event_type)
-        {
-            return e;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {event_type} event within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sink.wait_for_match(WAIT, &format!("a {event_type} event"), |e| {
+        e.event_type == event_type
+    })
+    .await
 }
 
 #[tokio::test]

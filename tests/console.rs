@@ -611,13 +611,7 @@ async fn an_operator_pauses_and_resumes_a_kind_from_the_guards_page() {
     let env = Env::start().await;
     let b = Browser::start().await;
     let c = &b.client;
-    c.goto(&format!("{}/console/login", env.base))
-        .await
-        .unwrap();
-    b.fill("#token", TOKEN).await;
-    b.fill("#user", "ann").await;
-    b.click("#signin").await;
-    assert_eq!(b.text("h1").await, "Overview");
+    b.login(&env.base, "ann").await;
 
     // The page shows the breakers this process's gauge holds (the breaker
     // itself is tested with a blackholed host in tests/guards.rs).

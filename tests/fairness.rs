@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use common::gitrepo::{Repos, git};
@@ -128,22 +128,11 @@ async fn another_repositorys_push_passes_a_storm_in_the_bulk_queue() {
     publish(&broker, "push", &quiet).await;
     let quiet_id = quiet.push_id.to_string();
     // One permit for the storm: the quiet push is written long before it drains.
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let storm_left = loop {
-        got.extend(sink.take().await);
-        if got
-            .iter()
-            .any(|e| e.correlation_id.as_deref() == Some(quiet_id.as_str()))
-        {
-            break broker.depth(&bulk).await;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the quiet push's events did not come"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    sink.wait_for_match(Duration::from_secs(60), "the quiet push's events", |e| {
+        e.correlation_id.as_deref() == Some(quiet_id.as_str())
+    })
+    .await;
+    let storm_left = broker.depth(&bulk).await;
     assert!(
         storm_left > 0,
         "the quiet push waited for the whole storm of {STORM}"

@@ -506,19 +506,12 @@ async fn start(state: &ConsoleState, who: &Who, form: &Form) -> Response {
         return back("a replay is already running");
     }
     tracing::info!(user = %who.user, via = who.via, console.replay = id, outbox.request = ?req, "console action: outbox replay started");
-    replay_task::spawn(
-        &c.pool,
-        c.config.amqp.clone(),
-        c.instance,
-        c.running.clone(),
-        c.replay_stop.clone(),
-        Run {
-            id,
-            plan,
-            published_before: 0,
-            user: who.user.clone(),
-        },
-    );
+    c.spawn_replay(Run {
+        id,
+        plan,
+        published_before: 0,
+        user: who.user.clone(),
+    });
     back(&format!("replay {id} started"))
 }
 
@@ -559,18 +552,11 @@ async fn resume(state: &ConsoleState, who: &Who, form: &Form) -> Response {
     };
     tracing::info!(user = %who.user, via = who.via, console.replay = id, outbox.from_id = row.next_id,
         count = row.published, "console action: outbox replay resumed");
-    replay_task::spawn(
-        &c.pool,
-        c.config.amqp.clone(),
-        c.instance,
-        c.running.clone(),
-        c.replay_stop.clone(),
-        Run {
-            id,
-            plan,
-            published_before: row.published,
-            user: who.user.clone(),
-        },
-    );
+    c.spawn_replay(Run {
+        id,
+        plan,
+        published_before: row.published,
+        user: who.user.clone(),
+    });
     back(&format!("replay {id} resumed from id {}", row.next_id))
 }

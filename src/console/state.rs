@@ -75,3 +75,17 @@ pub(super) struct ConsoleState {
     pub(super) admin: AdminState,
     pub(super) console: Arc<Console>,
 }
+
+impl Console {
+    /// Runs `run` in the background as this process's replay.
+    pub(super) fn spawn_replay(&self, run: replay_task::Run) {
+        replay_task::spawn(
+            &self.pool,
+            self.config.amqp.clone(),
+            self.instance,
+            self.running.clone(),
+            self.replay_stop.clone(),
+            run,
+        );
+    }
+}

@@ -246,14 +246,15 @@ impl Supervisor {
             if !kinds.contains(kind) || session.paused.contains(kind) {
                 continue;
             }
-            let mut queues = vec![(self.ctx.names.queue(kind), kind.clone())];
+            // (queue, pool permits it takes, whether it is the bulk queue)
+            let mut queues = vec![(self.ctx.names.queue(kind), kind.clone(), false)];
             if topology::has_bulk(kind) {
                 let key = topology::bulk_routing_key(kind);
-                queues.push((self.ctx.names.bulk_queue(kind), key));
+                queues.push((self.ctx.names.bulk_queue(kind), key, true));
             }
-            for (queue, permit_key) in queues {
+            for (queue, permit_key, bulk) in queues {
                 if let Err(e) = self
-                    .consume(&mut session, handler, &queue, &permit_key, &stop)
+                    .consume(&mut session, handler, &queue, &permit_key, bulk, &stop)
                     .await
                 {
                     self.teardown(session, Duration::ZERO).await;
@@ -267,15 +268,16 @@ impl Supervisor {
         Ok(session)
     }
 
-    /// Opens `amqp.consumers_per_queue` consumers of `queue` into `session`,
-    /// their deliveries taking the pool permits of `permit_key` (the kind, or
-    /// its bulk queue's routing key).
+    /// Opens `amqp.consumers_per_queue` consumers of `queue` (`bulk`: the
+    /// kind's bulk queue) into `session`, their deliveries taking the pool
+    /// permits of `permit_key` (the kind, or its bulk queue's routing key).
     async fn consume(
         &self,
         session: &mut Session,
         handler: &Arc<dyn Handler>,
         queue: &str,
         permit_key: &str,
+        bulk: bool,
         stop: &CancellationToken,
     ) -> Result<(), lapin::Error> {
         let cfg = &self.ctx.config;
@@ -301,11 +303,7 @@ impl Supervisor {
             session.channels.push((ch, tag));
             let lp = ConsumeLoop {
                 ctx: self.ctx.clone(),
-                lane: Arc::new(Lane::new(
-                    handler.clone(),
-                    queue.to_string(),
-                    permit_key != handler.kind(),
-                )),
+                lane: Arc::new(Lane::new(handler.clone(), queue.to_string(), bulk)),
                 kind: permit_key.to_string(),
                 queue: queue.to_string(),
                 pool: self.pool.clone(),

@@ -446,6 +446,21 @@ impl EventSink {
         out
     }
 
+    /// Waits (up to `timeout`) for an event that `matches`, taking and dropping
+    /// the others that come before it.
+    pub async fn wait_for_match(
+        &self,
+        timeout: Duration,
+        what: &str,
+        matches: impl Fn(&SinkEvent) -> bool,
+    ) -> SinkEvent {
+        let matches = &matches;
+        eventually(timeout, what, || async move {
+            self.take().await.into_iter().find(|e| matches(e))
+        })
+        .await
+    }
+
     /// Waits until `n` events have arrived in total (plus any already in `got`).
     pub async fn wait_for(&self, got: &mut Vec<SinkEvent>, n: usize, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
