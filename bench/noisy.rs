@@ -104,13 +104,15 @@ async fn publish_all(
     Ok(())
 }
 
-/// Latencies (ms) of the quiet repositories' pushes and when the storm's last
-/// push completed, consuming until `quiet` and `storm` pushes completed.
+/// The quiet repositories' pushes: when each was pushed (seconds into the
+/// phase) and its latency (ms), and when the storm's last push completed,
+/// consuming until `quiet` and `storm` pushes completed.
 async fn collect(
     mut consumer: lapin::Consumer,
     quiet: usize,
     storm: usize,
-) -> (lapin::Consumer, Vec<f64>, Option<Instant>) {
+    start: DateTime<Utc>,
+) -> (lapin::Consumer, Vec<(f64, f64)>, Option<Instant>) {
     let (mut lat, mut storm_seen, mut storm_done) = (Vec::with_capacity(quiet), 0, None);
     while lat.len() < quiet || storm_seen < storm {
         let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(120), consumer.next()).await
@@ -137,7 +139,8 @@ async fn collect(
             .as_str()
             .and_then(|s| s.parse::<DateTime<Utc>>().ok())
         {
-            lat.push((Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+            lat.push((ms(at - start) / 1000.0, ms(Utc::now() - at)));
         }
     }
     (consumer, lat, storm_done)
@@ -148,6 +151,23 @@ fn lat(mut v: Vec<f64>) -> Lat {
         p50: percentile(&mut v, 50.0),
         p99: percentile(&mut v, 99.0),
     }
+}
+
+/// Prints the quiet pushes' p50/p99 per second of the phase (to stderr), to
+/// see where in a storm phase the slow pushes are.
+fn print_seconds(tag: &str, samples: &[(f64, f64)]) {
+    let mut by_second: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
+    for (at, ms) in samples {
+        by_second.entry(at.floor() as i64).or_default().push(*ms);
+    }
+    let cells: Vec<String> = by_second
+        .into_values()
+        .map(|mut v| {
+            let (p50, p99) = (percentile(&mut v, 50.0), percentile(&mut v, 99.0));
+            format!("{p50:.0}/{p99:.0}")
+        })
+        .collect();
+    eprintln!("noisy {tag}: p50/p99 ms per second: {}", cells.join(" "));
 }
 
 /// The quiet repositories' pushes for `secs` seconds, round robin.
@@ -173,7 +193,7 @@ async fn phase(
     let (n_quiet, quiet) = quiet_jobs(secs, first);
     wait_for_quiet_services().await;
     let start = Instant::now();
-    let collector = tokio::spawn(collect(consumer, n_quiet, storm));
+    let collector = tokio::spawn(collect(consumer, n_quiet, storm, Utc::now()));
     let storm_pub = {
         let (cfg, buckets, commit) = (cfg.clone(), buckets.clone(), commit.to_string());
         tokio::spawn(async move {
@@ -186,6 +206,10 @@ async fn phase(
     storm_pub.await??;
     let (consumer, quiet_lat, storm_done) = collector.await?;
     let drain = storm_done.map_or(0.0, |t| (t - start).as_secs_f64());
+    if storm > 0 {
+        print_seconds(if fair { "fairness" } else { "one FIFO" }, &quiet_lat);
+    }
+    let quiet_lat = quiet_lat.into_iter().map(|(_, ms)| ms).collect();
     Ok((consumer, lat(quiet_lat), drain))
 }
 
@@ -218,13 +242,13 @@ pub async fn run(
     declare_topology(&cfg).await?;
     let names = Names::new(&cfg.amqp.prefix);
     let sink = format!("{}.noisy-sink", cfg.amqp.prefix);
+    // Every event (an event no queue takes is unroutable, and the relay keeps
+    // retrying it); the bench reads only the last of each push.
     declare_queue(&cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
-    // The worker runs with the defaults; HOOKFLEET_FAIRNESS__BULK_CONCURRENCY
-    // given to the bench is passed on, to compare settings.
+    // The worker runs with the defaults; HOOKFLEET_FAIRNESS__* given to the
+    // bench is passed on, to compare settings (bulk_concurrency, bulk_pacing).
     let mut env = worker_env_at(&cfg, &root);
-    if let Ok(v) = std::env::var("HOOKFLEET_FAIRNESS__BULK_CONCURRENCY") {
-        env.push(("HOOKFLEET_FAIRNESS__BULK_CONCURRENCY".into(), v));
-    }
+    env.extend(std::env::vars().filter(|(k, _)| k.starts_with("HOOKFLEET_FAIRNESS__")));
     let mut worker = WorkerProc::spawn(exe, &env, free_port()?, &root.join("worker.log"))?;
     worker.wait_ready(Duration::from_secs(30)).await?;
     let conn = amqp::connect(&cfg.amqp, "bench-sink").await?;

@@ -922,6 +922,17 @@ pub struct FairnessConfig {
     /// also count against `worker.concurrency`; the rest stay free for the
     /// push queue).
     pub bulk_concurrency: u32,
+    /// Whether a worker paces its bulk queue by how its push queue fares
+    /// (`src/guard/pacer.rs`): bulk jobs start only as fast as they leave the
+    /// push queue's jobs within `bulk_tolerance` of their time without a storm.
+    pub bulk_pacing: bool,
+    /// A push-queue job slower than this multiple of its time without a storm
+    /// counts as slowed by the storm (more than 1 in 10 slowed halves the bulk
+    /// rate).
+    pub bulk_tolerance: f64,
+    /// Bulk jobs per second a worker starts however slowed its push queue is,
+    /// so that a storm always drains.
+    pub bulk_min_rate: f64,
 }
 
 /// Default of `fairness.repository_rate`.
@@ -934,6 +945,10 @@ pub const FAIRNESS_OWNER_RATE: f64 = 100.0;
 pub const FAIRNESS_OWNER_BURST: u32 = 400;
 /// Default of `fairness.bulk_concurrency`.
 pub const FAIRNESS_BULK_CONCURRENCY: u32 = 4;
+/// Default of `fairness.bulk_tolerance`.
+pub const FAIRNESS_BULK_TOLERANCE: f64 = 2.0;
+/// Default of `fairness.bulk_min_rate`.
+pub const FAIRNESS_BULK_MIN_RATE: f64 = 20.0;
 
 impl Default for FairnessConfig {
     fn default() -> Self {
@@ -944,6 +959,9 @@ impl Default for FairnessConfig {
             owner_rate: FAIRNESS_OWNER_RATE,
             owner_burst: FAIRNESS_OWNER_BURST,
             bulk_concurrency: FAIRNESS_BULK_CONCURRENCY,
+            bulk_pacing: true,
+            bulk_tolerance: FAIRNESS_BULK_TOLERANCE,
+            bulk_min_rate: FAIRNESS_BULK_MIN_RATE,
         }
     }
 }
@@ -1609,7 +1627,8 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 
-    /// `[fairness]`: rates finite and positive, buckets of at least one push.
+    /// `[fairness]`: rates finite and positive, buckets of at least one push,
+    /// a tolerance of at least 1 (a push job is never faster than itself).
     fn validate_fairness(&self) -> Result<(), ConfigError> {
         let f = &self.fairness;
         let invalid = |key: &str, message: String| ConfigError::Invalid {
@@ -1619,6 +1638,7 @@ impl Config {
         for (key, r) in [
             ("repository_rate", f.repository_rate),
             ("owner_rate", f.owner_rate),
+            ("bulk_min_rate", f.bulk_min_rate),
         ] {
             if !r.is_finite() || r <= 0.0 {
                 return Err(invalid(
@@ -1638,6 +1658,15 @@ impl Config {
             f.bulk_concurrency.into(),
             1..=10_000,
         )?;
+        if !(1.0..=100.0).contains(&f.bulk_tolerance) {
+            return Err(invalid(
+                "bulk_tolerance",
+                format!(
+                    "must be a multiple between 1 and 100, got {}",
+                    f.bulk_tolerance
+                ),
+            ));
+        }
         Ok(())
     }
 

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub handler_duration_seconds: HistogramVec,
     /// Deliveries being handled now, by kind.
     pub in_flight: IntGaugeVec,
+    /// Bulk deliveries per second a kind's bulk pacer lets start.
+    pub bulk_rate: prometheus::GaugeVec,
     /// Free permits of the pool, by kind (`all` = the global semaphore).
     pub pool_permits_available: IntGaugeVec,
     /// Handler panics, by kind.
@@ -125,6 +127,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
             r,
             IntGaugeVec::new(
                 Opts::new("hookfleet_in_flight", "Deliveries being handled now."),
+                &["kind"],
+            )?,
+        )?,
+        bulk_rate: reg(
+            r,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "hookfleet_bulk_rate",
+                    "Bulk-queue deliveries per second the bulk pacer lets start.",
+                ),
                 &["kind"],
             )?,
         )?,

@@ -26,6 +26,7 @@ use crate::amqp::publisher::Publisher;
 use crate::amqp::topology::{self, Names};
 use crate::config::Config;
 use crate::guard::Gates;
+use crate::guard::pacer::BulkPacer;
 use crate::inflight::{InFlight, InFlightJob};
 use crate::job::{Done, Handler, Job, JobError, Postpone};
 
@@ -46,6 +47,10 @@ pub struct Lane {
     pub queue: String,
     /// Whether `queue` is the kind's bulk queue.
     pub bulk: bool,
+    /// The kind's bulk pacer: the push queue's handler times feed it, the bulk
+    /// queue's deliveries wait for it (None: the kind has no bulk queue, or
+    /// `fairness.bulk_pacing` is off).
+    pub pacer: Option<Arc<BulkPacer>>,
     in_flight: prometheus::IntGauge,
     duration: prometheus::Histogram,
     acked: prometheus::IntCounter,
@@ -74,7 +79,14 @@ impl Lane {
             kind,
             queue,
             bulk,
+            pacer: None,
         }
+    }
+
+    /// The lane with the kind's bulk pacer.
+    pub fn with_pacer(mut self, pacer: Option<Arc<BulkPacer>>) -> Self {
+        self.pacer = pacer;
+        self
     }
 }
 
@@ -275,7 +287,11 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
         lane.in_flight.inc();
         let result = run_handler(&lane.handler, job, ctx.config.worker.handler_timeout).await;
         lane.in_flight.dec();
-        lane.duration.observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        lane.duration.observe(took.as_secs_f64());
+        if let Some(pacer) = lane.pacer.as_ref().filter(|_| !lane.bulk) {
+            pacer.observe(took, Instant::now());
+        }
         match result {
             Ok(Ran::Postponed(p)) => {
                 Box::pin(finish_postpone(ctx, queue, kind, original, attempt, p)).await

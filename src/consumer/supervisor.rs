@@ -41,6 +41,7 @@ use super::process::{self, Ctx, Lane};
 use crate::amqp::{self, AmqpError, topology};
 use crate::backoff::Reconnect;
 use crate::guard::killswitch::State as SwitchState;
+use crate::guard::pacer::{BulkPacer, PacerSettings};
 use crate::health::Health;
 use crate::job::Handler;
 use crate::metrics::metrics;
@@ -57,9 +58,31 @@ pub struct Supervisor {
     ctx: Arc<Ctx>,
     handlers: BTreeMap<String, Arc<dyn Handler>>,
     pool: TaskPool,
+    /// The bulk pacer of each kind with a bulk queue (kept across sessions:
+    /// what it learnt outlives a reconnect).
+    pacers: BTreeMap<String, Arc<BulkPacer>>,
     health: Arc<Health>,
     /// Tasks of every session, so drain also waits for work started before a reconnect.
     tasks: TaskTracker,
+}
+
+/// A bulk pacer per kind with a bulk queue, unless `fairness.bulk_pacing` is off.
+fn pacers(config: &crate::config::Config) -> BTreeMap<String, Arc<BulkPacer>> {
+    let f = &config.fairness;
+    if !f.bulk_pacing {
+        return BTreeMap::new();
+    }
+    let settings = PacerSettings {
+        tolerance: f.bulk_tolerance,
+        min_rate: f.bulk_min_rate,
+    };
+    topology::BULK_KINDS
+        .iter()
+        .map(|k| {
+            let p = BulkPacer::new(k, settings, Instant::now());
+            (k.to_string(), Arc::new(p))
+        })
+        .collect()
 }
 
 /// Why a session ended.
@@ -100,6 +123,7 @@ impl Supervisor {
             limits.insert(topology::bulk_routing_key(kind), ctx.config.bulk_permits());
         }
         let pool = TaskPool::new(cfg.concurrency, &limits);
+        let pacers = pacers(&ctx.config);
         let handlers = handlers
             .into_iter()
             .map(|h| (h.kind().to_string(), h))
@@ -108,6 +132,7 @@ impl Supervisor {
             ctx,
             handlers,
             pool,
+            pacers,
             health,
             tasks: TaskTracker::new(),
         }
@@ -303,7 +328,10 @@ impl Supervisor {
             session.channels.push((ch, tag));
             let lp = ConsumeLoop {
                 ctx: self.ctx.clone(),
-                lane: Arc::new(Lane::new(handler.clone(), queue.to_string(), bulk)),
+                lane: Arc::new(
+                    Lane::new(handler.clone(), queue.to_string(), bulk)
+                        .with_pacer(self.pacers.get(handler.kind()).cloned()),
+                ),
                 kind: permit_key.to_string(),
                 queue: queue.to_string(),
                 pool: self.pool.clone(),
@@ -483,6 +511,13 @@ impl ConsumeLoop {
                 tokio::select! {
                     _ = self.stop.cancelled() => return "stopped".into(),
                     _ = switch.admit() => {}
+                }
+            }
+            // A storm's job waits for the bulk pacer before it takes anything.
+            if let Some(pacer) = self.lane.pacer.as_ref().filter(|_| self.lane.bulk) {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return "stopped".into(),
+                    () = pacer.wait_turn() => {}
                 }
             }
             // The permit comes first: never pull a delivery we have no room for.

@@ -1,12 +1,14 @@
 //! Guards that decide, before a handler runs, whether the worker consumes at
 //! all: the kill switch (a dependency outage stops consuming instead of burning
-//! every job's retries) and fleet-wide pause of a job kind (operator intent).
+//! every job's retries) and fleet-wide pause of a job kind (operator intent),
+//! and the bulk pacer, which decides how fast a storm's jobs may start.
 //!
 //! Both only *gate* consuming; the supervisor (`crate::consumer::supervisor`)
 //! acts on them by cancelling and re-registering consumers. They know nothing
 //! of the broker.
 
 pub mod killswitch;
+pub mod pacer;
 pub mod pause;
 
 use std::collections::BTreeSet;
