@@ -2,8 +2,9 @@
 //!
 //! Owns the queries: enqueue (one multi-row `INSERT ... UNNEST`), the relay's
 //! claim (`FOR UPDATE SKIP LOCKED`, id order), marking rows published or failed,
-//! status sampling, replay selection and retention pruning. It never talks to the
-//! broker and never decides policy (backoff, batch sizes): callers pass those in.
+//! status sampling, replay selection and retention pruning; and the inbox's
+//! claim and lookup ([`crate::inbox`] decides when to use them). It never talks to
+//! the broker and never decides policy (backoff, batch sizes): callers pass those in.
 //!
 //! Three tables (migration 0006): `outbox` holds what to publish and is written
 //! once; `outbox_pending` is the relay's work queue (one narrow row per event not
@@ -551,4 +552,80 @@ pub async fn prune_inbox_batch(
     .execute(pool)
     .await?;
     Ok(r.rows_affected())
+}
+
+/// The exchange and routing key of the outbox rows `ids`, read in `tx` (the
+/// relay's batch, whose rows it holds): `(id, exchange, routing_key)`.
+pub async fn routes(
+    tx: &mut Transaction<'static, Postgres>,
+    ids: &[i64],
+) -> Result<Vec<(i64, String, String)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "SELECT id, exchange, routing_key FROM outbox WHERE id = ANY($1)",
+        ids
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.id, r.exchange, r.routing_key))
+        .collect())
+}
+
+/// The inbox claim's INSERT with the message id at `$first` and the queue at
+/// `$first + 1`. It returns one row when the message is new and none when the
+/// inbox has it, so a writer can fold it into its own statement as a CTE and make
+/// every write read from it (`push::record`). The same statement as
+/// [`claim_message`]'s (a unit test holds them equal).
+pub(crate) fn inbox_claim_sql(first: usize) -> String {
+    format!(
+        "INSERT INTO inbox (message_id, queue) VALUES (${first}, ${}) \
+         ON CONFLICT DO NOTHING RETURNING 1",
+        first + 1
+    )
+}
+
+/// Claims `message_id` for `queue` in the inbox, in `tx`; `false` when it was
+/// handled before (a concurrent redelivery waits on the first one's row lock and
+/// then sees it).
+pub async fn claim_message(
+    tx: &mut Transaction<'static, Postgres>,
+    message_id: Uuid,
+    queue: &str,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query_scalar!(
+        "INSERT INTO inbox (message_id, queue) VALUES ($1, $2) \
+         ON CONFLICT DO NOTHING RETURNING 1",
+        message_id,
+        queue,
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(claimed.len() == 1)
+}
+
+/// Whether the inbox has `message_id` (handled before, by any queue).
+pub async fn message_handled(pool: &PgPool, message_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT EXISTS (SELECT 1 FROM inbox WHERE message_id = $1) AS \"handled!\"",
+        message_id,
+    )
+    .fetch_one(pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`claim_message`] runs the literal of `inbox_claim_sql(1)` (`query!`
+    /// needs a literal): the two must not drift apart.
+    #[test]
+    fn inbox_claim_fragment_is_the_checked_statement() {
+        assert_eq!(
+            inbox_claim_sql(1),
+            "INSERT INTO inbox (message_id, queue) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING RETURNING 1"
+        );
+    }
 }

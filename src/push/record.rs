@@ -33,9 +33,8 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use crate::inbox::Claim;
 use crate::outbox::Event;
-use crate::outbox::storage::{EVENT_PARAMS, EventArrays, Owned};
+use crate::outbox::storage::{EVENT_PARAMS, EventArrays, Owned, inbox_claim_sql};
 use crate::push_job::PushJob;
 use crate::push_job::update::is_zero;
 use crate::webhook::Deliveries;
@@ -269,7 +268,7 @@ async fn record_one<'c>(
              o AS ({}),
              d AS ({})
              SELECT 1 FROM lock",
-            Claim::insert_sql(CLAIM),
+            inbox_claim_sql(CLAIM),
             EventArrays::insert_sql(EVENTS, "lock, ", None),
             DeliveryArrays::insert_sql(DELIVERIES, "lock, ", None),
         )
