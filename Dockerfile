@@ -16,6 +16,10 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY config ./config
 COPY migrations ./migrations
+# The checked statements' offline data, and the cargo config that makes the build use it
+# (no database at build time).
+COPY .sqlx ./.sqlx
+COPY .cargo ./.cargo
 ARG HOOKFLEET_GIT_SHA=""
 ARG SOURCE_DATE_EPOCH=""
 # The cache mounts keep the registry and incremental artefacts between builds; the binary is

@@ -177,10 +177,7 @@ struct Readiness {
 
 async fn readyz(State(state): State<AdminState>) -> Response {
     if let Some(pool) = &state.pool {
-        let ok = matches!(
-            tokio::time::timeout(DB_CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await,
-            Ok(Ok(_))
-        );
+        let ok = crate::db::ping(pool, DB_CHECK_TIMEOUT).await.is_ok();
         state.health.set_database_ok(ok);
     }
     match state.health.readiness() {

@@ -125,6 +125,31 @@ pub async fn check(cfg: &DatabaseConfig, pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Why the database did not answer a [`ping`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PingError {
+    /// The query failed (no connection within the pool's acquire timeout, or the
+    /// server answered with an error).
+    #[error("{0}")]
+    Query(#[from] sqlx::Error),
+    /// No answer within the caller's deadline.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Whether the database answers: one trivial statement through `pool`, bounded by
+/// `timeout`. Every liveness or readiness probe of the database (`/readyz`, the
+/// worker's database watch, the kill switch's probe) asks this one, so they all
+/// mean the same thing by "answering".
+pub async fn ping(pool: &PgPool, timeout: Duration) -> Result<(), PingError> {
+    match tokio::time::timeout(timeout, sqlx::query_scalar!("SELECT 1").fetch_one(pool)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(PingError::Query(e)),
+        Err(_) => Err(PingError::Timeout(timeout)),
+    }
+}
+
 /// Creates the configured database if it does not exist (dev convenience: the
 /// defaults name a `hookfleet` database that a fresh PostgreSQL lacks).
 pub async fn ensure_database(cfg: &DatabaseConfig) -> Result<(), DbError> {

@@ -2,9 +2,9 @@
 //!
 //! Two ways to use it, one set of parts: [`Transactional`] (a transaction the
 //! inbox opens, claims in and commits) for any [`TxHandler`]; or, for a handler
-//! whose whole write is one statement (the push handler), [`Claim::insert_sql`]
-//! folded into that statement, run through [`run_to_completion`] with
-//! [`skip_if_handled`] for a failed read.
+//! whose whole write is one statement (the push handler), the claim's INSERT
+//! folded into that statement (`push::record`), run through [`run_to_completion`]
+//! with [`skip_if_handled`] for a failed read.
 //!
 //! [`Transactional`] turns a [`TxHandler`] into a [`Handler`]. For each job it
 //! runs the handler's `prepare` (no connection held), then opens a transaction,
@@ -21,9 +21,11 @@
 //! timeout; when it expires the transaction rolls back. `prepare` runs before, in
 //! the delivery's own task (bounded by the consumer's handler timeout, with
 //! nothing to roll back when it is abandoned).
+//!
+//! The inbox's SQL lives with the outbox's, in [`crate::outbox::storage`].
 
 use std::future::Future;
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -31,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::job::{Done, Handler, Job, JobError, TxHandler};
+use crate::outbox::storage;
 
 /// Transactions in progress; shutdown waits for them after draining.
 pub fn commits() -> &'static TaskTracker {
@@ -46,42 +49,13 @@ pub async fn wait_for_commits() {
     t.reopen();
 }
 
-/// The claim of one delivery: its message id, in the inbox of its queue.
-#[derive(Debug, Clone)]
-pub struct Claim {
-    /// The delivery's message id.
-    pub message_id: Uuid,
-    /// The queue it came from.
-    pub queue: String,
-}
-
-impl Claim {
-    /// The claim's INSERT with the message id at `$first` and the queue at
-    /// `$first + 1`. It returns one row when the message is new and none when
-    /// the inbox has it, so a handler can fold it into its own statement as a CTE
-    /// and make every write read from it (see `push::handler::record`).
-    pub fn insert_sql(first: usize) -> String {
-        format!(
-            "INSERT INTO inbox (message_id, queue) VALUES (${first}, ${}) \
-             ON CONFLICT DO NOTHING RETURNING 1",
-            first + 1
-        )
-    }
-}
-
 /// Claims `message_id` for `queue`; `false` when it was handled before.
 pub async fn claim(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     message_id: Uuid,
     queue: &str,
 ) -> Result<bool, sqlx::Error> {
-    static SQL: LazyLock<String> = LazyLock::new(|| Claim::insert_sql(1));
-    let r = sqlx::query(&SQL)
-        .bind(message_id)
-        .bind(queue)
-        .execute(&mut **tx)
-        .await?;
-    Ok(r.rows_affected() == 1)
+    storage::claim_message(tx, message_id, queue).await
 }
 
 /// What a job whose `prepare` step failed with `err` comes to: a redelivery of
@@ -92,12 +66,7 @@ pub async fn skip_if_handled(
     message_id: Uuid,
     err: JobError,
 ) -> Result<Done, JobError> {
-    let handled: Result<bool, _> =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE message_id = $1)")
-            .bind(message_id)
-            .fetch_one(pool)
-            .await;
-    match handled {
+    match storage::message_handled(pool, message_id).await {
         Ok(true) => Ok(duplicate()),
         _ => Err(err),
     }

@@ -7,8 +7,8 @@
 //! an attempt. Handlers that write to PostgreSQL implement [`TxHandler`]
 //! instead and are wrapped by `inbox::Transactional`, which owns the transaction,
 //! the inbox dedupe and the commit. The push handler is the one exception: its
-//! whole write is one statement with the inbox claim folded in (`inbox::Claim`,
-//! `push::handler` says why), built from the same inbox parts.
+//! whole write is one statement with the inbox claim folded in (`push::record`
+//! says why), built from the same inbox parts.
 
 use std::time::Duration;
 
@@ -138,7 +138,7 @@ pub enum Done {
 /// implement [`TxHandler`] and are wrapped by `inbox::Transactional`; implement
 /// this directly for work with no transactional effects (a no-op, a benchmark,
 /// webhook attempts) or, like the push handler, a write that is one statement
-/// claiming the inbox itself (`inbox::Claim`, `inbox::run_to_completion`).
+/// claiming the inbox itself (`push::record`, `inbox::run_to_completion`).
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// The kind, which names the queue (`<prefix>.<kind>`).

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`config`]: typed configuration, layered defaults < file < environment, validated once.
 //! - [`cli`]: the `hookfleet` command line; `main.rs` only calls [`cli::main`].
-//! - [`db`]: the PostgreSQL pool (bounded, with timeouts) and the embedded migrations.
+//! - [`db`]: the PostgreSQL pool (bounded, with timeouts), the embedded migrations and
+//!   [`db::ping`], the one database probe of every liveness and readiness check.
 //! - [`amqp`]: broker connections, topology, confirmed publishing, queue depths.
 //! - [`consumer`]: the supervisor (reconnect + redeclare), the task pool, outcomes, acks.
 //! - [`dlq`]: listing and requeueing dead letters.

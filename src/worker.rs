@@ -295,14 +295,9 @@ async fn watch_database(pool: PgPool, health: Arc<Health>, stop: CancellationTok
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let ok = matches!(
-            tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                sqlx::query("SELECT 1").execute(&pool)
-            )
-            .await,
-            Ok(Ok(_))
-        );
+        let ok = crate::db::ping(&pool, std::time::Duration::from_secs(2))
+            .await
+            .is_ok();
         if ok != health.database_ok() {
             if ok {
                 tracing::info!("database answering again");

@@ -7,6 +7,9 @@
 //! Every write after the insert names the owner (the console instance that
 //! claimed the row), so a process that lost its claim cannot overwrite the
 //! progress of the one that resumed it.
+//!
+//! The console's only SQL. Statements are `sqlx::query!` and friends, checked at
+//! build time against the schema (offline data in `.sqlx/`, `scripts/sqlx-prepare`).
 
 use std::time::Duration;
 
@@ -41,9 +44,6 @@ pub struct ReplayRow {
     pub created_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, request, started_by, state, owner, next_id, published, total, \
-                       error, heartbeat_at, created_at";
-
 /// Records a replay `owner` starts now from outbox id `next_id`.
 pub async fn insert(
     pool: &PgPool,
@@ -52,14 +52,14 @@ pub async fn insert(
     owner: Uuid,
     next_id: i64,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "INSERT INTO console_replays (request, started_by, owner, next_id) \
          VALUES ($1, $2, $3, $4) RETURNING id",
+        request,
+        started_by,
+        owner,
+        next_id,
     )
-    .bind(request)
-    .bind(started_by)
-    .bind(owner)
-    .bind(next_id)
     .fetch_one(pool)
     .await
 }
@@ -73,16 +73,18 @@ pub async fn claim(
     owner: Uuid,
     stale: Duration,
 ) -> Result<Option<ReplayRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    sqlx::query_as!(
+        ReplayRow,
         "UPDATE console_replays SET state = 'running', owner = $2, error = NULL, \
              heartbeat_at = now(), updated_at = now() \
          WHERE id = $1 AND (state IN ('failed', 'interrupted') \
              OR (state = 'running' AND heartbeat_at < now() - make_interval(secs => $3))) \
-         RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(owner)
-    .bind(stale.as_secs_f64())
+         RETURNING id, request, started_by, state, owner, next_id, published, total, \
+                   error, heartbeat_at, created_at",
+        id,
+        owner,
+        stale.as_secs_f64(),
+    )
     .fetch_optional(pool)
     .await
 }
@@ -96,16 +98,16 @@ pub async fn save(
     published: i64,
     total: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE console_replays SET next_id = $3, published = $4, total = $5, \
              heartbeat_at = now(), updated_at = now() \
          WHERE id = $1 AND owner = $2",
+        id,
+        owner,
+        next_id,
+        published,
+        total,
     )
-    .bind(id)
-    .bind(owner)
-    .bind(next_id)
-    .bind(published)
-    .bind(total)
     .execute(pool)
     .await
     .map(|_| ())
@@ -113,12 +115,12 @@ pub async fn save(
 
 /// Says the runner is alive (a rate-limited page can take minutes).
 pub async fn heartbeat(pool: &PgPool, id: i64, owner: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE console_replays SET heartbeat_at = now() \
          WHERE id = $1 AND owner = $2 AND state = 'running'",
+        id,
+        owner,
     )
-    .bind(id)
-    .bind(owner)
     .execute(pool)
     .await
     .map(|_| ())
@@ -132,14 +134,14 @@ pub async fn finish(
     state: &str,
     error: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE console_replays SET state = $3, error = $4, updated_at = now() \
          WHERE id = $1 AND owner = $2",
+        id,
+        owner,
+        state,
+        error,
     )
-    .bind(id)
-    .bind(owner)
-    .bind(state)
-    .bind(error)
     .execute(pool)
     .await
     .map(|_| ())
@@ -147,10 +149,13 @@ pub async fn finish(
 
 /// The latest `limit` replays, newest first.
 pub async fn recent(pool: &PgPool, limit: i64) -> Result<Vec<ReplayRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM console_replays ORDER BY id DESC LIMIT $1"
-    ))
-    .bind(limit)
+    sqlx::query_as!(
+        ReplayRow,
+        "SELECT id, request, started_by, state, owner, next_id, published, total, \
+                error, heartbeat_at, created_at \
+         FROM console_replays ORDER BY id DESC LIMIT $1",
+        limit,
+    )
     .fetch_all(pool)
     .await
 }

@@ -242,7 +242,7 @@ impl KillSwitch {
         }
     }
 
-    /// `SELECT 1` within `guard.probe_timeout`. A probe that began after
+    /// [`crate::db::ping`] within `guard.probe_timeout`. A probe that began after
     /// `since` is reused (jobs failing together share one), and so is a failure
     /// younger than [`PROBE_REUSE`]; a success from before `since` is not (it
     /// says nothing about what just failed).
@@ -257,16 +257,9 @@ impl KillSwitch {
             return r.clone();
         }
         let began = Instant::now();
-        let r = match tokio::time::timeout(
-            self.cfg.probe_timeout,
-            sqlx::query("SELECT 1").execute(pool),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.cfg.probe_timeout)),
-        };
+        let r = crate::db::ping(pool, self.cfg.probe_timeout)
+            .await
+            .map_err(|e| e.to_string());
         *last = Some((began, r.clone()));
         r
     }

@@ -5,11 +5,12 @@
 //!
 //! Both only *gate* consuming; the supervisor (`crate::consumer::supervisor`)
 //! acts on them by cancelling and re-registering consumers. They know nothing
-//! of the broker.
+//! of the broker. Their SQL is in [`storage`].
 
 pub mod killswitch;
 pub mod pacer;
 pub mod pause;
+pub mod storage;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

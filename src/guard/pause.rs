@@ -9,18 +9,20 @@
 //! plus a poll every `guard.pause_poll_interval` in case a notification is lost
 //! or the listener is down. The supervisor cancels the consumers of a paused
 //! kind; its messages stay in the queue. Paused is not a fault: readiness
-//! ignores it, `/info` and `hookfleet_kind_paused` show it.
+//! ignores it, `/info` and `hookfleet_kind_paused` show it. Its SQL is in
+//! [`super::storage`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::storage;
+pub use super::storage::PausedKind;
 use crate::health::Health;
 use crate::metrics::metrics;
 
@@ -30,19 +32,6 @@ pub const NOTIFY_CHANNEL: &str = "hookfleet_paused";
 const MAX_KIND_LEN: usize = 64;
 /// How long one read of the table may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A paused kind as stored.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq, Eq)]
-pub struct PausedKind {
-    /// The job kind (`push`, `webhook`, ...).
-    pub kind: String,
-    /// When it was paused.
-    pub paused_at: chrono::DateTime<chrono::Utc>,
-    /// Who paused it (the CLI: `$USER`).
-    pub paused_by: Option<String>,
-    /// Why, as given.
-    pub reason: Option<String>,
-}
 
 /// Why a pause or resume was refused.
 #[derive(Debug, thiserror::Error)]
@@ -77,35 +66,18 @@ pub async fn pause(
     reason: Option<&str>,
 ) -> Result<bool, PauseError> {
     validate_kind(kind)?;
-    let r = sqlx::query(
-        "INSERT INTO paused_kinds (kind, paused_by, reason) VALUES ($1, $2, $3)
-         ON CONFLICT (kind) DO NOTHING",
-    )
-    .bind(kind)
-    .bind(by)
-    .bind(reason)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected() == 1)
+    Ok(storage::insert_paused(pool, kind, by, reason).await?)
 }
 
 /// Resumes `kind`. `false` if it was not paused.
 pub async fn resume(pool: &PgPool, kind: &str) -> Result<bool, PauseError> {
     validate_kind(kind)?;
-    let r = sqlx::query("DELETE FROM paused_kinds WHERE kind = $1")
-        .bind(kind)
-        .execute(pool)
-        .await?;
-    Ok(r.rows_affected() == 1)
+    Ok(storage::delete_paused(pool, kind).await?)
 }
 
 /// Every paused kind, by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<PausedKind>, sqlx::Error> {
-    sqlx::query_as::<_, PausedKind>(
-        "SELECT kind, paused_at, paused_by, reason FROM paused_kinds ORDER BY kind",
-    )
-    .fetch_all(pool)
-    .await
+    storage::paused_kinds(pool).await
 }
 
 async fn read_set(pool: &PgPool) -> Result<BTreeSet<String>, String> {

@@ -403,11 +403,7 @@ async fn unroutable_routes(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(i64, String, String)> =
-        sqlx::query_as("SELECT id, exchange, routing_key FROM outbox WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut **tx)
-            .await?;
+    let rows = storage::routes(tx, &ids).await?;
     let mut routes: HashMap<i64, (String, String)> = rows
         .into_iter()
         .map(|(id, exchange, routing_key)| (id, (exchange, routing_key)))

@@ -2,8 +2,15 @@
 //!
 //! Owns the queries: enqueue (one multi-row `INSERT ... UNNEST`), the relay's
 //! claim (`FOR UPDATE SKIP LOCKED`, id order), marking rows published or failed,
-//! status sampling, replay selection and retention pruning. It never talks to the
-//! broker and never decides policy (backoff, batch sizes): callers pass those in.
+//! status sampling, replay selection and retention pruning; and the inbox's
+//! claim and lookup ([`crate::inbox`] decides when to use them). It never talks to
+//! the broker and never decides policy (backoff, batch sizes): callers pass those in.
+//!
+//! Fixed statements are `sqlx::query!` and friends, checked at build time against
+//! the schema (offline data in `.sqlx/`, `scripts/sqlx-prepare`). The statements
+//! built at run time are the array inserts other storage modules fold into their
+//! own statement ([`EventArrays`], [`inbox_claim_sql`]: crate-private fragment
+//! builders that number their parameters from one base, never by hand).
 //!
 //! Three tables (migration 0006): `outbox` holds what to publish and is written
 //! once; `outbox_pending` is the relay's work queue (one narrow row per event not
@@ -17,8 +24,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgArguments;
-use sqlx::{Arguments, PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::event::{Event, headers_to_json};
@@ -53,18 +59,12 @@ pub struct OutboxRow {
     pub publish_attempts: i32,
 }
 
-/// The outbox columns of an [`OutboxRow`] (table alias `o`); the attempts come
-/// from `outbox_pending` or `outbox_published`.
-const ROW_COLUMNS: &str = "o.id, o.message_id, o.exchange, o.routing_key, o.event_type, \
-                           o.correlation_id, o.headers, o.payload::text AS payload, \
-                           o.trace_context, o.created_at";
-
 /// The parameter arrays of an outbox insert (`INSERT ... SELECT ... UNNEST`), so
 /// the insert can run alone ([`insert_events`]) or be folded into a caller's
 /// statement as a CTE ([`crate::push::record`]: one round trip for the effects
 /// and events of a group of pushes). One definition of the SQL either way.
 #[derive(Default)]
-pub struct EventArrays {
+pub(crate) struct EventArrays {
     ids: Vec<Uuid>,
     exchanges: Vec<String>,
     keys: Vec<String>,
@@ -76,7 +76,7 @@ pub struct EventArrays {
 }
 
 /// How many parameters [`EventArrays::insert_sql`] uses.
-pub const EVENT_PARAMS: usize = 8;
+pub(crate) const EVENT_PARAMS: usize = 8;
 
 /// An array insert folded into a statement that writes for several owners (the
 /// pushes of one group commit), some of which may be skipped (duplicates): one
@@ -85,11 +85,11 @@ pub const EVENT_PARAMS: usize = 8;
 /// inserted (e.g. `(SELECT message_id FROM mine)`). Reading `owners` also makes
 /// the insert wait for whatever produces them (the repository locks).
 #[derive(Debug, Clone, Copy)]
-pub struct Owned<'a> {
+pub(crate) struct Owned<'a> {
     /// Parameter number of the owner array.
-    pub param: usize,
+    pub(crate) param: usize,
     /// The owners whose rows are inserted.
-    pub owners: &'a str,
+    pub(crate) owners: &'a str,
 }
 
 impl Owned<'_> {
@@ -109,14 +109,14 @@ impl Owned<'_> {
 
 impl EventArrays {
     /// The arrays of `events`, in order (ids are assigned in this order).
-    pub fn new(events: &[Event]) -> Self {
+    pub(crate) fn new(events: &[Event]) -> Self {
         let mut a = EventArrays::default();
         a.extend(events);
         a
     }
 
     /// Appends `events`.
-    pub fn extend(&mut self, events: &[Event]) {
+    pub(crate) fn extend(&mut self, events: &[Event]) {
         for e in events {
             self.ids.push(e.envelope.message_id);
             self.exchanges.push(e.exchange.clone());
@@ -134,7 +134,7 @@ impl EventArrays {
     /// some owners (see [`Owned`]); `join` (e.g. `"lock, "`) is put in front of
     /// the UNNEST in the FROM list, so the rows are produced only after it. Rows
     /// are inserted in array order (`WITH ORDINALITY`), so ids follow it.
-    pub fn insert_sql(first: usize, join: &str, owned: Option<Owned<'_>>) -> String {
+    pub(crate) fn insert_sql(first: usize, join: &str, owned: Option<Owned<'_>>) -> String {
         let [m, x, k, t, c, h, p, tc] =
             std::array::from_fn::<usize, EVENT_PARAMS, _>(|i| first + i);
         let (owner_col, owner_alias, filter) = Owned::parts(owned);
@@ -150,7 +150,7 @@ impl EventArrays {
     }
 
     /// Binds the arrays (in [`Self::insert_sql`]'s parameter order) to `q`.
-    pub fn bind<'q>(
+    pub(crate) fn bind<'q>(
         self,
         q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
@@ -205,10 +205,10 @@ pub async fn claim(
     tx: &mut Transaction<'static, Postgres>,
     limit: u32,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    let mut rows: Vec<OutboxRow> = sqlx::query_as(claim_sql())
-        .bind(i64::from(limit))
-        .fetch_all(&mut **tx)
-        .await?;
+    let mut rows: Vec<OutboxRow> =
+        sqlx::query_file_as!(OutboxRow, "src/outbox/sql/claim.sql", i64::from(limit))
+            .fetch_all(&mut **tx)
+            .await?;
     if !rows.is_sorted_by_key(|r| r.id) {
         rows.sort_unstable_by_key(|r| r.id);
     }
@@ -216,22 +216,15 @@ pub async fn claim(
 }
 
 /// The claim statement ([`claim`]; `$1` is the batch size): exposed so its plan can
-/// be checked with `EXPLAIN` inside [`begin_claim`].
+/// be checked with `EXPLAIN` inside [`begin_claim`]. One file for both, so the
+/// statement checked is the statement run.
+///
+/// The outbox row is read per claimed id (a nested loop: the subquery's LIMIT
+/// keeps it to the batch), never by walking the outbox in id order from its first
+/// row, which a merge join would do. The nested loop keeps the claim's id order;
+/// `claim` checks it rather than sorting again in SQL.
 pub fn claim_sql() -> &'static str {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        // The outbox row is read per claimed id (a nested loop: the subquery's
-        // LIMIT keeps it to the batch), never by walking the outbox in id order
-        // from its first row, which a merge join would do. The nested loop keeps
-        // the claim's id order; `claim` checks it rather than sorting again here.
-        format!(
-            "SELECT {ROW_COLUMNS}, c.publish_attempts \
-             FROM (SELECT id, publish_attempts FROM outbox_pending \
-                   WHERE next_attempt_at <= now() \
-                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) c \
-             CROSS JOIN LATERAL (SELECT * FROM outbox WHERE outbox.id = c.id OFFSET 0) o"
-        )
-    });
-    &SQL
+    include_str!("sql/claim.sql")
 }
 
 /// Marks `ids` published (one statement): their work rows leave
@@ -243,14 +236,14 @@ pub async fn mark_published(
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    sqlx::query!(
         "WITH done AS (DELETE FROM outbox_pending WHERE id = ANY($1) \
                        RETURNING id, publish_attempts) \
          INSERT INTO outbox_published (id, publish_attempts) \
          SELECT id, publish_attempts + 1 FROM done ORDER BY id \
          ON CONFLICT (id) DO NOTHING",
+        ids,
     )
-    .bind(ids)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -284,7 +277,7 @@ pub async fn mark_failed(
         .iter()
         .map(|f| f.retry_in.map(|d| d.as_secs_f64()))
         .collect();
-    sqlx::query(
+    sqlx::query!(
         "UPDATE outbox_pending o SET publish_attempts = o.publish_attempts + 1, \
                  last_error = f.error, \
                  next_attempt_at = CASE WHEN f.delay IS NULL THEN 'infinity'::timestamptz \
@@ -292,10 +285,11 @@ pub async fn mark_failed(
                  parked_at = CASE WHEN f.delay IS NULL THEN now() END \
          FROM UNNEST($1::bigint[], $2::text[], $3::float8[]) AS f(id, error, delay) \
          WHERE o.id = f.id",
+        ids.as_slice(),
+        errors.as_slice(),
+        // NULL elements (park the row) are not expressible in the checked type.
+        delays as _,
     )
-    .bind(ids)
-    .bind(errors)
-    .bind(delays)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -313,7 +307,7 @@ pub async fn reopen_returned(
     reasons: &[String],
     retry_in: Duration,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "WITH r AS (SELECT o.id, o.message_id, f.error \
                     FROM UNNEST($1::uuid[], $2::text[]) AS f(m, error) \
                     JOIN outbox o ON o.message_id = f.m), \
@@ -324,11 +318,11 @@ pub async fn reopen_returned(
                               now() + make_interval(secs => $3) \
                        FROM gone g JOIN r ON r.id = g.id \
                        ON CONFLICT (id) DO NOTHING RETURNING id) \
-         SELECT r.message_id FROM r JOIN back ON back.id = r.id",
+         SELECT r.message_id AS \"message_id!\" FROM r JOIN back ON back.id = r.id",
+        message_ids,
+        reasons,
+        retry_in.as_secs_f64(),
     )
-    .bind(message_ids)
-    .bind(reasons)
-    .bind(retry_in.as_secs_f64())
     .fetch_all(&mut **tx)
     .await
 }
@@ -338,17 +332,16 @@ pub async fn reopen_returned(
 /// and wakes the relays.
 pub async fn unpark(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let n = sqlx::query(
+    let n = sqlx::query!(
         "UPDATE outbox_pending SET parked_at = NULL, publish_attempts = 0, \
                                    next_attempt_at = now() \
          WHERE parked_at IS NOT NULL AND (cardinality($1::bigint[]) = 0 OR id = ANY($1))",
+        ids,
     )
-    .bind(ids)
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
+    sqlx::query!("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -359,15 +352,15 @@ pub async fn unpark(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
 /// (parked rows wait for an operator, so they would only make the age grow
 /// forever), and the parked rows.
 pub async fn pending_stats(pool: &PgPool) -> Result<(i64, f64, i64), sqlx::Error> {
-    let (count, age, parked): (i64, Option<f64>, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM outbox_pending), \
+    let r = sqlx::query!(
+        "SELECT (SELECT count(*) FROM outbox_pending) AS \"count!\", \
                 (SELECT EXTRACT(EPOCH FROM now() - created_at)::float8 FROM outbox \
-                 WHERE id = (SELECT min(id) FROM outbox_pending WHERE parked_at IS NULL)), \
-                (SELECT count(*) FROM outbox_pending WHERE parked_at IS NOT NULL)",
+                 WHERE id = (SELECT min(id) FROM outbox_pending WHERE parked_at IS NULL)) AS age, \
+                (SELECT count(*) FROM outbox_pending WHERE parked_at IS NOT NULL) AS \"parked!\"",
     )
     .fetch_one(pool)
     .await?;
-    Ok((count, age.unwrap_or(0.0).max(0.0), parked))
+    Ok((r.count, r.age.unwrap_or(0.0).max(0.0), r.parked))
 }
 
 /// An unpublished row whose last publish failed.
@@ -392,8 +385,10 @@ pub struct FailingRow {
 
 /// Up to `limit` failing rows, oldest first.
 pub async fn failing_rows(pool: &PgPool, limit: i64) -> Result<Vec<FailingRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT p.id, o.event_type, o.exchange, p.publish_attempts, p.last_error, \
+    sqlx::query_as!(
+        FailingRow,
+        "SELECT p.id AS \"id!\", o.event_type AS \"event_type!\", o.exchange AS \"exchange!\", \
+                p.publish_attempts AS \"publish_attempts!\", p.last_error, \
                 CASE WHEN p.parked_at IS NULL THEN p.next_attempt_at END AS next_attempt_at, \
                 p.parked_at \
          FROM (SELECT * FROM outbox_pending WHERE publish_attempts > 0 \
@@ -401,26 +396,28 @@ pub async fn failing_rows(pool: &PgPool, limit: i64) -> Result<Vec<FailingRow>, 
          CROSS JOIN LATERAL (SELECT event_type, exchange FROM outbox \
                              WHERE outbox.id = p.id OFFSET 0) o \
          ORDER BY p.id",
+        limit,
     )
-    .bind(limit)
     .fetch_all(pool)
     .await
 }
 
 /// Number of failing rows.
 pub async fn failing_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM outbox_pending WHERE publish_attempts > 0")
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar!(
+        "SELECT count(*) AS \"count!\" FROM outbox_pending WHERE publish_attempts > 0"
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Rows published within the last `window`.
 pub async fn published_within(pool: &PgPool, window: Duration) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM outbox_published \
+    sqlx::query_scalar!(
+        "SELECT count(*) AS \"count!\" FROM outbox_published \
          WHERE published_at >= now() - make_interval(secs => $1)",
+        window.as_secs_f64(),
     )
-    .bind(window.as_secs_f64())
     .fetch_one(pool)
     .await
 }
@@ -448,44 +445,36 @@ pub struct Selection {
     pub exclude_exchange: Option<String>,
 }
 
-/// The published rows a [`Selection`] matches: `outbox o` joined with
-/// `outbox_published p`. The id bounds are put on both sides so that whichever
-/// join the planner picks starts at `$1`, not at either table's first row.
-const SELECTION: &str = "outbox o JOIN outbox_published p ON p.id = o.id \
-     WHERE ($1::bigint IS NULL OR (o.id >= $1 AND p.id >= $1)) \
-     AND ($2::bigint IS NULL OR (o.id <= $2 AND p.id <= $2)) \
-     AND ($3::timestamptz IS NULL OR o.created_at >= $3) \
-     AND ($4::timestamptz IS NULL OR o.created_at <= $4) \
-     AND ($5::text IS NULL OR o.event_type = $5) \
-     AND ($6::text IS NULL OR (o.event_type || '.') ~ $6) \
-     AND ($7::text IS NULL OR o.correlation_id = $7) \
-     AND ($8::text IS NULL OR o.exchange <> $8)";
-
-impl Selection {
-    /// The filters as [`SELECTION`]'s parameters `$1`–`$8`; callers add theirs after.
-    fn arguments(&self) -> Result<PgArguments, sqlx::Error> {
-        let mut a = PgArguments::default();
-        a.add(self.from_id).map_err(sqlx::Error::Encode)?;
-        a.add(self.to_id).map_err(sqlx::Error::Encode)?;
-        a.add(self.since).map_err(sqlx::Error::Encode)?;
-        a.add(self.until).map_err(sqlx::Error::Encode)?;
-        a.add(self.event_type.clone())
-            .map_err(sqlx::Error::Encode)?;
-        a.add(self.event_type_regex.clone())
-            .map_err(sqlx::Error::Encode)?;
-        a.add(self.correlation_id.clone())
-            .map_err(sqlx::Error::Encode)?;
-        a.add(self.exclude_exchange.clone())
-            .map_err(sqlx::Error::Encode)?;
-        Ok(a)
-    }
-}
+// The published rows a [`Selection`] matches: `outbox o` joined with
+// `outbox_published p`, `$1`-`$8` the selection's fields in declaration order (both
+// statements below spell the same FROM and WHERE; `query!` needs literals). The id
+// bounds are put on both sides so that whichever join the planner picks starts at
+// `$1`, not at either table's first row.
 
 /// Number of published rows the selection matches.
 pub async fn count_selected(pool: &PgPool, s: &Selection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar_with(&format!("SELECT count(*) FROM {SELECTION}"), s.arguments()?)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar!(
+        "SELECT count(*) AS \"count!\" \
+         FROM outbox o JOIN outbox_published p ON p.id = o.id \
+         WHERE ($1::bigint IS NULL OR (o.id >= $1 AND p.id >= $1)) \
+         AND ($2::bigint IS NULL OR (o.id <= $2 AND p.id <= $2)) \
+         AND ($3::timestamptz IS NULL OR o.created_at >= $3) \
+         AND ($4::timestamptz IS NULL OR o.created_at <= $4) \
+         AND ($5::text IS NULL OR o.event_type = $5) \
+         AND ($6::text IS NULL OR (o.event_type || '.') ~ $6) \
+         AND ($7::text IS NULL OR o.correlation_id = $7) \
+         AND ($8::text IS NULL OR o.exchange <> $8)",
+        s.from_id,
+        s.to_id,
+        s.since,
+        s.until,
+        s.event_type,
+        s.event_type_regex,
+        s.correlation_id,
+        s.exclude_exchange,
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// The next page of selected published rows with `id > after`, in id order.
@@ -495,15 +484,31 @@ pub async fn select_page(
     after: i64,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    let mut args = s.arguments()?;
-    args.add(after).map_err(sqlx::Error::Encode)?;
-    args.add(limit).map_err(sqlx::Error::Encode)?;
-    sqlx::query_as_with(
-        &format!(
-            "SELECT {ROW_COLUMNS}, p.publish_attempts FROM {SELECTION} \
-             AND o.id > $9 AND p.id > $9 ORDER BY o.id LIMIT $10"
-        ),
-        args,
+    sqlx::query_as!(
+        OutboxRow,
+        "SELECT o.id, o.message_id, o.exchange, o.routing_key, o.event_type, \
+                o.correlation_id, o.headers, o.payload::text AS \"payload!\", \
+                o.trace_context, o.created_at, p.publish_attempts \
+         FROM outbox o JOIN outbox_published p ON p.id = o.id \
+         WHERE ($1::bigint IS NULL OR (o.id >= $1 AND p.id >= $1)) \
+         AND ($2::bigint IS NULL OR (o.id <= $2 AND p.id <= $2)) \
+         AND ($3::timestamptz IS NULL OR o.created_at >= $3) \
+         AND ($4::timestamptz IS NULL OR o.created_at <= $4) \
+         AND ($5::text IS NULL OR o.event_type = $5) \
+         AND ($6::text IS NULL OR (o.event_type || '.') ~ $6) \
+         AND ($7::text IS NULL OR o.correlation_id = $7) \
+         AND ($8::text IS NULL OR o.exchange <> $8) \
+         AND o.id > $9 AND p.id > $9 ORDER BY o.id LIMIT $10",
+        s.from_id,
+        s.to_id,
+        s.since,
+        s.until,
+        s.event_type,
+        s.event_type_regex,
+        s.correlation_id,
+        s.exclude_exchange,
+        after,
+        limit,
     )
     .fetch_all(pool)
     .await
@@ -517,7 +522,7 @@ pub async fn prune_outbox_batch(
     older_than: Duration,
     limit: u32,
 ) -> Result<u64, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar(
+    let n: i64 = sqlx::query_scalar!(
         "WITH gone AS ( \
              DELETE FROM outbox_published WHERE id IN ( \
                  SELECT id FROM outbox_published \
@@ -525,10 +530,10 @@ pub async fn prune_outbox_batch(
                  ORDER BY published_at LIMIT $2) \
              RETURNING id), \
          rows AS (DELETE FROM outbox WHERE id IN (SELECT id FROM gone)) \
-         SELECT count(*) FROM gone",
+         SELECT count(*) AS \"count!\" FROM gone",
+        older_than.as_secs_f64(),
+        i64::from(limit),
     )
-    .bind(older_than.as_secs_f64())
-    .bind(i64::from(limit))
     .fetch_one(pool)
     .await?;
     Ok(u64::try_from(n).unwrap_or(0))
@@ -540,15 +545,91 @@ pub async fn prune_inbox_batch(
     older_than: Duration,
     limit: u32,
 ) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
+    let r = sqlx::query!(
         "DELETE FROM inbox WHERE message_id IN ( \
              SELECT message_id FROM inbox \
              WHERE processed_at < now() - make_interval(secs => $1) \
              ORDER BY processed_at LIMIT $2)",
+        older_than.as_secs_f64(),
+        i64::from(limit),
     )
-    .bind(older_than.as_secs_f64())
-    .bind(i64::from(limit))
     .execute(pool)
     .await?;
     Ok(r.rows_affected())
+}
+
+/// The exchange and routing key of the outbox rows `ids`, read in `tx` (the
+/// relay's batch, whose rows it holds): `(id, exchange, routing_key)`.
+pub async fn routes(
+    tx: &mut Transaction<'static, Postgres>,
+    ids: &[i64],
+) -> Result<Vec<(i64, String, String)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "SELECT id, exchange, routing_key FROM outbox WHERE id = ANY($1)",
+        ids
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.id, r.exchange, r.routing_key))
+        .collect())
+}
+
+/// The inbox claim's INSERT with the message id at `$first` and the queue at
+/// `$first + 1`. It returns one row when the message is new and none when the
+/// inbox has it, so a writer can fold it into its own statement as a CTE and make
+/// every write read from it (`push::record`). The same statement as
+/// [`claim_message`]'s (a unit test holds them equal).
+pub(crate) fn inbox_claim_sql(first: usize) -> String {
+    format!(
+        "INSERT INTO inbox (message_id, queue) VALUES (${first}, ${}) \
+         ON CONFLICT DO NOTHING RETURNING 1",
+        first + 1
+    )
+}
+
+/// Claims `message_id` for `queue` in the inbox, in `tx`; `false` when it was
+/// handled before (a concurrent redelivery waits on the first one's row lock and
+/// then sees it).
+pub async fn claim_message(
+    tx: &mut Transaction<'static, Postgres>,
+    message_id: Uuid,
+    queue: &str,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query_scalar!(
+        "INSERT INTO inbox (message_id, queue) VALUES ($1, $2) \
+         ON CONFLICT DO NOTHING RETURNING 1",
+        message_id,
+        queue,
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(claimed.len() == 1)
+}
+
+/// Whether the inbox has `message_id` (handled before, by any queue).
+pub async fn message_handled(pool: &PgPool, message_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT EXISTS (SELECT 1 FROM inbox WHERE message_id = $1) AS \"handled!\"",
+        message_id,
+    )
+    .fetch_one(pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`claim_message`] runs the literal of `inbox_claim_sql(1)` (`query!`
+    /// needs a literal): the two must not drift apart.
+    #[test]
+    fn inbox_claim_fragment_is_the_checked_statement() {
+        assert_eq!(
+            inbox_claim_sql(1),
+            "INSERT INTO inbox (message_id, queue) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING RETURNING 1"
+        );
+    }
 }

@@ -24,6 +24,15 @@
 //!
 //! Duplicates (the inbox already has the message) are skipped one by one: every
 //! write reads from the claimed messages, and the statement returns their ids.
+//!
+//! This is the push domain's storage: the only SQL of `pushes` and `ref_state`
+//! writes. The statements are built at run time (array inserts of the outbox,
+//! the webhook deliveries and the inbox claim are folded in), so their bind
+//! positions are named once, in [`GroupParams`] and [`OneParams`]: each group of
+//! values starts where the previous one ends, its fragment numbers its `$N` from
+//! that base, and the values are bound in the same order. No `$N` is written by
+//! hand; a unit test checks that each statement's placeholders are exactly
+//! `$1..=$count`.
 
 use std::sync::LazyLock;
 
@@ -33,9 +42,8 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use crate::inbox::Claim;
 use crate::outbox::Event;
-use crate::outbox::storage::{EVENT_PARAMS, EventArrays, Owned};
+use crate::outbox::storage::{EVENT_PARAMS, EventArrays, Owned, inbox_claim_sql};
 use crate::push_job::PushJob;
 use crate::push_job::update::is_zero;
 use crate::webhook::Deliveries;
@@ -135,80 +143,127 @@ fn record_span(writes: &[PushWrite]) -> tracing::Span {
     span
 }
 
+/// The `$N` of each group of values [`record_group`] binds, in bind order.
+struct GroupParams {
+    /// The inbox queue (one value).
+    queue: usize,
+    /// [`Items`]' arrays.
+    items: usize,
+    /// [`Refs`]' arrays, with their owners.
+    refs: usize,
+    /// [`EventArrays`].
+    events: usize,
+    /// The events' owners (one `uuid[]`).
+    event_owners: usize,
+    /// [`DeliveryArrays`].
+    deliveries: usize,
+    /// The deliveries' owners (one `uuid[]`).
+    delivery_owners: usize,
+    /// How many values are bound (the last `$N`).
+    #[cfg(test)]
+    count: usize,
+}
+
+/// [`GroupParams`] of the group statement: each group right after the previous.
+const GROUP: GroupParams = {
+    let queue = 1;
+    let items = queue + 1;
+    let refs = items + Items::PARAMS;
+    let events = refs + Refs::PARAMS;
+    let event_owners = events + EVENT_PARAMS;
+    let deliveries = event_owners + 1;
+    let delivery_owners = deliveries + DELIVERY_PARAMS;
+    GroupParams {
+        queue,
+        items,
+        refs,
+        events,
+        event_owners,
+        deliveries,
+        delivery_owners,
+        #[cfg(test)]
+        count: delivery_owners,
+    }
+};
+
+/// The statement of [`record_group`], its values at [`GROUP`].
+fn group_sql() -> String {
+    let mine = "(SELECT message_id FROM mine)";
+    let GroupParams {
+        queue,
+        items,
+        refs,
+        events,
+        event_owners,
+        deliveries,
+        delivery_owners,
+        ..
+    } = GROUP;
+    format!(
+        "WITH items AS (
+             SELECT * FROM {}
+                 AS i(message_id, push_id, repository, pusher, pushed_at, ref_count, updates)
+         ),
+         claim AS (
+             INSERT INTO inbox (message_id, queue)
+             SELECT message_id, ${queue} FROM items ORDER BY message_id
+             ON CONFLICT DO NOTHING RETURNING message_id
+         ),
+         lock AS MATERIALIZED (
+             SELECT count(*) AS repositories FROM (
+                 SELECT pg_advisory_xact_lock(h) FROM (
+                     SELECT DISTINCT hashtextextended(i.repository, 0) AS h
+                     FROM items i JOIN claim USING (message_id) ORDER BY h
+                 ) k
+             ) l
+         ),
+         mine AS MATERIALIZED (
+             SELECT i.* FROM lock, items i JOIN claim USING (message_id)
+         ),
+         p AS (
+             INSERT INTO pushes (push_id, repository, pusher, pushed_at, ref_count, updates)
+             SELECT push_id, repository, pusher, pushed_at, ref_count, updates FROM mine
+             ON CONFLICT (push_id) DO NOTHING
+         ),
+         r AS (
+             INSERT INTO ref_state (repository, ref, sha, deleted, push_id)
+             SELECT DISTINCT ON (m.repository, u.r) m.repository, u.r, u.s, u.d, m.push_id
+             FROM mine m
+             JOIN {} AS u(owner, r, s, d) ON u.owner = m.message_id
+             ORDER BY m.repository, u.r, m.push_id DESC
+             {REF_STATE_FORWARD}
+         ),
+         o AS ({}),
+         d AS ({})
+         SELECT message_id FROM mine",
+        Items::unnest_sql(items),
+        Refs::unnest_sql(refs),
+        EventArrays::insert_sql(
+            events,
+            "",
+            Some(Owned {
+                param: event_owners,
+                owners: mine
+            })
+        ),
+        DeliveryArrays::insert_sql(
+            deliveries,
+            "",
+            Some(Owned {
+                param: delivery_owners,
+                owners: mine
+            })
+        ),
+    )
+}
+
 /// [`record`] for two or more pushes.
 async fn record_group<'c>(
     conn: impl PgExecutor<'c>,
     queue: &str,
     writes: &[PushWrite],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    const ITEMS: usize = 2;
-    const REFS: usize = ITEMS + 7;
-    const EVENTS: usize = REFS + 4;
-    const EVENT_OWNERS: usize = EVENTS + EVENT_PARAMS;
-    const DELIVERIES: usize = EVENT_OWNERS + 1;
-    const DELIVERY_OWNERS: usize = DELIVERIES + DELIVERY_PARAMS;
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        let mine = "(SELECT message_id FROM mine)";
-        format!(
-            "WITH items AS (
-                 SELECT * FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[],
-                                      $6::timestamptz[], $7::int4[], $8::jsonb[])
-                     AS i(message_id, push_id, repository, pusher, pushed_at, ref_count, updates)
-             ),
-             claim AS (
-                 INSERT INTO inbox (message_id, queue)
-                 SELECT message_id, $1 FROM items ORDER BY message_id
-                 ON CONFLICT DO NOTHING RETURNING message_id
-             ),
-             lock AS MATERIALIZED (
-                 SELECT count(*) AS repositories FROM (
-                     SELECT pg_advisory_xact_lock(h) FROM (
-                         SELECT DISTINCT hashtextextended(i.repository, 0) AS h
-                         FROM items i JOIN claim USING (message_id) ORDER BY h
-                     ) k
-                 ) l
-             ),
-             mine AS MATERIALIZED (
-                 SELECT i.* FROM lock, items i JOIN claim USING (message_id)
-             ),
-             p AS (
-                 INSERT INTO pushes (push_id, repository, pusher, pushed_at, ref_count, updates)
-                 SELECT push_id, repository, pusher, pushed_at, ref_count, updates FROM mine
-                 ON CONFLICT (push_id) DO NOTHING
-             ),
-             r AS (
-                 INSERT INTO ref_state (repository, ref, sha, deleted, push_id)
-                 SELECT DISTINCT ON (m.repository, u.r) m.repository, u.r, u.s, u.d, m.push_id
-                 FROM mine m
-                 JOIN UNNEST(${REFS}::uuid[], ${}::text[], ${}::text[], ${}::bool[])
-                     AS u(owner, r, s, d) ON u.owner = m.message_id
-                 ORDER BY m.repository, u.r, m.push_id DESC
-                 {REF_STATE_FORWARD}
-             ),
-             o AS ({}),
-             d AS ({})
-             SELECT message_id FROM mine",
-            REFS + 1,
-            REFS + 2,
-            REFS + 3,
-            EventArrays::insert_sql(
-                EVENTS,
-                "",
-                Some(Owned {
-                    param: EVENT_OWNERS,
-                    owners: mine
-                })
-            ),
-            DeliveryArrays::insert_sql(
-                DELIVERIES,
-                "",
-                Some(Owned {
-                    param: DELIVERY_OWNERS,
-                    owners: mine
-                })
-            ),
-        )
-    });
+    static SQL: LazyLock<String> = LazyLock::new(group_sql);
     let mut items = Items::default();
     let mut refs = Refs::default();
     let mut events = EventArrays::default();
@@ -223,6 +278,7 @@ async fn record_group<'c>(
         deliveries.extend(&w.deliveries);
         delivery_owners.extend(std::iter::repeat_n(w.message_id, w.deliveries.len()));
     }
+    // In `GROUP`'s order.
     let q = sqlx::query(&SQL).bind(queue);
     let q = refs.bind(items.bind(q));
     let q = events.bind(q).bind(event_owners);
@@ -236,6 +292,86 @@ async fn record_group<'c>(
         .collect()
 }
 
+/// The `$N` of each group of values [`record_one`] binds, in bind order.
+struct OneParams {
+    /// The push's columns ([`PUSH_PARAMS`] values: push id, repository,
+    /// pusher, pushed at, ref count, updates).
+    push: usize,
+    /// [`Refs`]' arrays, without owners.
+    refs: usize,
+    /// The inbox claim (message id, queue).
+    claim: usize,
+    /// [`EventArrays`].
+    events: usize,
+    /// [`DeliveryArrays`].
+    deliveries: usize,
+    /// How many values are bound (the last `$N`).
+    #[cfg(test)]
+    count: usize,
+}
+
+/// How many values [`bind_push`] binds.
+const PUSH_PARAMS: usize = 6;
+
+/// [`OneParams`] of the single-push statement: each group right after the previous.
+const ONE: OneParams = {
+    let push = 1;
+    let refs = push + PUSH_PARAMS;
+    let claim = refs + Refs::UNOWNED_PARAMS;
+    let events = claim + 2;
+    let deliveries = events + EVENT_PARAMS;
+    OneParams {
+        push,
+        refs,
+        claim,
+        events,
+        deliveries,
+        #[cfg(test)]
+        count: deliveries + DELIVERY_PARAMS - 1,
+    }
+};
+
+/// The statement of [`record_one`], its values at [`ONE`].
+fn one_sql() -> String {
+    let [id, repository, pusher, pushed_at, ref_count, updates] =
+        std::array::from_fn::<usize, PUSH_PARAMS, _>(|i| ONE.push + i);
+    format!(
+        "WITH claim AS ({}),
+         lock AS MATERIALIZED (
+             SELECT pg_advisory_xact_lock(hashtextextended(${repository}, 0)) FROM claim
+         ),
+         p AS (
+             INSERT INTO pushes (push_id, repository, pusher, pushed_at, ref_count, updates)
+             SELECT ${id}, ${repository}, ${pusher}, ${pushed_at}, ${ref_count}, ${updates}
+             FROM lock
+             ON CONFLICT (push_id) DO NOTHING
+         ),
+         r AS (
+             INSERT INTO ref_state (repository, ref, sha, deleted, push_id)
+             SELECT ${repository}, r, s, d, ${id}
+             FROM lock, {} AS u(r, s, d)
+             {REF_STATE_FORWARD}
+         ),
+         o AS ({}),
+         d AS ({})
+         SELECT 1 FROM lock",
+        inbox_claim_sql(ONE.claim),
+        Refs::unowned_unnest_sql(ONE.refs),
+        EventArrays::insert_sql(ONE.events, "lock, ", None),
+        DeliveryArrays::insert_sql(ONE.deliveries, "lock, ", None),
+    )
+}
+
+/// Binds the push's columns of `w`, in [`one_sql`]'s order.
+fn bind_push<'q>(q: Query<'q>, w: &'q PushWrite) -> Query<'q> {
+    q.bind(w.push.push_id)
+        .bind(&w.push.repository)
+        .bind(&w.push.pusher)
+        .bind(w.push.pushed_at)
+        .bind(ref_count(&w.push))
+        .bind(updates_json(&w.push))
+}
+
 /// [`record`] for a single push: the same writes, without the group's joins
 /// between the pushes and their rows (items, claims, owners). A push written
 /// alone is the common case below full load, and those joins would cost it
@@ -246,48 +382,12 @@ async fn record_one<'c>(
     queue: &str,
     w: &PushWrite,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    const CLAIM: usize = 10;
-    const EVENTS: usize = CLAIM + 2;
-    const DELIVERIES: usize = EVENTS + EVENT_PARAMS;
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "WITH claim AS ({}),
-             lock AS MATERIALIZED (
-                 SELECT pg_advisory_xact_lock(hashtextextended($2, 0)) FROM claim
-             ),
-             p AS (
-                 INSERT INTO pushes (push_id, repository, pusher, pushed_at, ref_count, updates)
-                 SELECT $1, $2, $3, $4, $5, $6 FROM lock
-                 ON CONFLICT (push_id) DO NOTHING
-             ),
-             r AS (
-                 INSERT INTO ref_state (repository, ref, sha, deleted, push_id)
-                 SELECT $2, r, s, d, $1
-                 FROM lock, unnest($7::text[], $8::text[], $9::bool[]) AS u(r, s, d)
-                 {REF_STATE_FORWARD}
-             ),
-             o AS ({}),
-             d AS ({})
-             SELECT 1 FROM lock",
-            Claim::insert_sql(CLAIM),
-            EventArrays::insert_sql(EVENTS, "lock, ", None),
-            DeliveryArrays::insert_sql(DELIVERIES, "lock, ", None),
-        )
-    });
+    static SQL: LazyLock<String> = LazyLock::new(one_sql);
     let mut refs = Refs::default();
     refs.add(w);
-    let q = sqlx::query(&SQL)
-        .bind(w.push.push_id)
-        .bind(&w.push.repository)
-        .bind(&w.push.pusher)
-        .bind(w.push.pushed_at)
-        .bind(ref_count(&w.push))
-        .bind(updates_json(&w.push))
-        .bind(refs.refs)
-        .bind(refs.shas)
-        .bind(refs.deleted)
-        .bind(w.message_id)
-        .bind(queue);
+    // In `ONE`'s order.
+    let q = bind_push(sqlx::query(&SQL), w);
+    let q = refs.bind_unowned(q).bind(w.message_id).bind(queue);
     let q = DeliveryArrays::new(&w.deliveries).bind(EventArrays::new(&w.events).bind(q));
     // All rows, as in `record`: the commit happens after the row is sent.
     let claimed = !q.fetch_all(conn).await?.is_empty();
@@ -307,7 +407,7 @@ fn updates_json(p: &PushJob) -> serde_json::Value {
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// One entry per push, in parameter order `$2`–`$8`.
+/// One entry per push: the group statement's `items`.
 #[derive(Default)]
 struct Items {
     message_ids: Vec<Uuid>,
@@ -320,6 +420,19 @@ struct Items {
 }
 
 impl Items {
+    /// How many values [`Self::bind`] binds.
+    const PARAMS: usize = 7;
+
+    /// The arrays as a set of rows, read from `$first` on, in [`Self::bind`]'s order.
+    fn unnest_sql(first: usize) -> String {
+        let [m, p, r, u, at, n, up] =
+            std::array::from_fn::<usize, { Items::PARAMS }, _>(|i| first + i);
+        format!(
+            "UNNEST(${m}::uuid[], ${p}::uuid[], ${r}::text[], ${u}::text[], \
+                    ${at}::timestamptz[], ${n}::int4[], ${up}::jsonb[])"
+        )
+    }
+
     fn add(&mut self, w: &PushWrite) {
         let p = &w.push;
         self.message_ids.push(w.message_id);
@@ -352,6 +465,24 @@ struct Refs {
 }
 
 impl Refs {
+    /// How many values [`Self::bind`] binds.
+    const PARAMS: usize = 4;
+    /// How many values [`Self::bind_unowned`] binds.
+    const UNOWNED_PARAMS: usize = 3;
+
+    /// The arrays with their owners, read from `$first` on, in [`Self::bind`]'s order.
+    fn unnest_sql(first: usize) -> String {
+        let [o, r, s, d] = std::array::from_fn::<usize, { Refs::PARAMS }, _>(|i| first + i);
+        format!("UNNEST(${o}::uuid[], ${r}::text[], ${s}::text[], ${d}::bool[])")
+    }
+
+    /// The arrays without owners (one push), read from `$first` on, in
+    /// [`Self::bind_unowned`]'s order.
+    fn unowned_unnest_sql(first: usize) -> String {
+        let [r, s, d] = std::array::from_fn::<usize, { Refs::UNOWNED_PARAMS }, _>(|i| first + i);
+        format!("unnest(${r}::text[], ${s}::text[], ${d}::bool[])")
+    }
+
     fn add(&mut self, w: &PushWrite) {
         for u in &w.push.updates {
             self.owners.push(w.message_id);
@@ -366,5 +497,46 @@ impl Refs {
             .bind(self.refs)
             .bind(self.shas)
             .bind(self.deleted)
+    }
+
+    fn bind_unowned(self, q: Query<'_>) -> Query<'_> {
+        q.bind(self.refs).bind(self.shas).bind(self.deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The `$N` placeholders of `sql`.
+    fn placeholders(sql: &str) -> BTreeSet<usize> {
+        let mut found = BTreeSet::new();
+        let mut rest = sql;
+        while let Some(at) = rest.find('$') {
+            rest = &rest[at + 1..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if let Ok(n) = digits.parse() {
+                found.insert(n);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn group_statement_uses_every_named_position_and_no_other() {
+        assert_eq!(
+            placeholders(&group_sql()),
+            (1..=GROUP.count).collect::<BTreeSet<_>>()
+        );
+    }
+
+    #[test]
+    fn single_push_statement_uses_every_named_position_and_no_other() {
+        assert_eq!(
+            placeholders(&one_sql()),
+            (1..=ONE.count).collect::<BTreeSet<_>>()
+        );
     }
 }

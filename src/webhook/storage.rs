@@ -3,8 +3,16 @@
 //!
 //! Owns the queries: subscription management, delivery rows written with the push
 //! (folded into its statement), the handler's load, attempt recording with the failure count and
-//! auto-disable (one short transaction per attempt), listing and pruning. It
-//! never makes HTTP requests and never decides policy: callers pass thresholds in.
+//! auto-disable (one short transaction per attempt), listing and pruning; and
+//! the one read of `pushes` the webhook admin needs (which repositories exist, to
+//! check a subscription's pattern). It never makes HTTP requests and never
+//! decides policy: callers pass thresholds in.
+//!
+//! Fixed statements are `sqlx::query!` and friends, checked at build time against
+//! the schema (offline data in `.sqlx/`, `scripts/sqlx-prepare`). Built at run
+//! time: the delivery array insert ([`DeliveryArrays`], a crate-private fragment
+//! the push statement folds in; it numbers its parameters from one base) and the
+//! subscription reads (one column list, [`Subscription`] decoded by `FromRow`).
 
 use std::time::Duration;
 
@@ -39,17 +47,17 @@ pub struct NewSubscription {
 
 /// Inserts a subscription; returns its id.
 pub async fn insert_subscription(pool: &PgPool, s: &NewSubscription) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "INSERT INTO webhook_subscriptions (repository_pattern, url, secret, events, content_type, \
                                             style) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        s.repository_pattern,
+        s.url,
+        s.secret,
+        s.events.as_slice(),
+        s.content_type,
+        s.style.as_str(),
     )
-    .bind(&s.repository_pattern)
-    .bind(&s.url)
-    .bind(&s.secret)
-    .bind(&s.events)
-    .bind(&s.content_type)
-    .bind(s.style.as_str())
     .fetch_one(pool)
     .await
 }
@@ -76,8 +84,7 @@ pub async fn active_subscriptions(
 
 /// Deletes a subscription; `false` when there was none.
 pub async fn remove_subscription(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query("DELETE FROM webhook_subscriptions WHERE id = $1")
-        .bind(id)
+    let r = sqlx::query!("DELETE FROM webhook_subscriptions WHERE id = $1", id)
         .execute(pool)
         .await?;
     Ok(r.rows_affected() == 1)
@@ -86,15 +93,15 @@ pub async fn remove_subscription(pool: &PgPool, id: i64) -> Result<bool, sqlx::E
 /// Enables (resetting the failure count) or disables a subscription by hand;
 /// `false` when there is none.
 pub async fn set_active(pool: &PgPool, id: i64, active: bool) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+    let r = sqlx::query!(
         "UPDATE webhook_subscriptions SET active = $2, consecutive_failures = 0, \
              disabled_at = CASE WHEN $2 THEN NULL ELSE now() END, \
              disabled_reason = CASE WHEN $2 THEN NULL ELSE 'disabled by hand' END, \
              updated_at = now() \
          WHERE id = $1",
+        id,
+        active,
     )
-    .bind(id)
-    .bind(active)
     .execute(pool)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -110,15 +117,15 @@ pub async fn rotate_secret(
     new: &str,
     overlap: Duration,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+    let r = sqlx::query!(
         "UPDATE webhook_subscriptions SET previous_secret = secret, \
              previous_secret_expires_at = now() + make_interval(secs => $3), \
              secret = $2, updated_at = now() \
          WHERE id = $1",
+        id,
+        new,
+        overlap.as_secs_f64(),
     )
-    .bind(id)
-    .bind(new)
-    .bind(overlap.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -129,12 +136,16 @@ pub async fn rotate_secret(
 pub async fn stored_secrets_for_update(
     tx: &mut Transaction<'static, Postgres>,
 ) -> Result<Vec<(i64, Option<String>, Option<String>)>, sqlx::Error> {
-    sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT id, secret, previous_secret FROM webhook_subscriptions \
          WHERE secret IS NOT NULL OR previous_secret IS NOT NULL ORDER BY id FOR UPDATE",
     )
     .fetch_all(&mut **tx)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.id, r.secret, r.previous_secret))
+        .collect())
 }
 
 /// Writes a subscription's stored secrets (both columns, as re-sealed).
@@ -144,12 +155,14 @@ pub async fn set_stored_secrets(
     secret: Option<&str>,
     previous: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE webhook_subscriptions SET secret = $2, previous_secret = $3 WHERE id = $1")
-        .bind(id)
-        .bind(secret)
-        .bind(previous)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE webhook_subscriptions SET secret = $2, previous_secret = $3 WHERE id = $1",
+        id,
+        secret,
+        previous,
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -172,7 +185,7 @@ pub struct NewDelivery {
 /// ([`insert_deliveries`]) or be folded into the push handler's one statement
 /// ([`crate::push::record`]). One definition of the SQL either way.
 #[derive(Default)]
-pub struct DeliveryArrays {
+pub(crate) struct DeliveryArrays {
     ids: Vec<Uuid>,
     subs: Vec<i64>,
     types: Vec<String>,
@@ -181,18 +194,18 @@ pub struct DeliveryArrays {
 }
 
 /// How many parameters [`DeliveryArrays::insert_sql`] uses.
-pub const DELIVERY_PARAMS: usize = 5;
+pub(crate) const DELIVERY_PARAMS: usize = 5;
 
 impl DeliveryArrays {
     /// The arrays of `rows`.
-    pub fn new(rows: &[NewDelivery]) -> Self {
+    pub(crate) fn new(rows: &[NewDelivery]) -> Self {
         let mut a = DeliveryArrays::default();
         a.extend(rows);
         a
     }
 
     /// Appends `rows`.
-    pub fn extend(&mut self, rows: &[NewDelivery]) {
+    pub(crate) fn extend(&mut self, rows: &[NewDelivery]) {
         for r in rows {
             self.ids.push(r.delivery_id);
             self.subs.push(r.subscription_id);
@@ -206,7 +219,7 @@ impl DeliveryArrays {
     /// `$first + DELIVERY_PARAMS - 1`, every row, or with `owned` only the rows
     /// of some owners (see [`Owned`]); `join` (e.g. `"lock, "`) is put in front
     /// of the UNNEST in the FROM list, so rows are produced only after it.
-    pub fn insert_sql(first: usize, join: &str, owned: Option<Owned<'_>>) -> String {
+    pub(crate) fn insert_sql(first: usize, join: &str, owned: Option<Owned<'_>>) -> String {
         let [i, s, t, c, p] = std::array::from_fn::<usize, DELIVERY_PARAMS, _>(|k| first + k);
         let (owner_col, owner_alias, filter) = Owned::parts(owned);
         format!(
@@ -220,7 +233,7 @@ impl DeliveryArrays {
     }
 
     /// Binds the arrays (in [`Self::insert_sql`]'s parameter order) to `q`.
-    pub fn bind<'q>(
+    pub(crate) fn bind<'q>(
         self,
         q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
@@ -269,11 +282,12 @@ pub struct DeliveryRow {
 
 /// Loads a delivery.
 pub async fn load_delivery(pool: &PgPool, id: Uuid) -> Result<Option<DeliveryRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        DeliveryRow,
         "SELECT delivery_id, subscription_id, event_type, correlation_id, payload, created_at \
          FROM webhook_deliveries WHERE delivery_id = $1",
+        id,
     )
-    .bind(id)
     .fetch_optional(pool)
     .await
 }
@@ -299,12 +313,13 @@ pub async fn load_subscription_times(
     let Some(sub) = load_subscription(pool, id).await? else {
         return Ok(None);
     };
-    let times: Option<(DateTime<Utc>, DateTime<Utc>)> =
-        sqlx::query_as("SELECT created_at, updated_at FROM webhook_subscriptions WHERE id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(times.map(|(c, u)| (sub, c, u)))
+    let times = sqlx::query!(
+        "SELECT created_at, updated_at FROM webhook_subscriptions WHERE id = $1",
+        id,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(times.map(|t| (sub, t.created_at, t.updated_at)))
 }
 
 /// Whether a successful attempt exists for the delivery (any message, or only
@@ -314,13 +329,13 @@ pub async fn succeeded(
     delivery_id: Uuid,
     message_id: Option<Uuid>,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT EXISTS (SELECT 1 FROM webhook_attempts \
                         WHERE delivery_id = $1 AND outcome = 'success' \
-                          AND ($2::uuid IS NULL OR message_id = $2))",
+                          AND ($2::uuid IS NULL OR message_id = $2)) AS \"succeeded!\"",
+        delivery_id,
+        message_id,
     )
-    .bind(delivery_id)
-    .bind(message_id)
     .fetch_one(pool)
     .await
 }
@@ -384,7 +399,7 @@ pub async fn record_attempt(
         "failed" => "failed",
         _ => "retrying",
     };
-    sqlx::query(
+    sqlx::query!(
         "WITH d AS ( \
              UPDATE webhook_deliveries SET attempts = attempts + 1, state = $11, updated_at = now() \
              WHERE delivery_id = $1 RETURNING attempts) \
@@ -393,20 +408,20 @@ pub async fn record_attempt(
              request_body, response_headers) \
          VALUES ($1, $2, $3, COALESCE((SELECT attempts FROM d), 1), $4, $5, $6, $7, $8, $9, $10, \
              $12, $13)",
+        a.delivery_id,
+        a.subscription_id,
+        a.message_id,
+        a.url,
+        a.request_headers,
+        a.outcome,
+        a.status,
+        i32::try_from(a.duration.as_millis()).unwrap_or(i32::MAX),
+        a.response_excerpt,
+        a.error,
+        state,
+        a.request_body,
+        a.response_headers,
     )
-    .bind(a.delivery_id)
-    .bind(a.subscription_id)
-    .bind(a.message_id)
-    .bind(&a.url)
-    .bind(&a.request_headers)
-    .bind(a.outcome)
-    .bind(a.status)
-    .bind(i32::try_from(a.duration.as_millis()).unwrap_or(i32::MAX))
-    .bind(&a.response_excerpt)
-    .bind(&a.error)
-    .bind(state)
-    .bind(&a.request_body)
-    .bind(&a.response_headers)
     .execute(&mut **tx)
     .await?;
     if !counts {
@@ -417,7 +432,7 @@ pub async fn record_attempt(
     }
     let success = a.outcome == "success";
     // $4 (a reason) disables at once; otherwise the count reaching $3 does.
-    let row: Option<(i32, bool)> = sqlx::query_as(
+    let row = sqlx::query!(
         "UPDATE webhook_subscriptions s SET \
              consecutive_failures = CASE WHEN $2 THEN 0 ELSE s.consecutive_failures + 1 END, \
              active = CASE WHEN $4::text IS NOT NULL \
@@ -434,16 +449,19 @@ pub async fn record_attempt(
          FROM (SELECT id, active AS was_active FROM webhook_subscriptions \
                WHERE id = $1 FOR UPDATE) old \
          WHERE s.id = old.id \
-         RETURNING s.consecutive_failures, (old.was_active AND NOT s.active)",
+         RETURNING s.consecutive_failures, \
+                   (old.was_active AND NOT s.active) AS \"disabled_now!\"",
+        a.subscription_id,
+        success,
+        i32::try_from(disable_after).unwrap_or(i32::MAX),
+        disable_now,
+        REASON_FAILURES,
     )
-    .bind(a.subscription_id)
-    .bind(success)
-    .bind(i32::try_from(disable_after).unwrap_or(i32::MAX))
-    .bind(disable_now)
-    .bind(REASON_FAILURES)
     .fetch_optional(&mut **tx)
     .await?;
-    let (consecutive_failures, disabled_now) = row.unwrap_or((0, false));
+    let (consecutive_failures, disabled_now) = row
+        .map(|r| (r.consecutive_failures, r.disabled_now))
+        .unwrap_or((0, false));
     Ok(Recorded {
         consecutive_failures,
         disabled_now,
@@ -494,7 +512,8 @@ pub async fn list_attempts(
     failed_only: bool,
     limit: i64,
 ) -> Result<Vec<AttemptRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        AttemptRow,
         "SELECT a.id, a.delivery_id, a.subscription_id, d.event_type, a.message_id, a.attempt, \
                 a.url, a.request_headers, a.outcome, a.status, a.duration_ms, \
                 a.response_excerpt, a.request_body, a.response_headers, a.error, a.created_at \
@@ -502,10 +521,10 @@ pub async fn list_attempts(
          WHERE ($1::bigint IS NULL OR a.subscription_id = $1) \
            AND (NOT $2 OR a.outcome <> 'success') \
          ORDER BY a.id DESC LIMIT $3",
+        subscription,
+        failed_only,
+        limit,
     )
-    .bind(subscription)
-    .bind(failed_only)
-    .bind(limit)
     .fetch_all(pool)
     .await
 }
@@ -518,22 +537,22 @@ pub async fn prune_batch(
     batch: u32,
 ) -> Result<u64, sqlx::Error> {
     let secs = retention.as_secs_f64();
-    let a = sqlx::query(
+    let a = sqlx::query!(
         "DELETE FROM webhook_attempts WHERE id IN ( \
              SELECT id FROM webhook_attempts \
              WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+        secs,
+        i64::from(batch),
     )
-    .bind(secs)
-    .bind(i64::from(batch))
     .execute(pool)
     .await?;
-    let d = sqlx::query(
+    let d = sqlx::query!(
         "DELETE FROM webhook_deliveries WHERE delivery_id IN ( \
              SELECT delivery_id FROM webhook_deliveries \
              WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+        secs,
+        i64::from(batch),
     )
-    .bind(secs)
-    .bind(i64::from(batch))
     .execute(pool)
     .await?;
     Ok(a.rows_affected() + d.rows_affected())
@@ -547,13 +566,14 @@ pub async fn pushed_repositories(
     limit: i64,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let secs = within.map(|d| d.as_secs_f64());
-    sqlx::query_as(
-        "SELECT repository, count(*) FROM pushes \
+    let rows = sqlx::query!(
+        "SELECT repository, count(*) AS \"pushes!\" FROM pushes \
          WHERE $1::float8 IS NULL OR pushed_at > now() - make_interval(secs => $1::float8) \
          GROUP BY repository ORDER BY max(pushed_at) DESC LIMIT $2",
+        secs,
+        limit,
     )
-    .bind(secs)
-    .bind(limit)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.repository, r.pushes)).collect())
 }
