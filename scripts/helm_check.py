@@ -9,7 +9,7 @@ chart's invariants (non-root, read-only root, probes, grace period above the dra
 secrets only by reference), and run `hookfleet config check` on the rendered config.toml with
 the environment each container gets. Bad values must fail with a clear message: the
 schema's for types, enums and unknown keys, the templates' for what a schema cannot say.
-The PrometheusRule's expressions may name only metrics src/metrics.rs defines and the code
+The PrometheusRule's expressions may name only metrics src/metrics/ defines and the code
 records, and each alert's runbook_url must name a section of docs/RUNBOOK.md.
 """
 
@@ -109,18 +109,22 @@ def check_schema_file(args: argparse.Namespace) -> None:
     walk(schema, values, "")
 
 
-# Metrics src/metrics.rs registers but no code records: an alert on one would never fire.
+# Metrics src/metrics/ registers but no code records: an alert on one would never fire.
 UNRECORDED: set[str] = set()
 
+# How src/metrics/families.rs registers a field: its own helpers, or `reg` around a constructor.
+REGISTRATION = r"\b(\w+): (?:reg|counter|counter_vec|gauge|gauge_vec|histogram|histogram_vec)\("
 
-def metric_catalogue(metrics_rs: Path) -> dict[str, set[str]]:
-    """Metric name → label names, for every metric src/metrics.rs registers and some code
-    outside it records (the others go to UNRECORDED)."""
-    text = metrics_rs.read_text()
-    src = metrics_rs.parent
-    elsewhere = "\n".join(p.read_text() for p in src.rglob("*.rs") if p != metrics_rs)
+
+def metric_catalogue(metrics: Path) -> dict[str, set[str]]:
+    """Metric name → label names, for every metric src/metrics/ (a folder, or one file)
+    registers and some code outside it records (the others go to UNRECORDED)."""
+    files = sorted(metrics.rglob("*.rs")) if metrics.is_dir() else [metrics]
+    text = "\n".join(p.read_text() for p in files)
+    src = metrics.parent
+    elsewhere = "\n".join(p.read_text() for p in src.rglob("*.rs") if p not in files)
     catalogue = {}
-    fields = list(re.finditer(r"\b(\w+): reg\(", text))
+    fields = list(re.finditer(REGISTRATION, text))
     for i, f in enumerate(fields):
         segment = text[f.end(): fields[i + 1].start() if i + 1 < len(fields) else len(text)]
         name = re.search(r'"(hookfleet_\w+)"', segment)
@@ -170,9 +174,9 @@ def expr_problems(expr: str, catalogue: dict[str, set[str]]) -> list[str]:
         if m.group(2) or word in PROMQL_WORDS:
             continue  # a function call or a keyword
         if word in UNRECORDED:
-            problems.append(f"{word} is registered in src/metrics.rs but nothing records it")
+            problems.append(f"{word} is registered in src/metrics/ but nothing records it")
         elif labels_of(word) is None:
-            problems.append(f"unknown metric {word!r} (not in src/metrics.rs)")
+            problems.append(f"unknown metric {word!r} (not in src/metrics/)")
     if not re.search(r"hookfleet_\w+|\bup\b", expr):
         problems.append("names no metric")
     return problems
@@ -565,7 +569,7 @@ def main() -> int:
     p.add_argument("--chart", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--kubernetes-version", required=True)
-    p.add_argument("--metrics", default="src/metrics.rs")
+    p.add_argument("--metrics", default="src/metrics")
     p.add_argument("--runbook", default="docs/RUNBOOK.md")
     args = p.parse_args()
     global ARGS

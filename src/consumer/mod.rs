@@ -1,7 +1,8 @@
 //! Consuming: the supervisor (connection lifecycle), the task pool (limits),
-//! per-delivery processing (outcomes) and coalesced acks.
+//! per-delivery processing, the outcome rules it applies, and coalesced acks.
 
 pub mod acker;
+pub mod outcome;
 pub mod pool;
 pub mod process;
 pub mod supervisor;

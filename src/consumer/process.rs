@@ -1,27 +1,31 @@
 //! One delivery, start to finish: decode, run the handler (own task, timeout,
 //! panic caught), route the outcome, and say how to settle it with the broker.
 //!
-//! Owns the outcome rules: success → ack; transient, timeout or panic → a copy
-//! to the next retry tier with `x-attempt` + 1 (confirmed) then ack, or the dead
-//! queue after `retry.max_attempts`; permanent or poison (undecodable body, wrong
-//! content type, missing `message_id`) → the dead queue at once with `x-error`
-//! and `x-error-class`; postponed by a guard ([`JobError::Postpone`]) → a copy
-//! to the retry tier that fits the wanted delay with `x-attempt` UNCHANGED and
+//! Applies the outcome rules (decided in [`super::outcome`]): success → ack;
+//! transient, timeout or panic → a copy to the next retry tier with
+//! `x-attempt` + 1 (confirmed) then ack, or the dead queue after
+//! `retry.max_attempts`; permanent or poison (undecodable body, wrong content
+//! type, missing `message_id`) → the dead queue at once with `x-error` and
+//! `x-error-class`; postponed by a guard ([`JobError::Postpone`]) → a copy to
+//! the retry tier that fits the wanted delay with `x-attempt` UNCHANGED and
 //! `x-postponed` + 1 (confirmed) then ack, so postponing costs no attempt; past
 //! `retry.max_postponements` a postponement counts as a transient failure. It
 //! never nack-requeues in a loop: a requeue happens only when the copy could
 //! not be published at all.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tracing::Instrument;
 
 use super::acker::Settle;
+use super::outcome::{
+    ErrorClass, Failure, Original, Route, failure_properties, failure_target, panic_message,
+    postpone_properties, postpone_tier, postponements, route, truncate,
+};
 use crate::amqp::publisher::Publisher;
 use crate::amqp::topology::{self, Names};
 use crate::config::Config;
@@ -32,9 +36,6 @@ use crate::job::{Done, Handler, Job, JobError, Postpone};
 
 use crate::message::{self, Envelope};
 use crate::metrics::metrics;
-
-/// Longest `x-error` header kept (the full error is in the logs).
-pub const MAX_ERROR_LEN: usize = 1024;
 
 /// One consumed queue: its handler and pre-resolved metric handles (label
 /// lookups hash and lock; doing them once per queue keeps them off the hot path).
@@ -104,108 +105,11 @@ pub struct Ctx {
     pub gates: Gates,
 }
 
-/// Why a job failed, as it is classed in headers and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// May succeed later.
-    Transient,
-    /// Exceeded `worker.handler_timeout` (retried like transient).
-    Timeout,
-    /// The handler panicked (retried: it may be a transient bug).
-    Panic,
-    /// Bad input: never retried.
-    Permanent,
-    /// Not a valid hookfleet message at all.
-    Poison,
-}
-
-impl ErrorClass {
-    /// Header and log value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorClass::Transient => "transient",
-            ErrorClass::Timeout => "timeout",
-            ErrorClass::Panic => "panic",
-            ErrorClass::Permanent => "permanent",
-            ErrorClass::Poison => "poison",
-        }
-    }
-    fn retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorClass::Transient | ErrorClass::Timeout | ErrorClass::Panic
-        )
-    }
-}
-
-/// Where a failed message goes next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// The retry queue with this delay.
-    Retry(Duration),
-    /// The dead queue.
-    Dead,
-}
-
-/// Picks the route for a failure on `attempt` (1-based). `retry_after` (from the
-/// handler) selects the first tier at least that long, else the longest tier.
-pub fn route(
-    class: ErrorClass,
-    attempt: u32,
-    max_attempts: u32,
-    tiers: &[Duration],
-    retry_after: Option<Duration>,
-) -> Route {
-    if !class.retryable() || attempt >= max_attempts || tiers.is_empty() {
-        return Route::Dead;
-    }
-    let by_attempt = tiers[(attempt as usize - 1).min(tiers.len() - 1)];
-    let delay = match retry_after {
-        Some(wanted) => tiers
-            .iter()
-            .copied()
-            .find(|t| *t >= wanted)
-            .unwrap_or(tiers[tiers.len() - 1]),
-        None => by_attempt,
-    };
-    Route::Retry(delay)
-}
-
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
-}
-
-fn truncate(mut s: String) -> String {
-    if s.len() > MAX_ERROR_LEN {
-        let mut cut = MAX_ERROR_LEN;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
-    s
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Handles one delivery and returns how to settle it. The body moves into the
 /// job without a copy; a retry or dead-letter copy is published from the same
 /// bytes.
 pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Settle {
-    let kind = lane.kind.as_str();
-    let queue = lane.queue.as_str();
+    let (kind, queue) = (lane.kind.as_str(), lane.queue.as_str());
     let Delivery {
         data,
         properties,
@@ -220,62 +124,19 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
     let envelope = match decode(&properties) {
         Ok(e) => e,
         Err(reason) => {
-            let span = tracing::warn_span!("delivery", queue, "message.id" = tracing::field::Empty);
-            return async {
-                tracing::warn!(reason = %reason, "poison message: dead-lettering");
-                Box::pin(finish_failure(
-                    ctx,
-                    queue,
-                    kind,
-                    original,
-                    1,
-                    Failure::new(ErrorClass::Poison, reason),
-                ))
-                .await
-            }
-            .instrument(span)
-            .await;
+            return Box::pin(dead_letter_undecodable(ctx, queue, kind, original, reason)).await;
         }
     };
     let attempt = envelope.attempt();
-    // `process <queue>` per the OpenTelemetry messaging conventions, a child of
-    // the context the message carries (retries and requeues carry the same).
-    let span = tracing::info_span!(
-        "delivery",
-        "message.id" = %envelope.message_id,
-        "correlation.id" = envelope.correlation_id.as_deref().unwrap_or(""),
-        queue,
-        attempt,
-        otel.name = format!("process {queue}"),
-        otel.kind = "consumer",
-    );
-    crate::otel::span::process_attributes(&span, &envelope, queue, routing_key.as_str());
-    crate::otel::propagate::continue_from(&span, &envelope.headers);
+    let span = delivery_span(&envelope, queue, attempt, routing_key.as_str());
     async {
         if let Err((class, reason)) = admit(&envelope, &body, &ctx.config.worker) {
-            tracing::warn!(reason = %reason, "{} message: dead-lettering", class.as_str());
-            return Box::pin(finish_failure(
-                ctx,
-                queue,
-                kind,
-                original,
-                attempt,
-                Failure::new(class, reason),
-            ))
-            .await;
+            return Box::pin(refuse(ctx, queue, kind, original, attempt, class, reason)).await;
         }
         let started = Instant::now();
-        let _inflight = ctx.inflight.start(
-            InFlightJob {
-                message_id: envelope.message_id.to_string(),
-                correlation_id: envelope.correlation_id.clone(),
-                kind: kind.to_string(),
-                attempt,
-                started_at_ms: 0,
-                elapsed_seconds: 0.0,
-            },
-            started,
-        );
+        let _inflight = ctx
+            .inflight
+            .start(in_flight_job(&envelope, kind, attempt), started);
         let job = Job {
             kind: kind.to_string(),
             attempt,
@@ -296,22 +157,9 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
             Ok(Ran::Postponed(p)) => {
                 Box::pin(finish_postpone(ctx, queue, kind, original, attempt, p)).await
             }
-            Ok(Ran::Done(Done::Handled)) => {
-                ctx.gates.killswitch.record_success(kind);
-                lane.acked.inc();
-                tracing::debug!("handled");
-                Settle::Ack
-            }
-            Ok(Ran::Done(Done::Duplicate)) => {
-                ctx.gates.killswitch.record_success(kind);
-                lane.duplicate.inc();
-                Settle::Ack
-            }
+            Ok(Ran::Done(done)) => handled(ctx, lane, done),
             Err(failure) => {
-                if failure.class == ErrorClass::Panic {
-                    lane.panics.inc();
-                    tracing::error!(reason = %failure.reason, "handler panicked");
-                }
+                count_failure(lane, &failure);
                 if matches!(failure.class, ErrorClass::Transient | ErrorClass::Timeout)
                     && ctx.gates.killswitch.record_transient_failure(kind).await
                 {
@@ -323,6 +171,95 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
     }
     .instrument(span)
     .await
+}
+
+/// A delivery whose properties do not decode (wrong content type, no
+/// `message_id`): poison, dead-lettered at once under a span of its own.
+async fn dead_letter_undecodable(
+    ctx: &Ctx,
+    queue: &str,
+    kind: &str,
+    original: Original<'_>,
+    reason: String,
+) -> Settle {
+    let span = tracing::warn_span!("delivery", queue, "message.id" = tracing::field::Empty);
+    refuse(ctx, queue, kind, original, 1, ErrorClass::Poison, reason)
+        .instrument(span)
+        .await
+}
+
+/// Dead-letters a delivery refused before any handler runs (`class`: poison or
+/// permanent, see [`admit`]). Its callers box its future, as [`finish_failure`]'s
+/// are.
+async fn refuse(
+    ctx: &Ctx,
+    queue: &str,
+    kind: &str,
+    original: Original<'_>,
+    attempt: u32,
+    class: ErrorClass,
+    reason: String,
+) -> Settle {
+    tracing::warn!(reason = %reason, "{} message: dead-lettering", class.as_str());
+    let failure = Failure::new(class, reason);
+    finish_failure(ctx, queue, kind, original, attempt, failure).await
+}
+
+/// The span a delivery is handled in: `process <queue>` per the OpenTelemetry
+/// messaging conventions, a child of the context the message carries (retries
+/// and requeues carry the same).
+fn delivery_span(
+    envelope: &Envelope,
+    queue: &str,
+    attempt: u32,
+    routing_key: &str,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "delivery",
+        "message.id" = %envelope.message_id,
+        "correlation.id" = envelope.correlation_id.as_deref().unwrap_or(""),
+        queue,
+        attempt,
+        otel.name = format!("process {queue}"),
+        otel.kind = "consumer",
+    );
+    crate::otel::span::process_attributes(&span, envelope, queue, routing_key);
+    crate::otel::propagate::continue_from(&span, &envelope.headers);
+    span
+}
+
+/// The delivery's entry in the in-flight registry (`/jobs`).
+fn in_flight_job(envelope: &Envelope, kind: &str, attempt: u32) -> InFlightJob {
+    InFlightJob {
+        message_id: envelope.message_id.to_string(),
+        correlation_id: envelope.correlation_id.clone(),
+        kind: kind.to_string(),
+        attempt,
+        started_at_ms: 0,
+        elapsed_seconds: 0.0,
+    }
+}
+
+/// The handler succeeded (or found the job already done): counted, then acked.
+fn handled(ctx: &Ctx, lane: &Lane, done: Done) -> Settle {
+    ctx.gates.killswitch.record_success(&lane.kind);
+    match done {
+        Done::Handled => {
+            lane.acked.inc();
+            tracing::debug!("handled");
+        }
+        Done::Duplicate => lane.duplicate.inc(),
+    }
+    Settle::Ack
+}
+
+/// A failed handler run's own signal: a panic is counted and logged (routing
+/// the failure is the caller's).
+fn count_failure(lane: &Lane, failure: &Failure) {
+    if failure.class == ErrorClass::Panic {
+        lane.panics.inc();
+        tracing::error!(reason = %failure.reason, "handler panicked");
+    }
 }
 
 /// The kill switch is open: give the delivery back to the queue as it came
@@ -396,35 +333,6 @@ fn decode(properties: &BasicProperties) -> Result<Envelope, String> {
     Envelope::from_properties(properties)
 }
 
-/// The delivery a retry or dead-letter copy is made from.
-#[derive(Clone, Copy)]
-struct Original<'a> {
-    properties: &'a BasicProperties,
-    body: &'a [u8],
-}
-
-/// Why a delivery failed: what [`finish_failure`] routes (retry tier or dead
-/// letter) and writes into the copy's `x-error` headers.
-struct Failure {
-    /// Decides retry or dead letter, and `x-error-class`.
-    class: ErrorClass,
-    /// `x-error` (truncated) and the log line.
-    reason: String,
-    /// The handler's own "not before" (`JobError::RetryAfter`), if it gave one.
-    retry_after: Option<Duration>,
-}
-
-impl Failure {
-    /// A failure with no "retry after" of its own.
-    fn new(class: ErrorClass, reason: String) -> Self {
-        Self {
-            class,
-            reason,
-            retry_after: None,
-        }
-    }
-}
-
 /// How a handler that did not fail ended.
 enum Ran {
     Done(Done),
@@ -465,7 +373,8 @@ async fn run_handler(
     }
 }
 
-/// Call sites box its future: failures are rare, and its state (a confirmed
+/// Call sites box its future (or, for [`refuse`], the future that awaits it):
+/// failures are rare, and its state (a confirmed
 /// publish of the copy) would otherwise make every delivery task's future, which
 /// is allocated and copied at each spawn, several kilobytes larger (7.2 KB
 /// against 2.6 KB when measured).
@@ -491,46 +400,9 @@ async fn finish_failure(
         retry_after,
     );
     let reason = truncate(reason);
-    let (target, next_attempt, outcome) = match &route {
-        Route::Retry(delay) => (
-            topology::retry_queue_of(queue, *delay),
-            attempt + 1,
-            "retried",
-        ),
-        Route::Dead if class == ErrorClass::Poison => {
-            (ctx.names.dead_queue(kind), attempt, "poison")
-        }
-        Route::Dead => (ctx.names.dead_queue(kind), attempt, "dead"),
-    };
-    let mut headers = original.properties.headers().clone().unwrap_or_default();
-    let mut set = |k: &str, v: AMQPValue| {
-        headers.insert(ShortString::from(k), v);
-    };
-    set(
-        message::H_ATTEMPT,
-        AMQPValue::LongLongInt(next_attempt.into()),
-    );
-    set(
-        message::H_ERROR,
-        AMQPValue::LongString(reason.as_str().into()),
-    );
-    set(
-        message::H_ERROR_CLASS,
-        AMQPValue::LongString(class.as_str().into()),
-    );
-    set(message::H_ORIGIN_QUEUE, AMQPValue::LongString(queue.into()));
-    let has_first = original
-        .properties
-        .headers()
-        .as_ref()
-        .is_some_and(|h: &FieldTable| h.inner().contains_key(message::H_FIRST_ATTEMPT_AT));
-    if !has_first {
-        headers.insert(
-            ShortString::from(message::H_FIRST_ATTEMPT_AT),
-            AMQPValue::LongLongInt(now_ms()),
-        );
-    }
-    let props = original.properties.clone().with_headers(headers);
+    let (target, next_attempt, outcome) =
+        failure_target(&ctx.names, queue, kind, class, attempt, &route);
+    let props = failure_properties(original.properties, next_attempt, &reason, class, queue);
 
     if let Err(e) = publish_copy(ctx, &target, original.body, props).await {
         tracing::error!(error = %e, target = %target, "cannot publish the retry/dead-letter copy; requeueing the original");
@@ -591,34 +463,6 @@ async fn publish_copy(
     }
 }
 
-/// Times a message was postponed so far (`x-postponed`, 0 when absent).
-fn postponements(properties: &BasicProperties) -> u32 {
-    let Some(v) = properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(message::H_POSTPONED).cloned())
-    else {
-        return 0;
-    };
-    let n = match v {
-        AMQPValue::LongLongInt(n) => n,
-        AMQPValue::LongInt(n) => n.into(),
-        AMQPValue::ShortInt(n) => n.into(),
-        AMQPValue::LongUInt(n) => n.into(),
-        _ => 0,
-    };
-    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
-}
-
-/// The retry tier for a postponement: the first at least `wanted`, else the longest.
-fn postpone_tier(tiers: &[Duration], wanted: Duration) -> Option<Duration> {
-    tiers
-        .iter()
-        .copied()
-        .find(|t| *t >= wanted)
-        .or_else(|| tiers.last().copied())
-}
-
 /// Sends a postponed delivery to the retry tier that fits its "not before",
 /// attempt counter unchanged, `x-postponed` + 1. Past `retry.max_postponements`
 /// (or with no tiers) it is a transient failure instead, which uses an attempt.
@@ -645,20 +489,7 @@ async fn finish_postpone(
         return Box::pin(finish_failure(ctx, queue, kind, original, attempt, failure)).await;
     };
     let target = topology::retry_queue_of(queue, delay);
-    let mut headers = original.properties.headers().clone().unwrap_or_default();
-    headers.insert(
-        ShortString::from(message::H_POSTPONED),
-        AMQPValue::LongLongInt(i64::from(count) + 1),
-    );
-    headers.insert(
-        ShortString::from(message::H_POSTPONE_REASON),
-        AMQPValue::LongString(p.reason.into()),
-    );
-    headers.insert(
-        ShortString::from(message::H_ORIGIN_QUEUE),
-        AMQPValue::LongString(queue.into()),
-    );
-    let props = original.properties.clone().with_headers(headers);
+    let props = postpone_properties(original.properties, count, p.reason, queue);
     if let Err(e) = publish_copy(ctx, &target, original.body, props).await {
         tracing::error!(error = %e, target = %target, "cannot publish the postponed copy; requeueing the original");
         metrics()
@@ -674,48 +505,4 @@ async fn finish_postpone(
     m.postponed_total.with_label_values(&[kind, p.reason]).inc();
     tracing::debug!(reason = p.reason, delay = ?delay, postponed = count + 1, "postponed");
     Settle::Ack
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const S: fn(u64) -> Duration = Duration::from_secs;
-
-    #[test]
-    fn routes_by_class_attempt_and_retry_after() {
-        let tiers = [S(1), S(10), S(60)];
-        assert_eq!(
-            route(ErrorClass::Transient, 1, 5, &tiers, None),
-            Route::Retry(S(1))
-        );
-        assert_eq!(
-            route(ErrorClass::Timeout, 2, 5, &tiers, None),
-            Route::Retry(S(10))
-        );
-        assert_eq!(
-            route(ErrorClass::Panic, 4, 5, &tiers, None),
-            Route::Retry(S(60))
-        );
-        assert_eq!(
-            route(ErrorClass::Transient, 5, 5, &tiers, None),
-            Route::Dead
-        );
-        assert_eq!(
-            route(ErrorClass::Permanent, 1, 5, &tiers, None),
-            Route::Dead
-        );
-        assert_eq!(route(ErrorClass::Poison, 1, 5, &tiers, None), Route::Dead);
-        assert_eq!(postpone_tier(&tiers, S(5)), Some(S(10)));
-        assert_eq!(postpone_tier(&tiers, S(3600)), Some(S(60)));
-        assert_eq!(postpone_tier(&[], S(1)), None);
-        assert_eq!(
-            route(ErrorClass::Transient, 1, 5, &tiers, Some(S(5))),
-            Route::Retry(S(10))
-        );
-        assert_eq!(
-            route(ErrorClass::Transient, 1, 5, &tiers, Some(S(3600))),
-            Route::Retry(S(60))
-        );
-    }
 }

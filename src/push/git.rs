@@ -17,6 +17,14 @@
 //! [`GitError::NotFound`] and a reftable repository (gitoxide does not read its
 //! refs) [`GitError::Unsupported`], both permanent; a deadline passed
 //! [`GitError::Timeout`] (transient); anything else [`GitError::Failed`].
+//!
+//! # Why one file
+//! Its length is one boundary: [`Reader`]'s fields (the open handle, the
+//! deadline, the work counted toward [`HEAVY_READ`]) are private to this file,
+//! so nothing else in `push` can read the repository without the deadline
+//! checks and the work count; the tree-diff visitor that fills a
+//! [`CommitInfo`]'s paths counts the same work. Split, those fields would have
+//! to be visible to the whole folder.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
