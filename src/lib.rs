@@ -9,7 +9,8 @@
 //! - [`dlq`]: listing and requeueing dead letters.
 //! - [`inbox`]: the handler transaction with inbox dedupe ([`inbox::Transactional`]).
 //! - [`alloc`]: returning freed heap to the OS after a giant push.
-//! - [`backoff`]: reconnect delays (exponential, full jitter, unlimited).
+//! - [`backoff`]: reconnect delays (exponential, full jitter, unlimited) and the one
+//!   retry-forever loop ([`backoff::retry_forever`]) every reconnecting part runs.
 //! - [`worker`]: the `worker` role, wiring everything together under one shutdown token;
 //!   [`relay_role`]: the `relay` role (relay, pruner, admin HTTP) with the same bounded shutdown.
 //! - [`error`]: one-line rendering of an error and its causes.
