@@ -34,6 +34,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::backoff::Delays;
+
 /// The defaults, embedded so the binary works with no file at all.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -378,6 +380,14 @@ impl AmqpConfig {
             vec![self.url.clone()]
         } else {
             self.urls.clone()
+        }
+    }
+
+    /// The reconnect series' bounds (`reconnect_min`, `reconnect_max`).
+    pub fn reconnect_delays(&self) -> Delays {
+        Delays {
+            min: self.reconnect_min,
+            max: self.reconnect_max,
         }
     }
 

@@ -3,8 +3,9 @@
 //! is cancelled.
 //!
 //! Owns start-up order and shutdown order; it holds no business logic. Start-up
-//! never gives up on a missing broker or database: it retries with backoff and
-//! reports not ready meanwhile. Shutdown: the supervisor drains (stop consuming,
+//! never gives up on a missing broker or database: it retries forever with
+//! backoff ([`crate::backoff::retry_forever`]; the database here, the broker in
+//! the supervisor) and reports not ready meanwhile. Shutdown: the supervisor drains (stop consuming,
 //! finish in-flight work up to `worker.drain_timeout`), then transactions already
 //! started are allowed to finish, then the background tasks stop and connections
 //! close. Those steps after the drain share [`AFTER_DRAIN_GRACE`]: each normally
@@ -24,8 +25,8 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::amqp::publisher::Publisher;
 use crate::amqp::topology::Names;
-use crate::backoff::Reconnect;
-use crate::config::Config;
+use crate::backoff::{Attempt, Event, retry_forever};
+use crate::config::{Config, DatabaseConfig};
 use crate::consumer::{Ctx, Supervisor};
 use crate::guard::{Gates, KillSwitch, pause};
 use crate::health::Health;
@@ -240,51 +241,52 @@ pub(crate) async fn shutdown_step<F: Future>(
 }
 
 /// Waits until the database answers (in dev: creating and migrating it first),
-/// retrying with backoff. `false` on shutdown.
+/// retrying forever with backoff. `false` on shutdown.
 async fn wait_for_database(
     config: &Config,
     pool: &PgPool,
     health: &Health,
     shutdown: &CancellationToken,
 ) -> bool {
-    let mut backoff = Reconnect::new(config.amqp.reconnect_min, config.amqp.reconnect_max);
-    let mut failures = 0u64;
-    loop {
-        let attempt = async {
-            if config.database.auto_migrate {
-                db::ensure_database(&config.database).await?;
-            }
-            db::check(&config.database, pool).await?;
-            if config.database.auto_migrate {
-                db::migrate(pool).await?;
-            }
-            Ok::<_, db::DbError>(())
-        };
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            r = attempt => r,
-        };
-        match result {
-            Ok(()) => {
-                health.set_database_ok(true);
-                if failures > 0 {
-                    tracing::info!(failures, "database reachable");
-                }
-                return true;
-            }
-            Err(e) => {
-                health.set_database_ok(false);
-                failures += 1;
-                if failures == 1 {
-                    tracing::error!(error = %crate::error::error_chain(&e), "database unavailable; retrying with backoff");
-                }
+    let report = |event: Event<'_, db::DbError>| match event {
+        Event::Done { failures } => {
+            health.set_database_ok(true);
+            if failures > 0 {
+                tracing::info!(failures, "database reachable");
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        Event::Failed {
+            error, failures, ..
+        } => {
+            health.set_database_ok(false);
+            if failures == 1 {
+                tracing::error!(error = %crate::error::error_chain(error), "database unavailable; retrying with backoff");
+            }
         }
+    };
+    let database = &config.database;
+    retry_forever(
+        config.amqp.reconnect_delays(),
+        shutdown,
+        "database",
+        move |_| Attempt::unless_stopped(shutdown, database_ready(database, pool)),
+        report,
+    )
+    .await
+    .is_some()
+}
+
+/// One attempt of [`wait_for_database`]: in dev, the database created and
+/// migrated; then it answers.
+async fn database_ready(config: &DatabaseConfig, pool: &PgPool) -> Result<(), db::DbError> {
+    if config.auto_migrate {
+        db::ensure_database(config).await?;
     }
+    db::check(config, pool).await?;
+    if config.auto_migrate {
+        db::migrate(pool).await?;
+    }
+    Ok(())
 }
 
 /// Keeps `Health::database_ok` current (readiness) with a cheap periodic query.
