@@ -4,8 +4,9 @@
 //!
 //! Owns start-up order and shutdown order; it holds no business logic. Start-up
 //! never gives up on a missing broker or database: it retries forever with
-//! backoff ([`crate::backoff::retry_forever`]; the database here, the broker in
-//! the supervisor) and reports not ready meanwhile. Shutdown: the supervisor drains (stop consuming,
+//! backoff ([`crate::backoff::retry_forever`]; the database here with
+//! `database.reconnect_*`, the broker in the supervisor) and reports not ready
+//! meanwhile. Each task gets its own config section, not the whole `Config`. Shutdown: the supervisor drains (stop consuming,
 //! finish in-flight work up to `worker.drain_timeout`), then transactions already
 //! started are allowed to finish, then the background tasks stop and connections
 //! close. Those steps after the drain share [`AFTER_DRAIN_GRACE`]: each normally
@@ -26,7 +27,7 @@ use crate::admin::{self, AdminState};
 use crate::amqp::publisher::Publisher;
 use crate::amqp::topology::Names;
 use crate::backoff::{Attempt, Event, retry_forever};
-use crate::config::{Config, DatabaseConfig};
+use crate::config::{AmqpConfig, Config, DatabaseConfig, GuardConfig, OutboxConfig};
 use crate::consumer::{Ctx, Supervisor};
 use crate::guard::{Gates, KillSwitch, pause};
 use crate::health::Health;
@@ -123,7 +124,7 @@ pub async fn run_with(
         admin_stop.clone(),
     ));
 
-    if !wait_for_database(&config, &pool, &state.health, &shutdown).await {
+    if !wait_for_database(&config.database, &pool, &state.health, &shutdown).await {
         admin_stop.cancel();
         let _ = admin_task.await;
         return Ok(());
@@ -134,7 +135,7 @@ pub async fn run_with(
     let publisher = Publisher::new(&config.amqp, "publisher")?;
     let background = TaskTracker::new();
     let bg_stop = CancellationToken::new();
-    let gates = start_guards(&config, &pool, &state.health, &background, &bg_stop).await;
+    let gates = start_guards(&config.guard, &pool, &state.health, &background, &bg_stop).await;
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         names: Names::new(&config.amqp.prefix),
@@ -157,17 +158,24 @@ pub async fn run_with(
     background.spawn(crate::webhook::run_pruner(
         pool.clone(),
         config.webhook.clone(),
-        config.outbox.prune_interval,
-        config.outbox.prune_batch_size,
         bg_stop.clone(),
     ));
 
     // The relay publishes what handlers commit to the outbox; it stops only after
     // the drained consumers' transactions have committed (bg_stop below).
     if config.outbox.relay {
-        background.spawn(relay_task(config.clone(), pool.clone(), bg_stop.clone()));
+        background.spawn(relay_task(
+            config.amqp.clone(),
+            config.outbox.clone(),
+            pool.clone(),
+            bg_stop.clone(),
+        ));
     }
-    background.spawn(pruner_task(config.clone(), pool.clone(), bg_stop.clone()));
+    background.spawn(pruner_task(
+        config.outbox.clone(),
+        pool.clone(),
+        bg_stop.clone(),
+    ));
 
     background.spawn(crate::amqp::depths::run_depth_sampler(
         config.amqp.clone(),
@@ -198,14 +206,14 @@ pub async fn run_with(
 /// consuming starts, so a paused kind is never consumed after a restart), with
 /// their background tasks.
 async fn start_guards(
-    config: &Config,
+    config: &GuardConfig,
     pool: &PgPool,
     health: &Arc<Health>,
     background: &TaskTracker,
     stop: &CancellationToken,
 ) -> Gates {
     let killswitch = Arc::new(KillSwitch::new(
-        config.guard.clone(),
+        config.clone(),
         Some(pool.clone()),
         health.clone(),
     ));
@@ -216,7 +224,7 @@ async fn start_guards(
     pause::load(pool, &tx, health).await;
     background.spawn(pause::run_watcher(
         pool.clone(),
-        config.guard.pause_poll_interval,
+        config.pause_poll_interval,
         tx,
         health.clone(),
         stop.clone(),
@@ -241,9 +249,10 @@ pub(crate) async fn shutdown_step<F: Future>(
 }
 
 /// Waits until the database answers (in dev: creating and migrating it first),
-/// retrying forever with backoff. `false` on shutdown.
+/// retrying forever with `database.reconnect_min`..`reconnect_max`. `false` on
+/// shutdown.
 async fn wait_for_database(
-    config: &Config,
+    config: &DatabaseConfig,
     pool: &PgPool,
     health: &Health,
     shutdown: &CancellationToken,
@@ -264,12 +273,11 @@ async fn wait_for_database(
             }
         }
     };
-    let database = &config.database;
     retry_forever(
-        config.amqp.reconnect_delays(),
+        config.reconnect_delays(),
         shutdown,
         "database",
-        move |_| Attempt::unless_stopped(shutdown, database_ready(database, pool)),
+        move |_| Attempt::unless_stopped(shutdown, database_ready(config, pool)),
         report,
     )
     .await
@@ -334,16 +342,15 @@ async fn sample_pool(pool: crate::consumer::pool::TaskPool, stop: CancellationTo
 }
 
 /// The outbox relay inside the worker (`outbox.relay`); it only returns on `stop`.
-async fn relay_task(config: Arc<Config>, pool: PgPool, stop: CancellationToken) {
-    let r = crate::outbox::run_relay(config.amqp.clone(), config.outbox.clone(), pool, stop).await;
-    if let Err(e) = r {
+async fn relay_task(amqp: AmqpConfig, outbox: OutboxConfig, pool: PgPool, stop: CancellationToken) {
+    if let Err(e) = crate::outbox::run_relay(amqp, outbox, pool, stop).await {
         tracing::error!(error = %crate::error::error_chain(e.as_ref()), "outbox relay stopped");
     }
 }
 
 /// Retention pruning of the outbox and inbox inside the worker.
-async fn pruner_task(config: Arc<Config>, pool: PgPool, stop: CancellationToken) {
-    if let Err(e) = crate::outbox::run_pruner(pool, config.outbox.clone(), stop).await {
+async fn pruner_task(outbox: OutboxConfig, pool: PgPool, stop: CancellationToken) {
+    if let Err(e) = crate::outbox::run_pruner(pool, outbox, stop).await {
         tracing::error!(error = %crate::error::error_chain(e.as_ref()), "outbox pruner stopped");
     }
 }
