@@ -1,7 +1,8 @@
-//! Consuming: the supervisor (connection lifecycle), the task pool (limits),
-//! per-delivery processing (outcomes) and coalesced acks.
+//! Consuming: the supervisor (connection lifecycle), each consumer's loop, the
+//! task pool (limits), per-delivery processing (outcomes) and coalesced acks.
 
 pub mod acker;
+mod consume_loop;
 pub mod pool;
 pub mod process;
 pub mod supervisor;

@@ -30,18 +30,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
-use super::acker::{self, AckHandle};
+use super::acker;
+use super::consume_loop::ConsumeLoop;
 use super::pool::TaskPool;
-use super::process::{self, Ctx, Lane};
+use super::process::{Ctx, Lane};
 use crate::amqp::{self, AmqpError, topology};
 use crate::backoff::{Attempt, Event, retry_forever};
 use crate::guard::killswitch::State as SwitchState;
@@ -481,73 +481,5 @@ fn start_failed(event: Event<'_, AmqpError>) {
             .amqp_reconnects_total
             .with_label_values(&[ROLE])
             .inc();
-    }
-}
-
-/// Pulls deliveries from one consumer into the pool.
-struct ConsumeLoop {
-    ctx: Arc<Ctx>,
-    lane: Arc<Lane>,
-    kind: String,
-    queue: String,
-    pool: TaskPool,
-    tasks: TaskTracker,
-    ack: AckHandle,
-    stop: CancellationToken,
-}
-
-impl ConsumeLoop {
-    /// Returns why it ended.
-    async fn run(self, mut consumer: lapin::Consumer) -> String {
-        loop {
-            // Fast paths first (a free permit, a delivery already buffered): no
-            // waiter is registered on the pool, the stream or the stop token then.
-            if self.stop.is_cancelled() {
-                return "stopped".into();
-            }
-            // Half-open: only the trial jobs start (open: the session is ending).
-            let switch = &self.ctx.gates.killswitch;
-            if switch.state() != SwitchState::Closed {
-                tokio::select! {
-                    _ = self.stop.cancelled() => return "stopped".into(),
-                    _ = switch.admit() => {}
-                }
-            }
-            // The permit comes first: never pull a delivery we have no room for.
-            let permits = match self.pool.try_acquire(&self.kind) {
-                Some(p) => p,
-                None => tokio::select! {
-                    _ = self.stop.cancelled() => return "stopped".into(),
-                    p = self.pool.acquire(&self.kind) => p,
-                },
-            };
-            let next = match consumer.next().now_or_never() {
-                Some(d) => d,
-                None => tokio::select! {
-                    _ = self.stop.cancelled() => return "stopped".into(),
-                    d = consumer.next() => d,
-                },
-            };
-            let delivery = match next {
-                None => {
-                    return format!(
-                        "consumer of {} ended (queue deleted or channel closed)",
-                        self.queue
-                    );
-                }
-                Some(Err(e)) => return format!("consumer of {} failed: {e}", self.queue),
-                Some(Ok(d)) => d,
-            };
-            let (ctx, lane, ack) = (self.ctx.clone(), self.lane.clone(), self.ack.clone());
-            self.tasks.spawn(
-                async move {
-                    let _permits = permits;
-                    let tag = delivery.delivery_tag;
-                    let settle = process::handle_delivery(&ctx, &lane, delivery).await;
-                    ack.settle(tag, settle);
-                }
-                .in_current_span(),
-            );
-        }
     }
 }
