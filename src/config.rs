@@ -34,6 +34,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::backoff::Delays;
+
 /// The defaults, embedded so the binary works with no file at all.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -381,6 +383,14 @@ impl AmqpConfig {
         }
     }
 
+    /// The reconnect series' bounds (`reconnect_min`, `reconnect_max`).
+    pub fn reconnect_delays(&self) -> Delays {
+        Delays {
+            min: self.reconnect_min,
+            max: self.reconnect_max,
+        }
+    }
+
     /// `host:port` of every endpoint, comma-separated (for messages).
     pub fn addresses(&self) -> String {
         self.endpoints()
@@ -444,6 +454,39 @@ pub struct DatabaseConfig {
     pub statement_timeout: Duration,
     /// Apply migrations at start (dev). Off in Kubernetes, where a Helm hook migrates.
     pub auto_migrate: bool,
+    /// First delay between attempts while the worker waits for the database at
+    /// start (it retries forever, not ready meanwhile).
+    #[serde(with = "humantime_serde", default = "database_reconnect_min")]
+    #[schemars(with = "crate::config_reference::HumanDuration")]
+    pub reconnect_min: Duration,
+    /// Largest delay between attempts while the worker waits for the database
+    /// at start.
+    #[serde(with = "humantime_serde", default = "database_reconnect_max")]
+    #[schemars(with = "crate::config_reference::HumanDuration")]
+    pub reconnect_max: Duration,
+}
+
+/// Default of `database.reconnect_min` (as `amqp.reconnect_min`).
+pub const DATABASE_RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// Default of `database.reconnect_max` (as `amqp.reconnect_max`).
+pub const DATABASE_RECONNECT_MAX: Duration = Duration::from_secs(10);
+
+fn database_reconnect_min() -> Duration {
+    DATABASE_RECONNECT_MIN
+}
+
+fn database_reconnect_max() -> Duration {
+    DATABASE_RECONNECT_MAX
+}
+
+impl DatabaseConfig {
+    /// The bounds of the start-up wait's series (`reconnect_min`, `reconnect_max`).
+    pub fn reconnect_delays(&self) -> Delays {
+        Delays {
+            min: self.reconnect_min,
+            max: self.reconnect_max,
+        }
+    }
 }
 
 /// Worker pool settings.
@@ -708,10 +751,17 @@ pub struct WebhookConfig {
     /// than failing every delivery.
     pub ca_file: String,
     /// Delivery and attempt records are kept this long, then pruned (every
-    /// `outbox.prune_interval`). Redelivery needs the record.
+    /// `prune_interval`). Redelivery needs the record.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
     pub retention: Duration,
+    /// How often delivery and attempt records past `retention` are pruned.
+    #[serde(with = "humantime_serde", default = "webhook_prune_interval")]
+    #[schemars(with = "crate::config_reference::HumanDuration")]
+    pub prune_interval: Duration,
+    /// Rows deleted per pruning statement (attempts, then deliveries).
+    #[serde(default = "webhook_prune_batch_size")]
+    pub prune_batch_size: u32,
     /// Base64 of 32 bytes: the AES-256-GCM key subscription secrets are stored
     /// under, so a database dump shows none. Empty: secrets are stored in
     /// plaintext (as before this key existed). Changing it: put the old key in
@@ -727,6 +777,21 @@ pub struct WebhookConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
     pub secret_overlap: Duration,
+}
+
+/// Default of `webhook.prune_interval` (as `outbox.prune_interval`).
+pub const WEBHOOK_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Default of `webhook.prune_batch_size` (as `outbox.prune_batch_size`).
+pub const WEBHOOK_PRUNE_BATCH_SIZE: u32 = 1000;
+/// Allowed range of `outbox.prune_batch_size` and `webhook.prune_batch_size`.
+pub const PRUNE_BATCH_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1..=100_000;
+
+fn webhook_prune_interval() -> Duration {
+    WEBHOOK_PRUNE_INTERVAL
+}
+
+fn webhook_prune_batch_size() -> u32 {
+    WEBHOOK_PRUNE_BATCH_SIZE
 }
 
 /// Bytes of a `webhook.secret_key` (AES-256).
@@ -1231,16 +1296,10 @@ impl Config {
             CONSUMERS_RANGE,
         )?;
         positive("amqp.reconnect_min", self.amqp.reconnect_min)?;
-        if self.amqp.reconnect_max < self.amqp.reconnect_min {
-            return Err(ConfigError::Invalid {
-                key: "amqp.reconnect_max".into(),
-                message: format!(
-                    "must be at least amqp.reconnect_min ({}), got {}",
-                    humantime::format_duration(self.amqp.reconnect_min),
-                    humantime::format_duration(self.amqp.reconnect_max)
-                ),
-            });
-        }
+        at_least(
+            ("amqp.reconnect_max", self.amqp.reconnect_max),
+            ("amqp.reconnect_min", self.amqp.reconnect_min),
+        )?;
         crate::tls::configured_ca(&self.amqp.ca_file).map_err(|message| ConfigError::Invalid {
             key: "amqp.ca_file".into(),
             message,
@@ -1271,7 +1330,11 @@ impl Config {
             "database.statement_timeout",
             self.database.statement_timeout,
         )?;
-        Ok(())
+        positive("database.reconnect_min", self.database.reconnect_min)?;
+        at_least(
+            ("database.reconnect_max", self.database.reconnect_max),
+            ("database.reconnect_min", self.database.reconnect_min),
+        )
     }
 
     /// The `[worker]` checks: concurrency, kinds, timeouts, the job size (within
@@ -1389,7 +1452,7 @@ impl Config {
         range(
             "outbox.prune_batch_size",
             self.outbox.prune_batch_size.into(),
-            1..=100_000,
+            PRUNE_BATCH_SIZE_RANGE,
         )?;
         Ok(())
     }
@@ -1498,6 +1561,12 @@ impl Config {
         positive("webhook.timeout", self.webhook.timeout)?;
         positive("webhook.connect_timeout", self.webhook.connect_timeout)?;
         positive("webhook.retention", self.webhook.retention)?;
+        positive("webhook.prune_interval", self.webhook.prune_interval)?;
+        range(
+            "webhook.prune_batch_size",
+            self.webhook.prune_batch_size.into(),
+            PRUNE_BATCH_SIZE_RANGE,
+        )?;
         // One job may wait up to `timeout` for the per-host limit and then run an
         // attempt of up to `timeout`; the handler timeout must leave room for both.
         if self.webhook.timeout.saturating_mul(2) >= self.worker.handler_timeout {
@@ -1701,6 +1770,24 @@ fn range(key: &str, v: u64, r: std::ops::RangeInclusive<u64>) -> Result<(), Conf
             message: format!("must be {}..={}, got {v}", r.start(), r.end()),
         })
     }
+}
+/// `(key, value)` must be at least `(min_key, min)`: a series' largest delay
+/// and its first.
+fn at_least(
+    (key, value): (&str, Duration),
+    (min_key, min): (&str, Duration),
+) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!(
+                "must be at least {min_key} ({}), got {}",
+                humantime::format_duration(min),
+                humantime::format_duration(value)
+            ),
+        });
+    }
+    Ok(())
 }
 fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
     if d.is_zero() {

@@ -10,9 +10,11 @@
 //! - [`dlq`]: listing and requeueing dead letters.
 //! - [`inbox`]: the handler transaction with inbox dedupe ([`inbox::Transactional`]).
 //! - [`alloc`]: returning freed heap to the OS after a giant push.
-//! - [`backoff`]: reconnect delays (exponential, full jitter, unlimited).
+//! - [`backoff`]: reconnect delays (exponential, full jitter, unlimited) and the one
+//!   retry-forever loop ([`backoff::retry_forever`]) every reconnecting part runs.
 //! - [`worker`]: the `worker` role, wiring everything together under one shutdown token;
-//!   [`relay_role`]: the `relay` role (relay, pruner, admin HTTP) with the same bounded shutdown.
+//!   [`relay_role`]: the `relay` role (relay, pruner, admin HTTP); [`role`]: what both
+//!   share (admin server, upkeep tasks, the bounded shutdown).
 //! - [`error`]: one-line rendering of an error and its causes.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/info`, `/jobs`).
 //! - [`health`]: readiness flags shared by the parts that know and the parts that ask.
@@ -61,6 +63,7 @@ pub mod push_job;
 pub mod ratelimit;
 pub mod relay_role;
 pub mod repository;
+pub mod role;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

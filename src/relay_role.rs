@@ -1,26 +1,26 @@
 //! `hookfleet relay`: the outbox relay, retention pruning, the memory janitor and
 //! the admin server, without consumers, until the shutdown token is cancelled.
 //!
-//! Shutdown is bounded like the worker's (see [`crate::worker`]): once the token
-//! is cancelled, the relay's batch in hand, the pruner, the admin server and the
-//! pool share [`AFTER_DRAIN_GRACE`]. A step still waiting then (a broker that
-//! never confirms, a database that never answers) is logged by name and
-//! abandoned, so the process exits inside the chart's termination grace period
-//! instead of being killed: unconfirmed rows stay pending and are published again
-//! by the next relay (consumers dedupe by message id).
+//! Shutdown is bounded like the worker's (see [`crate::role`]): once the token
+//! is cancelled, the relay's batch in hand, the background tasks, the admin
+//! server and the pool share [`role::AFTER_DRAIN_GRACE`]. A step still waiting then (a
+//! broker that never confirms, a database that never answers) is logged by name
+//! and abandoned, so the process exits inside the chart's termination grace
+//! period instead of being killed: unconfirmed rows stay pending and are
+//! published again by the next relay (consumers dedupe by message id).
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AdminState};
+use crate::admin::AdminState;
 use crate::config::Config;
 use crate::health::Health;
-use crate::worker::{AFTER_DRAIN_GRACE, shutdown_step};
-use crate::{alloc, db, outbox};
+use crate::role::{self, AdminServer, Background, shutdown_step};
+use crate::{db, outbox};
 
 /// Runs the relay role until `shutdown` is cancelled (then within
-/// [`AFTER_DRAIN_GRACE`]) or the relay fails.
+/// [`role::AFTER_DRAIN_GRACE`]) or the relay fails.
 pub async fn run(
     config: Config,
     health: Arc<Health>,
@@ -31,28 +31,22 @@ pub async fn run(
     // is the database alone.
     health.set_consuming(true);
     health.set_database_ok(true);
-    let listener = admin::bind(config.admin.listen).await?;
     // This process relays whatever `outbox.relay` says (that key is the
     // worker's); the console reads it to tell whether the relay runs here.
     let mut relaying = config.clone();
     relaying.outbox.relay = true;
-    let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
-        listener,
+    let admin = AdminServer::start(
+        config.admin.listen,
         AdminState {
             health,
             inflight: Arc::default(),
             pool: Some(pool.clone()),
             console: crate::console::Console::new(Arc::new(relaying), pool.clone()),
         },
-        admin_stop.clone(),
-    ));
-    let pruner = tokio::spawn(outbox::run_pruner(
-        pool.clone(),
-        config.outbox.clone(),
-        shutdown.clone(),
-    ));
-    let janitor = tokio::spawn(alloc::run_janitor(pool.clone(), shutdown.clone()));
+    )
+    .await?;
+    let background = Background::new(shutdown.clone());
+    background.spawn_upkeep(&pool, &config.outbox);
     let mut relay = tokio::spawn(outbox::run_relay(
         config.amqp,
         config.outbox,
@@ -65,7 +59,7 @@ pub async fn run(
         r = &mut relay => Some(r),
         _ = shutdown.cancelled() => None,
     };
-    let deadline = tokio::time::Instant::now() + AFTER_DRAIN_GRACE;
+    let deadline = role::shutdown_deadline();
     let mut result = Ok(());
     match failed {
         Some(r) => {
@@ -75,11 +69,7 @@ pub async fn run(
         None => shutdown_step("outbox relay", deadline, &mut relay).await,
     }
     relay.abort();
-    shutdown_step("outbox pruner", deadline, pruner).await;
-    shutdown_step("memory janitor", deadline, janitor).await;
-    admin_stop.cancel();
-    shutdown_step("admin server", deadline, admin_task).await;
-    shutdown_step("database pool", deadline, pool.close()).await;
-    tracing::info!("relay stopped");
+    background.stop(deadline).await;
+    role::close("relay", admin, &pool, deadline).await;
     result
 }

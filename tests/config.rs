@@ -1,6 +1,7 @@
 //! Config layering, validation messages and redaction.
 use std::io::Write;
 use std::process::Command;
+use std::time::Duration;
 
 use hookfleet::config::{Config, ConfigError};
 
@@ -121,6 +122,49 @@ fn validation_errors_name_key_value_and_range() {
     assert_eq!(
         err(None, &[("HOOKFLEET_PUSH__GROUP_MAX", "0")]),
         "push.group_max must be 1..=1000, got 0"
+    );
+}
+
+#[test]
+fn database_wait_and_webhook_pruning_have_their_own_keys() {
+    let c = Config::load_from(None, env(&[])).unwrap();
+    assert_eq!(
+        (c.database.reconnect_min, c.database.reconnect_max),
+        (c.amqp.reconnect_min, c.amqp.reconnect_max),
+        "the database wait's defaults are the broker's"
+    );
+    assert_eq!(
+        (c.webhook.prune_interval, c.webhook.prune_batch_size),
+        (c.outbox.prune_interval, c.outbox.prune_batch_size),
+        "webhook pruning's defaults are the outbox's"
+    );
+    let c = Config::load_from(
+        None,
+        env(&[
+            ("HOOKFLEET_AMQP__RECONNECT_MIN", "1s"),
+            ("HOOKFLEET_AMQP__RECONNECT_MAX", "1m"),
+            ("HOOKFLEET_OUTBOX__PRUNE_INTERVAL", "1h"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.database.reconnect_max, Duration::from_secs(10));
+    assert_eq!(c.webhook.prune_interval, Duration::from_secs(60));
+    let e = err(None, &[("HOOKFLEET_DATABASE__RECONNECT_MAX", "1ms")]);
+    assert!(
+        e.starts_with("database.reconnect_max must be at least database.reconnect_min"),
+        "{e}"
+    );
+    assert_eq!(
+        err(None, &[("HOOKFLEET_DATABASE__RECONNECT_MIN", "0s")]),
+        "database.reconnect_min must be greater than 0s, got 0s"
+    );
+    assert_eq!(
+        err(None, &[("HOOKFLEET_WEBHOOK__PRUNE_INTERVAL", "0s")]),
+        "webhook.prune_interval must be greater than 0s, got 0s"
+    );
+    assert_eq!(
+        err(None, &[("HOOKFLEET_WEBHOOK__PRUNE_BATCH_SIZE", "0")]),
+        "webhook.prune_batch_size must be 1..=100000, got 0"
     );
 }
 

@@ -1,6 +1,6 @@
 //! The `relay` role (`hookfleet relay`): bounded shutdown. A relay whose broker
 //! stops answering in the middle of a batch still stops soon after the shutdown
-//! signal (within `worker::AFTER_DRAIN_GRACE`), instead of waiting for confirms
+//! signal (within `role::AFTER_DRAIN_GRACE`), instead of waiting for confirms
 //! until `amqp.publish_timeout`, and the unconfirmed rows stay pending for the
 //! next relay.
 
@@ -62,7 +62,7 @@ async fn relay_role_stops_within_the_grace_period_when_the_broker_hangs() {
 
     token.cancel();
     let stopped = tokio::time::timeout(
-        hookfleet::worker::AFTER_DRAIN_GRACE + Duration::from_secs(20),
+        hookfleet::role::AFTER_DRAIN_GRACE + Duration::from_secs(20),
         role,
     )
     .await;

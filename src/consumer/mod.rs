@@ -1,7 +1,9 @@
-//! Consuming: the supervisor (connection lifecycle), the task pool (limits),
-//! per-delivery processing, the outcome rules it applies, and coalesced acks.
+//! Consuming: the supervisor (connection lifecycle), each consumer's loop, the
+//! task pool (limits), per-delivery processing, the outcome rules it applies,
+//! and coalesced acks.
 
 pub mod acker;
+mod consume_loop;
 pub mod outcome;
 pub mod pool;
 pub mod process;

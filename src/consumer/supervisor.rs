@@ -1,5 +1,9 @@
 //! The supervisor: connect → declare topology → qos → consume → (closed?) →
-//! back off → reconnect, forever, until shutdown; then drain.
+//! back off → reconnect, forever, until shutdown; then drain. The "forever" is
+//! [`crate::backoff::retry_forever`], one session an attempt: a session that
+//! could not start is a failure (backoff), one lost after it ran a second or
+//! more is retried at once, one ended by a guard (kill switch, paused kinds)
+//! restarts at once.
 //!
 //! Owns the consuming connection and its lifecycle, readiness (`Health::consuming`)
 //! and the `consumer` connection metrics. It never handles a message itself: each
@@ -26,20 +30,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
-use super::acker::{self, AckHandle};
+use super::acker;
+use super::consume_loop::ConsumeLoop;
 use super::pool::TaskPool;
-use super::process::{self, Ctx, Lane};
+use super::process::{Ctx, Lane};
 use crate::amqp::{self, AmqpError, topology};
-use crate::backoff::Reconnect;
+use crate::backoff::{Attempt, Event, retry_forever};
 use crate::guard::killswitch::State as SwitchState;
 use crate::guard::pacer::{BulkPacer, PacerSettings};
 use crate::health::Health;
@@ -145,90 +149,96 @@ impl Supervisor {
 
     /// Runs until `shutdown`, then drains and returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let cfg = self.ctx.config.clone();
-        let mut backoff = Reconnect::new(cfg.amqp.reconnect_min, cfg.amqp.reconnect_max);
-        let mut failures: u64 = 0;
-        // After losing a session that ran a while, try once at once: a cut
-        // connection usually comes straight back, and every millisecond here is
-        // time not consuming. A session that dies young goes through the backoff.
-        let mut retry_now = false;
+        metrics()
+            .amqp_connection_up
+            .with_label_values(&[ROLE])
+            .set(0);
+        let (this, stop) = (&self, &shutdown);
+        let drained = retry_forever(
+            self.ctx.config.amqp.reconnect_delays(),
+            stop,
+            ROLE,
+            move |failures| this.session(failures, stop),
+            start_failed,
+        )
+        .await;
+        if drained.is_none() {
+            // Cancelled while disconnected: still wait for work from earlier sessions.
+            self.health.set_draining();
+            self.wait_for_tasks().await;
+        }
+    }
+
+    /// One round of [`Supervisor::run`]: waits while the kill switch is open,
+    /// starts a session and consumes until it ends. `Done` once drained on
+    /// shutdown.
+    async fn session(&self, failures: u64, shutdown: &CancellationToken) -> Attempt<(), AmqpError> {
+        if !self.wait_while_switch_open(shutdown).await {
+            return Attempt::Stopped;
+        }
+        let session = match Attempt::unless_stopped(shutdown, self.start_session()).await {
+            Attempt::Done(session) => session,
+            Attempt::Failed(e) => return Attempt::Failed(e),
+            _ => return Attempt::Stopped,
+        };
+        let reconnected = metrics()
+            .amqp_reconnects_total
+            .with_label_values(&[ROLE])
+            .get()
+            > 0;
+        if failures > 0 || reconnected {
+            tracing::info!(amqp = %node(), after_failures = failures, "reconnected; consuming again");
+        } else {
+            tracing::info!(amqp = %node(), "ready: connected, topology declared, consuming");
+        }
         let up = metrics().amqp_connection_up.with_label_values(&[ROLE]);
+        up.set(1);
+        self.health.set_consuming(true);
+        let started = Instant::now();
+        let end = self.watch(session, shutdown).await;
         up.set(0);
-        loop {
-            if shutdown.is_cancelled() || !self.wait_while_switch_open(&shutdown).await {
-                break;
-            }
-            let attempt = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = self.start_session() => r,
-            };
-            match attempt {
-                Err(e) => {
-                    failures += 1;
-                    if failures == 1 {
-                        tracing::error!(error = %crate::error::error_chain(&e), "cannot start consuming; retrying with backoff");
-                    } else {
-                        tracing::debug!(error = %e, failures, "still cannot start consuming");
-                    }
-                }
-                Ok(session) => {
-                    if failures > 0
-                        || metrics()
-                            .amqp_reconnects_total
-                            .with_label_values(&[ROLE])
-                            .get()
-                            > 0
-                    {
-                        tracing::info!(amqp = %node(), after_failures = failures, "reconnected; consuming again");
-                    } else {
-                        tracing::info!(amqp = %node(), "ready: connected, topology declared, consuming");
-                    }
-                    failures = 0;
-                    up.set(1);
-                    self.health.set_consuming(true);
-                    let started = Instant::now();
-                    let end = self.watch(session, &shutdown).await;
-                    up.set(0);
-                    match end {
-                        // Operator intent, not a fault: stay ready across the restart.
-                        End::Gate(Gated::Pause) => continue,
-                        End::Gate(Gated::KillSwitch) => {
-                            self.health.set_consuming(false);
-                            continue;
-                        }
-                        _ => self.health.set_consuming(false),
-                    }
-                    match end {
-                        End::Shutdown | End::Gate(_) => return,
-                        End::Lost(why) => {
-                            let node = node();
-                            tracing::warn!(amqp = %node, reason = %why, "consuming stopped; reconnecting");
-                            // The next round tries the other nodes first.
-                            amqp::node_failed(&node);
-                        }
-                    }
-                    if started.elapsed() >= cfg.amqp.healthy_after {
-                        backoff.reset();
-                    }
-                    retry_now = started.elapsed() >= Duration::from_secs(1);
+        self.ended(end, started.elapsed())
+    }
+
+    /// How the retry loop goes on after a session that ran for `ran`.
+    fn ended(&self, end: End, ran: Duration) -> Attempt<(), AmqpError> {
+        match end {
+            // Operator intent, not a fault: stay ready across the restart.
+            End::Gate(Gated::Pause) => Attempt::Ended {
+                healthy: false,
+                at_once: true,
+            },
+            End::Gate(Gated::KillSwitch) => {
+                self.health.set_consuming(false);
+                Attempt::Ended {
+                    healthy: false,
+                    at_once: true,
                 }
             }
-            metrics()
-                .amqp_reconnects_total
-                .with_label_values(&[ROLE])
-                .inc();
-            if std::mem::take(&mut retry_now) {
-                continue;
+            End::Shutdown => {
+                self.health.set_consuming(false);
+                Attempt::Done(())
             }
-            let delay = backoff.next_delay();
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
+            End::Lost(why) => {
+                self.health.set_consuming(false);
+                let node = node();
+                tracing::warn!(amqp = %node, reason = %why, "consuming stopped; reconnecting");
+                // The next round tries the other nodes first.
+                amqp::node_failed(&node);
+                metrics()
+                    .amqp_reconnects_total
+                    .with_label_values(&[ROLE])
+                    .inc();
+                // After losing a session that ran a while, try once at once: a cut
+                // connection usually comes straight back, and every millisecond
+                // here is time not consuming. A session that dies young goes
+                // through the backoff.
+                Attempt::Ended {
+                    healthy: ran >= self.ctx.config.amqp.healthy_after,
+                    at_once: ran >= Duration::from_secs(1),
+                }
             }
         }
-        // Cancelled while disconnected: still wait for work from earlier sessions.
-        self.health.set_draining();
-        self.wait_for_tasks().await;
     }
 
     async fn start_session(&self) -> Result<Session, AmqpError> {
@@ -484,77 +494,20 @@ impl Supervisor {
     }
 }
 
-/// Pulls deliveries from one consumer into the pool.
-struct ConsumeLoop {
-    ctx: Arc<Ctx>,
-    lane: Arc<Lane>,
-    kind: String,
-    queue: String,
-    pool: TaskPool,
-    tasks: TaskTracker,
-    ack: AckHandle,
-    stop: CancellationToken,
-}
-
-impl ConsumeLoop {
-    /// Returns why it ended.
-    async fn run(self, mut consumer: lapin::Consumer) -> String {
-        loop {
-            // Fast paths first (a free permit, a delivery already buffered): no
-            // waiter is registered on the pool, the stream or the stop token then.
-            if self.stop.is_cancelled() {
-                return "stopped".into();
-            }
-            // Half-open: only the trial jobs start (open: the session is ending).
-            let switch = &self.ctx.gates.killswitch;
-            if switch.state() != SwitchState::Closed {
-                tokio::select! {
-                    _ = self.stop.cancelled() => return "stopped".into(),
-                    _ = switch.admit() => {}
-                }
-            }
-            // A storm's job waits for the bulk pacer before it takes anything.
-            if let Some(pacer) = self.lane.pacer.as_ref().filter(|_| self.lane.bulk) {
-                tokio::select! {
-                    _ = self.stop.cancelled() => return "stopped".into(),
-                    () = pacer.wait_turn() => {}
-                }
-            }
-            // The permit comes first: never pull a delivery we have no room for.
-            let permits = match self.pool.try_acquire(&self.kind) {
-                Some(p) => p,
-                None => tokio::select! {
-                    _ = self.stop.cancelled() => return "stopped".into(),
-                    p = self.pool.acquire(&self.kind) => p,
-                },
-            };
-            let next = match consumer.next().now_or_never() {
-                Some(d) => d,
-                None => tokio::select! {
-                    _ = self.stop.cancelled() => return "stopped".into(),
-                    d = consumer.next() => d,
-                },
-            };
-            let delivery = match next {
-                None => {
-                    return format!(
-                        "consumer of {} ended (queue deleted or channel closed)",
-                        self.queue
-                    );
-                }
-                Some(Err(e)) => return format!("consumer of {} failed: {e}", self.queue),
-                Some(Ok(d)) => d,
-            };
-            let (ctx, lane, ack) = (self.ctx.clone(), self.lane.clone(), self.ack.clone());
-            self.tasks.spawn(
-                async move {
-                    let _permits = permits;
-                    let tag = delivery.delivery_tag;
-                    let settle = process::handle_delivery(&ctx, &lane, delivery).await;
-                    ack.settle(tag, settle);
-                }
-                .in_current_span(),
-            );
+/// Reports a session that could not start: the outage once, its retries at debug.
+fn start_failed(event: Event<'_, AmqpError>) {
+    if let Event::Failed {
+        error, failures, ..
+    } = event
+    {
+        if failures == 1 {
+            tracing::error!(error = %crate::error::error_chain(error), "cannot start consuming; retrying with backoff");
+        } else {
+            tracing::debug!(error = %error, failures, "still cannot start consuming");
         }
+        metrics()
+            .amqp_reconnects_total
+            .with_label_values(&[ROLE])
+            .inc();
     }
 }

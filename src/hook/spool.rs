@@ -5,7 +5,8 @@
 //! temp file, fsynced, renamed, directory fsynced, so a crash never leaves a
 //! half-written job under a final name) and the flush rules: oldest first by
 //! name, each file deleted only after its publish is confirmed, a file that does
-//! not parse moved to `<dir>/corrupt/` and never deleted. It never drops a job:
+//! not parse moved to `<dir>/corrupt/` and never deleted; the flusher's
+//! retries are [`crate::backoff::retry_forever`]'s. It never drops a job:
 //! two flushers racing on one file publish it twice with the same message id,
 //! which the inbox deduplicates.
 
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::publish::publish_job;
 use crate::amqp::publish::confirm_channel;
 use crate::amqp::{self, AmqpError};
+use crate::backoff::{Attempt, Delays, Event, retry_forever};
 use crate::config::Config;
 use crate::metrics::metrics;
 use crate::push_job::PushJob;
@@ -203,44 +205,58 @@ async fn flush_files(
 }
 
 /// Flushes the spool once at start and then every `spool.flush_interval` until
-/// `shutdown` is cancelled. Failures are logged and retried on the next tick.
+/// `shutdown` is cancelled. A failed flush is retried at that same interval
+/// ([`retry_forever`] with fixed delays): logged once at warn, then at debug
+/// until one works.
 pub async fn run_spool_flusher(config: Config, shutdown: CancellationToken) {
-    // Consecutive failed flushes: logged once at warn, then at debug until one works.
-    let mut failures: u64 = 0;
+    let every = Delays::fixed(config.spool.flush_interval);
+    let (config, stop) = (&config, &shutdown);
     loop {
         // Cancelling midway is safe: a file is deleted only after its confirm, and a
         // job published but not yet deleted is deduplicated by its message id.
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = flush_spool(&config) => r,
-        };
-        if result.is_ok() && failures > 0 {
+        let flushed = retry_forever(
+            every,
+            stop,
+            "spool",
+            move |_| Attempt::unless_stopped(stop, flush_spool(config)),
+            report_flush,
+        )
+        .await;
+        let Some(r) = flushed else { return };
+        if r.published > 0 || r.corrupt > 0 {
+            tracing::info!(
+                published = r.published,
+                corrupt = r.corrupt,
+                remaining = r.remaining,
+                "spool flushed"
+            );
+        }
+        if stop
+            .run_until_cancelled(tokio::time::sleep(every.min))
+            .await
+            .is_none()
+        {
+            return;
+        }
+    }
+}
+
+/// Reports what the flusher's retry loop hears: an outage once, its end.
+fn report_flush(event: Event<'_, SpoolError>) {
+    match event {
+        Event::Done { failures } if failures > 0 => {
             tracing::info!(failures, "spool flush working again");
-            failures = 0;
         }
-        match result {
-            Ok(r) if r.published > 0 || r.corrupt > 0 => {
-                tracing::info!(
-                    published = r.published,
-                    corrupt = r.corrupt,
-                    remaining = r.remaining,
-                    "spool flushed"
-                );
+        Event::Done { .. } => {}
+        Event::Failed {
+            error, failures, ..
+        } => {
+            let error = crate::error::error_chain(error);
+            if failures == 1 {
+                tracing::warn!(%error, "spool flush failed; will retry");
+            } else {
+                tracing::debug!(%error, failures, "spool flush still failing");
             }
-            Ok(_) => {}
-            Err(e) => {
-                failures += 1;
-                let error = crate::error::error_chain(&e);
-                if failures == 1 {
-                    tracing::warn!(%error, "spool flush failed; will retry");
-                } else {
-                    tracing::debug!(%error, failures, "spool flush still failing");
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(config.spool.flush_interval) => {}
         }
     }
 }

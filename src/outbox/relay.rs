@@ -43,7 +43,9 @@
 //! with the broker's reason; the others are published in the same pass. A
 //! closed connection, a timeout or a database error is not a row's fault:
 //! confirmed rows are still marked, unconfirmed rows stay untouched (and
-//! unpublished), and the relay reconnects after a backoff.
+//! unpublished), and the relay reconnects after a backoff
+//! ([`crate::backoff::retry_forever`], one drain an attempt, never interrupted
+//! mid-batch).
 
 use std::collections::{HashMap, HashSet};
 
@@ -65,7 +67,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::storage::{self, Failure, OutboxRow};
 use crate::amqp::{self, AmqpError, publish};
-use crate::backoff::Reconnect;
+use crate::backoff::{Attempt, Event, retry_forever};
 use crate::config::{AmqpConfig, OutboxConfig};
 use crate::metrics::metrics;
 use crate::otel;
@@ -513,7 +515,7 @@ pub async fn run_relay(
     pool: PgPool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut relay = Relay {
+    let relay = Relay {
         amqp,
         outbox,
         pool,
@@ -524,51 +526,73 @@ pub async fn run_relay(
         suspects: HashSet::new(),
         returns: ReturnLedger::default(),
     };
-    let mut backoff = Reconnect::new(relay.amqp.reconnect_min, relay.amqp.reconnect_max);
-    // Consecutive failed batches: an outage is logged once at warn, its retries at
-    // debug, so a long broker outage does not flood the log.
-    let mut failures: u64 = 0;
-    while !shutdown.is_cancelled() {
-        match relay.drain(&shutdown).await {
-            Ok(()) => {
-                if failures > 0 {
-                    tracing::info!(failures, "relay: working again");
-                }
-                failures = 0;
-                backoff.reset();
-                relay.wait_for_work(&shutdown).await;
-            }
-            Err(e) if e.downcast_ref::<Refused>().is_some() && !relay.suspects.is_empty() => {
-                // A row closed the channel: the suspects are tried one by one
-                // on a new channel at once; this is not an outage.
-                tracing::info!(
-                    suspects = relay.suspects.len(),
-                    error = %crate::error::error_chain(e.as_ref()),
-                    "relay: the broker refused a message; finding the row"
-                );
-            }
-            Err(e) => {
-                failures += 1;
-                let delay = backoff.next_delay();
-                let error = crate::error::error_chain(e.as_ref());
-                if failures == 1 {
-                    tracing::warn!(%error, retry_in = ?delay, "relay: batch failed, backing off");
-                } else {
-                    tracing::debug!(%error, failures, retry_in = ?delay, "relay: still failing");
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
+    let delays = relay.amqp.reconnect_delays();
+    // Each attempt holds the relay to the end of its batch (never cut
+    // midway); the lock is never contended: attempts run one after the other.
+    let relay = tokio::sync::Mutex::new(relay);
+    let (cell, stop) = (&relay, &shutdown);
+    // Each outage is logged once at warn, its retries at debug, so a long broker
+    // outage does not flood the log; the series starts over after a good drain.
+    loop {
+        let drained = retry_forever(
+            delays,
+            stop,
+            ROLE,
+            move |_| async move { cell.lock().await.attempt(stop).await },
+            report_batch,
+        )
+        .await;
+        if drained.is_none() {
+            break;
         }
+        relay.lock().await.wait_for_work(stop).await;
     }
-    relay.close().await;
+    relay.into_inner().close().await;
     tracing::info!("relay stopped");
     Ok(())
 }
 
+/// Reports what the relay's retry loop hears: an outage once, its end.
+fn report_batch(event: Event<'_, anyhow::Error>) {
+    match event {
+        Event::Done { failures } if failures > 0 => {
+            tracing::info!(failures, "relay: working again");
+        }
+        Event::Done { .. } => {}
+        Event::Failed {
+            error,
+            failures,
+            retry_in,
+        } => {
+            let error = crate::error::error_chain(error.as_ref());
+            if failures == 1 {
+                tracing::warn!(%error, ?retry_in, "relay: batch failed, backing off");
+            } else {
+                tracing::debug!(%error, failures, ?retry_in, "relay: still failing");
+            }
+        }
+    }
+}
+
 impl Relay {
+    /// One attempt of [`run_relay`]'s loop: [`Relay::drain`], where a row the
+    /// broker refused is not an outage (the suspects are tried one by one on a
+    /// new channel at once).
+    async fn attempt(&mut self, shutdown: &CancellationToken) -> Attempt<(), anyhow::Error> {
+        match self.drain(shutdown).await {
+            Ok(()) => Attempt::Done(()),
+            Err(e) if e.downcast_ref::<Refused>().is_some() && !self.suspects.is_empty() => {
+                tracing::info!(
+                    suspects = self.suspects.len(),
+                    error = %crate::error::error_chain(e.as_ref()),
+                    "relay: the broker refused a message; finding the row"
+                );
+                Attempt::Again
+            }
+            Err(e) => Attempt::Failed(e),
+        }
+    }
+
     /// Makes sure the listener and broker are up, then runs batches until one comes
     /// back short (nothing more due) or shutdown is requested.
     async fn drain(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {

@@ -127,14 +127,10 @@ pub fn plan_deliveries(
 }
 
 /// Deletes delivery and attempt records older than `cfg.retention`, every
-/// `interval`, until `shutdown`; errors are logged and retried next interval.
-pub async fn run_pruner(
-    pool: PgPool,
-    cfg: WebhookConfig,
-    interval: Duration,
-    batch: u32,
-    shutdown: CancellationToken,
-) {
+/// `cfg.prune_interval`, `cfg.prune_batch_size` deliveries a statement, until
+/// `shutdown`; errors are logged and retried next interval.
+pub async fn run_pruner(pool: PgPool, cfg: WebhookConfig, shutdown: CancellationToken) {
+    let (interval, batch) = (cfg.prune_interval, cfg.prune_batch_size);
     loop {
         let mut total = 0u64;
         loop {

@@ -1,5 +1,6 @@
 //! Reconnect delays: exponential with full jitter, unlimited, resettable, and
-//! never longer than half the outage so far.
+//! never longer than half the outage so far; and [`retry_forever`] (`retry.rs`),
+//! the one loop that waits them, run by every part that must never give up.
 //!
 //! `backon` computes the capped exponential series; we draw the actual delay
 //! uniformly from `[min, cap]` ("full jitter"), so a fleet that lost the broker
@@ -33,8 +34,31 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
+mod retry;
+pub use retry::{Attempt, Event, retry_forever};
+
 /// A delay is never longer than this fraction of the outage so far.
 pub const OUTAGE_FRACTION: f64 = 0.5;
+
+/// The bounds of a reconnect series: a config section's `reconnect_min` and
+/// `reconnect_max` (equal: a fixed interval).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delays {
+    /// The first delay.
+    pub min: Duration,
+    /// The largest delay.
+    pub max: Duration,
+}
+
+impl Delays {
+    /// The same delay every time (`min == max`: no growth, no jitter).
+    pub fn fixed(every: Duration) -> Self {
+        Self {
+            min: every,
+            max: every,
+        }
+    }
+}
 
 /// An endless series of reconnect delays.
 pub struct Reconnect {
@@ -84,6 +108,12 @@ impl Reconnect {
     pub fn reset(&mut self) {
         self.series = self.builder.build();
         self.outage_started = None;
+    }
+}
+
+impl From<Delays> for Reconnect {
+    fn from(d: Delays) -> Self {
+        Self::new(d.min, d.max)
     }
 }
 
