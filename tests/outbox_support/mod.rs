@@ -79,10 +79,40 @@ impl EventsQueue {
             .message_count()
     }
 
-    /// Receives exactly `n` deliveries (auto-ack), panicking after `timeout`.
-    pub async fn receive(&self, n: usize, timeout: Duration) -> Vec<Delivery> {
-        let mut consumer = self
+    /// Receives deliveries (auto-ack) until every id of `want` came at least
+    /// once, and returns the distinct ids received. The relay publishes at
+    /// least once: rows whose confirm a closed channel lost come again, so a
+    /// duplicate is allowed here; an id outside `want` shows in the result.
+    pub async fn receive_ids(
+        &self,
+        want: &std::collections::HashSet<uuid::Uuid>,
+        timeout: Duration,
+    ) -> std::collections::HashSet<uuid::Uuid> {
+        let mut consumer = self.consumer().await;
+        let mut got = std::collections::HashSet::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !want.is_subset(&got) {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    got.insert(message_id(&d));
+                }
+                Ok(other) => panic!("consumer ended: {other:?}"),
+                Err(_) => panic!(
+                    "timed out after {timeout:?}: received {} of {} ids",
+                    got.intersection(want).count(),
+                    want.len()
+                ),
+            }
+        }
+        let _ = self
             .channel
+            .basic_cancel(consumer.tag(), Default::default())
+            .await;
+        got
+    }
+
+    async fn consumer(&self) -> lapin::Consumer {
+        self.channel
             .basic_consume(
                 self.queue.as_str().into(),
                 format!("recv-{}", uuid::Uuid::now_v7()).as_str().into(),
@@ -93,7 +123,12 @@ impl EventsQueue {
                 FieldTable::default(),
             )
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Receives exactly `n` deliveries (auto-ack), panicking after `timeout`.
+    pub async fn receive(&self, n: usize, timeout: Duration) -> Vec<Delivery> {
+        let mut consumer = self.consumer().await;
         let mut out = Vec::with_capacity(n);
         let deadline = tokio::time::Instant::now() + timeout;
         while out.len() < n {
