@@ -12,7 +12,7 @@
 //!    ([`ssrf`], [`deliver`]) and records every attempt in `webhook_attempts`.
 //!    A circuit breaker per host ([`breaker`]) postpones deliveries to a host
 //!    that keeps failing, before any request, without using an attempt.
-//! 3. `hookfleet webhook ...` ([`admin`]) manages subscriptions, lists attempts,
+//! 3. `hookfleet webhook ...` ([`manage`]) manages subscriptions, lists attempts,
 //!    redelivers (a new job, same delivery id and body), pings (a new
 //!    `webhook.ping` delivery, also made when a subscription is added) and
 //!    rotates secrets.
@@ -27,12 +27,12 @@
 //! All SQL is in [`storage`]. This module never publishes to the broker itself:
 //! jobs and events go through the outbox.
 
-pub mod admin;
 pub mod breaker;
 pub mod deliver;
 pub mod github;
 pub mod guarded;
 pub mod handler;
+pub mod manage;
 pub mod render;
 pub mod secrets;
 pub mod ssrf;
