@@ -21,7 +21,7 @@ use lapin::BasicProperties;
 use lapin::message::Delivery;
 use tracing::Instrument;
 
-use super::acker::Settle;
+use super::acker::AckSettle;
 use super::outcome::{
     ErrorClass, Failure, Original, Route, failure_properties, failure_target, panic_message,
     postpone_properties, postpone_tier, postponements, route, truncate,
@@ -108,7 +108,7 @@ pub struct Ctx {
 /// Handles one delivery and returns how to settle it. The body moves into the
 /// job without a copy; a retry or dead-letter copy is published from the same
 /// bytes.
-pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Settle {
+pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> AckSettle {
     let (kind, queue) = (lane.kind.as_str(), lane.queue.as_str());
     let Delivery {
         data,
@@ -181,7 +181,7 @@ async fn dead_letter_undecodable(
     kind: &str,
     original: Original<'_>,
     reason: String,
-) -> Settle {
+) -> AckSettle {
     let span = tracing::warn_span!("delivery", queue, "message.id" = tracing::field::Empty);
     refuse(ctx, queue, kind, original, 1, ErrorClass::Poison, reason)
         .instrument(span)
@@ -199,7 +199,7 @@ async fn refuse(
     attempt: u32,
     class: ErrorClass,
     reason: String,
-) -> Settle {
+) -> AckSettle {
     tracing::warn!(reason = %reason, "{} message: dead-lettering", class.as_str());
     let failure = Failure::new(class, reason);
     finish_failure(ctx, queue, kind, original, attempt, failure).await
@@ -241,7 +241,7 @@ fn in_flight_job(envelope: &Envelope, kind: &str, attempt: u32) -> InFlightJob {
 }
 
 /// The handler succeeded (or found the job already done): counted, then acked.
-fn handled(ctx: &Ctx, lane: &Lane, done: Done) -> Settle {
+fn handled(ctx: &Ctx, lane: &Lane, done: Done) -> AckSettle {
     ctx.gates.killswitch.record_success(&lane.kind);
     match done {
         Done::Handled => {
@@ -250,7 +250,7 @@ fn handled(ctx: &Ctx, lane: &Lane, done: Done) -> Settle {
         }
         Done::Duplicate => lane.duplicate.inc(),
     }
-    Settle::Ack
+    AckSettle::Ack
 }
 
 /// A failed handler run's own signal: a panic is counted and logged (routing
@@ -264,13 +264,13 @@ fn count_failure(lane: &Lane, failure: &Failure) {
 
 /// The kill switch is open: give the delivery back to the queue as it came
 /// (`x-attempt` unchanged, no retry copy). The outage, not the job, failed.
-fn hold(queue: &str, class: ErrorClass, reason: &str) -> Settle {
+fn hold(queue: &str, class: ErrorClass, reason: &str) -> AckSettle {
     metrics()
         .deliveries_total
         .with_label_values(&[queue, "held"])
         .inc();
     tracing::debug!(class = class.as_str(), error = %reason, "failed while the kill switch is open; requeued with its attempt unchanged");
-    Settle::Requeue
+    AckSettle::Requeue
 }
 
 /// Decides, before any handler runs, whether a delivery can be handled at all:
@@ -385,7 +385,7 @@ async fn finish_failure(
     original: Original<'_>,
     attempt: u32,
     failure: Failure,
-) -> Settle {
+) -> AckSettle {
     let Failure {
         class,
         reason,
@@ -410,7 +410,7 @@ async fn finish_failure(
             .deliveries_total
             .with_label_values(&[queue, "requeued"])
             .inc();
-        return Settle::Requeue;
+        return AckSettle::Requeue;
     }
     metrics()
         .deliveries_total
@@ -431,7 +431,7 @@ async fn finish_failure(
             "dead-lettered"
         ),
     }
-    Settle::Ack
+    AckSettle::Ack
 }
 
 /// Publishes a retry, postponement or dead-letter copy, confirmed; a few tries
@@ -473,7 +473,7 @@ async fn finish_postpone(
     original: Original<'_>,
     attempt: u32,
     p: Postpone,
-) -> Settle {
+) -> AckSettle {
     let count = postponements(original.properties);
     let tier = postpone_tier(&ctx.config.retry.tiers, p.after);
     let Some(delay) = tier.filter(|_| count < ctx.config.retry.max_postponements) else {
@@ -496,7 +496,7 @@ async fn finish_postpone(
             .deliveries_total
             .with_label_values(&[queue, "requeued"])
             .inc();
-        return Settle::Requeue;
+        return AckSettle::Requeue;
     }
     let m = metrics();
     m.deliveries_total
@@ -504,5 +504,5 @@ async fn finish_postpone(
         .inc();
     m.postponed_total.with_label_values(&[kind, p.reason]).inc();
     tracing::debug!(reason = p.reason, delay = ?delay, postponed = count + 1, "postponed");
-    Settle::Ack
+    AckSettle::Ack
 }
