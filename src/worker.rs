@@ -165,7 +165,7 @@ fn spawn_background(
         config.clone(),
         stop.clone(),
     ));
-    background.spawn(crate::webhook::run_pruner(
+    background.spawn(crate::webhook::run_webhook_pruner(
         pool.clone(),
         config.webhook.clone(),
         stop.clone(),

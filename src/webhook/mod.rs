@@ -22,7 +22,7 @@
 //! `webhook-timestamp`, `webhook-signature`); [`render`] shapes and signs the
 //! request accordingly. Secrets, their rotation and their encryption at rest
 //! (`webhook.secret_key`) are [`secrets`]'.
-//! 4. [`run_pruner`] deletes records older than `webhook.retention`.
+//! 4. [`run_webhook_pruner`] deletes records older than `webhook.retention`.
 //!
 //! All SQL is in [`storage`]. This module never publishes to the broker itself:
 //! jobs and events go through the outbox.
@@ -129,7 +129,7 @@ pub fn plan_deliveries(
 /// Deletes delivery and attempt records older than `cfg.retention`, every
 /// `cfg.prune_interval`, `cfg.prune_batch_size` deliveries a statement, until
 /// `shutdown`; errors are logged and retried next interval.
-pub async fn run_pruner(pool: PgPool, cfg: WebhookConfig, shutdown: CancellationToken) {
+pub async fn run_webhook_pruner(pool: PgPool, cfg: WebhookConfig, shutdown: CancellationToken) {
     let (interval, batch) = (cfg.prune_interval, cfg.prune_batch_size);
     loop {
         let mut total = 0u64;
