@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminState;
-use crate::amqp::publisher::Publisher;
+use crate::amqp::publisher_pool::Publisher;
 use crate::amqp::topology::Names;
 use crate::backoff::{Attempt, Event, retry_forever};
 use crate::config::{AmqpConfig, Config, DatabaseConfig, GuardConfig, OutboxConfig};

@@ -26,7 +26,7 @@ use super::outcome::{
     ErrorClass, Failure, FailureRoute, OriginalDelivery, failure_properties, failure_target,
     panic_message, postpone_properties, postpone_tier, postponements, route, truncate,
 };
-use crate::amqp::publisher::Publisher;
+use crate::amqp::publisher_pool::Publisher;
 use crate::amqp::topology::{self, Names};
 use crate::config::Config;
 use crate::guard::Gates;
