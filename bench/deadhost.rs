@@ -18,7 +18,7 @@ use hookfleet::amqp::topology::Names;
 use hookfleet::config::Config;
 use hookfleet::outbox::{self, Event};
 use hookfleet::push_job::PushJob;
-use hookfleet::webhook::{self, admin};
+use hookfleet::webhook::{self, manage};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -71,7 +71,7 @@ pub async fn run(base: &Config) -> anyhow::Result<Figures> {
 }
 
 async fn subscribe(pool: &sqlx::PgPool, url: &str) -> anyhow::Result<i64> {
-    let req = admin::AddRequest {
+    let req = manage::AddRequest {
         repo: "*".into(),
         url: url.into(),
         secret: None,
@@ -79,7 +79,7 @@ async fn subscribe(pool: &sqlx::PgPool, url: &str) -> anyhow::Result<i64> {
         content_type: "json".into(),
         style: Default::default(),
     };
-    Ok(admin::add(pool, &req, &Default::default()).await?.id)
+    Ok(manage::add(pool, &req, &Default::default()).await?.id)
 }
 
 /// Pushes at [`RATE`]/s for [`SECONDS`] s; returns the healthy deliveries' p50/p99 (ms).

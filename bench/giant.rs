@@ -167,7 +167,7 @@ async fn publish(cfg: &Config, jobs: &[PushJob]) -> anyhow::Result<()> {
             &ch,
             &cfg.amqp.prefix,
             j,
-            hookfleet::hook::fairness::Lane::Push,
+            hookfleet::hook::fairness::PushLane::Push,
             Duration::from_secs(30),
         )
         .await?;

@@ -67,7 +67,7 @@ pub struct AdminState {
 /// Errors of [`bind`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum AdminError {
+pub enum AdminServerError {
     /// The listen address could not be bound (in use, not local, no permission).
     #[error("cannot listen on {addr} for the admin server: {source}")]
     Bind {
@@ -79,10 +79,10 @@ pub enum AdminError {
 }
 
 /// Binds the admin listener, so a taken port fails start-up with the address named.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminServerError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| AdminError::Bind { addr, source })
+        .map_err(|source| AdminServerError::Bind { addr, source })
 }
 
 /// The routes, with the request timeout, body limit and concurrency limit applied.

@@ -111,7 +111,7 @@ impl Background {
         self.spawn(crate::alloc::run_janitor(pool.clone(), self.stop_token()));
         let (pool, outbox, stop) = (pool.clone(), outbox.clone(), self.stop_token());
         self.spawn(async move {
-            if let Err(e) = crate::outbox::run_pruner(pool, outbox, stop).await {
+            if let Err(e) = crate::outbox::run_outbox_pruner(pool, outbox, stop).await {
                 tracing::error!(error = %error_chain(e.as_ref()), "outbox pruner stopped");
             }
         });

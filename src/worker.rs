@@ -20,11 +20,11 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminState;
-use crate::amqp::publisher::Publisher;
+use crate::amqp::publisher_pool::Publisher;
 use crate::amqp::topology::Names;
 use crate::backoff::{Attempt, Event, retry_forever};
 use crate::config::{AmqpConfig, Config, DatabaseConfig, GuardConfig, OutboxConfig};
-use crate::consumer::{Ctx, Supervisor};
+use crate::consumer::{DeliveryCtx, Supervisor};
 use crate::guard::{Gates, KillSwitch, pause};
 use crate::health::Health;
 use crate::inflight::InFlight;
@@ -110,7 +110,7 @@ pub async fn run_with(
     let publisher = Publisher::new(&config.amqp, "publisher")?;
     let background = Background::new(CancellationToken::new());
     let gates = start_guards(&config.guard, &pool, &state.health, &background).await;
-    let ctx = Arc::new(Ctx {
+    let ctx = Arc::new(DeliveryCtx {
         config: config.clone(),
         names: Names::new(&config.amqp.prefix),
         publisher: publisher.clone(),
@@ -165,7 +165,7 @@ fn spawn_background(
         config.clone(),
         stop.clone(),
     ));
-    background.spawn(crate::webhook::run_pruner(
+    background.spawn(crate::webhook::run_webhook_pruner(
         pool.clone(),
         config.webhook.clone(),
         stop.clone(),

@@ -21,7 +21,7 @@ use hookfleet::config::{Config, SecretString};
 use hookfleet::job::{Done, Handler, Job, JobError};
 use hookfleet::outbox::{self, Event};
 use hookfleet::push_job::PushJob;
-use hookfleet::webhook::{self, admin};
+use hookfleet::webhook::{self, manage};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -448,9 +448,9 @@ async fn an_operator_works_the_console_in_a_browser() {
     tx.commit().await.unwrap();
 
     // A webhook delivery.
-    let sub = admin::add(
+    let sub = manage::add(
         &env.db.pool,
-        &admin::AddRequest {
+        &manage::AddRequest {
             repo: "org/*".into(),
             url: rx.url(),
             secret: Some("k".into()),

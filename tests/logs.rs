@@ -359,9 +359,9 @@ async fn a_webhook_attempt_logs_its_status_as_a_number() {
         let app = axum::Router::new().fallback(|| async { "ok" });
         let _ = axum::serve(listener, app).await;
     });
-    hookfleet::webhook::admin::add(
+    hookfleet::webhook::manage::add(
         &db.pool,
-        &hookfleet::webhook::admin::AddRequest {
+        &hookfleet::webhook::manage::AddRequest {
             repo: "**".into(),
             url,
             secret: None,
@@ -369,7 +369,7 @@ async fn a_webhook_attempt_logs_its_status_as_a_number() {
             content_type: "json".into(),
             style: Default::default(),
         },
-        &hookfleet::webhook::admin::keyring(&cfg.webhook).unwrap(),
+        &hookfleet::webhook::manage::keyring(&cfg.webhook).unwrap(),
     )
     .await
     .unwrap();

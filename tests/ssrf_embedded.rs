@@ -7,8 +7,8 @@ mod common;
 use bytes::Bytes;
 use common::TestDb;
 use hookfleet::config::{Config, WebhookConfig};
-use hookfleet::webhook::admin::{self, AddRequest};
 use hookfleet::webhook::deliver::{Client, DeliverError};
+use hookfleet::webhook::manage::{self, AddRequest};
 use hookfleet::webhook::ssrf::{Guard, SsrfError, check_url};
 
 fn webhook_config(edit: impl FnOnce(&mut WebhookConfig)) -> WebhookConfig {
@@ -152,7 +152,7 @@ async fn webhook_add_warns_when_the_guard_would_refuse_every_address() {
     let db = TestDb::new().await;
     let strict = webhook_config(|_| {});
 
-    let added = admin::add_checked(&db.pool, &request("http://127.0.0.1:9/hook"), &strict)
+    let added = manage::add_checked(&db.pool, &request("http://127.0.0.1:9/hook"), &strict)
         .await
         .unwrap();
     assert_eq!(
@@ -173,7 +173,7 @@ async fn webhook_add_warns_when_the_guard_would_refuse_every_address() {
     assert_eq!(subs[0].url, "http://127.0.0.1:9/hook");
 
     // A carried address is named.
-    let added = admin::add_checked(&db.pool, &request("http://[::127.0.0.1]:8080/"), &strict)
+    let added = manage::add_checked(&db.pool, &request("http://[::127.0.0.1]:8080/"), &strict)
         .await
         .unwrap();
     assert_eq!(added.warnings.len(), 1);
@@ -187,7 +187,7 @@ async fn webhook_add_warns_when_the_guard_would_refuse_every_address() {
     );
 
     // A name that resolves only to refused addresses.
-    let added = admin::add_checked(&db.pool, &request("http://localhost:9/hook"), &strict)
+    let added = manage::add_checked(&db.pool, &request("http://localhost:9/hook"), &strict)
         .await
         .unwrap();
     assert_eq!(added.warnings.len(), 1, "{:?}", added.warnings);
@@ -199,7 +199,7 @@ async fn webhook_add_warns_when_the_guard_would_refuse_every_address() {
     );
 
     // Secrets in the URL are not repeated.
-    let added = admin::add_checked(
+    let added = manage::add_checked(
         &db.pool,
         &request("http://10.0.0.1/hook?token=t0ps3cret&x=1"),
         &strict,
@@ -220,7 +220,7 @@ async fn webhook_add_warns_when_the_guard_would_refuse_every_address() {
 
     // Metadata: allow_private does not help, and the warning says so.
     let lax = webhook_config(|c| c.allow_private = true);
-    let added = admin::add_checked(&db.pool, &request("http://169.254.169.254/latest/"), &lax)
+    let added = manage::add_checked(&db.pool, &request("http://169.254.169.254/latest/"), &lax)
         .await
         .unwrap();
     assert_eq!(added.warnings.len(), 1);
@@ -256,7 +256,7 @@ async fn webhook_add_does_not_warn_when_deliveries_can_go_through() {
         ("http://no-such-host.invalid/hook", strict.clone()),
     ];
     for (url, cfg) in &cases {
-        let added = admin::add_checked(&db.pool, &request(url), cfg)
+        let added = manage::add_checked(&db.pool, &request(url), cfg)
             .await
             .unwrap();
         assert!(added.warnings.is_empty(), "{url}: {:?}", added.warnings);
@@ -267,10 +267,10 @@ async fn webhook_add_does_not_warn_when_deliveries_can_go_through() {
     assert_eq!(subs.len(), cases.len());
 
     // Invalid input is still an error, not a warning.
-    let e = admin::add_checked(&db.pool, &request("ftp://127.0.0.1/"), &strict)
+    let e = manage::add_checked(&db.pool, &request("ftp://127.0.0.1/"), &strict)
         .await
         .unwrap_err();
-    assert!(matches!(e, admin::AdminError::Invalid(_)), "{e:?}");
+    assert!(matches!(e, manage::WebhookManageError::Invalid(_)), "{e:?}");
 }
 
 /// A one-shot HTTP receiver on 127.0.0.1 answering 200; its port.

@@ -18,7 +18,7 @@ use hookfleet::amqp::topology::Names;
 use hookfleet::config::Config;
 use hookfleet::outbox::{self, Event};
 use hookfleet::push_job::PushJob;
-use hookfleet::webhook::{self, admin};
+use hookfleet::webhook::{self, manage};
 use sha2::Sha256;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -78,9 +78,9 @@ impl Env {
     }
 
     async fn subscribe(&self, repo: &str, url: &str, secret: Option<&str>, events: &str) -> i64 {
-        admin::add(
+        manage::add(
             &self.db.pool,
-            &admin::AddRequest {
+            &manage::AddRequest {
                 repo: repo.into(),
                 url: url.into(),
                 secret: secret.map(str::to_string),
@@ -216,7 +216,7 @@ async fn real_push_delivers_once_per_matching_subscription_signed() {
         .await;
     let _other = env.subscribe("other/*", &rx.url(), None, "*").await;
     let off = env.subscribe("org/**", &rx.url(), None, "*").await;
-    admin::set_active(&env.db.pool, off, false).await.unwrap();
+    manage::set_active(&env.db.pool, off, false).await.unwrap();
 
     // A bare repository org/app.git with the hook installed, and a clone.
     let (_bare, work) = org_app_with_hook(root.path(), &[]);
@@ -412,7 +412,7 @@ async fn consecutive_failures_disable_the_subscription_and_enable_restores_it() 
     // A pending delivery while disabled: recorded as failed, no request.
     // (deliveries_for_push skips inactive subscriptions, so create one by hand
     // as if it had been enqueued just before the disable.)
-    admin::set_active(&env.db.pool, sub, true).await.unwrap();
+    manage::set_active(&env.db.pool, sub, true).await.unwrap();
     let mut tx = env.db.pool.begin().await.unwrap();
     let push = PushJob {
         push_id: Uuid::now_v7(),
@@ -446,7 +446,7 @@ async fn consecutive_failures_disable_the_subscription_and_enable_restores_it() 
     assert_eq!(rx.got().len(), 4);
 
     // `enable` restores deliveries.
-    admin::set_active(&env.db.pool, sub, true).await.unwrap();
+    manage::set_active(&env.db.pool, sub, true).await.unwrap();
     rx.set_default(Reply::Status(200));
     assert_eq!(env.push_event("org/app").await, 1);
     rx.wait_for(5).await;
@@ -467,7 +467,7 @@ async fn redeliver_sends_the_same_body_and_delivery_id_again() {
     let first = rx.wait_for(1).await;
     let recorded = wait_attempts(&env.db.pool, 1).await;
     let delivery = recorded[0].delivery_id;
-    admin::redeliver(&env.db.pool, &env.names, delivery)
+    manage::redeliver(&env.db.pool, &env.names, delivery)
         .await
         .unwrap();
     let got = rx.wait_for(2).await;

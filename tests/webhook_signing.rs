@@ -25,7 +25,7 @@ use hookfleet::outbox::{self, Event};
 use hookfleet::push_job::PushJob;
 use hookfleet::webhook::secrets::{Keyring, SEALED_PREFIX};
 use hookfleet::webhook::subscription::Style;
-use hookfleet::webhook::{self, admin};
+use hookfleet::webhook::{self, manage};
 use sqlx::PgPool;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -159,10 +159,10 @@ impl Env {
         Keyring::from_config(&self.cfg.webhook).unwrap()
     }
 
-    async fn subscribe(&self, url: &str, style: Style, secret: Option<&str>) -> admin::Added {
-        admin::add(
+    async fn subscribe(&self, url: &str, style: Style, secret: Option<&str>) -> manage::Added {
+        manage::add(
             &self.db.pool,
-            &admin::AddRequest {
+            &manage::AddRequest {
                 repo: "org/app".into(),
                 url: url.into(),
                 secret: secret.map(str::to_string),
@@ -293,7 +293,7 @@ async fn standard_style_verifies_with_the_reference_library_through_a_rotation()
     assert!(verify("standard", &other, &got[1]).await.is_err());
 
     // Rotation with an overlap: both signatures, either secret verifies.
-    let rotated = admin::rotate_secret(
+    let rotated = manage::rotate_secret(
         &env.db.pool,
         &env.keys(),
         added.id,
@@ -311,7 +311,7 @@ async fn standard_style_verifies_with_the_reference_library_through_a_rotation()
 
     // Rotation with no overlap: only the newest secret signs.
     let third = webhook::secrets::generate(Style::Standard);
-    admin::rotate_secret(
+    manage::rotate_secret(
         &env.db.pool,
         &env.keys(),
         added.id,
@@ -328,7 +328,7 @@ async fn standard_style_verifies_with_the_reference_library_through_a_rotation()
     assert!(verify("standard", &first, &got[3]).await.is_err());
 
     // A rotation to a secret of the wrong form is refused.
-    let bad = admin::rotate_secret(
+    let bad = manage::rotate_secret(
         &env.db.pool,
         &env.keys(),
         added.id,
@@ -336,7 +336,10 @@ async fn standard_style_verifies_with_the_reference_library_through_a_rotation()
         Duration::ZERO,
     )
     .await;
-    assert!(matches!(bad, Err(admin::AdminError::Invalid(_))), "{bad:?}");
+    assert!(
+        matches!(bad, Err(manage::WebhookManageError::Invalid(_))),
+        "{bad:?}"
+    );
 
     // No secret anywhere at rest: not in the table, not in the attempt log.
     let dumped = dump(&env.db);
@@ -362,7 +365,7 @@ async fn github_style_signs_with_the_new_secret_only_after_a_rotation() {
     assert!(!got[0].headers.contains_key("webhook-signature"));
     assert_eq!(got[0].headers["x-github-event"], "push");
 
-    admin::rotate_secret(
+    manage::rotate_secret(
         &env.db.pool,
         &env.keys(),
         added.id,

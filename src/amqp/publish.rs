@@ -4,6 +4,9 @@
 //! an ack with no returned message. A nack, a `mandatory` return (unroutable), a
 //! closed channel or a confirm slower than the deadline are all errors, so callers
 //! keep (spool, leave unpublished, or do not ack) what they tried to send.
+//!
+//! These are functions on a channel the caller owns; the consumer's pooled,
+//! reconnecting [`Publisher`](super::publisher_pool::Publisher) calls them.
 
 use std::time::Duration;
 

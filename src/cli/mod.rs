@@ -170,8 +170,8 @@ async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&config.database).await?;
     db::migrate(&pool).await?;
     tracing::info!("migrations applied");
-    let keys = crate::webhook::admin::keyring(&config.webhook)?;
-    let resealed = crate::webhook::admin::reseal_secrets(&pool, &keys).await;
+    let keys = crate::webhook::manage::keyring(&config.webhook)?;
+    let resealed = crate::webhook::manage::reseal_secrets(&pool, &keys).await;
     pool.close().await;
     let resealed = resealed?;
     if resealed > 0 {

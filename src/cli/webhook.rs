@@ -16,7 +16,7 @@ const PLAINTEXT_WARNING: &str = "webhook.secret_key is not set: the secret is st
 /// Runs one `webhook` subcommand: refused input is bad usage, an unknown id a
 /// failure.
 pub(super) async fn command(command: WebhookCommand, config: Config) -> anyhow::Result<ExitCode> {
-    use crate::webhook::admin::AdminError;
+    use crate::webhook::manage::WebhookManageError;
     // Validate `add` before connecting, so bad input is exit 2 even with no database.
     let add = match &command {
         WebhookCommand::Add {
@@ -38,11 +38,11 @@ pub(super) async fn command(command: WebhookCommand, config: Config) -> anyhow::
     pool.close().await;
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(AdminError::Invalid(m)) => {
+        Err(WebhookManageError::Invalid(m)) => {
             eprintln!("hookfleet: {m}");
             Ok(ExitCode::from(EXIT_USAGE))
         }
-        Err(AdminError::NotFound(m)) => {
+        Err(WebhookManageError::NotFound(m)) => {
             eprintln!("hookfleet: {m}");
             Ok(ExitCode::FAILURE)
         }
@@ -59,8 +59,8 @@ fn add_request(
     events: &str,
     content_type: &str,
     style: &str,
-) -> Result<crate::webhook::admin::AddRequest, ExitCode> {
-    use crate::webhook::admin;
+) -> Result<crate::webhook::manage::AddRequest, ExitCode> {
+    use crate::webhook::manage;
     let style = match crate::webhook::subscription::Style::parse(style) {
         Ok(s) => s,
         Err(e) => {
@@ -68,7 +68,7 @@ fn add_request(
             return Err(ExitCode::from(EXIT_USAGE));
         }
     };
-    let r = admin::AddRequest {
+    let r = manage::AddRequest {
         repo: repo.to_string(),
         url: url.to_string(),
         secret: secret.clone(),
@@ -76,7 +76,7 @@ fn add_request(
         content_type: content_type.to_string(),
         style,
     };
-    if let Err(e) = admin::validate(&r) {
+    if let Err(e) = manage::validate(&r) {
         eprintln!("hookfleet: {e}");
         return Err(ExitCode::from(EXIT_USAGE));
     }
@@ -87,12 +87,12 @@ fn add_request(
 /// [`add_request`] checked before connecting.
 async fn run_command(
     command: WebhookCommand,
-    add: Option<crate::webhook::admin::AddRequest>,
+    add: Option<crate::webhook::manage::AddRequest>,
     pool: &sqlx::PgPool,
     names: &crate::amqp::topology::Names,
     config: &Config,
-) -> Result<(), crate::webhook::admin::AdminError> {
-    use crate::webhook::admin;
+) -> Result<(), crate::webhook::manage::WebhookManageError> {
+    use crate::webhook::manage;
     match command {
         WebhookCommand::Add { .. } => {
             if let Some(r) = add {
@@ -101,15 +101,15 @@ async fn run_command(
         }
         WebhookCommand::List { json } => list_subscriptions(pool, json).await?,
         WebhookCommand::Remove { id } => {
-            admin::remove(pool, id).await?;
+            manage::remove(pool, id).await?;
             println!("removed subscription {id}");
         }
         WebhookCommand::Enable { id } => {
-            admin::set_active(pool, id, true).await?;
+            manage::set_active(pool, id, true).await?;
             println!("enabled subscription {id}");
         }
         WebhookCommand::Disable { id } => {
-            admin::set_active(pool, id, false).await?;
+            manage::set_active(pool, id, false).await?;
             println!("disabled subscription {id}");
         }
         WebhookCommand::Deliveries {
@@ -124,11 +124,11 @@ async fn run_command(
             overlap,
         } => rotate_secret(pool, config, id, secret, overlap).await?,
         WebhookCommand::Ping { id } => {
-            let delivery = admin::ping(pool, names, id, local_user()).await?;
+            let delivery = manage::ping(pool, names, id, local_user()).await?;
             println!("ping delivery {delivery} enqueued");
         }
         WebhookCommand::Redeliver { delivery_id } => {
-            let id = admin::redeliver(pool, names, delivery_id).await?;
+            let id = manage::redeliver(pool, names, delivery_id).await?;
             println!("redelivery of {delivery_id} enqueued (job {id})");
         }
     }
@@ -141,10 +141,10 @@ async fn add_subscription(
     pool: &sqlx::PgPool,
     names: &crate::amqp::topology::Names,
     cfg: &crate::config::WebhookConfig,
-    r: &crate::webhook::admin::AddRequest,
-) -> Result<(), crate::webhook::admin::AdminError> {
-    use crate::webhook::admin;
-    let added = admin::add_checked(pool, r, cfg).await?;
+    r: &crate::webhook::manage::AddRequest,
+) -> Result<(), crate::webhook::manage::WebhookManageError> {
+    use crate::webhook::manage;
+    let added = manage::add_checked(pool, r, cfg).await?;
     for w in &added.warnings {
         eprintln!("hookfleet: warning: {w}");
     }
@@ -159,7 +159,7 @@ async fn add_subscription(
     }
     // As GitHub does when a hook is created. On stderr, so
     // stdout stays the one line scripts read the id from.
-    let delivery = admin::ping(pool, names, added.id, local_user()).await?;
+    let delivery = manage::ping(pool, names, added.id, local_user()).await?;
     eprintln!("hookfleet: ping delivery {delivery} enqueued");
     Ok(())
 }
@@ -169,10 +169,10 @@ async fn add_subscription(
 async fn list_subscriptions(
     pool: &sqlx::PgPool,
     json: bool,
-) -> Result<(), crate::webhook::admin::AdminError> {
-    use crate::webhook::admin;
+) -> Result<(), crate::webhook::manage::WebhookManageError> {
+    use crate::webhook::manage;
     let subs = crate::webhook::storage::list_subscriptions(pool).await?;
-    let matched = admin::matched_last_day(pool, &subs).await?;
+    let matched = manage::matched_last_day(pool, &subs).await?;
     output::subscriptions(&subs, &matched, json);
     Ok(())
 }
@@ -185,7 +185,7 @@ async fn list_deliveries(
     failed: bool,
     limit: i64,
     json: bool,
-) -> Result<(), crate::webhook::admin::AdminError> {
+) -> Result<(), crate::webhook::manage::WebhookManageError> {
     let rows =
         crate::webhook::storage::list_attempts(pool, subscription, failed, limit.clamp(1, 10_000))
             .await?;
@@ -200,11 +200,11 @@ async fn rotate_secret(
     id: i64,
     secret: Option<String>,
     overlap: Option<std::time::Duration>,
-) -> Result<(), crate::webhook::admin::AdminError> {
-    use crate::webhook::admin;
-    let keys = admin::keyring(&config.webhook)?;
+) -> Result<(), crate::webhook::manage::WebhookManageError> {
+    use crate::webhook::manage;
+    let keys = manage::keyring(&config.webhook)?;
     let overlap = overlap.unwrap_or(config.webhook.secret_overlap);
-    let r = admin::rotate_secret(pool, &keys, id, secret, overlap).await?;
+    let r = manage::rotate_secret(pool, &keys, id, secret, overlap).await?;
     if r.stored_plaintext {
         eprintln!("hookfleet: warning: {PLAINTEXT_WARNING}");
     }

@@ -5,7 +5,7 @@
 //! ([`auth`]); without a token configured the console is off (404). It acts
 //! through the same library functions as the CLI: [`crate::dlq`] for dead
 //! letters, [`crate::outbox::replay`] and [`crate::outbox::status`] for the
-//! outbox, [`crate::webhook::admin`] and [`crate::webhook::storage`] for
+//! outbox, [`crate::webhook::manage`] and [`crate::webhook::storage`] for
 //! webhooks, [`crate::guard::pause`] for paused kinds, so the page and
 //! `hookfleet dlq|outbox|webhook|pause` cannot disagree.
 //! Every action is logged with who, what and how many (`console action`).

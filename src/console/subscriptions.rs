@@ -1,5 +1,5 @@
 //! Managing webhook subscriptions from the webhooks page: add, remove and
-//! rotate a secret, through [`crate::webhook::admin`] as `hookfleet webhook
+//! rotate a secret, through [`crate::webhook::manage`] as `hookfleet webhook
 //! add|remove|rotate-secret` do (same validation, same sealing, same ping
 //! after add).
 //!
@@ -19,7 +19,7 @@ use super::page::{self, Form, esc, q};
 use super::state::ConsoleState;
 use crate::amqp::topology::Names;
 use crate::config::redact_url;
-use crate::webhook::admin::{self, AddRequest};
+use crate::webhook::manage::{self, AddRequest};
 use crate::webhook::subscription::Style;
 
 /// Said when a secret was stored without `webhook.secret_key` (as the CLI warns).
@@ -103,7 +103,7 @@ pub async fn add(
         style,
     };
     let pool = &state.console.pool;
-    let added = match admin::add_checked(pool, &r, &state.console.config.webhook).await {
+    let added = match manage::add_checked(pool, &r, &state.console.config.webhook).await {
         Ok(a) => a,
         Err(e) => return back(&format!("failed: {e}")),
     };
@@ -116,7 +116,7 @@ pub async fn add(
     }
     // As the CLI (and GitHub when a hook is created): a ping.
     let names = Names::new(&state.console.config.amqp.prefix);
-    match admin::ping(pool, &names, added.id, Some(who.user.clone())).await {
+    match manage::ping(pool, &names, added.id, Some(who.user.clone())).await {
         Ok(d) => lines.push(format!("ping delivery {d} enqueued")),
         Err(e) => lines.push(format!("the ping failed: {e}")),
     }
@@ -135,7 +135,7 @@ pub async fn remove(
     let Some(id) = Form::parse(&body).num::<i64>("id") else {
         return back("no subscription given");
     };
-    match admin::remove(&state.console.pool, id).await {
+    match manage::remove(&state.console.pool, id).await {
         Ok(()) => {
             tracing::info!(user = %who.user, via = who.via, webhook.subscription = id, count = 1,
                 "console action: webhook remove");
@@ -162,10 +162,10 @@ pub async fn rotate(
         Some(Ok(d)) => d,
         Some(Err(e)) => return back(&format!("failed: invalid overlap: {e}")),
     };
-    let result = match admin::keyring(cfg) {
+    let result = match manage::keyring(cfg) {
         Ok(keys) => {
             let secret = form.get("secret").map(str::to_string);
-            admin::rotate_secret(&state.console.pool, &keys, id, secret, overlap).await
+            manage::rotate_secret(&state.console.pool, &keys, id, secret, overlap).await
         }
         Err(e) => Err(e),
     };

@@ -3,7 +3,7 @@
 //! redacted) and recent delivery attempts with their request and response
 //! headers and bodies (as recorded, capped), filterable by subscription,
 //! status and event, each with a redeliver button (through
-//! [`crate::webhook::admin`], as `hookfleet webhook` does).
+//! [`crate::webhook::manage`], as `hookfleet webhook` does).
 
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -16,7 +16,7 @@ use super::subscriptions;
 use crate::amqp::topology::Names;
 use crate::config::redact_url;
 use crate::webhook::storage::{self, AttemptRow};
-use crate::webhook::{admin, subscription::Subscription};
+use crate::webhook::{manage, subscription::Subscription};
 
 /// Attempts read per page view (filters apply to these).
 pub const ATTEMPTS_READ: i64 = 500;
@@ -214,19 +214,19 @@ pub async fn set_active(
     let (what, result) = match form.get("active") {
         Some("ping") => (
             "ping",
-            admin::ping(pool, &names, id, Some(who.user.clone()))
+            manage::ping(pool, &names, id, Some(who.user.clone()))
                 .await
                 .map(|d| format!("ping {d} enqueued")),
         ),
         Some("true") => (
             "enable",
-            admin::set_active(pool, id, true)
+            manage::set_active(pool, id, true)
                 .await
                 .map(|()| format!("enabled subscription {id}")),
         ),
         _ => (
             "disable",
-            admin::set_active(pool, id, false)
+            manage::set_active(pool, id, false)
                 .await
                 .map(|()| format!("disabled subscription {id}")),
         ),
@@ -254,7 +254,7 @@ pub async fn redeliver(
         return back("no delivery given");
     };
     let names = Names::new(&state.console.config.amqp.prefix);
-    match admin::redeliver(&state.console.pool, &names, id).await {
+    match manage::redeliver(&state.console.pool, &names, id).await {
         Ok(job) => {
             tracing::info!(user = %who.user, via = who.via, webhook.delivery = %id, count = 1, "console action: webhook redeliver");
             back(&format!("redelivery of {id} enqueued (job {job})"))

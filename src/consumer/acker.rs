@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 
 /// What to tell the broker about a finished delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
+pub enum AckSettle {
     /// Done with it (handled, retried via a copy, or dead-lettered via a copy).
     Ack,
     /// Could not hand it on (the publisher is down): give it back to the queue.
@@ -83,15 +83,15 @@ impl Shared {
 
 impl AckHandle {
     /// Reports a finished delivery. Never blocks on I/O.
-    pub fn settle(&self, tag: u64, how: Settle) {
+    pub fn settle(&self, tag: u64, how: AckSettle) {
         let wake = {
             let mut s = self.shared.lock();
             match how {
-                Settle::Ack => {
+                AckSettle::Ack => {
                     s.window.settle(tag);
                     s.window.pending() >= self.shared.flush_every
                 }
-                Settle::Requeue => {
+                AckSettle::Requeue => {
                     s.requeue.push(tag);
                     true
                 }

@@ -12,15 +12,15 @@ use tracing::Instrument;
 
 use super::acker::AckHandle;
 use super::pool::TaskPool;
-use super::process::{self, Ctx, Lane};
+use super::process::{self, ConsumedQueue, DeliveryCtx};
 use crate::guard::killswitch::State as SwitchState;
 
 /// Pulls deliveries from one consumer into the pool.
 pub(super) struct ConsumeLoop {
     /// What every delivery's processing needs.
-    pub(super) ctx: Arc<Ctx>,
+    pub(super) ctx: Arc<DeliveryCtx>,
     /// The handler and queue the deliveries come from.
-    pub(super) lane: Arc<Lane>,
+    pub(super) lane: Arc<ConsumedQueue>,
     /// The pool permits a delivery takes (the kind, or its bulk queue's routing key).
     pub(super) kind: String,
     /// The queue consumed (for messages).

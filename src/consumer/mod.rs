@@ -9,5 +9,5 @@ pub mod pool;
 pub mod process;
 pub mod supervisor;
 
-pub use process::Ctx;
+pub use process::DeliveryCtx;
 pub use supervisor::Supervisor;

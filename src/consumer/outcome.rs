@@ -53,7 +53,7 @@ impl ErrorClass {
 
 /// Where a failed message goes next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub enum FailureRoute {
     /// The retry queue with this delay.
     Retry(Duration),
     /// The dead queue.
@@ -68,9 +68,9 @@ pub fn route(
     max_attempts: u32,
     tiers: &[Duration],
     retry_after: Option<Duration>,
-) -> Route {
+) -> FailureRoute {
     if !class.retryable() || attempt >= max_attempts || tiers.is_empty() {
-        return Route::Dead;
+        return FailureRoute::Dead;
     }
     let by_attempt = tiers[(attempt as usize - 1).min(tiers.len() - 1)];
     let delay = match retry_after {
@@ -81,12 +81,12 @@ pub fn route(
             .unwrap_or(tiers[tiers.len() - 1]),
         None => by_attempt,
     };
-    Route::Retry(delay)
+    FailureRoute::Retry(delay)
 }
 
 /// The delivery a retry or dead-letter copy is made from.
 #[derive(Clone, Copy)]
-pub(super) struct Original<'a> {
+pub(super) struct OriginalDelivery<'a> {
     pub(super) properties: &'a BasicProperties,
     pub(super) body: &'a [u8],
 }
@@ -121,16 +121,18 @@ pub(super) fn failure_target(
     kind: &str,
     class: ErrorClass,
     attempt: u32,
-    route: &Route,
+    route: &FailureRoute,
 ) -> (String, u32, &'static str) {
     match route {
-        Route::Retry(delay) => (
+        FailureRoute::Retry(delay) => (
             topology::retry_queue_of(queue, *delay),
             attempt + 1,
             "retried",
         ),
-        Route::Dead if class == ErrorClass::Poison => (names.dead_queue(kind), attempt, "poison"),
-        Route::Dead => (names.dead_queue(kind), attempt, "dead"),
+        FailureRoute::Dead if class == ErrorClass::Poison => {
+            (names.dead_queue(kind), attempt, "poison")
+        }
+        FailureRoute::Dead => (names.dead_queue(kind), attempt, "dead"),
     }
 }
 
@@ -264,35 +266,38 @@ mod tests {
         let tiers = [S(1), S(10), S(60)];
         assert_eq!(
             route(ErrorClass::Transient, 1, 5, &tiers, None),
-            Route::Retry(S(1))
+            FailureRoute::Retry(S(1))
         );
         assert_eq!(
             route(ErrorClass::Timeout, 2, 5, &tiers, None),
-            Route::Retry(S(10))
+            FailureRoute::Retry(S(10))
         );
         assert_eq!(
             route(ErrorClass::Panic, 4, 5, &tiers, None),
-            Route::Retry(S(60))
+            FailureRoute::Retry(S(60))
         );
         assert_eq!(
             route(ErrorClass::Transient, 5, 5, &tiers, None),
-            Route::Dead
+            FailureRoute::Dead
         );
         assert_eq!(
             route(ErrorClass::Permanent, 1, 5, &tiers, None),
-            Route::Dead
+            FailureRoute::Dead
         );
-        assert_eq!(route(ErrorClass::Poison, 1, 5, &tiers, None), Route::Dead);
+        assert_eq!(
+            route(ErrorClass::Poison, 1, 5, &tiers, None),
+            FailureRoute::Dead
+        );
         assert_eq!(postpone_tier(&tiers, S(5)), Some(S(10)));
         assert_eq!(postpone_tier(&tiers, S(3600)), Some(S(60)));
         assert_eq!(postpone_tier(&[], S(1)), None);
         assert_eq!(
             route(ErrorClass::Transient, 1, 5, &tiers, Some(S(5))),
-            Route::Retry(S(10))
+            FailureRoute::Retry(S(10))
         );
         assert_eq!(
             route(ErrorClass::Transient, 1, 5, &tiers, Some(S(3600))),
-            Route::Retry(S(60))
+            FailureRoute::Retry(S(60))
         );
     }
 }

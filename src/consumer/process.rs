@@ -21,12 +21,12 @@ use lapin::BasicProperties;
 use lapin::message::Delivery;
 use tracing::Instrument;
 
-use super::acker::Settle;
+use super::acker::AckSettle;
 use super::outcome::{
-    ErrorClass, Failure, Original, Route, failure_properties, failure_target, panic_message,
-    postpone_properties, postpone_tier, postponements, route, truncate,
+    ErrorClass, Failure, FailureRoute, OriginalDelivery, failure_properties, failure_target,
+    panic_message, postpone_properties, postpone_tier, postponements, route, truncate,
 };
-use crate::amqp::publisher::Publisher;
+use crate::amqp::publisher_pool::Publisher;
 use crate::amqp::topology::{self, Names};
 use crate::config::Config;
 use crate::guard::Gates;
@@ -39,7 +39,7 @@ use crate::metrics::metrics;
 
 /// One consumed queue: its handler and pre-resolved metric handles (label
 /// lookups hash and lock; doing them once per queue keeps them off the hot path).
-pub struct Lane {
+pub struct ConsumedQueue {
     /// The handler of this queue's kind.
     pub handler: Arc<dyn Handler>,
     /// Job kind.
@@ -59,7 +59,7 @@ pub struct Lane {
     panics: prometheus::IntCounter,
 }
 
-impl Lane {
+impl ConsumedQueue {
     /// A lane for `handler` consuming `queue` (`bulk`: the kind's bulk queue).
     pub fn new(handler: Arc<dyn Handler>, queue: String, bulk: bool) -> Self {
         let kind = handler.kind().to_string();
@@ -92,7 +92,7 @@ impl Lane {
 }
 
 /// Everything a delivery task needs, shared by all of them.
-pub struct Ctx {
+pub struct DeliveryCtx {
     /// Effective config.
     pub config: Arc<Config>,
     /// Broker names.
@@ -108,7 +108,11 @@ pub struct Ctx {
 /// Handles one delivery and returns how to settle it. The body moves into the
 /// job without a copy; a retry or dead-letter copy is published from the same
 /// bytes.
-pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Settle {
+pub async fn handle_delivery(
+    ctx: &DeliveryCtx,
+    lane: &ConsumedQueue,
+    delivery: Delivery,
+) -> AckSettle {
     let (kind, queue) = (lane.kind.as_str(), lane.queue.as_str());
     let Delivery {
         data,
@@ -117,7 +121,7 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
         ..
     } = delivery;
     let body = bytes::Bytes::from(data);
-    let original = Original {
+    let original = OriginalDelivery {
         properties: &properties,
         body: &body,
     };
@@ -176,12 +180,12 @@ pub async fn handle_delivery(ctx: &Ctx, lane: &Lane, delivery: Delivery) -> Sett
 /// A delivery whose properties do not decode (wrong content type, no
 /// `message_id`): poison, dead-lettered at once under a span of its own.
 async fn dead_letter_undecodable(
-    ctx: &Ctx,
+    ctx: &DeliveryCtx,
     queue: &str,
     kind: &str,
-    original: Original<'_>,
+    original: OriginalDelivery<'_>,
     reason: String,
-) -> Settle {
+) -> AckSettle {
     let span = tracing::warn_span!("delivery", queue, "message.id" = tracing::field::Empty);
     refuse(ctx, queue, kind, original, 1, ErrorClass::Poison, reason)
         .instrument(span)
@@ -192,14 +196,14 @@ async fn dead_letter_undecodable(
 /// permanent, see [`admit`]). Its callers box its future, as [`finish_failure`]'s
 /// are.
 async fn refuse(
-    ctx: &Ctx,
+    ctx: &DeliveryCtx,
     queue: &str,
     kind: &str,
-    original: Original<'_>,
+    original: OriginalDelivery<'_>,
     attempt: u32,
     class: ErrorClass,
     reason: String,
-) -> Settle {
+) -> AckSettle {
     tracing::warn!(reason = %reason, "{} message: dead-lettering", class.as_str());
     let failure = Failure::new(class, reason);
     finish_failure(ctx, queue, kind, original, attempt, failure).await
@@ -241,7 +245,7 @@ fn in_flight_job(envelope: &Envelope, kind: &str, attempt: u32) -> InFlightJob {
 }
 
 /// The handler succeeded (or found the job already done): counted, then acked.
-fn handled(ctx: &Ctx, lane: &Lane, done: Done) -> Settle {
+fn handled(ctx: &DeliveryCtx, lane: &ConsumedQueue, done: Done) -> AckSettle {
     ctx.gates.killswitch.record_success(&lane.kind);
     match done {
         Done::Handled => {
@@ -250,12 +254,12 @@ fn handled(ctx: &Ctx, lane: &Lane, done: Done) -> Settle {
         }
         Done::Duplicate => lane.duplicate.inc(),
     }
-    Settle::Ack
+    AckSettle::Ack
 }
 
 /// A failed handler run's own signal: a panic is counted and logged (routing
 /// the failure is the caller's).
-fn count_failure(lane: &Lane, failure: &Failure) {
+fn count_failure(lane: &ConsumedQueue, failure: &Failure) {
     if failure.class == ErrorClass::Panic {
         lane.panics.inc();
         tracing::error!(reason = %failure.reason, "handler panicked");
@@ -264,13 +268,13 @@ fn count_failure(lane: &Lane, failure: &Failure) {
 
 /// The kill switch is open: give the delivery back to the queue as it came
 /// (`x-attempt` unchanged, no retry copy). The outage, not the job, failed.
-fn hold(queue: &str, class: ErrorClass, reason: &str) -> Settle {
+fn hold(queue: &str, class: ErrorClass, reason: &str) -> AckSettle {
     metrics()
         .deliveries_total
         .with_label_values(&[queue, "held"])
         .inc();
     tracing::debug!(class = class.as_str(), error = %reason, "failed while the kill switch is open; requeued with its attempt unchanged");
-    Settle::Requeue
+    AckSettle::Requeue
 }
 
 /// Decides, before any handler runs, whether a delivery can be handled at all:
@@ -379,13 +383,13 @@ async fn run_handler(
 /// is allocated and copied at each spawn, several kilobytes larger (7.2 KB
 /// against 2.6 KB when measured).
 async fn finish_failure(
-    ctx: &Ctx,
+    ctx: &DeliveryCtx,
     queue: &str,
     kind: &str,
-    original: Original<'_>,
+    original: OriginalDelivery<'_>,
     attempt: u32,
     failure: Failure,
-) -> Settle {
+) -> AckSettle {
     let Failure {
         class,
         reason,
@@ -410,35 +414,35 @@ async fn finish_failure(
             .deliveries_total
             .with_label_values(&[queue, "requeued"])
             .inc();
-        return Settle::Requeue;
+        return AckSettle::Requeue;
     }
     metrics()
         .deliveries_total
         .with_label_values(&[queue, outcome])
         .inc();
     match route {
-        Route::Retry(delay) => tracing::info!(
+        FailureRoute::Retry(delay) => tracing::info!(
             class = class.as_str(),
             error = %reason,
             next_attempt,
             delay = ?delay,
             "failed; scheduled a retry"
         ),
-        Route::Dead => tracing::warn!(
+        FailureRoute::Dead => tracing::warn!(
             class = class.as_str(),
             error = %reason,
             dead_queue = %target,
             "dead-lettered"
         ),
     }
-    Settle::Ack
+    AckSettle::Ack
 }
 
 /// Publishes a retry, postponement or dead-letter copy, confirmed; a few tries
 /// ride out a publisher reconnect. The copy must be confirmed before the
 /// original is acked.
 async fn publish_copy(
-    ctx: &Ctx,
+    ctx: &DeliveryCtx,
     target: &str,
     body: &[u8],
     props: BasicProperties,
@@ -467,13 +471,13 @@ async fn publish_copy(
 /// attempt counter unchanged, `x-postponed` + 1. Past `retry.max_postponements`
 /// (or with no tiers) it is a transient failure instead, which uses an attempt.
 async fn finish_postpone(
-    ctx: &Ctx,
+    ctx: &DeliveryCtx,
     queue: &str,
     kind: &str,
-    original: Original<'_>,
+    original: OriginalDelivery<'_>,
     attempt: u32,
     p: Postpone,
-) -> Settle {
+) -> AckSettle {
     let count = postponements(original.properties);
     let tier = postpone_tier(&ctx.config.retry.tiers, p.after);
     let Some(delay) = tier.filter(|_| count < ctx.config.retry.max_postponements) else {
@@ -496,7 +500,7 @@ async fn finish_postpone(
             .deliveries_total
             .with_label_values(&[queue, "requeued"])
             .inc();
-        return Settle::Requeue;
+        return AckSettle::Requeue;
     }
     let m = metrics();
     m.deliveries_total
@@ -504,5 +508,5 @@ async fn finish_postpone(
         .inc();
     m.postponed_total.with_label_values(&[kind, p.reason]).inc();
     tracing::debug!(reason = p.reason, delay = ?delay, postponed = count + 1, "postponed");
-    Settle::Ack
+    AckSettle::Ack
 }

@@ -41,7 +41,7 @@ use tokio_util::task::TaskTracker;
 use super::acker;
 use super::consume_loop::ConsumeLoop;
 use super::pool::TaskPool;
-use super::process::{Ctx, Lane};
+use super::process::{ConsumedQueue, DeliveryCtx};
 use crate::amqp::{self, AmqpError, topology};
 use crate::backoff::{Attempt, Event, retry_forever};
 use crate::guard::killswitch::State as SwitchState;
@@ -59,7 +59,7 @@ fn node() -> String {
 
 /// Consumes every queue that has a handler, reconnecting forever.
 pub struct Supervisor {
-    ctx: Arc<Ctx>,
+    ctx: Arc<DeliveryCtx>,
     handlers: BTreeMap<String, Arc<dyn Handler>>,
     pool: TaskPool,
     /// The bulk pacer of each kind with a bulk queue (kept across sessions:
@@ -91,7 +91,7 @@ fn pacers(config: &crate::config::Config) -> BTreeMap<String, Arc<BulkPacer>> {
 
 /// Why a session ended.
 #[derive(Debug)]
-enum End {
+enum SessionEnd {
     Shutdown,
     Lost(String),
     /// A guard changed what to consume (kill switch opened, kinds paused or
@@ -118,7 +118,11 @@ struct Session {
 
 impl Supervisor {
     /// A supervisor for `handlers` (keyed by kind).
-    pub fn new(ctx: Arc<Ctx>, handlers: Vec<Arc<dyn Handler>>, health: Arc<Health>) -> Self {
+    pub fn new(
+        ctx: Arc<DeliveryCtx>,
+        handlers: Vec<Arc<dyn Handler>>,
+        health: Arc<Health>,
+    ) -> Self {
         let cfg = &ctx.config.worker;
         // A bulk queue's deliveries take their own few permits (and global ones),
         // so a storm there never holds the permits its kind's queue needs.
@@ -201,25 +205,25 @@ impl Supervisor {
     }
 
     /// How the retry loop goes on after a session that ran for `ran`.
-    fn ended(&self, end: End, ran: Duration) -> Attempt<(), AmqpError> {
+    fn ended(&self, end: SessionEnd, ran: Duration) -> Attempt<(), AmqpError> {
         match end {
             // Operator intent, not a fault: stay ready across the restart.
-            End::Gate(Gated::Pause) => Attempt::Ended {
+            SessionEnd::Gate(Gated::Pause) => Attempt::Ended {
                 healthy: false,
                 at_once: true,
             },
-            End::Gate(Gated::KillSwitch) => {
+            SessionEnd::Gate(Gated::KillSwitch) => {
                 self.health.set_consuming(false);
                 Attempt::Ended {
                     healthy: false,
                     at_once: true,
                 }
             }
-            End::Shutdown => {
+            SessionEnd::Shutdown => {
                 self.health.set_consuming(false);
                 Attempt::Done(())
             }
-            End::Lost(why) => {
+            SessionEnd::Lost(why) => {
                 self.health.set_consuming(false);
                 let node = node();
                 tracing::warn!(amqp = %node, reason = %why, "consuming stopped; reconnecting");
@@ -339,7 +343,7 @@ impl Supervisor {
             let lp = ConsumeLoop {
                 ctx: self.ctx.clone(),
                 lane: Arc::new(
-                    Lane::new(handler.clone(), queue.to_string(), bulk)
+                    ConsumedQueue::new(handler.clone(), queue.to_string(), bulk)
                         .with_pacer(self.pacers.get(handler.kind()).cloned()),
                 ),
                 kind: permit_key.to_string(),
@@ -355,7 +359,7 @@ impl Supervisor {
     }
 
     /// Waits until a consumer loop ends, the connection reports an error, or shutdown.
-    async fn watch(&self, mut session: Session, shutdown: &CancellationToken) -> End {
+    async fn watch(&self, mut session: Session, shutdown: &CancellationToken) -> SessionEnd {
         let mut events = Box::pin(session.conn.events_listener());
         let loops = std::mem::take(&mut session.loops);
         let mut any_loop = futures_util::future::select_all(if loops.is_empty() {
@@ -370,16 +374,16 @@ impl Supervisor {
         paused.mark_changed();
         let end = loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break End::Shutdown,
+                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
                 Ok(()) = switch.changed() => {
                     if *switch.borrow_and_update() == SwitchState::Open {
-                        break End::Gate(Gated::KillSwitch);
+                        break SessionEnd::Gate(Gated::KillSwitch);
                     }
                 }
                 Ok(()) = paused.changed() => {
                     if *paused.borrow_and_update() != session.paused {
                         tracing::info!("paused job kinds changed: re-registering consumers");
-                        break End::Gate(Gated::Pause);
+                        break SessionEnd::Gate(Gated::Pause);
                     }
                 }
                 (res, _, rest) = &mut any_loop => {
@@ -388,20 +392,20 @@ impl Supervisor {
                         Err(e) => format!("consumer loop failed: {e}"),
                     };
                     session.loops = rest;
-                    break End::Lost(why);
+                    break SessionEnd::Lost(why);
                 }
                 ev = events.next() => match ev {
-                    Some(lapin::Event::Error(e)) => break End::Lost(format!("connection error: {e}")),
+                    Some(lapin::Event::Error(e)) => break SessionEnd::Lost(format!("connection error: {e}")),
                     Some(lapin::Event::ConnectionBlocked(reason)) => {
                         tracing::warn!(reason = %reason, "broker blocked the consumer connection");
                     }
                     Some(_) => {}
-                    None => break End::Lost("connection closed".into()),
+                    None => break SessionEnd::Lost("connection closed".into()),
                 },
             }
         };
         match end {
-            End::Shutdown => {
+            SessionEnd::Shutdown => {
                 self.health.set_draining();
                 tracing::info!(
                     in_flight = self.ctx.inflight.len(),
@@ -409,14 +413,14 @@ impl Supervisor {
                 );
                 self.teardown(session, self.ctx.config.worker.drain_timeout)
                     .await;
-                End::Shutdown
+                SessionEnd::Shutdown
             }
-            End::Gate(g) => {
+            SessionEnd::Gate(g) => {
                 // Stop taking deliveries; let in-flight work finish (while the
                 // switch is open, failures are requeued as they came).
                 self.teardown(session, self.ctx.config.worker.drain_timeout)
                     .await;
-                End::Gate(g)
+                SessionEnd::Gate(g)
             }
             lost => {
                 self.teardown(session, Duration::ZERO).await;

@@ -47,7 +47,7 @@ pub const FILE_NAME: &str = "fairness.buckets";
 
 /// Where a push is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
+pub enum PushLane {
     /// `<prefix>.push`, routing key `push`.
     Push,
     /// `<prefix>.push.bulk`, routing key `push.bulk`: the repository or its
@@ -55,27 +55,27 @@ pub enum Lane {
     Bulk,
 }
 
-impl Lane {
+impl PushLane {
     /// The routing key on `<prefix>.jobs`.
     pub fn routing_key(self) -> String {
         match self {
-            Lane::Push => PUSH_KIND.to_string(),
-            Lane::Bulk => topology::bulk_routing_key(PUSH_KIND),
+            PushLane::Push => PUSH_KIND.to_string(),
+            PushLane::Bulk => topology::bulk_routing_key(PUSH_KIND),
         }
     }
 }
 
 /// The lane of one push of `repository`, taking a token from its repository's
 /// and its owner's buckets when it goes to the push queue.
-pub fn choose(cfg: &FairnessConfig, spool_dir: &Path, repository: &str) -> Lane {
+pub fn choose(cfg: &FairnessConfig, spool_dir: &Path, repository: &str) -> PushLane {
     if !cfg.enabled {
-        return Lane::Push;
+        return PushLane::Push;
     }
     match Buckets::open(spool_dir).and_then(|mut b| b.take(cfg, repository, now_ms())) {
         Ok(lane) => lane,
         Err(e) => {
             tracing::debug!(error = %e, "fairness buckets unavailable; using the push queue");
-            Lane::Push
+            PushLane::Push
         }
     }
 }
@@ -208,7 +208,7 @@ impl Buckets {
         cfg: &FairnessConfig,
         repository: &str,
         now_ms: i64,
-    ) -> std::io::Result<Lane> {
+    ) -> std::io::Result<PushLane> {
         let mut keys = vec![(
             hash(b'r', repository),
             cfg.repository_rate,
@@ -230,9 +230,9 @@ impl Buckets {
             for s in &mut slots {
                 s.tokens -= 1.0;
             }
-            Lane::Push
+            PushLane::Push
         } else {
-            Lane::Bulk
+            PushLane::Bulk
         };
         for s in slots {
             self.write(s)?;
@@ -261,18 +261,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(2.0, 3);
         let mut b = Buckets::open(dir.path()).unwrap();
-        let lanes: Vec<Lane> = (0..5)
+        let lanes: Vec<PushLane> = (0..5)
             .map(|_| b.take(&c, "o/storm", 1_000).unwrap())
             .collect();
         assert_eq!(
             lanes,
-            [Lane::Push, Lane::Push, Lane::Push, Lane::Bulk, Lane::Bulk]
+            [
+                PushLane::Push,
+                PushLane::Push,
+                PushLane::Push,
+                PushLane::Bulk,
+                PushLane::Bulk
+            ]
         );
         // Another repository is untouched.
-        assert_eq!(b.take(&c, "o/quiet", 1_000).unwrap(), Lane::Push);
+        assert_eq!(b.take(&c, "o/quiet", 1_000).unwrap(), PushLane::Push);
         // Half a second at 2/s is one token.
-        assert_eq!(b.take(&c, "o/storm", 1_500).unwrap(), Lane::Push);
-        assert_eq!(b.take(&c, "o/storm", 1_500).unwrap(), Lane::Bulk);
+        assert_eq!(b.take(&c, "o/storm", 1_500).unwrap(), PushLane::Push);
+        assert_eq!(b.take(&c, "o/storm", 1_500).unwrap(), PushLane::Bulk);
     }
 
     #[test]
@@ -284,10 +290,10 @@ mod tests {
             ..FairnessConfig::default()
         };
         let mut b = Buckets::open(dir.path()).unwrap();
-        assert_eq!(b.take(&c, "bot/a", 0).unwrap(), Lane::Push);
-        assert_eq!(b.take(&c, "bot/b", 0).unwrap(), Lane::Push);
-        assert_eq!(b.take(&c, "bot/c", 0).unwrap(), Lane::Bulk);
-        assert_eq!(b.take(&c, "human/a", 0).unwrap(), Lane::Push);
+        assert_eq!(b.take(&c, "bot/a", 0).unwrap(), PushLane::Push);
+        assert_eq!(b.take(&c, "bot/b", 0).unwrap(), PushLane::Push);
+        assert_eq!(b.take(&c, "bot/c", 0).unwrap(), PushLane::Bulk);
+        assert_eq!(b.take(&c, "human/a", 0).unwrap(), PushLane::Push);
     }
 
     #[test]
@@ -298,8 +304,8 @@ mod tests {
             ..FairnessConfig::default()
         };
         // Each push opens the file anew, as each hook process does.
-        let lanes: Vec<Lane> = (0..3).map(|_| choose(&c, dir.path(), "o/r")).collect();
-        assert_eq!(lanes, [Lane::Push, Lane::Push, Lane::Bulk]);
+        let lanes: Vec<PushLane> = (0..3).map(|_| choose(&c, dir.path(), "o/r")).collect();
+        assert_eq!(lanes, [PushLane::Push, PushLane::Push, PushLane::Bulk]);
         assert_eq!(
             std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(),
             SLOTS * SLOT_BYTES
@@ -316,19 +322,19 @@ mod tests {
             repository_burst: 1,
             ..FairnessConfig::default()
         };
-        assert_eq!(choose(&c, &unusable, "o/r"), Lane::Push);
-        assert_eq!(choose(&c, &unusable, "o/r"), Lane::Push);
+        assert_eq!(choose(&c, &unusable, "o/r"), PushLane::Push);
+        assert_eq!(choose(&c, &unusable, "o/r"), PushLane::Push);
         let off = FairnessConfig {
             enabled: false,
             ..c
         };
         for _ in 0..3 {
-            assert_eq!(choose(&off, dir.path(), "o/r"), Lane::Push);
+            assert_eq!(choose(&off, dir.path(), "o/r"), PushLane::Push);
         }
         // A lock held elsewhere: the push does not wait past LOCK_WAIT.
         let held = Buckets::open(dir.path()).unwrap();
         let start = Instant::now();
-        assert_eq!(choose(&c, dir.path(), "o/r"), Lane::Push);
+        assert_eq!(choose(&c, dir.path(), "o/r"), PushLane::Push);
         assert!(start.elapsed() < Duration::from_secs(5));
         drop(held);
     }

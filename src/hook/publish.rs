@@ -13,7 +13,7 @@ use std::time::Duration;
 use lapin::Channel;
 use tracing::Instrument;
 
-use super::fairness::Lane;
+use super::fairness::PushLane;
 use crate::amqp::publish::{confirm_channel, publish_confirmed};
 use crate::amqp::topology::Names;
 use crate::amqp::{self, AmqpError};
@@ -28,13 +28,13 @@ pub async fn publish_job(
     channel: &Channel,
     prefix: &str,
     job: &PushJob,
-    lane: Lane,
+    lane: PushLane,
     timeout: Duration,
 ) -> Result<(), AmqpError> {
     match publish_to(channel, prefix, job, lane, timeout).await {
-        Err(AmqpError::Rejected(reason)) if lane == Lane::Bulk => {
+        Err(AmqpError::Rejected(reason)) if lane == PushLane::Bulk => {
             tracing::warn!(%reason, "the bulk queue refused the push; publishing it to the push queue");
-            publish_to(channel, prefix, job, Lane::Push, timeout).await
+            publish_to(channel, prefix, job, PushLane::Push, timeout).await
         }
         r => r,
     }
@@ -44,7 +44,7 @@ async fn publish_to(
     channel: &Channel,
     prefix: &str,
     job: &PushJob,
-    lane: Lane,
+    lane: PushLane,
     timeout: Duration,
 ) -> Result<(), AmqpError> {
     let exchange = Names::new(prefix).jobs_exchange();
@@ -81,7 +81,7 @@ pub async fn publish_once(
     cfg: &AmqpConfig,
     role: &str,
     job: &PushJob,
-    lane: Lane,
+    lane: PushLane,
     deadline: Duration,
 ) -> Result<(), AmqpError> {
     let mut conn_slot = None;

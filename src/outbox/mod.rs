@@ -35,7 +35,7 @@ use sqlx::{Postgres, Transaction};
 use crate::message::{Envelope, HeaderValue};
 
 pub use event::{Event, headers_from_json, headers_to_json};
-pub use prune::{prune_once, run_pruner};
+pub use prune::{prune_once, run_outbox_pruner};
 pub use relay::run_relay;
 pub use storage::NOTIFY_CHANNEL;
 

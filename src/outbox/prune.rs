@@ -50,7 +50,7 @@ pub async fn prune_once(
 
 /// Prunes every `outbox.prune_interval` until `shutdown`; errors (database down)
 /// are logged and the next pass tries again.
-pub async fn run_pruner(
+pub async fn run_outbox_pruner(
     pool: PgPool,
     cfg: OutboxConfig,
     shutdown: CancellationToken,

@@ -274,7 +274,7 @@ struct Claimed {
 }
 
 /// A published batch whose rows still have to be marked and committed.
-struct Settle {
+struct PublishedBatch {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
     sent: Sent,
     started: Instant,
@@ -286,10 +286,10 @@ struct Settle {
 /// (or parked), commits, records metrics; returns the broken-channel error, if
 /// any, with the rows it makes suspect.
 async fn settle_batch_inner(
-    batch: Settle,
+    batch: PublishedBatch,
     ledger: &mut ReturnLedger,
 ) -> anyhow::Result<Option<(AmqpError, Vec<i64>)>> {
-    let Settle {
+    let PublishedBatch {
         mut tx,
         sent,
         started,
@@ -612,7 +612,7 @@ impl Relay {
         // back; the settler always settles every batch already sent (never a
         // dropped commit).
         let (to_send, claimed) = mpsc::channel::<Claimed>(CLAIM_AHEAD);
-        let (to_settle, mut sent_batches) = mpsc::channel::<Settle>(PIPELINE_DEPTH);
+        let (to_settle, mut sent_batches) = mpsc::channel::<PublishedBatch>(PIPELINE_DEPTH);
         let failed = CancellationToken::new();
         let returns = &mut self.returns;
         let settler = async {
@@ -824,7 +824,7 @@ async fn send_batches(
     suspects: &mut HashSet<i64>,
     failed: &CancellationToken,
     mut claimed: mpsc::Receiver<Claimed>,
-    to_settle: mpsc::Sender<Settle>,
+    to_settle: mpsc::Sender<PublishedBatch>,
 ) {
     while let Some(Claimed { tx, rows, started }) = claimed.recv().await {
         // A batch of big rows grows the claim connection's read buffer and the
@@ -859,7 +859,7 @@ async fn send_batches(
             .filter_map(|r| r.trace_context.clone())
             .collect();
         // The settler outlives this loop (it drains its channel to the end).
-        let settle = Settle {
+        let settle = PublishedBatch {
             tx,
             sent,
             started,

@@ -147,9 +147,9 @@ fn record_span(writes: &[PushWrite]) -> tracing::Span {
 struct GroupParams {
     /// The inbox queue (one value).
     queue: usize,
-    /// [`Items`]' arrays.
+    /// [`PushColumns`]' arrays.
     items: usize,
-    /// [`Refs`]' arrays, with their owners.
+    /// [`RefUpdateColumns`]' arrays, with their owners.
     refs: usize,
     /// [`EventArrays`].
     events: usize,
@@ -168,8 +168,8 @@ struct GroupParams {
 const GROUP: GroupParams = {
     let queue = 1;
     let items = queue + 1;
-    let refs = items + Items::PARAMS;
-    let events = refs + Refs::PARAMS;
+    let refs = items + PushColumns::PARAMS;
+    let events = refs + RefUpdateColumns::PARAMS;
     let event_owners = events + EVENT_PARAMS;
     let deliveries = event_owners + 1;
     let delivery_owners = deliveries + DELIVERY_PARAMS;
@@ -236,8 +236,8 @@ fn group_sql() -> String {
          o AS ({}),
          d AS ({})
          SELECT message_id FROM mine",
-        Items::unnest_sql(items),
-        Refs::unnest_sql(refs),
+        PushColumns::unnest_sql(items),
+        RefUpdateColumns::unnest_sql(refs),
         EventArrays::insert_sql(
             events,
             "",
@@ -264,8 +264,8 @@ async fn record_group<'c>(
     writes: &[PushWrite],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     static SQL: LazyLock<String> = LazyLock::new(group_sql);
-    let mut items = Items::default();
-    let mut refs = Refs::default();
+    let mut items = PushColumns::default();
+    let mut refs = RefUpdateColumns::default();
     let mut events = EventArrays::default();
     let mut event_owners: Vec<Uuid> = Vec::new();
     let mut deliveries = DeliveryArrays::default();
@@ -297,7 +297,7 @@ struct OneParams {
     /// The push's columns ([`PUSH_PARAMS`] values: push id, repository,
     /// pusher, pushed at, ref count, updates).
     push: usize,
-    /// [`Refs`]' arrays, without owners.
+    /// [`RefUpdateColumns`]' arrays, without owners.
     refs: usize,
     /// The inbox claim (message id, queue).
     claim: usize,
@@ -317,7 +317,7 @@ const PUSH_PARAMS: usize = 6;
 const ONE: OneParams = {
     let push = 1;
     let refs = push + PUSH_PARAMS;
-    let claim = refs + Refs::UNOWNED_PARAMS;
+    let claim = refs + RefUpdateColumns::UNOWNED_PARAMS;
     let events = claim + 2;
     let deliveries = events + EVENT_PARAMS;
     OneParams {
@@ -356,7 +356,7 @@ fn one_sql() -> String {
          d AS ({})
          SELECT 1 FROM lock",
         inbox_claim_sql(ONE.claim),
-        Refs::unowned_unnest_sql(ONE.refs),
+        RefUpdateColumns::unowned_unnest_sql(ONE.refs),
         EventArrays::insert_sql(ONE.events, "lock, ", None),
         DeliveryArrays::insert_sql(ONE.deliveries, "lock, ", None),
     )
@@ -383,7 +383,7 @@ async fn record_one<'c>(
     w: &PushWrite,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     static SQL: LazyLock<String> = LazyLock::new(one_sql);
-    let mut refs = Refs::default();
+    let mut refs = RefUpdateColumns::default();
     refs.add(w);
     // In `ONE`'s order.
     let q = bind_push(sqlx::query(&SQL), w);
@@ -409,7 +409,7 @@ type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArgume
 
 /// One entry per push: the group statement's `items`.
 #[derive(Default)]
-struct Items {
+struct PushColumns {
     message_ids: Vec<Uuid>,
     push_ids: Vec<Uuid>,
     repositories: Vec<String>,
@@ -419,14 +419,14 @@ struct Items {
     updates: Vec<serde_json::Value>,
 }
 
-impl Items {
+impl PushColumns {
     /// How many values [`Self::bind`] binds.
     const PARAMS: usize = 7;
 
     /// The arrays as a set of rows, read from `$first` on, in [`Self::bind`]'s order.
     fn unnest_sql(first: usize) -> String {
         let [m, p, r, u, at, n, up] =
-            std::array::from_fn::<usize, { Items::PARAMS }, _>(|i| first + i);
+            std::array::from_fn::<usize, { PushColumns::PARAMS }, _>(|i| first + i);
         format!(
             "UNNEST(${m}::uuid[], ${p}::uuid[], ${r}::text[], ${u}::text[], \
                     ${at}::timestamptz[], ${n}::int4[], ${up}::jsonb[])"
@@ -457,14 +457,14 @@ impl Items {
 
 /// One entry per ref update of every push, with its push's message id.
 #[derive(Default)]
-struct Refs {
+struct RefUpdateColumns {
     owners: Vec<Uuid>,
     refs: Vec<String>,
     shas: Vec<String>,
     deleted: Vec<bool>,
 }
 
-impl Refs {
+impl RefUpdateColumns {
     /// How many values [`Self::bind`] binds.
     const PARAMS: usize = 4;
     /// How many values [`Self::bind_unowned`] binds.
@@ -472,14 +472,16 @@ impl Refs {
 
     /// The arrays with their owners, read from `$first` on, in [`Self::bind`]'s order.
     fn unnest_sql(first: usize) -> String {
-        let [o, r, s, d] = std::array::from_fn::<usize, { Refs::PARAMS }, _>(|i| first + i);
+        let [o, r, s, d] =
+            std::array::from_fn::<usize, { RefUpdateColumns::PARAMS }, _>(|i| first + i);
         format!("UNNEST(${o}::uuid[], ${r}::text[], ${s}::text[], ${d}::bool[])")
     }
 
     /// The arrays without owners (one push), read from `$first` on, in
     /// [`Self::bind_unowned`]'s order.
     fn unowned_unnest_sql(first: usize) -> String {
-        let [r, s, d] = std::array::from_fn::<usize, { Refs::UNOWNED_PARAMS }, _>(|i| first + i);
+        let [r, s, d] =
+            std::array::from_fn::<usize, { RefUpdateColumns::UNOWNED_PARAMS }, _>(|i| first + i);
         format!("unnest(${r}::text[], ${s}::text[], ${d}::bool[])")
     }
 

@@ -12,7 +12,7 @@
 //!    ([`ssrf`], [`deliver`]) and records every attempt in `webhook_attempts`.
 //!    A circuit breaker per host ([`breaker`]) postpones deliveries to a host
 //!    that keeps failing, before any request, without using an attempt.
-//! 3. `hookfleet webhook ...` ([`admin`]) manages subscriptions, lists attempts,
+//! 3. `hookfleet webhook ...` ([`manage`]) manages subscriptions, lists attempts,
 //!    redelivers (a new job, same delivery id and body), pings (a new
 //!    `webhook.ping` delivery, also made when a subscription is added) and
 //!    rotates secrets.
@@ -22,17 +22,17 @@
 //! `webhook-timestamp`, `webhook-signature`); [`render`] shapes and signs the
 //! request accordingly. Secrets, their rotation and their encryption at rest
 //! (`webhook.secret_key`) are [`secrets`]'.
-//! 4. [`run_pruner`] deletes records older than `webhook.retention`.
+//! 4. [`run_webhook_pruner`] deletes records older than `webhook.retention`.
 //!
 //! All SQL is in [`storage`]. This module never publishes to the broker itself:
 //! jobs and events go through the outbox.
 
-pub mod admin;
 pub mod breaker;
 pub mod deliver;
 pub mod github;
 pub mod guarded;
 pub mod handler;
+pub mod manage;
 pub mod render;
 pub mod secrets;
 pub mod ssrf;
@@ -129,7 +129,7 @@ pub fn plan_deliveries(
 /// Deletes delivery and attempt records older than `cfg.retention`, every
 /// `cfg.prune_interval`, `cfg.prune_batch_size` deliveries a statement, until
 /// `shutdown`; errors are logged and retried next interval.
-pub async fn run_pruner(pool: PgPool, cfg: WebhookConfig, shutdown: CancellationToken) {
+pub async fn run_webhook_pruner(pool: PgPool, cfg: WebhookConfig, shutdown: CancellationToken) {
     let (interval, batch) = (cfg.prune_interval, cfg.prune_batch_size);
     loop {
         let mut total = 0u64;

@@ -4,7 +4,7 @@
 //! Owns the queries: subscription management, delivery rows written with the push
 //! (folded into its statement), the handler's load, attempt recording with the failure count and
 //! auto-disable (one short transaction per attempt), listing and pruning; and
-//! the one read of `pushes` the webhook admin needs (which repositories exist, to
+//! the one read of `pushes` [`super::manage`] needs (which repositories exist, to
 //! check a subscription's pattern). It never makes HTTP requests and never
 //! decides policy: callers pass thresholds in.
 //!

@@ -19,7 +19,7 @@ pub const UNKNOWN_USER: &str = "ghost";
 pub const FALLBACK_BRANCH: &str = "main";
 
 /// What every body of one stored payload shares.
-pub(super) struct Ctx<'a> {
+pub(super) struct PayloadCtx<'a> {
     p: &'a Value,
     site: &'a Site,
     full_name: String,
@@ -32,8 +32,8 @@ pub(super) struct Ctx<'a> {
     pushed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-impl<'a> Ctx<'a> {
-    pub(super) fn new(p: &'a Value, site: &'a Site) -> Ctx<'a> {
+impl<'a> PayloadCtx<'a> {
+    pub(super) fn new(p: &'a Value, site: &'a Site) -> PayloadCtx<'a> {
         let repo = p.get("repository");
         let field = |k: &str| {
             repo.and_then(|r| r.get(k))
@@ -72,7 +72,7 @@ impl<'a> Ctx<'a> {
             .and_then(Value::as_str)
             .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
             .map(|d| d.with_timezone(&chrono::Utc));
-        Ctx {
+        PayloadCtx {
             p,
             site,
             default_branch: field("default_branch").unwrap_or_else(|| FALLBACK_BRANCH.to_string()),

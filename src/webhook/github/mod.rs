@@ -45,7 +45,7 @@ mod values;
 
 use serde_json::Value;
 
-use self::git_events::Ctx;
+use self::git_events::PayloadCtx;
 pub use self::git_events::{FALLBACK_BRANCH, SITE_OWNER, UNKNOWN_USER};
 pub use self::headers::hookfleet_headers;
 pub use self::ping::{PingFacts, ping_payload};
@@ -75,7 +75,7 @@ pub fn event_name(event_type: &str) -> &str {
 
 /// The body of a delivery of `event_type` whose stored payload is `payload`.
 pub fn body(event_type: &str, payload: &Value, site: &Site) -> Value {
-    let ctx = Ctx::new(payload, site);
+    let ctx = PayloadCtx::new(payload, site);
     match event_name(event_type) {
         "push" | GH_FORCE_PUSH => ctx.push(),
         "create" => ctx.create(event_type),

@@ -39,7 +39,7 @@ pub const WARN_RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Why a webhook command failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum AdminError {
+pub enum WebhookManageError {
     /// Bad input (exit 2).
     #[error("{0}")]
     Invalid(String),
@@ -94,7 +94,11 @@ pub struct Added {
 
 /// Validates and inserts a subscription, generating a secret for the standard
 /// style when none is given and sealing the secret with `keys`.
-pub async fn add(pool: &PgPool, r: &AddRequest, keys: &Keyring) -> Result<Added, AdminError> {
+pub async fn add(
+    pool: &PgPool,
+    r: &AddRequest,
+    keys: &Keyring,
+) -> Result<Added, WebhookManageError> {
     let mut new = validate(r)?;
     let generated = match (&new.secret, new.style) {
         (None, Style::Standard) => Some(secrets::generate(Style::Standard)),
@@ -121,7 +125,7 @@ pub async fn add_checked(
     pool: &PgPool,
     r: &AddRequest,
     cfg: &WebhookConfig,
-) -> Result<Added, AdminError> {
+) -> Result<Added, WebhookManageError> {
     let keys = keyring(cfg)?;
     let new = validate(r)?;
     let mut warnings = delivery_warnings(cfg, &new.url).await;
@@ -132,8 +136,8 @@ pub async fn add_checked(
 
 /// The keys of `cfg` (validated with the config, so an error here is a config
 /// built by hand).
-pub fn keyring(cfg: &WebhookConfig) -> Result<Keyring, AdminError> {
-    Keyring::from_config(cfg).map_err(|(k, m)| AdminError::Invalid(format!("{k} {m}")))
+pub fn keyring(cfg: &WebhookConfig) -> Result<Keyring, WebhookManageError> {
+    Keyring::from_config(cfg).map_err(|(k, m)| WebhookManageError::Invalid(format!("{k} {m}")))
 }
 
 /// What [`rotate_secret`] did.
@@ -155,19 +159,23 @@ pub async fn rotate_secret(
     id: i64,
     new: Option<String>,
     overlap: Duration,
-) -> Result<Rotated, AdminError> {
+) -> Result<Rotated, WebhookManageError> {
     let Some(sub) = storage::load_subscription(pool, id).await? else {
-        return Err(AdminError::NotFound(format!("no subscription {id}")));
+        return Err(WebhookManageError::NotFound(format!(
+            "no subscription {id}"
+        )));
     };
     let new = new.filter(|s| !s.is_empty());
     if let Some(s) = &new {
         secrets::check_form(sub.style, s)
-            .map_err(|e| AdminError::Invalid(format!("invalid --secret: {e}")))?;
+            .map_err(|e| WebhookManageError::Invalid(format!("invalid --secret: {e}")))?;
     }
     let generated = new.is_none().then(|| secrets::generate(sub.style));
     let secret = new.or_else(|| generated.clone()).unwrap_or_default();
     if !storage::rotate_secret(pool, id, &keys.seal(&secret), overlap).await? {
-        return Err(AdminError::NotFound(format!("no subscription {id}")));
+        return Err(WebhookManageError::NotFound(format!(
+            "no subscription {id}"
+        )));
     }
     Ok(Rotated {
         generated_secret: generated,
@@ -180,7 +188,7 @@ pub async fn rotate_secret(
 /// runs serialise on the row locks); returns how many subscriptions changed.
 /// Without a key it changes nothing. Fails, changing nothing, when a secret is
 /// sealed with a key that is not configured.
-pub async fn reseal_secrets(pool: &PgPool, keys: &Keyring) -> Result<u64, AdminError> {
+pub async fn reseal_secrets(pool: &PgPool, keys: &Keyring) -> Result<u64, WebhookManageError> {
     if !keys.encrypts() {
         return Ok(0);
     }
@@ -191,12 +199,12 @@ pub async fn reseal_secrets(pool: &PgPool, keys: &Keyring) -> Result<u64, AdminE
         if !stale(&secret) && !stale(&previous) {
             continue;
         }
-        let reseal = |v: Option<String>| -> Result<Option<String>, AdminError> {
+        let reseal = |v: Option<String>| -> Result<Option<String>, WebhookManageError> {
             match v {
                 Some(s) if keys.needs_reseal(&s) => {
                     let open = keys
                         .open(&s)
-                        .map_err(|source| AdminError::Secret { id, source })?;
+                        .map_err(|source| WebhookManageError::Secret { id, source })?;
                     Ok(Some(keys.seal(&open)))
                 }
                 other => Ok(other),
@@ -219,7 +227,10 @@ const PATTERN_EXAMPLES: usize = 5;
 /// so far, listing a few that exist (a pattern written for one naming scheme,
 /// e.g. an absolute path, never fires and nothing else would say so). Nothing
 /// before the first push.
-pub async fn pattern_warning(pool: &PgPool, pattern: &str) -> Result<Option<String>, AdminError> {
+pub async fn pattern_warning(
+    pool: &PgPool,
+    pattern: &str,
+) -> Result<Option<String>, WebhookManageError> {
     let known = storage::pushed_repositories(pool, None, PATTERN_SAMPLE).await?;
     if known.is_empty() || known.iter().any(|(r, _)| repository::matches(pattern, r)) {
         return Ok(None);
@@ -242,7 +253,7 @@ pub async fn pattern_warning(pool: &PgPool, pattern: &str) -> Result<Option<Stri
 pub async fn matched_last_day(
     pool: &PgPool,
     subs: &[subscription::Subscription],
-) -> Result<std::collections::HashMap<i64, i64>, AdminError> {
+) -> Result<std::collections::HashMap<i64, i64>, WebhookManageError> {
     let recent =
         storage::pushed_repositories(pool, Some(Duration::from_secs(86_400)), PATTERN_SAMPLE)
             .await?;
@@ -306,15 +317,15 @@ pub async fn delivery_warnings(cfg: &WebhookConfig, url: &str) -> Vec<String> {
 }
 
 /// Checks `webhook add` input without touching the database.
-pub fn validate(r: &AddRequest) -> Result<NewSubscription, AdminError> {
-    let url =
-        ssrf::check_url(&r.url).map_err(|e| AdminError::Invalid(format!("invalid --url: {e}")))?;
+pub fn validate(r: &AddRequest) -> Result<NewSubscription, WebhookManageError> {
+    let url = ssrf::check_url(&r.url)
+        .map_err(|e| WebhookManageError::Invalid(format!("invalid --url: {e}")))?;
     repository::check_pattern(&r.repo)
-        .map_err(|e| AdminError::Invalid(format!("invalid --repo: {e}")))?;
+        .map_err(|e| WebhookManageError::Invalid(format!("invalid --repo: {e}")))?;
     let events = subscription::parse_events(&r.events)
-        .map_err(|e| AdminError::Invalid(format!("invalid --events: {e}")))?;
+        .map_err(|e| WebhookManageError::Invalid(format!("invalid --events: {e}")))?;
     if !CONTENT_TYPES.contains(&r.content_type.as_str()) {
-        return Err(AdminError::Invalid(format!(
+        return Err(WebhookManageError::Invalid(format!(
             "invalid --content-type {:?} (allowed: {})",
             r.content_type,
             CONTENT_TYPES.join(", ")
@@ -323,7 +334,7 @@ pub fn validate(r: &AddRequest) -> Result<NewSubscription, AdminError> {
     let secret = r.secret.clone().filter(|s| !s.is_empty());
     if let Some(s) = &secret {
         secrets::check_form(r.style, s)
-            .map_err(|e| AdminError::Invalid(format!("invalid --secret: {e}")))?;
+            .map_err(|e| WebhookManageError::Invalid(format!("invalid --secret: {e}")))?;
     }
     Ok(NewSubscription {
         repository_pattern: r.repo.clone(),
@@ -336,20 +347,24 @@ pub fn validate(r: &AddRequest) -> Result<NewSubscription, AdminError> {
 }
 
 /// Deletes a subscription.
-pub async fn remove(pool: &PgPool, id: i64) -> Result<(), AdminError> {
+pub async fn remove(pool: &PgPool, id: i64) -> Result<(), WebhookManageError> {
     if storage::remove_subscription(pool, id).await? {
         Ok(())
     } else {
-        Err(AdminError::NotFound(format!("no subscription {id}")))
+        Err(WebhookManageError::NotFound(format!(
+            "no subscription {id}"
+        )))
     }
 }
 
 /// Enables (failure count reset) or disables a subscription.
-pub async fn set_active(pool: &PgPool, id: i64, active: bool) -> Result<(), AdminError> {
+pub async fn set_active(pool: &PgPool, id: i64, active: bool) -> Result<(), WebhookManageError> {
     if storage::set_active(pool, id, active).await? {
         Ok(())
     } else {
-        Err(AdminError::NotFound(format!("no subscription {id}")))
+        Err(WebhookManageError::NotFound(format!(
+            "no subscription {id}"
+        )))
     }
 }
 
@@ -359,9 +374,9 @@ pub async fn redeliver(
     pool: &PgPool,
     names: &Names,
     delivery_id: Uuid,
-) -> Result<Uuid, AdminError> {
+) -> Result<Uuid, WebhookManageError> {
     let Some(d) = storage::load_delivery(pool, delivery_id).await? else {
-        return Err(AdminError::NotFound(format!(
+        return Err(WebhookManageError::NotFound(format!(
             "no delivery {delivery_id} (unknown or pruned)"
         )));
     };
@@ -389,10 +404,12 @@ pub async fn ping(
     names: &Names,
     id: i64,
     sender: Option<String>,
-) -> Result<Uuid, AdminError> {
+) -> Result<Uuid, WebhookManageError> {
     let Some((sub, created_at, updated_at)) = storage::load_subscription_times(pool, id).await?
     else {
-        return Err(AdminError::NotFound(format!("no subscription {id}")));
+        return Err(WebhookManageError::NotFound(format!(
+            "no subscription {id}"
+        )));
     };
     let facts = PingFacts {
         id: sub.id,
