@@ -178,12 +178,19 @@ async fn database_outage_stops_consuming_and_keeps_every_attempt() {
     })
     .await;
     let handled = handled.lock().unwrap().clone();
-    assert_eq!(
-        handled[&first.to_string()],
-        vec![1],
-        "the tripping job kept attempt 1"
+    // Every run of every job was at attempt 1. The tripping job may have run
+    // twice: when its first run won the race with the cut, its ack can go
+    // with the consumers the switch cancels, and the broker delivers it again
+    // as it came (the inbox makes that harmless).
+    let runs = &handled[&first.to_string()];
+    assert!(
+        runs.iter().all(|a| *a == 1),
+        "the tripping job kept attempt 1: {runs:?}"
     );
-    assert!(handled.values().all(|a| a == &vec![1]), "{handled:?}");
+    assert!(
+        handled.values().all(|a| a.iter().all(|x| *x == 1)),
+        "{handled:?}"
+    );
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM guard_test")
         .fetch_one(&db.pool)
         .await
