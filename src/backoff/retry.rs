@@ -175,17 +175,21 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn returns_the_value_backing_off_between_failures() {
+    /// What one scripted run of [`retry_forever`] saw.
+    struct Scripted<T> {
+        value: Option<T>,
+        /// The failure count each attempt was given.
+        counts: Vec<u64>,
+        /// When each attempt started.
+        at: Vec<Clock>,
+        log: Vec<String>,
+    }
+
+    /// Runs [`retry_forever`] with attempts answering from `script`.
+    async fn run_script<T>(script: Vec<Attempt<T, &'static str>>) -> Scripted<T> {
         let stop = CancellationToken::new();
-        let mut script = vec![
-            Attempt::Failed("a"),
-            Attempt::Failed("b"),
-            Attempt::Done(42),
-        ]
-        .into_iter();
-        let (mut counts, mut at) = (Vec::new(), Vec::new());
-        let mut log = Vec::new();
+        let mut script = script.into_iter();
+        let (mut counts, mut at, mut log) = (Vec::new(), Vec::new(), Vec::new());
         let value = retry_forever(
             delays(),
             &stop,
@@ -198,6 +202,27 @@ mod tests {
             recorder(&mut log),
         )
         .await;
+        Scripted {
+            value,
+            counts,
+            at,
+            log,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn returns_the_value_backing_off_between_failures() {
+        let script = vec![
+            Attempt::Failed("a"),
+            Attempt::Failed("b"),
+            Attempt::Done(42),
+        ];
+        let Scripted {
+            value,
+            counts,
+            at,
+            log,
+        } = run_script(script).await;
         assert_eq!(value, Some(42));
         assert_eq!(counts, [0, 1, 2], "each attempt knows the failures so far");
         assert_eq!(log, ["failed 1: a", "failed 2: b", "done after 2"]);
@@ -255,8 +280,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn again_and_ended_are_not_failures() {
-        let stop = CancellationToken::new();
-        let mut script = vec![
+        let script = vec![
             Attempt::Failed("a"),
             Attempt::Again,
             Attempt::Failed("b"),
@@ -270,22 +294,13 @@ mod tests {
                 at_once: false,
             },
             Attempt::Done(()),
-        ]
-        .into_iter();
-        let (mut counts, mut at) = (Vec::new(), Vec::new());
-        let mut log = Vec::new();
-        let value = retry_forever(
-            delays(),
-            &stop,
-            "test",
-            |failures| {
-                counts.push(failures);
-                at.push(Clock::now());
-                std::future::ready(script.next().unwrap())
-            },
-            recorder(&mut log),
-        )
-        .await;
+        ];
+        let Scripted {
+            value,
+            counts,
+            at,
+            log,
+        } = run_script(script).await;
         assert_eq!(value, Some(()));
         assert_eq!(counts, [0, 1, 1, 2, 0, 1, 0]);
         assert_eq!(

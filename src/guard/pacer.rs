@@ -153,8 +153,9 @@ impl BulkPacer {
         }
     }
 
-    /// Bulk starts per second allowed now.
-    pub fn rate(&self) -> f64 {
+    /// Bulk starts per second allowed now (production reads the gauge).
+    #[cfg(test)]
+    fn rate(&self) -> f64 {
         self.lock().rate
     }
 
@@ -237,6 +238,18 @@ mod tests {
         t
     }
 
+    /// A second of push-queue jobs of `push_ms`, one every 2 ms, with no bulk
+    /// delivery asking to start. Returns the instant after.
+    fn push_only(p: &BulkPacer, mut t: Instant, push_ms: u32) -> Instant {
+        for i in 0..1000u32 {
+            if i % 2 == 0 {
+                p.observe(push_ms * MS, t);
+            }
+            t += MS;
+        }
+        t
+    }
+
     #[test]
     fn grows_while_the_push_queue_is_idle() {
         let t0 = Instant::now();
@@ -251,13 +264,7 @@ mod tests {
         let t0 = Instant::now();
         let p = pacer(t0);
         // A quiet second: push jobs of 5 ms, no bulk asked for: the baseline.
-        let mut t = t0;
-        for i in 0..1000u32 {
-            if i % 2 == 0 {
-                p.observe(5 * MS, t);
-            }
-            t += MS;
-        }
+        let t = push_only(&p, t0, 5);
         // Bulk runs as fast as allowed and the push jobs take 30 ms (> 2 × 5).
         run(&p, t, INTERVAL * 10, Some((30, 2)));
         assert_eq!(p.rate(), 10.0, "halved down to bulk_min_rate");
@@ -267,13 +274,7 @@ mod tests {
     fn push_jobs_within_tolerance_let_the_rate_grow() {
         let t0 = Instant::now();
         let p = pacer(t0);
-        let mut t = t0;
-        for i in 0..1000u32 {
-            if i % 2 == 0 {
-                p.observe(5 * MS, t);
-            }
-            t += MS;
-        }
+        let t = push_only(&p, t0, 5);
         let before = p.rate();
         run(&p, t, INTERVAL * 10, Some((8, 2)));
         assert!(p.rate() > before * 5.0, "rate {} from {before}", p.rate());
@@ -303,21 +304,10 @@ mod tests {
     fn slowness_without_bulk_jobs_is_not_the_storm_and_keeps_the_rate() {
         let t0 = Instant::now();
         let p = pacer(t0);
-        let mut t = t0;
-        for i in 0..1000u32 {
-            if i % 2 == 0 {
-                p.observe(5 * MS, t);
-            }
-            t += MS;
-        }
+        let t = push_only(&p, t0, 5);
         let before = p.rate();
         // Push jobs slow down, but no bulk delivery asks to start.
-        for i in 0..1000u32 {
-            if i % 2 == 0 {
-                p.observe(50 * MS, t);
-            }
-            t += MS;
-        }
+        push_only(&p, t, 50);
         assert_eq!(p.rate(), before);
     }
 }
