@@ -94,7 +94,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/info", get(info))
         .route("/jobs", get(jobs))
-        .merge(crate::console::router(&state))
+        .merge(crate::console::router(
+            state.console.clone(),
+            &state.health,
+            &state.inflight,
+        ))
         .fallback(not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

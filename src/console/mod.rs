@@ -23,26 +23,38 @@ mod state;
 mod subscriptions;
 mod webhooks;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::admin::AdminState;
+use crate::health::Health;
+use crate::inflight::InFlight;
 pub use state::Console;
 use state::ConsoleState;
 
 /// The console's routes, all under `/console` (full paths, so `/console` and
 /// `/console/` both reach the overview): 404 everywhere when the process has
-/// no console (no token configured).
-pub fn router(admin: &AdminState) -> Router<AdminState> {
-    let Some(console) = admin.console.clone() else {
+/// no console (no token configured). The routes carry their own state, so they
+/// merge into the admin server's router whatever its state type `S` is.
+pub fn router<S>(
+    console: Option<Arc<Console>>,
+    health: &Arc<Health>,
+    inflight: &Arc<InFlight>,
+) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let Some(console) = console else {
         return Router::new()
             .route("/console", get(off))
             .route("/console/{*rest}", get(off).post(off));
     };
     let state = ConsoleState {
-        admin: admin.clone(),
+        health: health.clone(),
+        inflight: inflight.clone(),
         console,
     };
     let guarded = Router::new()

@@ -144,7 +144,7 @@ fn kinds(state: &ConsoleState) -> Vec<KindFigures> {
 }
 
 async fn overview(state: &ConsoleState) -> Overview {
-    let health = &state.admin.health;
+    let health = &state.health;
     let readiness = health.readiness();
     let status = crate::outbox::status::fetch(&state.console.pool).await.ok();
     let relay_here = state.console.config.outbox.relay;
@@ -171,7 +171,7 @@ async fn overview(state: &ConsoleState) -> Overview {
         relay_here,
         relay_rate: rate.map(|(r, _)| r),
         relay_rate_window_seconds: rate.map(|(_, w)| w),
-        in_flight: state.admin.inflight.list().len(),
+        in_flight: state.inflight.list().len(),
     }
 }
 
@@ -273,7 +273,7 @@ pub async fn page(State(state): State<ConsoleState>) -> Response {
 /// `GET /console/jobs`: in-flight jobs, oldest first, those near the handler
 /// timeout highlighted.
 pub async fn jobs(State(state): State<ConsoleState>) -> Response {
-    let mut jobs = state.admin.inflight.list();
+    let mut jobs = state.inflight.list();
     jobs.sort_by(|a, b| b.elapsed_seconds.total_cmp(&a.elapsed_seconds));
     let timeout = state.console.config.worker.handler_timeout.as_secs_f64();
     let rows: Vec<Vec<String>> = jobs

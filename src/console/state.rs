@@ -10,11 +10,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{relay_rate, replay_task};
-use crate::admin::AdminState;
 use crate::config::{Config, SecretString};
+use crate::health::Health;
+use crate::inflight::InFlight;
 
-/// What the console needs beyond [`AdminState`]: the config (broker, prefix,
-/// kinds), the database and the token. Built by the process that serves it.
+/// What the console needs beyond the admin server's shared state: the config
+/// (broker, prefix, kinds), the database and the token. Built by the process
+/// that serves it.
 #[derive(Debug)]
 pub struct Console {
     pub(super) config: Arc<Config>,
@@ -69,10 +71,16 @@ impl Console {
     }
 }
 
-/// Shared by the console's handlers.
+/// Shared by the console's handlers: the [`Console`] and the two pieces of the
+/// admin server's state the overview reads. Not the admin server's state
+/// itself, so the console depends on what it reads and the admin server,
+/// which holds and routes the console, is not needed to build it.
 #[derive(Clone, Debug)]
 pub(super) struct ConsoleState {
-    pub(super) admin: AdminState,
+    /// Readiness and uptime, for the overview.
+    pub(super) health: Arc<Health>,
+    /// Deliveries being handled now, for the overview and the jobs page.
+    pub(super) inflight: Arc<InFlight>,
     pub(super) console: Arc<Console>,
 }
 
