@@ -16,7 +16,9 @@
 //!   [`relay_role`]: the `relay` role (relay, pruner, admin HTTP); [`role`]: what both
 //!   share (admin server, upkeep tasks, the bounded shutdown).
 //! - [`error`]: one-line rendering of an error and its causes.
-//! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/info`, `/jobs`).
+//! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/info`, `/jobs`),
+//!   its connection bounds ([`admin::conn`]) and the operator console under `/console`
+//!   ([`admin::console`]).
 //! - [`health`]: readiness flags shared by the parts that know and the parts that ask.
 //! - [`shutdown`]: signals to a cancellation token (first drains, second exits).
 //! - [`job`]: the handler API (`Handler`, `TxHandler`, `JobError`); [`message`]: the
@@ -35,7 +37,6 @@
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
 
 pub mod admin;
-pub mod admin_conn;
 pub mod alloc;
 pub mod amqp;
 pub mod backoff;
@@ -43,7 +44,6 @@ pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod config_reference;
-pub mod console;
 pub mod consumer;
 pub mod db;
 pub mod dlq;

@@ -41,7 +41,7 @@ pub async fn run(
             health,
             inflight: Arc::default(),
             pool: Some(pool.clone()),
-            console: crate::console::Console::new(Arc::new(relaying), pool.clone()),
+            console: crate::admin::console::Console::new(Arc::new(relaying), pool.clone()),
         },
     )
     .await?;

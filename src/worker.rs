@@ -92,7 +92,7 @@ pub async fn run_with(
             health: state.health.clone(),
             inflight: state.inflight.clone(),
             pool: Some(pool.clone()),
-            console: crate::console::Console::new(config.clone(), pool.clone()),
+            console: crate::admin::console::Console::new(config.clone(), pool.clone()),
         },
     )
     .await?;

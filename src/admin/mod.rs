@@ -1,5 +1,5 @@
 //! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/info` and `/jobs`,
-//! and the operator console under `/console` ([`crate::console`], its own access control).
+//! and the operator console under `/console` ([`console`], its own access control).
 //!
 //! Owns the listener, the per-connection HTTP/1 handling and the answers of those five
 //! endpoints. It reads shared state ([`Health`], [`InFlight`], the database pool) and may
@@ -10,9 +10,18 @@
 //! tasks: a request is answered (or 408) within [`REQUEST_TIMEOUT`], at most
 //! [`MAX_REQUESTS`] are handled at once (more wait), a request body over
 //! [`MAX_BODY_BYTES`] is refused (413; no endpoint takes one), and the connection
-//! bounds of [`crate::admin_conn`] (a request must arrive in time; keep-alive
+//! bounds of [`conn`] (a request must arrive in time; keep-alive
 //! connections end between requests when idle or old; a cap on open connections)
 //! apply to every connection.
+//!
+//! Everything served on the admin port lives in this folder: this file (the
+//! routes, the five endpoints, [`serve`]), [`conn`] (the connection bounds) and
+//! [`console`] (the operator console, which [`AdminState`] holds and whose
+//! routes [`router`] merges; it depends on the shared state it reads, never on
+//! this file, so imports run one way).
+
+pub mod conn;
+pub mod console;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,11 +40,10 @@ use tower::limit::ConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::admin_conn::BoundedListener;
-
 use crate::health::Health;
 use crate::inflight::{InFlight, InFlightJob};
 use crate::{build_info, metrics};
+use conn::BoundedListener;
 
 /// Upper bound on answering one request; beyond it the client gets 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,7 +69,7 @@ pub struct AdminState {
     /// `SELECT 1` and `/metrics` samples its size.
     pub pool: Option<PgPool>,
     /// The operator console under `/console`, when `admin.console_token` is set.
-    pub console: Option<Arc<crate::console::Console>>,
+    pub console: Option<Arc<console::Console>>,
 }
 
 /// Errors of [`bind`].
@@ -94,7 +102,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/info", get(info))
         .route("/jobs", get(jobs))
-        .merge(crate::console::router(
+        .merge(console::router(
             state.console.clone(),
             &state.health,
             &state.inflight,
