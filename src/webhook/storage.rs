@@ -9,24 +9,46 @@
 //! decides policy: callers pass thresholds in.
 //!
 //! Fixed statements are `sqlx::query!` and friends, checked at build time against
-//! the schema (offline data in `.sqlx/`, `scripts/sqlx-prepare`). Built at run
-//! time: the delivery array insert ([`DeliveryArrays`], a crate-private fragment
-//! the push statement folds in; it numbers its parameters from one base) and the
-//! subscription reads (one column list, [`Subscription`] decoded by `FromRow`).
+//! the schema (offline data in `.sqlx/`, `scripts/sqlx-prepare`), the
+//! subscription reads too ([`Subscription::style`] decodes through its `Decode`
+//! impl below). Built at run time: only the delivery array insert
+//! ([`DeliveryArrays`], a crate-private fragment the push statement folds in; it
+//! numbers its parameters from one base).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::postgres::{PgTypeInfo, PgValueRef};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::subscription::{Style, Subscription};
 use crate::outbox::storage::Owned;
 
-const SUB_COLUMNS: &str = "id, repository_pattern, url, secret, previous_secret, \
-                           previous_secret_expires_at, style, events, content_type, active, \
-                           consecutive_failures, disabled_reason";
+// The three subscription reads below select the same columns, `style` through
+// the `Decode` impl of [`Style`] (`"style: Style"`); `query_as!` needs the list
+// spelt in each literal.
+
+/// The `style` column is text holding [`Style::as_str`]'s names: decoding
+/// parses it, so the checked subscription reads fill [`Subscription::style`]
+/// directly; an unknown name fails the read as a column decode error.
+impl sqlx::Type<Postgres> for Style {
+    fn type_info() -> PgTypeInfo {
+        <String as sqlx::Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <String as sqlx::Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for Style {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let raw = <&str as sqlx::Decode<'r, Postgres>>::decode(value)?;
+        Ok(Style::parse(raw)?)
+    }
+}
 
 /// A new subscription, as `webhook add` gives it.
 #[derive(Debug, Clone)]
@@ -64,9 +86,13 @@ pub async fn insert_subscription(pool: &PgPool, s: &NewSubscription) -> Result<i
 
 /// Every subscription, by id.
 pub async fn list_subscriptions(pool: &PgPool) -> Result<Vec<Subscription>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {SUB_COLUMNS} FROM webhook_subscriptions ORDER BY id"
-    ))
+    sqlx::query_as!(
+        Subscription,
+        "SELECT id, repository_pattern, url, secret, previous_secret, \
+                previous_secret_expires_at, style AS \"style: Style\", events, content_type, \
+                active, consecutive_failures, disabled_reason \
+         FROM webhook_subscriptions ORDER BY id"
+    )
     .fetch_all(pool)
     .await
 }
@@ -75,9 +101,13 @@ pub async fn list_subscriptions(pool: &PgPool) -> Result<Vec<Subscription>, sqlx
 pub async fn active_subscriptions(
     conn: &mut sqlx::PgConnection,
 ) -> Result<Vec<Subscription>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {SUB_COLUMNS} FROM webhook_subscriptions WHERE active ORDER BY id"
-    ))
+    sqlx::query_as!(
+        Subscription,
+        "SELECT id, repository_pattern, url, secret, previous_secret, \
+                previous_secret_expires_at, style AS \"style: Style\", events, content_type, \
+                active, consecutive_failures, disabled_reason \
+         FROM webhook_subscriptions WHERE active ORDER BY id"
+    )
     .fetch_all(conn)
     .await
 }
@@ -297,10 +327,14 @@ pub async fn load_subscription(
     pool: &PgPool,
     id: i64,
 ) -> Result<Option<Subscription>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {SUB_COLUMNS} FROM webhook_subscriptions WHERE id = $1"
-    ))
-    .bind(id)
+    sqlx::query_as!(
+        Subscription,
+        "SELECT id, repository_pattern, url, secret, previous_secret, \
+                previous_secret_expires_at, style AS \"style: Style\", events, content_type, \
+                active, consecutive_failures, disabled_reason \
+         FROM webhook_subscriptions WHERE id = $1",
+        id,
+    )
     .fetch_optional(pool)
     .await
 }

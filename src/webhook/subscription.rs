@@ -48,13 +48,6 @@ impl Style {
     }
 }
 
-impl TryFrom<String> for Style {
-    type Error = String;
-    fn try_from(s: String) -> Result<Style, String> {
-        Style::parse(&s)
-    }
-}
-
 /// Event categories a subscription may ask for.
 pub const CATEGORIES: [&str; 4] = ["push", "branch", "tag", "*"];
 
@@ -92,7 +85,7 @@ pub fn parse_events(raw: &str) -> Result<Vec<String>, String> {
 }
 
 /// One subscription row.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Subscription {
     /// Id (`webhook remove|enable|disable <id>`).
     pub id: i64,
@@ -111,7 +104,6 @@ pub struct Subscription {
     /// When the previous secret stops signing.
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     /// Body shape and signature headers.
-    #[sqlx(try_from = "String")]
     pub style: Style,
     /// Event categories.
     pub events: Vec<String>,
