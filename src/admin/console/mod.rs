@@ -14,6 +14,7 @@ mod auth;
 mod dlq;
 mod guards;
 mod outbox;
+mod outbox_actions;
 mod overview;
 mod page;
 mod relay_rate;
@@ -66,7 +67,7 @@ where
         .route("/console/dlq/{kind}/{id}", get(dlq::open))
         .route("/console/dlq/action", post(dlq::action))
         .route("/console/outbox", get(outbox::page))
-        .route("/console/outbox/replay", post(outbox::replay))
+        .route("/console/outbox/replay", post(outbox_actions::replay))
         .route("/console/api/replay", get(outbox::progress))
         .route("/console/webhooks", get(webhooks::page))
         .route("/console/webhooks/active", post(webhooks::set_active))
