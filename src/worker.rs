@@ -27,6 +27,7 @@ use crate::config::{AmqpConfig, Config, DatabaseConfig, GuardConfig, OutboxConfi
 use crate::consumer::{DeliveryCtx, Supervisor};
 use crate::guard::{Gates, KillSwitch, pause};
 use crate::health::Health;
+use crate::hook::spool::FlushSettings;
 use crate::inflight::InFlight;
 use crate::job::Handler;
 use crate::push::handler::PushHandler;
@@ -162,7 +163,11 @@ fn spawn_background(
     background.spawn(watch_database(pool.clone(), health.clone(), stop.clone()));
     background.spawn_upkeep(pool, &config.outbox);
     background.spawn(crate::hook::spool::run_spool_flusher(
-        config.clone(),
+        FlushSettings {
+            spool: config.spool.clone(),
+            amqp: config.amqp.clone(),
+            fairness: config.fairness.clone(),
+        },
         stop.clone(),
     ));
     background.spawn(crate::webhook::run_webhook_pruner(

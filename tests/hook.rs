@@ -283,7 +283,12 @@ async fn the_worker_flusher_publishes_spooled_jobs() {
     };
     spool::write_job(&cfg.spool.dir, &job).unwrap();
     let token = CancellationToken::new();
-    let task = tokio::spawn(spool::run_spool_flusher(cfg.clone(), token.clone()));
+    let settings = spool::FlushSettings {
+        spool: cfg.spool.clone(),
+        amqp: cfg.amqp.clone(),
+        fairness: cfg.fairness.clone(),
+    };
+    let task = tokio::spawn(spool::run_spool_flusher(settings, token.clone()));
     let (env, got) = next_job(&cfg, &ch).await;
     assert_eq!(env.message_id, job.push_id);
     assert_eq!(got, job);

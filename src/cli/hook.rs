@@ -149,7 +149,12 @@ pub(super) fn install(
 
 /// `spool flush`: republishes spooled pushes and says how many.
 pub(super) async fn flush_spool(config: &Config) -> anyhow::Result<ExitCode> {
-    let report = hook::spool::flush_spool(config).await?;
+    let report = hook::spool::flush_spool(&hook::spool::FlushSettings {
+        spool: config.spool.clone(),
+        amqp: config.amqp.clone(),
+        fairness: config.fairness.clone(),
+    })
+    .await?;
     println!(
         "published {} spooled push(es); {} corrupt file(s) moved aside; {} remaining",
         report.published, report.corrupt, report.remaining

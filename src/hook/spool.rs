@@ -20,7 +20,7 @@ use super::publish::publish_job;
 use crate::amqp::publish::confirm_channel;
 use crate::amqp::{self, AmqpError};
 use crate::backoff::{Attempt, Delays, Event, retry_forever};
-use crate::config::Config;
+use crate::config::{AmqpConfig, FairnessConfig, SpoolConfig};
 use crate::metrics::metrics;
 use crate::push_job::PushJob;
 
@@ -30,6 +30,20 @@ pub const CORRUPT_DIR: &str = "corrupt";
 const EXT: &str = "json";
 /// Prefix of files being written (never flushed).
 const TMP_PREFIX: &str = ".tmp-";
+
+/// What flushing the spool reads: its directory and interval, the broker it
+/// publishes to, and the lane rules a flushed push follows as the hook's does.
+/// Only these sections, built by the caller, so the flusher depends on what it
+/// uses and not on the whole configuration.
+#[derive(Debug, Clone)]
+pub struct FlushSettings {
+    /// `spool`: the directory and how often the worker flushes it.
+    pub spool: SpoolConfig,
+    /// `amqp`: the broker, the exchange prefix and the publish timeout.
+    pub amqp: AmqpConfig,
+    /// `fairness`: which queue each flushed push goes to.
+    pub fairness: FairnessConfig,
+}
 
 /// Spool failures.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +146,7 @@ fn move_to_corrupt(dir: &Path, file: &Path) -> Result<PathBuf, SpoolError> {
 /// Republishes every spooled job, oldest first, on one connection (role `spool`).
 /// Stops at the first publish failure (the broker is likely down again), keeping
 /// that file and the ones after it. Updates `spool_files_pending`.
-pub async fn flush_spool(config: &Config) -> Result<FlushReport, SpoolError> {
+pub async fn flush_spool(config: &FlushSettings) -> Result<FlushReport, SpoolError> {
     let dir = &config.spool.dir;
     let files = pending(dir)?;
     let mut report = FlushReport::default();
@@ -150,7 +164,7 @@ pub async fn flush_spool(config: &Config) -> Result<FlushReport, SpoolError> {
 }
 
 async fn flush_files(
-    config: &Config,
+    config: &FlushSettings,
     files: &[PathBuf],
     report: &mut FlushReport,
 ) -> Result<(), SpoolError> {
@@ -208,7 +222,7 @@ async fn flush_files(
 /// `shutdown` is cancelled. A failed flush is retried at that same interval
 /// ([`retry_forever`] with fixed delays): logged once at warn, then at debug
 /// until one works.
-pub async fn run_spool_flusher(config: Config, shutdown: CancellationToken) {
+pub async fn run_spool_flusher(config: FlushSettings, shutdown: CancellationToken) {
     let every = Delays::fixed(config.spool.flush_interval);
     let (config, stop) = (&config, &shutdown);
     loop {
