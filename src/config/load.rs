@@ -46,88 +46,123 @@ impl Config {
         let mut merged = parse_toml(DEFAULT_TOML, &Origin::Defaults)?;
         // Remember which layer set each dotted key, so a bad key can be blamed on it.
         let mut origins: Vec<(Vec<String>, Origin)> = Vec::new();
-
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            let origin = Origin::File(path.to_path_buf());
-            let table = parse_toml(&text, &origin)?;
-            collect_paths(&table, &mut Vec::new(), &origin, &mut origins);
-            merge(&mut merged, table);
+            merge_file(path, &mut merged, &mut origins)?;
         }
-
-        let mut env: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
-            .collect();
-        env.sort();
-        for (var, raw) in env {
-            let path: Vec<String> = var[ENV_PREFIX.len()..]
-                .split("__")
-                .map(|s| s.to_ascii_lowercase())
-                .collect();
-            if path.iter().any(|p| p.is_empty()) {
-                return Err(ConfigError::Shape {
-                    origin: Origin::Env(var.clone()).to_string(),
-                    message: "empty key segment (use HOOKFLEET_SECTION__KEY)".into(),
-                });
-            }
-            let value = env_value(&raw);
-            origins.push((path.clone(), Origin::Env(var.clone())));
-            set_path(&mut merged, &path, value).map_err(|message| ConfigError::Shape {
-                origin: Origin::Env(var.clone()).to_string(),
-                message,
-            })?;
-        }
-
-        let de = toml::Value::Table(merged);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let segments: Vec<String> = path
-                .split('.')
-                .filter(|s| !s.is_empty() && *s != "?")
-                .map(|s| s.to_string())
-                .collect();
-            let inner = e.into_inner().to_string().replace('\n', " ");
-            // The offending key is the path plus, for an unknown field, the field itself.
-            let origin = blame(&origins, &segments, &inner);
-            let key = if path.is_empty() || path == "." {
-                String::new()
-            } else {
-                format!("{path}: ")
-            };
-            ConfigError::Shape {
-                origin: origin.to_string(),
-                message: format!("{key}{inner}"),
-            }
-        })?;
-        // `amqp.url` has a default; a non-empty `amqp.urls` replaces it. Both
-        // set by the operator is ambiguous: which one did they mean?
-        let set_in = |key: &[&str]| {
-            origins
-                .iter()
-                .rev()
-                .find(|(p, _)| p.iter().map(String::as_str).eq(key.iter().copied()))
-                .map(|(_, o)| o.to_string())
-        };
-        if let (false, Some(one), Some(list)) = (
-            config.amqp.urls.is_empty(),
-            set_in(&["amqp", "url"]),
-            set_in(&["amqp", "urls"]),
-        ) {
-            return Err(ConfigError::Invalid {
-                key: "amqp.url".into(),
-                message: format!(
-                    "and amqp.urls are both set ({one}; {list}): set amqp.urls for several \
-                     nodes or amqp.url for one address, not both"
-                ),
-            });
-        }
+        merge_env(env, &mut merged, &mut origins)?;
+        let config = deserialize(merged, &origins)?;
+        one_of_url_and_urls(&config, &origins)?;
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Merges the TOML file at `path` over `merged`, noting the keys it sets.
+fn merge_file(
+    path: &Path,
+    merged: &mut toml::Table,
+    origins: &mut Vec<(Vec<String>, Origin)>,
+) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let origin = Origin::File(path.to_path_buf());
+    let table = parse_toml(&text, &origin)?;
+    collect_paths(&table, &mut Vec::new(), &origin, origins);
+    merge(merged, table);
+    Ok(())
+}
+
+/// Sets each `HOOKFLEET_<SECTION>__<KEY>` variable of `env` (in name order) in
+/// `merged`, noting the keys they set. Variables without `__` are not config.
+fn merge_env(
+    env: impl IntoIterator<Item = (String, String)>,
+    merged: &mut toml::Table,
+    origins: &mut Vec<(Vec<String>, Origin)>,
+) -> Result<(), ConfigError> {
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+        .collect();
+    env.sort();
+    for (var, raw) in env {
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::Shape {
+                origin: Origin::Env(var.clone()).to_string(),
+                message: "empty key segment (use HOOKFLEET_SECTION__KEY)".into(),
+            });
+        }
+        let value = env_value(&raw);
+        origins.push((path.clone(), Origin::Env(var.clone())));
+        set_path(merged, &path, value).map_err(|message| ConfigError::Shape {
+            origin: Origin::Env(var.clone()).to_string(),
+            message,
+        })?;
+    }
+    Ok(())
+}
+
+/// The merged layers as a [`Config`]; a key unknown or of the wrong type is
+/// blamed on the layer that set it.
+fn deserialize(
+    merged: toml::Table,
+    origins: &[(Vec<String>, Origin)],
+) -> Result<Config, ConfigError> {
+    let de = toml::Value::Table(merged);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let segments: Vec<String> = path
+            .split('.')
+            .filter(|s| !s.is_empty() && *s != "?")
+            .map(|s| s.to_string())
+            .collect();
+        let inner = e.into_inner().to_string().replace('\n', " ");
+        // The offending key is the path plus, for an unknown field, the field itself.
+        let origin = blame(origins, &segments, &inner);
+        let key = if path.is_empty() || path == "." {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        ConfigError::Shape {
+            origin: origin.to_string(),
+            message: format!("{key}{inner}"),
+        }
+    })
+}
+
+/// `amqp.url` has a default; a non-empty `amqp.urls` replaces it. Both set by
+/// the operator is ambiguous: which one did they mean?
+fn one_of_url_and_urls(
+    config: &Config,
+    origins: &[(Vec<String>, Origin)],
+) -> Result<(), ConfigError> {
+    let set_in = |key: &[&str]| {
+        origins
+            .iter()
+            .rev()
+            .find(|(p, _)| p.iter().map(String::as_str).eq(key.iter().copied()))
+            .map(|(_, o)| o.to_string())
+    };
+    if let (false, Some(one), Some(list)) = (
+        config.amqp.urls.is_empty(),
+        set_in(&["amqp", "url"]),
+        set_in(&["amqp", "urls"]),
+    ) {
+        return Err(ConfigError::Invalid {
+            key: "amqp.url".into(),
+            message: format!(
+                "and amqp.urls are both set ({one}; {list}): set amqp.urls for several \
+                 nodes or amqp.url for one address, not both"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn parse_toml(text: &str, origin: &Origin) -> Result<toml::Table, ConfigError> {

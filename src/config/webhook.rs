@@ -134,6 +134,12 @@ impl WebhookConfig {
                 ),
             });
         }
+        self.validate_breaker()?;
+        self.validate_trust()
+    }
+
+    /// The per-host limit, the disabling of failing subscriptions and the breaker.
+    fn validate_breaker(&self) -> Result<(), ConfigError> {
         range(
             "webhook.per_host_concurrency",
             self.per_host_concurrency.into(),
@@ -155,6 +161,12 @@ impl WebhookConfig {
             self.breaker_probes.into(),
             1..=1_000,
         )?;
+        Ok(())
+    }
+
+    /// What the worker trusts and may reach: the CA file, the secret keys and the
+    /// allow-list, each checked at load rather than at the first delivery.
+    fn validate_trust(&self) -> Result<(), ConfigError> {
         crate::tls::configured_ca(&self.ca_file).map_err(|message| ConfigError::Invalid {
             key: "webhook.ca_file".into(),
             message,
