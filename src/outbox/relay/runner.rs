@@ -124,7 +124,8 @@ impl Relay {
         match self.drain(shutdown).await {
             Ok(()) => Attempt::Done(()),
             Err(e) if e.downcast_ref::<Refused>().is_some() && !self.suspects.is_empty() => {
-                tracing::info!(target: LOG_TARGET,
+                tracing::info!(
+                    target: LOG_TARGET,
                     suspects = self.suspects.len(),
                     error = %crate::error::error_chain(e.as_ref()),
                     "relay: the broker refused a message; finding the row"
@@ -138,15 +139,7 @@ impl Relay {
     /// Makes sure the listener and broker are up, then runs batches until one comes
     /// back short (nothing more due) or shutdown is requested.
     async fn drain(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        if self.listener.is_none() {
-            let mut l = PgListener::connect_with(&self.pool)
-                .await
-                .context("relay: connecting the outbox listener")?;
-            l.listen(crate::outbox::NOTIFY_CHANNEL)
-                .await
-                .context("relay: LISTEN")?;
-            self.listener = Some(l);
-        }
+        self.ensure_listener().await?;
         self.ensure_broker().await?;
         // The claimer claims batches, the sender publishes them, the settler awaits
         // their confirms, marks and commits them, all in the same order. A failure
@@ -154,28 +147,9 @@ impl Relay {
         // back; the settler always settles every batch already sent (never a
         // dropped commit).
         let (to_send, claimed) = mpsc::channel::<Claimed>(CLAIM_AHEAD);
-        let (to_settle, mut sent_batches) = mpsc::channel::<PublishedBatch>(PIPELINE_DEPTH);
+        let (to_settle, sent_batches) = mpsc::channel::<PublishedBatch>(PIPELINE_DEPTH);
         let failed = CancellationToken::new();
-        let returns = &mut self.returns;
-        let settler = async {
-            let mut first: Option<(anyhow::Error, bool)> = None;
-            let mut suspects: Vec<i64> = Vec::new();
-            while let Some(batch) = sent_batches.recv().await {
-                let error = match settle_batch_inner(batch, &mut *returns).await {
-                    Ok(None) => continue,
-                    Ok(Some((broken, more))) => {
-                        suspects.extend(more);
-                        let refused = refused_by_broker(&broken).is_some();
-                        let e = anyhow::Error::new(broken).context("relay: broker channel failed");
-                        (if refused { e.context(Refused) } else { e }, true)
-                    }
-                    Err(e) => (e, false),
-                };
-                failed.cancel();
-                first.get_or_insert(error);
-            }
-            (first, suspects)
-        };
+        let settler = settle_in_order(sent_batches, &mut self.returns, &failed);
         let claimer = claim_batches(
             &self.pool,
             self.outbox.batch_size,
@@ -207,6 +181,20 @@ impl Relay {
         claims
     }
 
+    /// Connects the outbox listener and LISTENs, unless it is up.
+    async fn ensure_listener(&mut self) -> anyhow::Result<()> {
+        if self.listener.is_none() {
+            let mut l = PgListener::connect_with(&self.pool)
+                .await
+                .context("relay: connecting the outbox listener")?;
+            l.listen(crate::outbox::NOTIFY_CHANNEL)
+                .await
+                .context("relay: LISTEN")?;
+            self.listener = Some(l);
+        }
+        Ok(())
+    }
+
     async fn ensure_broker(&mut self) -> Result<(), AmqpError> {
         if self.broker.as_ref().is_some_and(Broker::is_open) {
             return Ok(());
@@ -236,7 +224,8 @@ impl Relay {
             .amqp_connection_up
             .with_label_values(&[ROLE])
             .set(1);
-        tracing::info!(target: LOG_TARGET,
+        tracing::info!(
+            target: LOG_TARGET,
             amqp = %amqp::node_in_use(ROLE).unwrap_or_default(),
             "relay connected"
         );
@@ -297,4 +286,32 @@ impl Relay {
                 .set(0);
         }
     }
+}
+
+/// The settler stage of a drain: settles every sent batch, in order, to the end
+/// of its channel (never a dropped commit). The first failure cancels `failed`
+/// (stopping the claimer and the sender) and is returned, with whether the
+/// broker channel broke; so are the rows the broken channels make suspect.
+async fn settle_in_order(
+    mut sent_batches: mpsc::Receiver<PublishedBatch>,
+    returns: &mut ReturnLedger,
+    failed: &CancellationToken,
+) -> (Option<(anyhow::Error, bool)>, Vec<i64>) {
+    let mut first: Option<(anyhow::Error, bool)> = None;
+    let mut suspects: Vec<i64> = Vec::new();
+    while let Some(batch) = sent_batches.recv().await {
+        let error = match settle_batch_inner(batch, &mut *returns).await {
+            Ok(None) => continue,
+            Ok(Some((broken, more))) => {
+                suspects.extend(more);
+                let refused = refused_by_broker(&broken).is_some();
+                let e = anyhow::Error::new(broken).context("relay: broker channel failed");
+                (if refused { e.context(Refused) } else { e }, true)
+            }
+            Err(e) => (e, false),
+        };
+        failed.cancel();
+        first.get_or_insert(error);
+    }
+    (first, suspects)
 }

@@ -11,6 +11,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::broker::{Broker, missing_exchanges};
 use super::confirm::{Outcome, Sent};
 use super::policy::{RowPolicy, refused_by_broker};
+use lapin::PublisherConfirm;
+
 use crate::amqp::{AmqpError, publish};
 use crate::otel;
 use crate::outbox::storage::{Failure, OutboxRow};
@@ -44,24 +46,8 @@ pub(super) async fn send_rows(
     };
     for row in rows {
         let body = crate::outbox::row_body(row);
-        if missing.contains(&row.exchange) {
-            let error = format!("exchange {:?} does not exist", row.exchange);
-            sent.outcome
-                .failed
-                .push(policy.failure(row.id, row.publish_attempts, error));
-            continue;
-        }
-        if body.len() > policy.max_message_bytes {
-            // Retrying cannot help until the limit is raised: parked at once.
-            sent.outcome.failed.push(Failure {
-                id: row.id,
-                error: format!(
-                    "body of {} bytes exceeds amqp.max_message_bytes ({})",
-                    body.len(),
-                    policy.max_message_bytes
-                ),
-                retry_in: None,
-            });
+        if let Some(failure) = refusal(row, body.len(), &missing, policy) {
+            sent.outcome.failed.push(failure);
             continue;
         }
         if suspects.contains(&row.id) {
@@ -77,40 +63,78 @@ pub(super) async fn send_rows(
             }
             continue;
         }
-        let send = tokio::time::timeout_at(
-            sent.deadline,
-            publish::send(
-                &broker.channel,
-                &row.exchange,
-                &row.routing_key,
-                body,
-                crate::outbox::row_properties(row),
-                true,
-            ),
-        );
-        let result = match send_span(row) {
-            Some(span) => send.instrument(span).await,
-            None => send.await,
-        };
-        match result {
-            Ok(Ok(confirm)) => {
+        match send_pipelined(broker, row, body, sent.deadline, timeout).await {
+            Ok(confirm) => {
                 sent.pending
                     .push((row.id, row.publish_attempts, row.message_id, confirm));
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 sent.outcome.broken = Some(e);
-                break;
-            }
-            Err(_) => {
-                sent.outcome.broken = Some(AmqpError::Timeout {
-                    what: "publish",
-                    timeout,
-                });
                 break;
             }
         }
     }
     sent
+}
+
+/// The failure of a row that must not be sent: aimed at an exchange in
+/// `missing`, or with a body of `body_len` bytes, more than the broker takes
+/// (parked at once: retrying cannot help until the limit is raised). Either
+/// would close the channel for every row behind it.
+fn refusal(
+    row: &OutboxRow,
+    body_len: usize,
+    missing: &HashSet<String>,
+    policy: RowPolicy,
+) -> Option<Failure> {
+    if missing.contains(&row.exchange) {
+        let error = format!("exchange {:?} does not exist", row.exchange);
+        return Some(policy.failure(row.id, row.publish_attempts, error));
+    }
+    if body_len > policy.max_message_bytes {
+        return Some(Failure {
+            id: row.id,
+            error: format!(
+                "body of {} bytes exceeds amqp.max_message_bytes ({})",
+                body_len, policy.max_message_bytes
+            ),
+            retry_in: None,
+        });
+    }
+    None
+}
+
+/// Sends one row without awaiting its confirm (within the batch's `deadline`),
+/// in the row's trace when it was written in one.
+async fn send_pipelined(
+    broker: &Broker,
+    row: &OutboxRow,
+    body: &[u8],
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<PublisherConfirm, AmqpError> {
+    let send = tokio::time::timeout_at(
+        deadline,
+        publish::send(
+            &broker.channel,
+            &row.exchange,
+            &row.routing_key,
+            body,
+            crate::outbox::row_properties(row),
+            true,
+        ),
+    );
+    let result = match send_span(row) {
+        Some(span) => send.instrument(span).await,
+        None => send.await,
+    };
+    match result {
+        Ok(sent) => sent,
+        Err(_) => Err(AmqpError::Timeout {
+            what: "publish",
+            timeout,
+        }),
+    }
 }
 
 /// `publish <exchange>` for a row written in a trace: a child of the row's

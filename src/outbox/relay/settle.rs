@@ -2,7 +2,7 @@
 //! rows published or failed, commit, and count.
 
 use std::collections::HashMap;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 
@@ -13,7 +13,7 @@ use super::returns::{ReturnLedger, note_unroutable, unroutable_routes};
 use crate::amqp::AmqpError;
 use crate::metrics::metrics;
 use crate::otel;
-use crate::outbox::storage;
+use crate::outbox::storage::{self, Failure};
 
 /// A published batch whose rows still have to be marked and committed.
 pub(super) struct PublishedBatch {
@@ -41,21 +41,7 @@ pub(super) async fn settle_batch_inner(
     let mut outcome = await_confirms(sent).await;
     ledger.absorb(std::mem::take(&mut outcome.returns));
     ledger.claim(&mut outcome, &policy);
-    let (late, reasons) = ledger.unclaimed();
-    if !late.is_empty() {
-        let reopened =
-            storage::reopen_returned(&mut tx, &late, &reasons, row_backoff(1, policy.max_backoff))
-                .await
-                .context("relay: queueing returned rows again")?;
-        if !reopened.is_empty() {
-            metrics().relay_failed_total.inc_by(reopened.len() as u64);
-            tracing::warn!(target: LOG_TARGET,
-                rows = reopened.len(),
-                "relay: rows marked published were returned as unroutable; queued again"
-            );
-        }
-        ledger.forget(&reopened);
-    }
+    reopen_late_returns(&mut tx, ledger, policy.max_backoff).await?;
     let routes = unroutable_routes(&mut tx, &outcome.failed)
         .await
         .context("relay: looking up the routes of returned rows")?;
@@ -79,11 +65,45 @@ pub(super) async fn settle_batch_inner(
     m.relay_failed_total.inc_by(outcome.failed.len() as u64);
     m.relay_batch_duration_seconds
         .observe(started.elapsed().as_secs_f64());
+    report_failures(&outcome.failed, &routes);
+    let suspects = outcome.suspects().to_vec();
+    Ok(outcome.broken.map(|e| (e, suspects)))
+}
+
+/// Puts rows an earlier batch marked published back in the work queue when their
+/// message turned up returned (see [`ReturnLedger`]), and forgets those returns.
+async fn reopen_late_returns(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    ledger: &mut ReturnLedger,
+    max_backoff: Duration,
+) -> anyhow::Result<()> {
+    let (late, reasons) = ledger.unclaimed();
+    if late.is_empty() {
+        return Ok(());
+    }
+    let reopened = storage::reopen_returned(tx, &late, &reasons, row_backoff(1, max_backoff))
+        .await
+        .context("relay: queueing returned rows again")?;
+    if !reopened.is_empty() {
+        metrics().relay_failed_total.inc_by(reopened.len() as u64);
+        tracing::warn!(
+            target: LOG_TARGET,
+            rows = reopened.len(),
+            "relay: rows marked published were returned as unroutable; queued again"
+        );
+    }
+    ledger.forget(&reopened);
+    Ok(())
+}
+
+/// Logs a settled batch's failed rows and counts its parked ones; `routes` are
+/// those of the rows the broker returned as unroutable.
+fn report_failures(failed: &[Failure], routes: &HashMap<i64, (String, String)>) {
     // Returned rows are counted per route and logged once per route and
     // interval (one unbound event type can return every row of every batch);
     // every other failure, and a returned row being parked, gets its own line.
     let mut returned: HashMap<&(String, String), u64> = HashMap::new();
-    for f in &outcome.failed {
+    for f in failed {
         let route = routes.get(&f.id);
         if let Some(route) = route {
             *returned.entry(route).or_default() += 1;
@@ -96,7 +116,7 @@ pub(super) async fn settle_batch_inner(
                 "relay: row not published"
             ),
             None => {
-                m.relay_parked_total.inc();
+                metrics().relay_parked_total.inc();
                 tracing::error!(
                     target: LOG_TARGET,
                     { outbox.id = f.id, error = %f.error },
@@ -108,6 +128,4 @@ pub(super) async fn settle_batch_inner(
     for ((exchange, routing_key), rows) in returned {
         note_unroutable(exchange, routing_key, rows);
     }
-    let suspects = outcome.suspects().to_vec();
-    Ok(outcome.broken.map(|e| (e, suspects)))
 }
