@@ -186,7 +186,9 @@ const GROUP: GroupParams = {
     }
 };
 
-/// The statement of [`record_group`], its values at [`GROUP`].
+/// The statement of [`record_group`], its values at [`GROUP`]. Long because it is
+/// one SQL statement (claim, lock, insert pushes, refs, events and deliveries in
+/// one round trip), which reads best whole.
 fn group_sql() -> String {
     let mine = "(SELECT message_id FROM mine)";
     let GroupParams {
