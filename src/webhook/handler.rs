@@ -35,6 +35,8 @@ use uuid::Uuid;
 use super::breaker::{Breakers, Ticket};
 use super::deliver::{Client, DeliverError, Response};
 use super::github::Site;
+pub use super::outcome::EXCERPT_CHARS;
+use super::outcome::{Outcome, classify_error, classify_response, host_failed};
 use super::secrets::{self, Keyring};
 use super::ssrf;
 use super::storage::{self, DeliveryRow, NewAttempt};
@@ -49,8 +51,6 @@ use crate::ratelimit::RateLimits;
 pub const WEBHOOK_KIND: &str = "webhook";
 /// Event sent through the outbox when a subscription is auto-disabled.
 pub const EV_WEBHOOK_DISABLED: &str = "webhook.disabled";
-/// Response characters kept in the attempt record.
-pub const EXCERPT_CHARS: usize = 1024;
 /// Request body bytes kept in the attempt record: enough to see what was sent
 /// (the whole payload stays in `webhook_deliveries`), bounded per attempt.
 pub const RECORDED_BODY_BYTES: usize = 16 * 1024;
@@ -107,18 +107,6 @@ struct Sent {
     request_body: String,
     result: Result<Response, DeliverError>,
     duration: Duration,
-}
-
-/// What one attempt came to.
-struct Outcome {
-    /// `success`, `retry`, `failed`.
-    label: &'static str,
-    status: Option<i32>,
-    excerpt: Option<String>,
-    error: Option<String>,
-    result: Result<Done, JobError>,
-    /// Disable the subscription now, for this reason (410 Gone).
-    disable: Option<&'static str>,
 }
 
 impl WebhookHandler {
@@ -400,102 +388,6 @@ fn breaker_key(url: &url::Url) -> String {
     )
 }
 
-/// The outcome of an answered request: 2xx success; 410 Gone fails and disables;
-/// 408, 429 and 5xx are transient (`retry_label`), with `Retry-After` honoured for
-/// 429/503; anything else (3xx, 4xx) fails.
-fn classify_response(resp: &Response, retry_label: &'static str) -> Outcome {
-    let excerpt = Some(excerpt(&resp.body));
-    let status = Some(i32::from(resp.status));
-    let s = resp.status;
-    if (200..300).contains(&s) {
-        return Outcome {
-            label: "success",
-            status,
-            excerpt,
-            error: None,
-            result: Ok(Done::Handled),
-            disable: None,
-        };
-    }
-    let error = format!("HTTP {s}");
-    if s == 410 {
-        return Outcome {
-            label: "failed",
-            status,
-            excerpt,
-            error: Some(format!("HTTP 410: {}", storage::REASON_GONE)),
-            result: Err(JobError::permanent(
-                "webhook endpoint answered 410 Gone; subscription disabled",
-            )),
-            disable: Some(storage::REASON_GONE),
-        };
-    }
-    if s == 408 || s == 429 || s >= 500 {
-        let e = anyhow::anyhow!("webhook endpoint answered {s}");
-        let result = match resp.retry_after {
-            Some(d) if s == 429 || s == 503 => Err(JobError::RetryAfter(d, e)),
-            _ => Err(JobError::Transient(e)),
-        };
-        Outcome {
-            label: retry_label,
-            status,
-            excerpt,
-            error: Some(error),
-            result,
-            disable: None,
-        }
-    } else {
-        let why = if (300..400).contains(&s) {
-            format!("webhook endpoint answered {s} (redirects are not followed)")
-        } else {
-            format!("webhook endpoint answered {s}")
-        };
-        Outcome {
-            label: "failed",
-            status,
-            excerpt,
-            error: Some(error),
-            result: Err(JobError::permanent(why)),
-            disable: None,
-        }
-    }
-}
-
-/// The outcome of a request that got no answer: transient (`retry_label`) or
-/// failed, as the error says.
-fn classify_error(e: DeliverError, retry_label: &'static str) -> Outcome {
-    let msg = e.to_string();
-    if e.is_transient() {
-        Outcome {
-            label: retry_label,
-            status: None,
-            excerpt: None,
-            error: Some(msg),
-            result: Err(JobError::transient(e)),
-            disable: None,
-        }
-    } else {
-        Outcome {
-            label: "failed",
-            status: None,
-            excerpt: None,
-            error: Some(msg.clone()),
-            result: Err(JobError::permanent(msg)),
-            disable: None,
-        }
-    }
-}
-
-/// Whether an attempt's result says the host is unwell: no answer (timeout,
-/// connection or TLS error, unresolvable) or 408/429/5xx. Other statuses (a
-/// 404, a 410) are answers: the host is up.
-fn host_failed(r: &Result<Response, DeliverError>) -> bool {
-    match r {
-        Ok(resp) => resp.status == 408 || resp.status == 429 || resp.status >= 500,
-        Err(e) => e.is_transient(),
-    }
-}
-
 fn count(outcome: &str) {
     crate::metrics::metrics()
         .webhook_deliveries_total
@@ -510,13 +402,6 @@ fn capped_text(body: &Bytes, max: usize) -> String {
         text.push_str(&format!("\n… ({} bytes in all)", body.len()));
     }
     text
-}
-
-fn excerpt(body: &Bytes) -> String {
-    String::from_utf8_lossy(body)
-        .chars()
-        .take(EXCERPT_CHARS)
-        .collect()
 }
 
 #[async_trait::async_trait]
