@@ -12,6 +12,11 @@
 //! `retry.max_postponements` a postponement counts as a transient failure. It
 //! never nack-requeues in a loop: a requeue happens only when the copy could
 //! not be published at all.
+//!
+//! # Why one file
+//! Its length is one path, read top to bottom: a delivery decoded, admitted, run,
+//! and its outcome routed to an ack, a retry or dead-letter copy, or a hold. The
+//! rules it applies are [`super::outcome`]'s; what stays here is their order.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -25,6 +25,12 @@
 //! On shutdown: stop pulling deliveries and cancel the consumers, wait for
 //! in-flight tasks up to `worker.drain_timeout`, flush acks, close the channels
 //! (the broker requeues whatever is still unacked) and the connection.
+//!
+//! ## Why one file
+//! Its length is one lifecycle over the supervisor's own state (the task pool,
+//! the task tracker that drain waits on, the bulk pacers kept across sessions):
+//! starting a session, watching it and tearing it down all use it. Split, that
+//! state would have to be visible to the whole `consumer` folder.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

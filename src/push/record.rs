@@ -33,6 +33,11 @@
 //! that base, and the values are bound in the same order. No `$N` is written by
 //! hand; a unit test checks that each statement's placeholders are exactly
 //! `$1..=$count`.
+//!
+//! # Why one file
+//! The statements and the positions of their values ([`GroupParams`],
+//! [`OneParams`]) are one contract: a value bound out of place is a wrong
+//! write, so they are read, and changed, together.
 
 use std::sync::LazyLock;
 
