@@ -80,36 +80,7 @@ where
 /// Logs go to stderr so command output on stdout stays machine-readable. With
 /// `[tracing]` on, returns the exporter (flush it before exit).
 pub fn init(cfg: &LogConfig, tracing: &TracingConfig) -> Option<Exporter> {
-    // PostgreSQL NOTICEs ("relation already exists, skipping") are noise at info.
-    // lapin logs its own view of every failure as Debug dumps (a refused login is
-    // five ERROR lines, a node's routine shutdown an ERROR, every returned message
-    // a WARN with the body as decimal bytes), while each of those failures also
-    // reaches hookfleet as an error that it reports once, readably, with the node
-    // and what it does next. So lapin's own lines are off.
-    let quiet = "sqlx::postgres::notice=warn,lapin=off";
-    // The quiet directive is appended to RUST_LOG too (a debugging session does not
-    // want them either) unless RUST_LOG says something about sqlx or lapin itself.
-    let from_env = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|spec| !spec.trim().is_empty())
-        .map(|spec| {
-            if spec.contains("sqlx") || spec.contains("lapin") {
-                spec
-            } else {
-                format!("{spec},{quiet}")
-            }
-        })
-        .ok_or(())
-        .and_then(|spec| EnvFilter::try_new(spec).map_err(|_| ()));
-    let filter = from_env
-        .or_else(|_| EnvFilter::try_new(format!("{},{quiet}", cfg.level)))
-        .unwrap_or_else(|_| EnvFilter::new(format!("info,{quiet}")));
-    // Spans made for traces only (database, HTTP client, publish; see
-    // `otel::span`) stay out of the logs: a line keeps its delivery span.
-    let filter = match "hookfleet::otel=off".parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    };
+    let filter = log_filter(cfg);
     let json = match cfg.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
@@ -143,6 +114,41 @@ pub fn init(cfg: &LogConfig, tracing: &TracingConfig) -> Option<Exporter> {
     // A subscriber already installed (tests) is fine.
     let _ = result;
     exporter
+}
+
+/// The log filter: `RUST_LOG` when set and valid, else `log.level`, either way
+/// with the noisy crates quietened and trace-only spans left out.
+fn log_filter(cfg: &LogConfig) -> EnvFilter {
+    // PostgreSQL NOTICEs ("relation already exists, skipping") are noise at info.
+    // lapin logs its own view of every failure as Debug dumps (a refused login is
+    // five ERROR lines, a node's routine shutdown an ERROR, every returned message
+    // a WARN with the body as decimal bytes), while each of those failures also
+    // reaches hookfleet as an error that it reports once, readably, with the node
+    // and what it does next. So lapin's own lines are off.
+    let quiet = "sqlx::postgres::notice=warn,lapin=off";
+    // The quiet directive is appended to RUST_LOG too (a debugging session does not
+    // want them either) unless RUST_LOG says something about sqlx or lapin itself.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|spec| !spec.trim().is_empty())
+        .map(|spec| {
+            if spec.contains("sqlx") || spec.contains("lapin") {
+                spec
+            } else {
+                format!("{spec},{quiet}")
+            }
+        })
+        .ok_or(())
+        .and_then(|spec| EnvFilter::try_new(spec).map_err(|_| ()));
+    let filter = from_env
+        .or_else(|_| EnvFilter::try_new(format!("{},{quiet}", cfg.level)))
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{quiet}")));
+    // Spans made for traces only (database, HTTP client, publish; see
+    // `otel::span`) stay out of the logs: a line keeps its delivery span.
+    match "hookfleet::otel=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }
 
 #[cfg(test)]

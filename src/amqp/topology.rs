@@ -179,6 +179,29 @@ async fn declare_work(
     routing_key: &str,
     tiers: &[Duration],
 ) -> Result<(), lapin::Error> {
+    let args = work_queue_args(cfg, names, kind);
+    channel.queue_declare(s(work), durable(), args).await?;
+    channel
+        .queue_bind(
+            s(work),
+            s(&names.jobs_exchange()),
+            s(routing_key),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    for delay in tiers {
+        let args = retry_queue_args(cfg, work, *delay);
+        channel
+            .queue_declare(s(&retry_queue_of(work, *delay)), durable(), args)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The arguments of `kind`'s work queue: on quorum queues, the broker's
+/// delivery limit and where it dead-letters.
+fn work_queue_args(cfg: &AmqpConfig, names: &Names, kind: &str) -> FieldTable {
     let mut args = queue_args(cfg);
     if cfg.queue_type == QueueType::Quorum {
         // A crash loop (worker dies mid-message) never reaches our retry logic;
@@ -196,45 +219,36 @@ async fn declare_work(
             AMQPValue::LongString(names.dead_queue(kind).as_str().into()),
         );
     }
-    channel.queue_declare(s(work), durable(), args).await?;
-    channel
-        .queue_bind(
-            s(work),
-            s(&names.jobs_exchange()),
-            s(routing_key),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    for delay in tiers {
-        let mut args = queue_args(cfg);
-        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        args.insert(s("x-message-ttl"), AMQPValue::LongLongInt(ttl));
+    args
+}
+
+/// The arguments of the retry queue of `work` waiting `delay`: the wait, then
+/// back to `work`.
+fn retry_queue_args(cfg: &AmqpConfig, work: &str, delay: Duration) -> FieldTable {
+    let mut args = queue_args(cfg);
+    let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    args.insert(s("x-message-ttl"), AMQPValue::LongLongInt(ttl));
+    args.insert(
+        s("x-dead-letter-exchange"),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        s("x-dead-letter-routing-key"),
+        AMQPValue::LongString(work.into()),
+    );
+    if cfg.queue_type == QueueType::Quorum {
+        // Quorum dead-lettering is at-most-once unless asked otherwise; a
+        // retried job must not vanish on its way back.
         args.insert(
-            s("x-dead-letter-exchange"),
-            AMQPValue::LongString("".into()),
+            s("x-dead-letter-strategy"),
+            AMQPValue::LongString("at-least-once".into()),
         );
         args.insert(
-            s("x-dead-letter-routing-key"),
-            AMQPValue::LongString(work.into()),
+            s("x-overflow"),
+            AMQPValue::LongString("reject-publish".into()),
         );
-        if cfg.queue_type == QueueType::Quorum {
-            // Quorum dead-lettering is at-most-once unless asked otherwise; a
-            // retried job must not vanish on its way back.
-            args.insert(
-                s("x-dead-letter-strategy"),
-                AMQPValue::LongString("at-least-once".into()),
-            );
-            args.insert(
-                s("x-overflow"),
-                AMQPValue::LongString("reject-publish".into()),
-            );
-        }
-        channel
-            .queue_declare(s(&retry_queue_of(work, *delay)), durable(), args)
-            .await?;
     }
-    Ok(())
+    args
 }
 
 /// Deletes everything [`declare`] creates (tests and `--prefix` cleanups).

@@ -12,6 +12,11 @@
 //! `retry.max_postponements` a postponement counts as a transient failure. It
 //! never nack-requeues in a loop: a requeue happens only when the copy could
 //! not be published at all.
+//!
+//! # Why one file
+//! Its length is one path, read top to bottom: a delivery decoded, admitted, run,
+//! and its outcome routed to an ack, a retry or dead-letter copy, or a hold. The
+//! rules it applies are [`super::outcome`]'s; what stays here is their order.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -141,22 +146,7 @@ pub async fn handle_delivery(
         let _inflight = ctx
             .inflight
             .start(in_flight_job(&envelope, kind, attempt), started);
-        let job = Job {
-            kind: kind.to_string(),
-            attempt,
-            raw: body.clone(),
-            parsed: std::sync::OnceLock::new(),
-            envelope,
-            bulk: lane.bulk,
-        };
-        lane.in_flight.inc();
-        let result = run_handler(&lane.handler, job, ctx.config.worker.handler_timeout).await;
-        lane.in_flight.dec();
-        let took = started.elapsed();
-        lane.duration.observe(took.as_secs_f64());
-        if let Some(pacer) = lane.pacer.as_ref().filter(|_| !lane.bulk) {
-            pacer.observe(took, Instant::now());
-        }
+        let result = run_job(ctx, lane, envelope, &body, started).await;
         match result {
             Ok(Ran::Postponed(p)) => {
                 Box::pin(finish_postpone(ctx, queue, kind, original, attempt, p)).await
@@ -175,6 +165,35 @@ pub async fn handle_delivery(
     }
     .instrument(span)
     .await
+}
+
+/// Runs the handler on an admitted delivery's job (`started` then), timed into
+/// the queue's duration histogram and, for a kind's own queue, its bulk pacer.
+async fn run_job(
+    ctx: &DeliveryCtx,
+    lane: &ConsumedQueue,
+    envelope: Envelope,
+    body: &bytes::Bytes,
+    started: Instant,
+) -> Result<Ran, Failure> {
+    let (kind, attempt) = (lane.kind.as_str(), envelope.attempt());
+    let job = Job {
+        kind: kind.to_string(),
+        attempt,
+        raw: body.clone(),
+        parsed: std::sync::OnceLock::new(),
+        envelope,
+        bulk: lane.bulk,
+    };
+    lane.in_flight.inc();
+    let result = run_handler(&lane.handler, job, ctx.config.worker.handler_timeout).await;
+    lane.in_flight.dec();
+    let took = started.elapsed();
+    lane.duration.observe(took.as_secs_f64());
+    if let Some(pacer) = lane.pacer.as_ref().filter(|_| !lane.bulk) {
+        pacer.observe(took, Instant::now());
+    }
+    result
 }
 
 /// A delivery whose properties do not decode (wrong content type, no

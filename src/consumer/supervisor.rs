@@ -25,6 +25,12 @@
 //! On shutdown: stop pulling deliveries and cancel the consumers, wait for
 //! in-flight tasks up to `worker.drain_timeout`, flush acks, close the channels
 //! (the broker requeues whatever is still unacked) and the connection.
+//!
+//! ## Why one file
+//! Its length is one lifecycle over the supervisor's own state (the task pool,
+//! the task tracker that drain waits on, the bulk pacers kept across sessions):
+//! starting a session, watching it and tearing it down all use it. Split, that
+//! state would have to be visible to the whole `consumer` folder.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -249,28 +255,7 @@ impl Supervisor {
         let cfg = &self.ctx.config;
         let conn = amqp::connect(&cfg.amqp, ROLE).await?;
         let kinds: Vec<String> = cfg.worker.kinds.clone();
-        let setup = conn.create_channel().await?;
-        let declared = tokio::time::timeout(
-            cfg.amqp.connect_timeout,
-            topology::declare(&setup, &cfg.amqp, &cfg.retry.tiers, &kinds),
-        )
-        .await;
-        match declared {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let _ = conn.close(200, "declare failed".into()).await;
-                return Err(e.into());
-            }
-            Err(_) => {
-                let _ = conn.close(200, "declare timed out".into()).await;
-                return Err(AmqpError::Timeout {
-                    what: "topology declaration",
-                    timeout: cfg.amqp.connect_timeout,
-                });
-            }
-        }
-        let _ = setup.close(200, "declared".into()).await;
-
+        self.declare_topology(&conn, &kinds).await?;
         let stop = CancellationToken::new();
         let paused = self.ctx.gates.paused.borrow().clone();
         let mut session = Session {
@@ -305,6 +290,34 @@ impl Supervisor {
             tracing::warn!("no handler for any configured kind: nothing to consume");
         }
         Ok(session)
+    }
+
+    /// Declares the queues of `kinds` on a channel of its own, within
+    /// `amqp.connect_timeout`; on failure closes `conn` (the session never started).
+    async fn declare_topology(&self, conn: &Connection, kinds: &[String]) -> Result<(), AmqpError> {
+        let cfg = &self.ctx.config;
+        let setup = conn.create_channel().await?;
+        let declared = tokio::time::timeout(
+            cfg.amqp.connect_timeout,
+            topology::declare(&setup, &cfg.amqp, &cfg.retry.tiers, kinds),
+        )
+        .await;
+        match declared {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = conn.close(200, "declare failed".into()).await;
+                return Err(e.into());
+            }
+            Err(_) => {
+                let _ = conn.close(200, "declare timed out".into()).await;
+                return Err(AmqpError::Timeout {
+                    what: "topology declaration",
+                    timeout: cfg.amqp.connect_timeout,
+                });
+            }
+        }
+        let _ = setup.close(200, "declared".into()).await;
+        Ok(())
     }
 
     /// Opens `amqp.consumers_per_queue` consumers of `queue` (`bulk`: the
@@ -404,6 +417,13 @@ impl Supervisor {
                 },
             }
         };
+        self.wind_down(session, end).await
+    }
+
+    /// Tears `session` down after it ended with `end`: on shutdown or a guard,
+    /// in-flight work gets `worker.drain_timeout`; a lost session cannot ack, so
+    /// its work is not waited for.
+    async fn wind_down(&self, session: Session, end: SessionEnd) -> SessionEnd {
         match end {
             SessionEnd::Shutdown => {
                 self.health.set_draining();

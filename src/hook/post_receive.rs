@@ -287,16 +287,7 @@ pub async fn post_receive(
     stderr: &mut dyn Write,
 ) -> Outcome {
     let (job, errors) = build_job(&config.hook, env, input);
-    for e in errors.iter().take(BAD_LINES_SHOWN) {
-        let _ = writeln!(stderr, "hookfleet: ignoring line {}: {}", e.line, e.reason);
-    }
-    if errors.len() > BAD_LINES_SHOWN {
-        let _ = writeln!(
-            stderr,
-            "hookfleet: ... and {} more lines ignored",
-            errors.len() - BAD_LINES_SHOWN
-        );
-    }
+    report_bad_lines(&errors, stderr);
     let Some(mut job) = job else {
         return Outcome::Nothing;
     };
@@ -325,7 +316,34 @@ pub async fn post_receive(
         Ok(()) => return Outcome::Published(job.push_id),
         Err(e) => crate::error::error_chain(&e),
     };
-    match spool::write_job(&config.spool.dir, &job) {
+    spool_or_lose(&config.spool.dir, &job, input, &publish_error, stderr)
+}
+
+/// Tells the pusher about ref lines the hook could not parse (the first
+/// [`BAD_LINES_SHOWN`], then how many more).
+fn report_bad_lines(errors: &[LineError], stderr: &mut dyn Write) {
+    for e in errors.iter().take(BAD_LINES_SHOWN) {
+        let _ = writeln!(stderr, "hookfleet: ignoring line {}: {}", e.line, e.reason);
+    }
+    if errors.len() > BAD_LINES_SHOWN {
+        let _ = writeln!(
+            stderr,
+            "hookfleet: ... and {} more lines ignored",
+            errors.len() - BAD_LINES_SHOWN
+        );
+    }
+}
+
+/// Spools a job the broker did not take (`publish_error` says why), or, when
+/// that fails too, tells the pusher the push is lost with the lines to replay it.
+fn spool_or_lose(
+    dir: &Path,
+    job: &PushJob,
+    input: &[u8],
+    publish_error: &str,
+    stderr: &mut dyn Write,
+) -> Outcome {
+    match spool::write_job(dir, job) {
         Ok(path) => {
             let _ = writeln!(
                 stderr,

@@ -138,6 +138,8 @@ pub async fn read_ref(
     })
 }
 
+/// Reads one update with `r`; `refs` (the repository's refs) tell which commits
+/// it brought and which branch a new ref was made from.
 fn read_with(
     r: &Reader,
     update: &RefUpdate,
@@ -181,12 +183,26 @@ fn read_with(
         data.head_commit = Some(r.commit(head)?);
         return Ok(data);
     }
+    read_branch(r, update, head, &others, max_commits, &mut data)?;
+    Ok(data)
+}
 
+/// Fills in a branch update's commits, their true count, whether it was forced
+/// and its head commit; `others` are the repository's other refs.
+fn read_branch(
+    r: &Reader,
+    update: &RefUpdate,
+    head: ObjectId,
+    others: &[&PeeledRef],
+    max_commits: u32,
+    data: &mut RefData,
+) -> Result<(), GitError> {
     // Many refs share a commit (tags of a release, merged branches): walk each once.
     let mut hidden: Vec<ObjectId> = others.iter().map(|o| o.commit).collect();
     hidden.sort_unstable();
     hidden.dedup();
     let max = max_commits as usize;
+    let created = data.created;
     if created && others.iter().any(|o| o.commit == head) {
         // The tip of another ref (a branch made from one): everything it reaches is
         // reachable from that ref, so it brought no commits. Saves a walk.
@@ -213,7 +229,7 @@ fn read_with(
             Some(c)
         }
     };
-    Ok(data)
+    Ok(())
 }
 
 /// Reads the commits of a walk (newest first) and lists them oldest first,

@@ -33,6 +33,11 @@
 //! that base, and the values are bound in the same order. No `$N` is written by
 //! hand; a unit test checks that each statement's placeholders are exactly
 //! `$1..=$count`.
+//!
+//! # Why one file
+//! The statements and the positions of their values ([`GroupParams`],
+//! [`OneParams`]) are one contract: a value bound out of place is a wrong
+//! write, so they are read, and changed, together.
 
 use std::sync::LazyLock;
 
@@ -186,7 +191,9 @@ const GROUP: GroupParams = {
     }
 };
 
-/// The statement of [`record_group`], its values at [`GROUP`].
+/// The statement of [`record_group`], its values at [`GROUP`]. Long because it is
+/// one SQL statement (claim, lock, insert pushes, refs, events and deliveries in
+/// one round trip), which reads best whole.
 fn group_sql() -> String {
     let mine = "(SELECT message_id FROM mine)";
     let GroupParams {

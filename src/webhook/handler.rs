@@ -32,9 +32,11 @@ use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::breaker::Breakers;
+use super::breaker::{Breakers, Ticket};
 use super::deliver::{Client, DeliverError, Response};
 use super::github::Site;
+pub use super::outcome::EXCERPT_CHARS;
+use super::outcome::{Outcome, classify_error, classify_response, host_failed};
 use super::secrets::{self, Keyring};
 use super::ssrf;
 use super::storage::{self, DeliveryRow, NewAttempt};
@@ -49,8 +51,6 @@ use crate::ratelimit::RateLimits;
 pub const WEBHOOK_KIND: &str = "webhook";
 /// Event sent through the outbox when a subscription is auto-disabled.
 pub const EV_WEBHOOK_DISABLED: &str = "webhook.disabled";
-/// Response characters kept in the attempt record.
-pub const EXCERPT_CHARS: usize = 1024;
 /// Request body bytes kept in the attempt record: enough to see what was sent
 /// (the whole payload stays in `webhook_deliveries`), bounded per attempt.
 pub const RECORDED_BODY_BYTES: usize = 16 * 1024;
@@ -82,16 +82,31 @@ pub struct WebhookHandler {
     site: Site,
 }
 
-/// What one attempt came to.
-struct Outcome {
-    /// `success`, `retry`, `failed`.
-    label: &'static str,
-    status: Option<i32>,
-    excerpt: Option<String>,
-    error: Option<String>,
-    result: Result<Done, JobError>,
-    /// Disable the subscription now, for this reason (410 Gone).
-    disable: Option<&'static str>,
+/// Where the checks before a request leave a job.
+enum Checked {
+    /// Send the request.
+    Send(Box<Ready>),
+    /// Done without a request (already delivered, or refused and recorded).
+    Ended(Done),
+}
+
+/// What a request needs, once the checks passed.
+struct Ready {
+    delivery: DeliveryRow,
+    sub: Subscription,
+    url: url::Url,
+    /// The secrets to sign with (two while a rotated secret overlaps).
+    signing: Vec<String>,
+    /// One clock reading: which secrets are valid and the attempt's timestamp agree.
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+/// A request made, and what came back.
+struct Sent {
+    request_headers: Vec<(String, String)>,
+    request_body: String,
+    result: Result<Response, DeliverError>,
+    duration: Duration,
 }
 
 impl WebhookHandler {
@@ -132,85 +147,8 @@ impl WebhookHandler {
             "retry"
         };
         match r {
-            Ok(resp) => {
-                let excerpt = Some(excerpt(&resp.body));
-                let status = Some(i32::from(resp.status));
-                let s = resp.status;
-                if (200..300).contains(&s) {
-                    return Outcome {
-                        label: "success",
-                        status,
-                        excerpt,
-                        error: None,
-                        result: Ok(Done::Handled),
-                        disable: None,
-                    };
-                }
-                let error = format!("HTTP {s}");
-                if s == 410 {
-                    return Outcome {
-                        label: "failed",
-                        status,
-                        excerpt,
-                        error: Some(format!("HTTP 410: {}", storage::REASON_GONE)),
-                        result: Err(JobError::permanent(
-                            "webhook endpoint answered 410 Gone; subscription disabled",
-                        )),
-                        disable: Some(storage::REASON_GONE),
-                    };
-                }
-                if s == 408 || s == 429 || s >= 500 {
-                    let e = anyhow::anyhow!("webhook endpoint answered {s}");
-                    let result = match resp.retry_after {
-                        Some(d) if s == 429 || s == 503 => Err(JobError::RetryAfter(d, e)),
-                        _ => Err(JobError::Transient(e)),
-                    };
-                    Outcome {
-                        label: retry_label,
-                        status,
-                        excerpt,
-                        error: Some(error),
-                        result,
-                        disable: None,
-                    }
-                } else {
-                    let why = if (300..400).contains(&s) {
-                        format!("webhook endpoint answered {s} (redirects are not followed)")
-                    } else {
-                        format!("webhook endpoint answered {s}")
-                    };
-                    Outcome {
-                        label: "failed",
-                        status,
-                        excerpt,
-                        error: Some(error),
-                        result: Err(JobError::permanent(why)),
-                        disable: None,
-                    }
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                if e.is_transient() {
-                    Outcome {
-                        label: retry_label,
-                        status: None,
-                        excerpt: None,
-                        error: Some(msg),
-                        result: Err(JobError::transient(e)),
-                        disable: None,
-                    }
-                } else {
-                    Outcome {
-                        label: "failed",
-                        status: None,
-                        excerpt: None,
-                        error: Some(msg.clone()),
-                        result: Err(JobError::permanent(msg)),
-                        disable: None,
-                    }
-                }
-            }
+            Ok(resp) => classify_response(&resp, retry_label),
+            Err(e) => classify_error(e, retry_label),
         }
     }
 
@@ -263,6 +201,155 @@ impl WebhookHandler {
         Ok(rec.disabled_now)
     }
 
+    /// The checks before a request: skipped when the delivery already succeeded,
+    /// failed without a request when its subscription is gone or disabled, its URL
+    /// refused or its secret unreadable; else what the request needs.
+    async fn check(&self, job: &Job, wj: &WebhookJob) -> Result<Checked, JobError> {
+        let own_message = wj.redelivery.then_some(job.envelope.message_id);
+        if storage::succeeded(&self.pool, wj.delivery_id, own_message).await? {
+            tracing::info!(delivery.id = %wj.delivery_id, "webhook already delivered; skipped");
+            count("duplicate");
+            return Ok(Checked::Ended(Done::Duplicate));
+        }
+        let Some(delivery) = storage::load_delivery(&self.pool, wj.delivery_id).await? else {
+            count("failed");
+            return Err(JobError::permanent(format!(
+                "delivery {} not found (pruned?)",
+                wj.delivery_id
+            )));
+        };
+        let Some(sub) = storage::load_subscription(&self.pool, delivery.subscription_id).await?
+        else {
+            return self
+                .refuse(job, &delivery, "", "subscription removed", "failed")
+                .await
+                .map(Checked::Ended);
+        };
+        if !sub.active {
+            return self
+                .refuse(
+                    job,
+                    &delivery,
+                    &sub.url,
+                    "subscription disabled",
+                    "disabled",
+                )
+                .await
+                .map(Checked::Ended);
+        }
+        let url = match ssrf::check_url(&sub.url) {
+            Ok(u) => u,
+            Err(e) => {
+                return self
+                    .refuse(job, &delivery, &sub.url, &e.to_string(), "failed")
+                    .await
+                    .map(Checked::Ended);
+            }
+        };
+        let now = chrono::Utc::now();
+        let signing = match secrets::signing_secrets(&sub, &self.keys, now) {
+            Ok(s) => s,
+            Err(e) => {
+                return self
+                    .refuse(job, &delivery, &sub.url, &e.to_string(), "failed")
+                    .await
+                    .map(Checked::Ended);
+            }
+        };
+        Ok(Checked::Send(Box::new(Ready {
+            delivery,
+            sub,
+            url,
+            signing,
+            now,
+        })))
+    }
+
+    /// Proceed or postpone: a ticket of the host's breaker and the subscription's
+    /// rate, or the postponement that costs neither an attempt nor a request.
+    fn admit(&self, ready: &Ready) -> Result<Ticket, JobError> {
+        // Before the request: an open breaker or a busy host costs neither an
+        // attempt nor a pool permit while it lasts.
+        let host = breaker_key(&ready.url);
+        let ticket = match self.breakers.admit(&host) {
+            Ok(t) => t,
+            Err(p) => {
+                count("postponed");
+                return Err(JobError::Postpone(p));
+            }
+        };
+        // Then the subscription's rate (the ticket, if dropped here, only frees its slot).
+        let rate = self.limits.rate_for("");
+        if let Err(p) = self.limits.take(&ready.sub.id.to_string(), rate) {
+            count("postponed");
+            return Err(JobError::Postpone(p));
+        }
+        Ok(ticket)
+    }
+
+    /// Records the attempt (and disables the subscription if it must), counts and
+    /// logs it, and gives the job's result.
+    async fn conclude(&self, job: &Job, ready: &Ready, sent: Sent) -> Result<Done, JobError> {
+        let Sent {
+            request_headers: headers,
+            request_body,
+            result,
+            duration,
+        } = sent;
+        let (delivery, sub) = (&ready.delivery, &ready.sub);
+        let response_headers = result.as_ref().ok().map(|r| {
+            serde_json::Value::Object(
+                r.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect(),
+            )
+        });
+        let outcome = self.classify(job, result);
+        let recorded_headers = serde_json::Value::Object(
+            headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        );
+        let attempt = NewAttempt {
+            delivery_id: delivery.delivery_id,
+            subscription_id: sub.id,
+            message_id: job.envelope.message_id,
+            url: sub.url.clone(),
+            request_headers: recorded_headers,
+            outcome: outcome.label,
+            status: outcome.status,
+            duration,
+            response_excerpt: outcome.excerpt,
+            request_body: Some(request_body),
+            response_headers,
+            error: outcome.error,
+        };
+        let disabled_now = self
+            .record(&attempt, true, Some(sub), outcome.disable)
+            .await?;
+        count(outcome.label);
+        crate::metrics::metrics()
+            .webhook_delivery_duration_seconds
+            .with_label_values(&[outcome.label])
+            .observe(duration.as_secs_f64());
+        tracing::info!(
+            delivery.id = %delivery.delivery_id,
+            subscription.id = sub.id,
+            outcome = outcome.label,
+            status = outcome.status,
+            duration_ms = duration.as_millis() as u64,
+            "webhook attempt"
+        );
+        match outcome.result {
+            Err(e) if disabled_now && outcome.disable.is_none() => Err(JobError::permanent(
+                format!("{e}; subscription disabled after consecutive failures"),
+            )),
+            r => r,
+        }
+    }
+
     async fn refuse(
         &self,
         job: &Job,
@@ -301,16 +388,6 @@ fn breaker_key(url: &url::Url) -> String {
     )
 }
 
-/// Whether an attempt's result says the host is unwell: no answer (timeout,
-/// connection or TLS error, unresolvable) or 408/429/5xx. Other statuses (a
-/// 404, a 410) are answers: the host is up.
-fn host_failed(r: &Result<Response, DeliverError>) -> bool {
-    match r {
-        Ok(resp) => resp.status == 408 || resp.status == 429 || resp.status >= 500,
-        Err(e) => e.is_transient(),
-    }
-}
-
 fn count(outcome: &str) {
     crate::metrics::metrics()
         .webhook_deliveries_total
@@ -327,13 +404,6 @@ fn capped_text(body: &Bytes, max: usize) -> String {
     text
 }
 
-fn excerpt(body: &Bytes) -> String {
-    String::from_utf8_lossy(body)
-        .chars()
-        .take(EXCERPT_CHARS)
-        .collect()
-}
-
 #[async_trait::async_trait]
 impl Handler for WebhookHandler {
     fn kind(&self) -> &str {
@@ -342,80 +412,28 @@ impl Handler for WebhookHandler {
 
     async fn handle(&self, job: Job) -> Result<Done, JobError> {
         let wj: WebhookJob = job.decode()?;
-        let own_message = wj.redelivery.then_some(job.envelope.message_id);
-        if storage::succeeded(&self.pool, wj.delivery_id, own_message).await? {
-            tracing::info!(delivery.id = %wj.delivery_id, "webhook already delivered; skipped");
-            count("duplicate");
-            return Ok(Done::Duplicate);
-        }
-        let Some(delivery) = storage::load_delivery(&self.pool, wj.delivery_id).await? else {
-            count("failed");
-            return Err(JobError::permanent(format!(
-                "delivery {} not found (pruned?)",
-                wj.delivery_id
-            )));
+        let ready = match self.check(&job, &wj).await? {
+            Checked::Send(ready) => ready,
+            Checked::Ended(done) => return Ok(done),
         };
-        let Some(sub) = storage::load_subscription(&self.pool, delivery.subscription_id).await?
-        else {
-            return self
-                .refuse(&job, &delivery, "", "subscription removed", "failed")
-                .await;
-        };
-        if !sub.active {
-            return self
-                .refuse(
-                    &job,
-                    &delivery,
-                    &sub.url,
-                    "subscription disabled",
-                    "disabled",
-                )
-                .await;
-        }
-        let url = match ssrf::check_url(&sub.url) {
-            Ok(u) => u,
-            Err(e) => {
-                return self
-                    .refuse(&job, &delivery, &sub.url, &e.to_string(), "failed")
-                    .await;
-            }
-        };
-        // One clock reading: which secrets are valid and the attempt's timestamp agree.
-        let now = chrono::Utc::now();
-        let signing = match secrets::signing_secrets(&sub, &self.keys, now) {
-            Ok(s) => s,
-            Err(e) => {
-                return self
-                    .refuse(&job, &delivery, &sub.url, &e.to_string(), "failed")
-                    .await;
-            }
-        };
-        // Proceed or postpone, before the request: an open breaker or a busy
-        // host costs neither an attempt nor a pool permit while it lasts.
-        let host = breaker_key(&url);
-        let ticket = match self.breakers.admit(&host) {
-            Ok(t) => t,
-            Err(p) => {
-                count("postponed");
-                return Err(JobError::Postpone(p));
-            }
-        };
-        // Then the subscription's rate (the ticket, if dropped here, only frees its slot).
-        let rate = self.limits.rate_for("");
-        if let Err(p) = self.limits.take(&sub.id.to_string(), rate) {
-            count("postponed");
-            return Err(JobError::Postpone(p));
-        }
+        let ticket = self.admit(&ready)?;
         // The HTTP client span: its context is the request's `traceparent`.
-        let span = crate::otel::span::http_client("POST", url.host_str().unwrap_or_default());
-        let request =
-            span.in_scope(|| super::render::request(&delivery, &sub, &self.site, &signing, now));
+        let span = crate::otel::span::http_client("POST", ready.url.host_str().unwrap_or_default());
+        let request = span.in_scope(|| {
+            super::render::request(
+                &ready.delivery,
+                &ready.sub,
+                &self.site,
+                &ready.signing,
+                ready.now,
+            )
+        });
         let (body, headers) = (Bytes::from(request.body), request.headers);
         let request_body = capped_text(&body, RECORDED_BODY_BYTES);
         let started = Instant::now();
         let result = self
             .client
-            .post(&url, &headers, body)
+            .post(&ready.url, &headers, body)
             .instrument(span.clone())
             .await;
         if let Ok(r) = &result {
@@ -436,56 +454,12 @@ impl Handler for WebhookHandler {
         } else {
             ticket.success();
         }
-        let response_headers = result.as_ref().ok().map(|r| {
-            serde_json::Value::Object(
-                r.headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                    .collect(),
-            )
-        });
-        let outcome = self.classify(&job, result);
-        let recorded_headers = serde_json::Value::Object(
-            headers
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect(),
-        );
-        let attempt = NewAttempt {
-            delivery_id: delivery.delivery_id,
-            subscription_id: sub.id,
-            message_id: job.envelope.message_id,
-            url: sub.url.clone(),
-            request_headers: recorded_headers,
-            outcome: outcome.label,
-            status: outcome.status,
+        let sent = Sent {
+            request_headers: headers,
+            request_body,
+            result,
             duration,
-            response_excerpt: outcome.excerpt,
-            request_body: Some(request_body),
-            response_headers,
-            error: outcome.error,
         };
-        let disabled_now = self
-            .record(&attempt, true, Some(&sub), outcome.disable)
-            .await?;
-        count(outcome.label);
-        crate::metrics::metrics()
-            .webhook_delivery_duration_seconds
-            .with_label_values(&[outcome.label])
-            .observe(duration.as_secs_f64());
-        tracing::info!(
-            delivery.id = %delivery.delivery_id,
-            subscription.id = sub.id,
-            outcome = outcome.label,
-            status = outcome.status,
-            duration_ms = duration.as_millis() as u64,
-            "webhook attempt"
-        );
-        match outcome.result {
-            Err(e) if disabled_now && outcome.disable.is_none() => Err(JobError::permanent(
-                format!("{e}; subscription disabled after consecutive failures"),
-            )),
-            r => r,
-        }
+        self.conclude(&job, &ready, sent).await
     }
 }

@@ -9,7 +9,8 @@
 //!    deliveries exist if and only if the push committed.
 //! 2. The [`handler`] POSTs each job's delivery, its body GitHub's exact one
 //!    ([`render`], [`github`]), through the SSRF guard
-//!    ([`ssrf`], [`deliver`]) and records every attempt in `webhook_attempts`.
+//!    ([`ssrf`], [`deliver`]) and records every attempt in `webhook_attempts`,
+//!    as its answer classifies it (`outcome.rs`).
 //!    A circuit breaker per host ([`breaker`]) postpones deliveries to a host
 //!    that keeps failing, before any request, without using an attempt.
 //! 3. `hookfleet webhook ...` ([`manage`]) manages subscriptions, lists attempts,
@@ -33,6 +34,7 @@ pub mod github;
 pub mod guarded;
 pub mod handler;
 pub mod manage;
+mod outcome;
 pub mod render;
 pub mod secrets;
 pub mod ssrf;
