@@ -33,9 +33,6 @@
 //! [--publish-over SECS] [--rabbit-cluster PATH]` (no `--cuts`, `--cut-every` or
 //! `--amqp-url` then; `--node-kill` SIGKILLs the node instead of stopping it).
 
-#[path = "../common/mod.rs"]
-mod common;
-
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -45,14 +42,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::Utc;
-use common::procs::{WorkerProc, free_port, hookfleet_exe};
-use common::proxy::TcpProxy;
-use common::repo::{TinyRepo, temp_dir};
 use futures_util::StreamExt;
 use hookfleet::amqp::{self, publish, topology};
 use hookfleet::config::{Config, SecretUrl};
 use hookfleet::push_job::update::RefUpdate;
 use hookfleet::push_job::{PUSH_KIND, PushJob};
+use hookfleet_testkit::cli::hookfleet_exe;
+use hookfleet_testkit::gitrepo::{TinyRepo, temp_dir};
+use hookfleet_testkit::procs::{WorkerProc, free_port};
+use hookfleet_testkit::proxy::TcpProxy;
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -140,8 +138,8 @@ fn opts() -> Opts {
         db_restart: true,
         max_seconds: 600,
         hookfleet: None,
-        pg_admin_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
-        amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+        pg_admin_url: hookfleet_testkit::PG_ADMIN_URL.into(),
+        amqp_url: hookfleet_testkit::AMQP_URL.into(),
         cluster: false,
         relays: 2,
         node_stops: 6,
@@ -150,7 +148,7 @@ fn opts() -> Opts {
         publish_over: None,
         rabbit_cluster: PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/scripts/rabbit-cluster"
+            "/../scripts/rabbit-cluster"
         )),
         node_kill: false,
         keep_logs: false,

@@ -20,8 +20,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::common::proxy::TcpProxy;
 use crate::support::{body, declare_topology, delete_topology};
+use hookfleet_testkit::proxy::TcpProxy;
 
 const KIND: &str = "outage";
 /// How long the jobs get to drain once the database is back.

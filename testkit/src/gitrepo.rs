@@ -1,11 +1,16 @@
-//! Real git repositories for tests: a bare repository with the hookfleet hook
-//! installed and a working clone that pushes to it.
-#![allow(dead_code)]
+//! Real git repositories: for tests, a bare repository with the hookfleet hook
+//! installed and a working clone that pushes to it ([`Repos`], panicking on
+//! failure); for the benches, a tiny repository with two commits and no hook
+//! ([`TinyRepo`], returning errors). Both run git through [`git_command`]: no
+//! user or system config, no inherited variable.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use anyhow::{Context, bail};
 use hookfleet::config::Config;
+
+use crate::cli::hookfleet_exe;
 
 /// Removes inherited HOOKFLEET_* and GIT_* variables.
 pub fn clean_env(c: &mut Command) {
@@ -18,23 +23,42 @@ pub fn clean_env(c: &mut Command) {
         .env("GIT_CONFIG_NOSYSTEM", "1");
 }
 
-/// Runs git in `dir` and returns stdout; panics with stderr on failure.
-pub fn git(dir: &Path, args: &[&str]) -> String {
+/// A git command in `dir` with a clean environment, a fixed identity and `main`
+/// as the default branch.
+pub fn git_command(dir: &Path) -> Command {
     let mut c = Command::new("git");
     clean_env(&mut c);
-    let out = c
-        .current_dir(dir)
+    c.current_dir(dir)
         .args(["-c", "user.name=Ann", "-c", "user.email=ann@example.com"])
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .output()
-        .unwrap();
+        .args(["-c", "init.defaultBranch=main"]);
+    c
+}
+
+/// Runs git in `dir` and returns stdout; panics with stderr on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = git_command(dir).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "git {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs git in `dir`, returning trimmed stdout, or an error with stderr (for the
+/// benches, which report errors instead of panicking).
+pub fn try_git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = git_command(dir)
+        .args(args)
+        .output()
+        .with_context(|| format!("running git {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// `root/repo.git` (bare, hook installed) and `root/work` (a clone with one commit).
@@ -60,7 +84,7 @@ impl Repos {
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-q", "-m", "one"]);
         if install {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_hookfleet"));
+            let mut c = Command::new(hookfleet_exe().unwrap());
             clean_env(&mut c);
             let out = c.args(["hook", "install"]).arg(&bare).output().unwrap();
             assert!(
@@ -120,4 +144,60 @@ impl Repos {
         assert!(out.status.success(), "git push failed: {stderr}");
         stderr
     }
+}
+
+/// A tiny real git repository for push jobs: `<root>/repo.git` (bare) with two
+/// commits on `main`, pushed from a working clone `<root>/work`.
+pub struct TinyRepo {
+    /// Repositories root (`hook.repositories_root`).
+    pub root: PathBuf,
+    /// `<root>/repo.git`.
+    pub bare: PathBuf,
+    /// `<root>/work`, a clone that pushes to `bare`.
+    pub work: PathBuf,
+    /// Repository name relative to `root` (`repo.git`).
+    pub name: String,
+    /// First commit on main.
+    pub c1: String,
+    /// Second commit on main (child of `c1`).
+    pub c2: String,
+}
+
+impl TinyRepo {
+    /// Creates the repositories under `root` (which must exist).
+    pub fn create(root: &Path) -> anyhow::Result<TinyRepo> {
+        let bare = root.join("repo.git");
+        let work = root.join("work");
+        try_git(root, &["init", "-q", "--bare", "repo.git"])?;
+        try_git(root, &["init", "-q", "work"])?;
+        let bare_s = bare.to_str().context("non-UTF-8 temp path")?;
+        try_git(&work, &["remote", "add", "origin", bare_s])?;
+        std::fs::write(work.join("a.txt"), "one\n")?;
+        try_git(&work, &["add", "-A"])?;
+        try_git(&work, &["commit", "-q", "-m", "one"])?;
+        let c1 = try_git(&work, &["rev-parse", "HEAD"])?;
+        std::fs::write(work.join("b.txt"), "two\n")?;
+        try_git(&work, &["add", "-A"])?;
+        try_git(&work, &["commit", "-q", "-m", "two"])?;
+        let c2 = try_git(&work, &["rev-parse", "HEAD"])?;
+        try_git(&work, &["push", "-q", "origin", "main"])?;
+        Ok(TinyRepo {
+            root: root.to_path_buf(),
+            bare,
+            work,
+            name: "repo.git".into(),
+            c1,
+            c2,
+        })
+    }
+}
+
+/// A fresh directory under the system temp dir, named `<tag>-<random>`.
+pub fn temp_dir(tag: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "{tag}-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[16..]
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

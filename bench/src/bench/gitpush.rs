@@ -9,14 +9,14 @@ use hookfleet::amqp::topology::Names;
 use hookfleet::config::Config;
 use hookfleet::push_job::PUSH_KIND;
 
-use crate::common::repo::{TinyRepo, git, git_command, temp_dir};
 use crate::support::{declare_topology, delete_topology, percentile};
+use hookfleet_testkit::gitrepo::{TinyRepo, git_command, temp_dir, try_git};
 
 fn timed_pushes(repo: &TinyRepo, n: usize, env: &[(String, String)]) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         std::fs::write(repo.work.join("c.txt"), format!("{i}\n"))?;
-        git(&repo.work, &["commit", "-q", "-am", "bench"])?;
+        try_git(&repo.work, &["commit", "-q", "-am", "bench"])?;
         let start = Instant::now();
         let o = git_command(&repo.work)
             .args(["push", "-q", "origin", "main"])
@@ -38,7 +38,7 @@ pub async fn git_push_times(exe: &Path, cfg: &Config, n: usize) -> anyhow::Resul
     let result = async {
         let repo = TinyRepo::create(&dir)?;
         std::fs::write(repo.work.join("c.txt"), "start\n")?;
-        git(&repo.work, &["add", "c.txt"])?;
+        try_git(&repo.work, &["add", "c.txt"])?;
         let mut without = timed_pushes(&repo, n, &[])?;
 
         let mut cfg = cfg.clone();

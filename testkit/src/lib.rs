@@ -1,14 +1,24 @@
-//! Test harness: an isolated database and broker namespace per test, a TCP proxy
-//! that cuts connections for real, and polling helpers with deadlines.
+//! hookfleet's test kit, shared by the integration tests (`tests/`, which import it
+//! as `common`) and the benches (`bench/`): an isolated database and broker
+//! namespace per test, a TCP proxy that cuts connections for real, real git
+//! repositories, `hookfleet` run as a command or as worker processes, webhook and
+//! OTLP receivers, and polling helpers with deadlines.
 //!
 //! Every test gets its own PostgreSQL database (`hf_t_<epoch>_<uuid>`, dropped when
 //! the guard drops; leftovers of killed runs older than an hour are dropped on the
 //! next run) and its own AMQP name prefix, so tests run in parallel.
-#![allow(dead_code)]
+//!
+//! A crate of its own (a dev-dependency of `hookfleet`, a dependency of
+//! `hookfleet-bench`) so that there is one copy of each helper. Only integration
+//! tests may use it: a unit test inside `src/` would see this crate's `hookfleet`
+//! and its own as two different crates.
 
 pub mod cli;
+pub mod gitrepo;
 pub mod otlp;
+pub mod outbox;
 pub mod pki;
+pub mod procs;
 pub mod prom;
 pub mod proxy;
 pub mod receiver;
@@ -16,8 +26,6 @@ pub mod receiver;
 use std::future::Future;
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-pub mod gitrepo;
 
 use hookfleet::config::{Config, QueueType, SecretUrl};
 use sqlx::postgres::PgPool;

@@ -19,9 +19,9 @@ use hookfleet::config::Config;
 use hookfleet::push_job::update::RefUpdate;
 use hookfleet::push_job::{PUSH_KIND, PushJob};
 
-use crate::common::procs::{WorkerProc, free_port, worker_env_at};
-use crate::common::repo::git_command;
 use crate::support::{declare_topology, delete_topology};
+use hookfleet_testkit::gitrepo::git_command;
+use hookfleet_testkit::procs::{WorkerProc, free_port, worker_env_at};
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 /// Files in the giant commit.

@@ -5,9 +5,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::common::procs::process_cpu_seconds;
 use hookfleet::amqp::{self, publish};
 use hookfleet::config::{Config, QueueType, SecretUrl};
+use hookfleet_testkit::procs::process_cpu_seconds;
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -20,8 +20,7 @@ pub const BODY_SIZE: usize = 1024;
 /// Prefetch of the consumers and publish window of the publishers (and the
 /// relay's batch size).
 pub const PREFETCH: u16 = 256;
-/// The maintenance database of the local PostgreSQL.
-pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use hookfleet_testkit::PG_ADMIN_URL;
 
 /// The outbox with its work queue and publication log. Truncated together: a
 /// `TRUNCATE outbox` alone makes its trigger DELETE the other two's rows, which

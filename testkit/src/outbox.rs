@@ -1,6 +1,5 @@
 //! Helpers shared by the outbox tests: a test queue bound to `<prefix>.events`,
 //! receiving deliveries with a deadline, and writing outbox rows.
-#![allow(dead_code)]
 
 use std::time::Duration;
 

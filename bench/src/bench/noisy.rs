@@ -22,12 +22,12 @@ use hookfleet::hook::fairness;
 use hookfleet::push_job::PushJob;
 use sqlx::PgPool;
 
-use crate::common::procs::{WorkerProc, free_port, worker_env_at};
-use crate::common::repo::{TinyRepo, git};
 use crate::support::{
     OUTBOX_TABLES, branch_push, declare_queue, declare_topology, delete_queue, delete_topology,
     percentile, sink_consumer, truncate, wait_for_quiet_services,
 };
+use hookfleet_testkit::gitrepo::{TinyRepo, try_git};
+use hookfleet_testkit::procs::{WorkerProc, free_port, worker_env_at};
 
 /// Quiet repositories and each one's pushes per second.
 const QUIET: usize = 20;
@@ -227,7 +227,7 @@ pub async fn run(
     let repo = TinyRepo::create(&root)?;
     for name in (0..QUIET).map(quiet_repo).chain([STORM_REPO.to_string()]) {
         let target = root.join(&name);
-        git(
+        try_git(
             &root,
             &[
                 "clone",

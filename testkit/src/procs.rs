@@ -1,7 +1,7 @@
 //! `hookfleet worker` processes: spawn the real binary with environment
 //! overrides, wait for `/readyz`, read its RSS, SIGKILL it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 /// jobs (and the relay) under `cfg`'s prefix, for repositories under `repo`.
 pub fn worker_env(
     cfg: &hookfleet::config::Config,
-    repo: &super::repo::TinyRepo,
+    repo: &crate::gitrepo::TinyRepo,
 ) -> Vec<(String, String)> {
     worker_env_at(cfg, &repo.root)
 }
@@ -42,20 +42,6 @@ pub fn worker_env_at(cfg: &hookfleet::config::Config, root: &Path) -> Vec<(Strin
         ),
         ("HOOKFLEET_LOG__LEVEL".into(), "warn".into()),
     ]
-}
-
-/// The `hookfleet` binary next to the running executable (same profile).
-pub fn hookfleet_exe() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let dir = me.parent().context("executable has no directory")?;
-    // Integration tests run from target/<profile>/deps.
-    for d in [dir.to_path_buf(), dir.join("..")] {
-        let p = d.join("hookfleet");
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    anyhow::bail!("no hookfleet binary next to {}", me.display())
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released).

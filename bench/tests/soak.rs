@@ -1,8 +1,13 @@
 //! The chaos drill in small, so CI catches regressions: 300 push jobs through two
 //! real `hookfleet worker` processes while the broker connections are cut once
 //! and one worker is SIGKILLed and restarted (no service restarts: CI may lack
-//! the permission). The drill itself (`bench/soak`) verifies exactly-once effects
-//! and at-least-once events from the database and a sink queue.
+//! the permission). The drill itself (`bench/src/soak`) verifies exactly-once
+//! effects and at-least-once events from the database and a sink queue.
+//!
+//! It drives the workspace's `hookfleet` binary, found beside this test's
+//! directory (`CARGO_BIN_EXE_hookfleet` exists only in the product crate's own
+//! tests). `cargo test` from the root builds it, as it builds every member; with
+//! `-p hookfleet-bench` alone, run `cargo build --bin hookfleet` first.
 
 use std::process::Command;
 
@@ -26,7 +31,8 @@ fn short_chaos_drill_loses_nothing_and_applies_each_push_once() {
             "--max-seconds",
             "50",
         ])
-        .args(["--hookfleet", env!("CARGO_BIN_EXE_hookfleet")])
+        .arg("--hookfleet")
+        .arg(hookfleet_testkit::cli::hookfleet_exe().expect("the hookfleet binary"))
         .output()
         .expect("run hookfleet-soak");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use hookfleet::config::Config;
 use hookfleet::push_job::PUSH_KIND;
 
-use crate::common::procs::{WorkerProc, free_port, worker_env};
-use crate::common::repo::TinyRepo;
 use crate::support::{declare_topology, delete_topology};
+use hookfleet_testkit::gitrepo::TinyRepo;
+use hookfleet_testkit::procs::{WorkerProc, free_port, worker_env};
 
 /// (idle MiB, peak MiB under the backlog).
 pub async fn rss(

@@ -15,8 +15,8 @@ use hookfleet::message::Envelope;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::common::proxy::TcpProxy;
 use crate::support::{body, declare_topology, delete_topology};
+use hookfleet_testkit::proxy::TcpProxy;
 
 /// Remembers the message ids it handled (a redelivery after a cut must not count
 /// as the next trial's message).

@@ -1,6 +1,5 @@
 //! A webhook receiver for tests: an HTTP server on 127.0.0.1 that records every
 //! request (headers, body, arrival) and answers from a script.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

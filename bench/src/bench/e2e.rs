@@ -21,12 +21,12 @@ use lapin::Consumer;
 use sqlx::PgPool;
 
 use crate::ceiling::{machine_busy_seconds, ms_per};
-use crate::common::procs::{WorkerProc, free_port, metric, worker_env};
-use crate::common::repo::TinyRepo;
 use crate::support::{
     OUTBOX_TABLES, PREFETCH, branch_push, declare_queue, declare_topology, delete_queue,
     delete_topology, percentile, sink_consumer, truncate, wait_for_quiet_services,
 };
+use hookfleet_testkit::gitrepo::TinyRepo;
+use hookfleet_testkit::procs::{WorkerProc, free_port, metric, worker_env};
 
 /// Latency percentiles in ms.
 #[derive(Debug, Clone, Copy, serde::Serialize)]

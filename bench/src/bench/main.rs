@@ -13,7 +13,6 @@
 //! without the hook.
 
 mod ceiling;
-mod common;
 mod consume;
 mod deadhost;
 mod e2e;
@@ -182,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
     let db_name = format!("hookfleet_bench_{rand}");
     let cfg = base_config(&prefix, &db_name)?;
     create_database(&db_name, &cfg).await?;
-    let dir = common::repo::temp_dir("hookfleet-bench")?;
+    let dir = hookfleet_testkit::gitrepo::temp_dir("hookfleet-bench")?;
     let result = run(&o, &cfg, &dir).await;
     let _ = drop_database(&db_name).await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -232,7 +231,7 @@ fn cpu_model() -> String {
 async fn tracing_rows(
     cfg: &hookfleet::config::Config,
     pool: &sqlx::PgPool,
-    (exe, repo): (&std::path::Path, &common::repo::TinyRepo),
+    (exe, repo): (&std::path::Path, &hookfleet_testkit::gitrepo::TinyRepo),
     s: &Sizes,
     step: &impl Fn(&str),
     rows: &mut Vec<Row>,
@@ -306,8 +305,8 @@ async fn run(
     let mut rows = Vec::new();
     let mut extra = serde_json::Map::new();
     let pool = hookfleet::db::connect(&cfg.database).await?;
-    let exe = common::procs::hookfleet_exe()?;
-    let repo = common::repo::TinyRepo::create(dir)?;
+    let exe = hookfleet_testkit::cli::hookfleet_exe()?;
+    let repo = hookfleet_testkit::gitrepo::TinyRepo::create(dir)?;
 
     if want("consume") {
         // Alternating rounds, medians: the broker's own throughput drifts by tens

@@ -2,9 +2,9 @@
 //! resets every open connection, `stall()` freezes them (a peer that hangs),
 //! `block()` refuses new ones until `unblock()`.
 //!
-//! The one copy, used by the test kit (`tests/common`) and by the benches
-//! (`bench/common` includes this file with `#[path]`, as benches cannot depend
-//! on test code). It returns errors instead of panicking, so both can use it.
+//! Used by the integration tests and by the benches (`hookfleet-bench`,
+//! `hookfleet-soak`), so it returns errors instead of panicking; the tests'
+//! shorthand that panics, [`TcpProxy::rabbitmq`], is in the crate root.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
