@@ -1,5 +1,6 @@
 //! The relay: throughput from a pre-filled outbox (vs raw publish-with-confirms
-//! of the same size and window), and commit→consume latency at a steady rate.
+//! of the same size and window), and commit→consume latency at a steady rate;
+//! [`rows`] runs them and makes the group's rows.
 
 use std::time::{Duration, Instant};
 
@@ -11,9 +12,10 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::opts::Sizes;
 use crate::support::{
-    BODY_SIZE, OUTBOX_TABLES, declare_queue, delete_queue, now_micros, percentile, sink_consumer,
-    truncate, wait_for_quiet_services,
+    self, BODY_SIZE, OUTBOX_TABLES, Row, declare_queue, delete_queue, now_micros, percentile,
+    sink_consumer, truncate, wait_for_quiet_services,
 };
 
 fn event(names: &Names, t: i64) -> Event {
@@ -130,4 +132,74 @@ pub async fn relay_latency(
     delete_queue(cfg, &sink).await?;
     truncate(pool, OUTBOX_TABLES).await?;
     Ok((percentile(&mut lat, 50.0), percentile(&mut lat, 99.0)))
+}
+
+/// Relay throughput vs raw publish-with-confirms, and commit→consume latency.
+pub async fn rows(
+    cfg: &hookfleet::config::Config,
+    pool: &sqlx::PgPool,
+    s: &Sizes,
+    step: &impl Fn(&str),
+    rows: &mut Vec<Row>,
+    extra: &mut serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    let mut relay_cfg = cfg.clone();
+    relay_cfg.worker.kinds = vec!["push".into()];
+    support::declare_topology(&relay_cfg).await?;
+    let events = hookfleet::amqp::topology::Names::new(&cfg.amqp.prefix).events_exchange();
+    let (mut raws, mut relays) = (Vec::new(), Vec::new());
+    for round in 1..=s.rounds {
+        step(&format!(
+            "relay round {round}/{}: raw publish-with-confirms",
+            s.rounds
+        ));
+        let sink = format!("{}.pub-sink", cfg.amqp.prefix);
+        support::declare_queue(cfg, &sink, Some((&events, "#"))).await?;
+        support::wait_for_quiet_services().await;
+        raws.push(
+            support::publish_raw(cfg, &events, "bench.event", s.relay, "bench.event", true).await?,
+        );
+        support::delete_queue(cfg, &sink).await?;
+        step(&format!(
+            "relay round {round}/{}: throughput from a pre-filled outbox",
+            s.rounds
+        ));
+        relays.push(relay_throughput(cfg, pool, s.relay).await?);
+    }
+    extra.insert(
+        "relay_rounds".into(),
+        serde_json::json!({ "raw": raws.clone(), "hookfleet": relays.clone() }),
+    );
+    rows.push(Row::vs(
+        &format!(
+            "relay throughput ({} rows, batch {}, median of {})",
+            s.relay,
+            support::PREFETCH,
+            s.rounds
+        ),
+        support::percentile(&mut relays, 50.0),
+        "raw publish-with-confirms, window 256",
+        support::percentile(&mut raws, 50.0),
+        "msg/s",
+        0.90,
+    ));
+    step("relay: commit→consume latency");
+    let (p50, p99) = relay_latency(cfg, pool, s.latency_rate, s.latency_secs).await?;
+    rows.push(Row::alone(
+        &format!("relay commit→consume latency p50 at {}/s", s.latency_rate),
+        p50,
+        "ms",
+        None,
+    ));
+    rows.push(Row::alone(
+        &format!("relay commit→consume latency p99 at {}/s", s.latency_rate),
+        p99,
+        "ms",
+        None,
+    ));
+    extra.insert(
+        "relay_latency".into(),
+        serde_json::json!({ "rate_per_s": s.latency_rate, "secs": s.latency_secs }),
+    );
+    support::delete_topology(&relay_cfg).await
 }
