@@ -4,10 +4,11 @@
 //! the permission). The drill itself (`bench/src/soak`) verifies exactly-once
 //! effects and at-least-once events from the database and a sink queue.
 //!
-//! It drives the workspace's `hookfleet` binary, found beside this test's
-//! directory (`CARGO_BIN_EXE_hookfleet` exists only in the product crate's own
-//! tests). `cargo test` from the root builds it, as it builds every member; with
-//! `-p hookfleet-bench` alone, run `cargo build --bin hookfleet` first.
+//! It drives the workspace's `hookfleet` binary, found in `target/<profile>/`
+//! above this test's `deps/` (`CARGO_BIN_EXE_hookfleet` exists only in the
+//! product crate's own tests). `cargo test` from the root builds it, as it builds
+//! every member; `cargo test -p hookfleet-bench` alone does not, so run
+//! `cargo build --bin hookfleet` first or it drives a missing or stale binary.
 
 use std::process::Command;
 
