@@ -13,6 +13,10 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
+# The workspace's other members (the test kit, the benches): their manifests only, so that
+# cargo can load the workspace; only the product's `hookfleet` binary is built.
+COPY testkit/Cargo.toml ./testkit/
+COPY bench/Cargo.toml ./bench/
 COPY src ./src
 COPY config ./config
 COPY migrations ./migrations

@@ -1,6 +1,6 @@
 //! The admin HTTP server on a real port: health, readiness (with and without a
 //! database), in-flight jobs, build info and the Prometheus exposition.
-mod common;
+use hookfleet_testkit as common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! database): readiness follows the broker connection and says `draining` on
 //! shutdown, `/jobs` lists a delivery while its handler runs, `/info` and
 //! `/metrics` reflect the process and the work it did.
-mod common;
+use hookfleet_testkit as common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! `worker.max_job_bytes` is poison without being parsed, and an unknown schema
 //! version is permanent. No event or job in these tests exceeds its cap.
 
-mod common;
+use hookfleet_testkit as common;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};

@@ -3,7 +3,7 @@
 //! variable named once in `--help`, exit codes that tell bad usage (2) from a
 //! failure (1), and `outbox replay` leaving job rows alone unless asked.
 
-mod common;
+use hookfleet_testkit as common;
 
 use common::{AMQP_URL, Broker, EventSink, TestDb, test_config, unique_prefix};
 use hookfleet::amqp::topology::Names;

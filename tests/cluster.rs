@@ -8,7 +8,7 @@
 //! The tests of this binary stop and start nodes, so they run one at a time
 //! ([`CLUSTER`]); cargo runs test binaries one after another.
 
-mod common;
+use hookfleet_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! resolved with symlinks and `..`; anything else is dead-lettered as permanent
 //! with the reason, and the hook refuses to produce such a job at all.
 
-mod common;
+use hookfleet_testkit as common;
 
 use std::os::unix::fs::symlink;
 use std::path::Path;

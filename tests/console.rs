@@ -5,7 +5,7 @@
 //! worker and relay; the test then clicks through the console as an operator
 //! would and checks the effect in the broker and the database. Screenshots of
 //! every page land in `target/console-screenshots/` (not committed).
-mod common;
+use hookfleet_testkit as common;
 
 use std::path::PathBuf;
 use std::process::Stdio;

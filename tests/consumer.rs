@@ -1,5 +1,5 @@
 //! Consumer core against a real RabbitMQ: limits, outcomes, poison, reconnects, drain.
-mod common;
+use hookfleet_testkit as common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,5 +1,5 @@
 //! Listing and requeueing dead letters against a real broker.
-mod common;
+use hookfleet_testkit as common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

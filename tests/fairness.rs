@@ -3,7 +3,7 @@
 //! pushes pass it, the bulk queue's retries come back to it, and a rate limit
 //! postpones a repository's excess without losing it.
 
-mod common;
+use hookfleet_testkit as common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! pushed so far, and `webhook list` counts each subscription's pushes of the
 //! last day.
 
-mod common;
+use hookfleet_testkit as common;
 mod octokit;
 
 use std::path::Path;

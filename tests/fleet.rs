@@ -6,7 +6,7 @@
 //! exactly once (SKIP LOCKED keeps the relays apart), and all five processes
 //! drain and exit 0 on SIGTERM.
 
-mod common;
+use hookfleet_testkit as common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! Migrations, worker start/stop, and clear errors against unreachable services.
-mod common;
+use hookfleet_testkit as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -6,7 +6,7 @@
 //! A group is made deterministic by holding a repository's advisory lock from
 //! the test: the first write waits on it inside the server with the only writer
 //! slot, so the pushes sent meanwhile queue up and form the next group.
-mod common;
+use hookfleet_testkit as common;
 
 use std::sync::Arc;
 use std::time::Duration;

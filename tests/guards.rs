@@ -2,7 +2,7 @@
 //! for real through a proxy that refuses connections and drops the open ones)
 //! and fleet-wide pause of a job kind through the real CLI, across two workers
 //! and a restart.
-mod common;
+use hookfleet_testkit as common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

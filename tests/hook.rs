@@ -1,7 +1,7 @@
 //! The post-receive hook end to end: installed into a real bare repository,
 //! driven by a real `git push`, publishing to the real broker or spooling when it
 //! is out of reach; and `spool flush`.
-mod common;
+use hookfleet_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! The real `hookfleet worker` binary's JSON logs: every line of a delivery
 //! carries the delivery's span fields, a missing broker is reported once (not on
 //! every retry tick), no secret reaches the log, and SIGTERM exits 0.
-mod common;
+use hookfleet_testkit as common;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;

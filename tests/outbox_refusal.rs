@@ -8,8 +8,8 @@
 //! node-wide setting, and cargo runs test binaries one after another. Tests in
 //! here take [`BROKER_LIMIT`] so they never overlap that one.
 
-mod common;
-mod outbox_support;
+use hookfleet_testkit as common;
+use hookfleet_testkit::outbox as outbox_support;
 
 use std::collections::HashSet;
 use std::process::Command;

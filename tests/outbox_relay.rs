@@ -1,8 +1,8 @@
 //! The relay against real PostgreSQL and RabbitMQ: commit/rollback visibility,
 //! two relays without duplicates, poison rows, broker cuts, ordering, pruning.
 
-mod common;
-mod outbox_support;
+use hookfleet_testkit as common;
+use hookfleet_testkit::outbox as outbox_support;
 
 use std::collections::HashSet;
 use std::time::Duration;

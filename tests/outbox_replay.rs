@@ -1,8 +1,8 @@
 //! `outbox replay` against real PostgreSQL and RabbitMQ: selection by id range,
 //! time range and type, `x-replayed-from`, dry run, and bad filters.
 
-mod common;
-mod outbox_support;
+use hookfleet_testkit as common;
+use hookfleet_testkit::outbox as outbox_support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! previous release while its pods still run, and keeping the work queue in step
 //! with the outbox when rows are deleted.
 
-mod common;
+use hookfleet_testkit as common;
 
 use std::time::Duration;
 

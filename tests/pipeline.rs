@@ -1,6 +1,6 @@
 //! The whole pipeline against real git, RabbitMQ and PostgreSQL: the handler
 //! transaction (inbox + effects + outbox), the relay, and real `git push`es.
-mod common;
+use hookfleet_testkit as common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! real services: the database (its `host:port`, never its password) when it
 //! cannot be reached, the broker when the consumers are not connected, both when
 //! both are down.
-mod common;
+use hookfleet_testkit as common;
 
 use std::sync::Arc;
 use std::time::Duration;

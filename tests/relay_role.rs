@@ -4,8 +4,8 @@
 //! until `amqp.publish_timeout`, and the unconfirmed rows stay pending for the
 //! next relay.
 
-mod common;
-mod outbox_support;
+use hookfleet_testkit as common;
+use hookfleet_testkit::outbox as outbox_support;
 
 use std::sync::Arc;
 use std::time::Duration;

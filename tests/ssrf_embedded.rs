@@ -2,7 +2,7 @@
 //! 6to4, Teredo, NAT64, IPv4-mapped), through the entry points the webhook sender
 //! uses ([`Guard::resolve`] and [`deliver::Client::post`]), and the warnings of
 //! `webhook add` for a URL the guard would refuse, against a real database.
-mod common;
+use hookfleet_testkit as common;
 
 use bytes::Bytes;
 use common::TestDb;

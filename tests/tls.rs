@@ -5,7 +5,7 @@
 //! broker trusted through `amqp.ca_file`, PostgreSQL through `sslmode=verify-full`
 //! and `sslrootcert=` in its URL. TLS endpoints made for the test forward the
 //! decrypted streams to the local services.
-mod common;
+use hookfleet_testkit as common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! pipeline), and a webhook receiver. The spans are decoded by an OTLP
 //! collector in the test (`common::otlp`).
 
-mod common;
+use hookfleet_testkit as common;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;

@@ -8,8 +8,8 @@
 //! these tests run on a current-thread runtime, so the relay's spawned task runs
 //! here too.
 
-mod common;
-mod outbox_support;
+use hookfleet_testkit as common;
+use hookfleet_testkit::outbox as outbox_support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

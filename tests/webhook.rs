@@ -1,7 +1,7 @@
 //! Webhook delivery end to end: a real HTTP receiver on 127.0.0.1, the worker with
 //! the default handlers, the outbox relay, real PostgreSQL and RabbitMQ; one test
 //! drives a real `git push` through the installed hook.
-mod common;
+use hookfleet_testkit as common;
 mod octokit;
 
 use std::collections::HashMap;

@@ -8,7 +8,7 @@
 //! `tests/py/verify_webhook.py`. The package is installed once into the target
 //! directory (`target/tmp/test-py`) by the first test that needs it, under a
 //! file lock so test binaries running at once do not race.
-mod common;
+use hookfleet_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

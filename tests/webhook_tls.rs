@@ -3,7 +3,7 @@
 //! webhook handler builds it. Trusting that CA through `webhook.ca_file` is what
 //! lets a deployment reach internal receivers; without it the handshake fails.
 
-mod common;
+use hookfleet_testkit as common;
 
 use std::sync::{Arc, Mutex};
 
