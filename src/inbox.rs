@@ -1,38 +1,30 @@
-//! The inbox and the handler transaction: effectively-once handling.
+//! The inbox: effectively-once handling, owned here.
 //!
-//! Two ways to use it, one set of parts: [`Transactional`] (a transaction the
-//! inbox opens, claims in and commits) for any [`TxHandler`]; or, for a handler
-//! whose whole write is one statement (the push handler), the claim's INSERT
-//! folded into that statement (`push::record`), run through [`run_to_completion`]
-//! with [`skip_if_handled`] for a failed read.
+//! A job kind that writes to PostgreSQL claims its message id in `inbox` inside
+//! the transaction of its writes ([`claim`]: `INSERT ... ON CONFLICT DO NOTHING`;
+//! a concurrent redelivery waits on the first one's row lock and then sees it),
+//! so a redelivery never repeats effects or events. The push handler folds the
+//! claim's INSERT into its one statement (`push::record`); the test kit's
+//! `Transactional` shows the same parts as a prepare/BEGIN/claim/handle/COMMIT
+//! wrapper.
 //!
-//! [`Transactional`] turns a [`TxHandler`] into a [`Handler`]. For each job it
-//! runs the handler's `prepare` (no connection held), then opens a transaction,
-//! claims the message id in `inbox`
-//! (`INSERT ... ON CONFLICT DO NOTHING`; a concurrent redelivery waits on the
-//! first one's row lock and then sees it), runs the handler, and commits. A
-//! message already in the inbox is skipped, so a redelivery never repeats effects
-//! or events.
-//!
-//! The whole transaction runs in a task of its own, tracked by [`commits`]: the
-//! consumer core may abandon a job on timeout or shutdown, but a started
-//! transaction still finishes (a cancelled sqlx `begin`/`commit` future can leave a
-//! connection mid-transaction). Inside it only the handler body is bounded by the
-//! timeout; when it expires the transaction rolls back. `prepare` runs before, in
-//! the delivery's own task (bounded by the consumer's handler timeout, with
-//! nothing to roll back when it is abandoned).
+//! The writes run to completion in a task of their own ([`run_to_completion`],
+//! tracked by [`commits`]): the consumer core may abandon a job on timeout or
+//! shutdown, but a started transaction still finishes (a cancelled sqlx
+//! `begin`/`commit` future can leave a connection mid-transaction). A job whose
+//! read before the writes failed is skipped, not failed, when the inbox already
+//! has it ([`skip_if_handled`]).
 //!
 //! The inbox's SQL lives with the outbox's, in [`crate::outbox::storage`].
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::job::{Done, Handler, Job, JobError, TxHandler};
+use crate::job::{Done, JobError};
 use crate::outbox::storage;
 
 /// Transactions in progress; shutdown waits for them after draining.
@@ -41,7 +33,7 @@ pub fn commits() -> &'static TaskTracker {
     T.get_or_init(TaskTracker::new)
 }
 
-/// Waits until no transaction started by [`Transactional`] is still running.
+/// Waits until no transaction started by [`run_to_completion`] is still running.
 pub async fn wait_for_commits() {
     let t = commits();
     t.close();
@@ -108,65 +100,5 @@ where
         Err(e) => Err(JobError::Transient(anyhow::anyhow!(
             "transaction task failed: {e}"
         ))),
-    }
-}
-
-/// A [`TxHandler`] run inside the inbox transaction.
-pub struct Transactional<H> {
-    inner: Arc<H>,
-    pool: PgPool,
-    queue: String,
-    timeout: Duration,
-}
-
-impl<H: TxHandler> Transactional<H> {
-    /// Wraps `inner`; `queue` is recorded in the inbox, `timeout` bounds the handler body.
-    pub fn new(inner: H, pool: PgPool, queue: impl Into<String>, timeout: Duration) -> Self {
-        Self {
-            inner: Arc::new(inner),
-            pool,
-            queue: queue.into(),
-            timeout,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl<H: TxHandler> Handler for Transactional<H> {
-    fn kind(&self) -> &str {
-        self.inner.kind()
-    }
-
-    async fn handle(&self, job: Job) -> Result<Done, JobError> {
-        // Outside the tracked task: an abandoned job (timeout, shutdown) just stops
-        // here, with nothing started in the database.
-        let prepared = match self.inner.prepare(&job).await {
-            Ok(p) => p,
-            Err(e) => return skip_if_handled(&self.pool, job.envelope.message_id, e).await,
-        };
-        let inner = self.inner.clone();
-        let pool = self.pool.clone();
-        let queue = self.queue.clone();
-        let timeout = self.timeout;
-        run_to_completion(async move {
-            let mut tx = timed_acquire(pool.begin()).await?;
-            if !claim(&mut tx, job.envelope.message_id, &queue).await? {
-                tx.rollback().await?;
-                return Ok(duplicate());
-            }
-            match tokio::time::timeout(timeout, inner.handle(&mut tx, &job, prepared)).await {
-                Err(_) => {
-                    // Dropping `tx` rolls back.
-                    return Err(JobError::Transient(anyhow::anyhow!(
-                        "handler timed out after {timeout:?}"
-                    )));
-                }
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(())) => {}
-            }
-            tx.commit().await?;
-            Ok(Done::Handled)
-        })
-        .await
     }
 }

@@ -4,11 +4,10 @@
 //! [`Job`]. Its `Result` says what happens next: `Ok` acks; [`JobError::Transient`]
 //! and [`JobError::RetryAfter`] go through the retry tiers; [`JobError::Permanent`]
 //! dead-letters at once; [`JobError::Postpone`] delays the job without using
-//! an attempt. Handlers that write to PostgreSQL implement [`TxHandler`]
-//! instead and are wrapped by `inbox::Transactional`, which owns the transaction,
-//! the inbox dedupe and the commit. The push handler is the one exception: its
-//! whole write is one statement with the inbox claim folded in (`push::record`
-//! says why), built from the same inbox parts.
+//! an attempt. A handler that writes to PostgreSQL claims the message id in the
+//! inbox inside its transaction and runs the writes to completion (`inbox` says
+//! how; the push handler folds the claim into its one statement, `push::record`
+//! says why).
 
 use std::time::Duration;
 
@@ -134,43 +133,14 @@ pub enum Done {
     Duplicate,
 }
 
-/// A job kind as the consumer core runs it. Kinds that write to the database
-/// implement [`TxHandler`] and are wrapped by `inbox::Transactional`; implement
-/// this directly for work with no transactional effects (a no-op, a benchmark,
-/// webhook attempts) or, like the push handler, a write that is one statement
-/// claiming the inbox itself (`push::record`, `inbox::run_to_completion`).
+/// A job kind as the consumer core runs it. Work with no transactional effects
+/// (a no-op, a benchmark, webhook attempts) implements it plainly; a kind that
+/// writes to the database claims the inbox in its transaction, as the push
+/// handler does (`push::record`, `inbox::run_to_completion`).
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// The kind, which names the queue (`<prefix>.<kind>`).
     fn kind(&self) -> &str;
     /// Handles one job.
     async fn handle(&self, job: Job) -> Result<Done, JobError>;
-}
-
-/// A job kind whose effects and outgoing events go into one PostgreSQL
-/// transaction; hookfleet claims the inbox first and commits after.
-///
-/// Work in two steps: [`TxHandler::prepare`] reads what the job needs from
-/// outside the database (a repository, say) before any connection is taken, then
-/// [`TxHandler::handle`] writes inside the transaction. Why: a slow read inside
-/// the transaction would hold a pooled connection and an open transaction for its
-/// whole length, and a few slow jobs would starve every other user of the pool
-/// (the relay included) and hold back vacuum.
-#[async_trait::async_trait]
-pub trait TxHandler: Send + Sync + 'static {
-    /// What `prepare` hands to `handle`.
-    type Prepared: Send + 'static;
-    /// The kind, which names the queue.
-    fn kind(&self) -> &str;
-    /// Decodes the job and reads what it needs, holding no database connection.
-    /// It must have no effects: it also runs for a redelivery that the inbox
-    /// then skips.
-    async fn prepare(&self, job: &Job) -> Result<Self::Prepared, JobError>;
-    /// Handles one job inside `tx`. Do not commit or roll back: the caller does.
-    async fn handle(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-        job: &Job,
-        prepared: Self::Prepared,
-    ) -> Result<(), JobError>;
 }

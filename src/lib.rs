@@ -8,7 +8,7 @@
 //! - [`amqp`]: broker connections, topology, confirmed publishing, queue depths.
 //! - [`consumer`]: the supervisor (reconnect + redeclare), the task pool, outcomes, acks.
 //! - [`dlq`]: listing and requeueing dead letters.
-//! - [`inbox`]: the handler transaction with inbox dedupe ([`inbox::Transactional`]).
+//! - [`inbox`]: the handler transaction with inbox dedupe (one owner of deduplication).
 //! - [`alloc`]: returning freed heap to the OS after a giant push.
 //! - [`backoff`]: reconnect delays (exponential, full jitter, unlimited) and the one
 //!   retry-forever loop ([`backoff::retry_forever`]) every reconnecting part runs.
@@ -21,7 +21,7 @@
 //!   ([`admin::console`]).
 //! - [`health`]: readiness flags shared by the parts that know and the parts that ask.
 //! - [`shutdown`]: signals to a cancellation token (first drains, second exits).
-//! - [`job`]: the handler API (`Handler`, `TxHandler`, `JobError`); [`message`]: the
+//! - [`job`]: the handler API (`Handler`, `JobError`); [`message`]: the
 //!   AMQP message contract (properties and `x-` headers).
 //! - [`metrics`]: every Prometheus metric; [`inflight`]: what is being handled now (`/jobs`).
 //! - [`outbox`]: the transactional outbox: enqueue, relay, pruning, status, replay.

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::gitrepo::Repos;
+use common::transactional::{Transactional, TxHandler};
 use common::{
     Broker, EventSink, RunningWorker, SinkEvent, TestDb, eventually, test_config, unique_prefix,
 };
 use hookfleet::amqp::topology::Names;
 use hookfleet::config::Config;
-use hookfleet::inbox::Transactional;
-use hookfleet::job::{Handler, Job, JobError, TxHandler};
+use hookfleet::job::{Handler, Job, JobError};
 use hookfleet::outbox::{self, Event};
 use hookfleet::push::record::{PushWrite, record};
 use hookfleet::push_job::PushJob;

@@ -8,8 +8,8 @@
 //! ([`REF_STATE_FORWARD`]), so pushes handled out of order still end at the
 //! last push.
 //!
-//! Why one statement, and not the inbox's generic transaction
-//! (`inbox::Transactional`: BEGIN, claim, writes, COMMIT): pushes to one
+//! Why one statement, and not a handler transaction
+//! (BEGIN, `inbox::claim`, writes, COMMIT): pushes to one
 //! repository serialize on its lock, and in a transaction the lock is held from
 //! the locking statement until COMMIT, so the reply to that statement, the
 //! wake-up of the task and the COMMIT's round trip would be paid by every push of

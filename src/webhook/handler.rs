@@ -1,7 +1,7 @@
 //! The `webhook` job kind (queue `<prefix>.webhook`): one delivery attempt per job.
 //!
-//! A plain [`Handler`], not a `TxHandler`: the attempt record must survive a failed
-//! attempt, and a `TxHandler`'s transaction rolls back on error. So the handler
+//! No inbox transaction around the attempt: the attempt record must survive a
+//! failed attempt, and a handler transaction rolls back on error. So the handler
 //! writes each attempt (and the subscription's failure count, auto-disable and the
 //! `webhook.disabled` event) in a short transaction of its own after the POST.
 //!

@@ -23,6 +23,7 @@ pub mod procs;
 pub mod prom;
 pub mod proxy;
 pub mod receiver;
+pub mod transactional;
 
 use std::future::Future;
 use std::sync::{Arc, Once};
