@@ -20,18 +20,18 @@ use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 /// How often the janitor looks for a request.
-pub const JANITOR_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const JANITOR_INTERVAL: Duration = Duration::from_secs(1);
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// Asks the janitor to give memory back soon (after heavy work is done).
-pub fn request_release() {
+pub(crate) fn request_release() {
     REQUESTED.store(true, Ordering::Relaxed);
 }
 
 /// Until `stop`: when asked, shrinks the buffers of `pool`'s idle connections
 /// and returns the allocator's free pages to the OS.
-pub async fn run_janitor(pool: PgPool, stop: CancellationToken) {
+pub(crate) async fn run_janitor(pool: PgPool, stop: CancellationToken) {
     let mut tick = tokio::time::interval(JANITOR_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -48,7 +48,7 @@ pub async fn run_janitor(pool: PgPool, stop: CancellationToken) {
 
 /// Resets the buffers of every connection idle in `pool` now (connections in
 /// use are left alone; they are shrunk at the next request once idle).
-pub fn shrink_idle_connections(pool: &PgPool) {
+pub(crate) fn shrink_idle_connections(pool: &PgPool) {
     let mut idle = Vec::new();
     while let Some(conn) = pool.try_acquire() {
         idle.push(conn);
@@ -61,16 +61,16 @@ pub fn shrink_idle_connections(pool: &PgPool) {
 /// Allocations from this size on get pages of their own (glibc: mmap), returned
 /// to the OS when freed. glibc raises its threshold (up to 32 MiB) each time such
 /// a block is freed, after which big buffers come from the arenas and stay there.
-pub const MMAP_THRESHOLD: i32 = 256 * 1024;
+pub(crate) const MMAP_THRESHOLD: i32 = 256 * 1024;
 /// glibc arenas at most (its default is 8 per core: each thread's freed memory
 /// stays in the arena it came from, so memory freed after a giant push was
 /// spread over a dozen of them).
-pub const ARENA_MAX: i32 = 4;
+pub(crate) const ARENA_MAX: i32 = 4;
 
 /// Sets the allocator up for long-running roles (worker, relay): a fixed
 /// [`MMAP_THRESHOLD`] and at most [`ARENA_MAX`] arenas. Call before any thread
 /// is started.
-pub fn tune() {
+pub(crate) fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called at start-up
     // before other threads exist, as glibc recommends.
@@ -82,7 +82,7 @@ pub fn tune() {
 
 /// Returns the allocator's free pages to the OS (glibc on Linux; elsewhere a
 /// no-op: other allocators return memory by themselves or offer no such call).
-pub fn release_freed() {
+pub(crate) fn release_freed() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists; it has no
     // preconditions and may be called from any thread at any time.

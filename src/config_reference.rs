@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::config::{Config, ENV_PREFIX, SecretString, SecretUrl};
 
 /// The schema of a duration setting: a humantime string (`30s`, `5m`, `1h 30m`).
-pub struct HumanDuration;
+pub(crate) struct HumanDuration;
 
 impl JsonSchema for HumanDuration {
     fn schema_name() -> Cow<'static, str> {

@@ -14,7 +14,7 @@ use sqlx::{ConnectOptions, Connection};
 use crate::config::DatabaseConfig;
 
 /// The embedded migrations in `migrations/`.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Database errors at the boundary, with the (redacted) address named.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ pub enum DbError {
 }
 
 /// Connection options from config: URL, statement timeout, application name.
-pub fn connect_options(cfg: &DatabaseConfig) -> Result<PgConnectOptions, DbError> {
+pub(crate) fn connect_options(cfg: &DatabaseConfig) -> Result<PgConnectOptions, DbError> {
     let opts = PgConnectOptions::from_str(cfg.url.expose()).map_err(|source| DbError::Url {
         url: cfg.url.redacted(),
         source,
@@ -110,7 +110,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
 }
 
 /// Checks that `pool` can hand out a connection within `connect_timeout`.
-pub async fn check(cfg: &DatabaseConfig, pool: &PgPool) -> Result<(), DbError> {
+pub(crate) async fn check(cfg: &DatabaseConfig, pool: &PgPool) -> Result<(), DbError> {
     let address = cfg.url.address();
     match tokio::time::timeout(cfg.connect_timeout, pool.acquire()).await {
         Ok(Ok(conn)) => drop(conn),
@@ -128,7 +128,7 @@ pub async fn check(cfg: &DatabaseConfig, pool: &PgPool) -> Result<(), DbError> {
 /// Why the database did not answer a [`ping`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum PingError {
+pub(crate) enum PingError {
     /// The query failed (no connection within the pool's acquire timeout, or the
     /// server answered with an error).
     #[error("{0}")]
@@ -142,7 +142,7 @@ pub enum PingError {
 /// `timeout`. Every liveness or readiness probe of the database (`/readyz`, the
 /// worker's database watch, the kill switch's probe) asks this one, so they all
 /// mean the same thing by "answering".
-pub async fn ping(pool: &PgPool, timeout: Duration) -> Result<(), PingError> {
+pub(crate) async fn ping(pool: &PgPool, timeout: Duration) -> Result<(), PingError> {
     match tokio::time::timeout(timeout, sqlx::query_scalar!("SELECT 1").fetch_one(pool)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(PingError::Query(e)),
@@ -152,7 +152,7 @@ pub async fn ping(pool: &PgPool, timeout: Duration) -> Result<(), PingError> {
 
 /// Creates the configured database if it does not exist (dev convenience: the
 /// defaults name a `hookfleet` database that a fresh PostgreSQL lacks).
-pub async fn ensure_database(cfg: &DatabaseConfig) -> Result<(), DbError> {
+pub(crate) async fn ensure_database(cfg: &DatabaseConfig) -> Result<(), DbError> {
     let opts = connect_options(cfg)?;
     let Some(name) = opts.get_database().map(str::to_string) else {
         return Ok(());

@@ -23,9 +23,9 @@ use crate::message::{self, HeaderValue};
 
 /// A scan stops after looking at this many messages, so a filter that matches
 /// little in a huge queue cannot hold a channel (and the messages) forever.
-pub const MAX_SCAN: usize = 100_000;
+pub(crate) const MAX_SCAN: usize = 100_000;
 /// [`show`] returns at most this many bytes of a body.
-pub const BODY_CAP: usize = 64 * 1024;
+pub(crate) const BODY_CAP: usize = 64 * 1024;
 /// Upper bound on closing the dlq connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -33,53 +33,53 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeadLetter {
     /// Message id, if it had one.
-    pub message_id: Option<String>,
+    pub(crate) message_id: Option<String>,
     /// Correlation id, if any.
-    pub correlation_id: Option<String>,
+    pub(crate) correlation_id: Option<String>,
     /// Attempts made.
-    pub attempt: Option<i64>,
+    pub(crate) attempt: Option<i64>,
     /// Error class (`permanent`, `transient`, `panic`, `timeout`, `poison`).
     pub error_class: Option<String>,
     /// Last error.
     pub error: Option<String>,
     /// When the first attempt started (`x-first-attempt-at`), as sent.
-    pub first_attempt_at: Option<String>,
+    pub(crate) first_attempt_at: Option<String>,
     /// Body size in bytes.
-    pub bytes: usize,
+    pub(crate) bytes: usize,
 }
 
 /// One parked message opened: its description, every header, and its body
 /// (capped at [`BODY_CAP`]; pretty JSON when it parses).
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Opened {
+pub(crate) struct Opened {
     /// What the list shows.
-    pub letter: DeadLetter,
+    pub(crate) letter: DeadLetter,
     /// All string and integer headers.
-    pub headers: BTreeMap<String, String>,
+    pub(crate) headers: BTreeMap<String, String>,
     /// The body, pretty-printed when it is JSON, cut at [`BODY_CAP`].
-    pub body: String,
+    pub(crate) body: String,
     /// Whether the body was cut.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
 }
 
 /// Which dead letters an action applies to. Every given field must match;
 /// the default matches everything.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// Only the message with this id.
     #[serde(default)]
-    pub message_id: Option<String>,
+    pub(crate) message_id: Option<String>,
     /// Only messages of this error class (`permanent`, `poison`, ...).
     #[serde(default)]
-    pub error_class: Option<String>,
+    pub(crate) error_class: Option<String>,
     /// Only messages whose error text contains this (case-insensitive).
     #[serde(default)]
-    pub reason_contains: Option<String>,
+    pub(crate) reason_contains: Option<String>,
 }
 
 impl Filter {
     /// Only the message with `id`.
-    pub fn message(id: impl Into<String>) -> Self {
+    pub(crate) fn message(id: impl Into<String>) -> Self {
         Self {
             message_id: Some(id.into()),
             ..Self::default()
@@ -87,7 +87,7 @@ impl Filter {
     }
 
     /// Empty strings (an untouched form field) mean "any".
-    pub fn normalized(self) -> Self {
+    pub(crate) fn normalized(self) -> Self {
         let keep = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
         Self {
             message_id: keep(self.message_id),
@@ -97,7 +97,7 @@ impl Filter {
     }
 
     /// Whether `d` is selected.
-    pub fn matches(&self, d: &DeadLetter) -> bool {
+    pub(crate) fn matches(&self, d: &DeadLetter) -> bool {
         let eq = |want: &Option<String>, have: &Option<String>| {
             want.as_ref()
                 .is_none_or(|w| have.as_deref() == Some(w.as_str()))
@@ -113,7 +113,7 @@ impl Filter {
 
 /// What to do with the selected dead letters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Publish back to the work queue with the attempt reset to 1.
     Requeue,
     /// Drop for good.
@@ -218,7 +218,7 @@ pub async fn list(config: &Config, kind: &str, limit: usize) -> Result<Vec<DeadL
 
 /// Lists up to `limit` dead letters of `kind` matching `filter`, without
 /// removing any (scans at most [`MAX_SCAN`]).
-pub async fn list_matching(
+pub(crate) async fn list_matching(
     config: &Config,
     kind: &str,
     filter: &Filter,
@@ -237,7 +237,7 @@ pub async fn list_matching(
 }
 
 /// Opens the dead letter with `message_id` (headers and capped body), if parked.
-pub async fn show(
+pub(crate) async fn show(
     config: &Config,
     kind: &str,
     message_id: &str,
@@ -269,7 +269,7 @@ pub async fn requeue(
 
 /// Requeues or discards up to `limit` dead letters of `kind` matching `filter`
 /// (scanning at most [`MAX_SCAN`]); returns how many it moved.
-pub async fn apply(
+pub(crate) async fn apply(
     config: &Config,
     kind: &str,
     filter: &Filter,

@@ -3,7 +3,7 @@
 
 /// Renders an error and its causes on one line, skipping a cause whose text the
 /// message already contains (sqlx and lapin repeat their sources in `Display`).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(cause) = cur {

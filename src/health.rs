@@ -24,7 +24,7 @@ const DB_DOWN: u8 = 2;
 #[derive(Debug)]
 pub struct Health {
     /// When the process started (for `/info`).
-    pub started_at: SystemTime,
+    pub(crate) started_at: SystemTime,
     started_instant: Instant,
     consuming: watch::Sender<bool>,
     database: AtomicU8,
@@ -69,10 +69,6 @@ impl Health {
     pub fn consuming(&self) -> bool {
         *self.consuming.borrow()
     }
-    /// A receiver that sees every change of the consuming flag (tests wait on it).
-    pub fn watch_consuming(&self) -> watch::Receiver<bool> {
-        self.consuming.subscribe()
-    }
     /// Record the outcome of the last database check.
     pub fn set_database_ok(&self, ok: bool) {
         let state = if ok { DB_OK } else { DB_DOWN };
@@ -85,21 +81,21 @@ impl Health {
     /// The worker has not started its consumers yet because it waits for the
     /// database (start-up: reachable, created, migrated). Meanwhile not consuming
     /// is the database's doing, not the broker's.
-    pub fn set_waiting_for_database(&self, on: bool) {
+    pub(crate) fn set_waiting_for_database(&self, on: bool) {
         self.waiting_for_database.store(on, Ordering::Relaxed);
     }
     /// Whether start-up still waits for the database.
-    pub fn waiting_for_database(&self) -> bool {
+    pub(crate) fn waiting_for_database(&self) -> bool {
         self.waiting_for_database.load(Ordering::Relaxed)
     }
     /// The database's `host:port`, named in readiness reasons. Must not carry a
     /// password (pass `host:port`, not a URL). The first call wins.
-    pub fn set_database_address(&self, address: impl Into<String>) {
+    pub(crate) fn set_database_address(&self, address: impl Into<String>) {
         let _ = self.database_address.set(address.into());
     }
     /// The broker's `host:port` (comma-separated for a cluster), named in
     /// readiness reasons. Must not carry a password. The first call wins.
-    pub fn set_broker_address(&self, address: impl Into<String>) {
+    pub(crate) fn set_broker_address(&self, address: impl Into<String>) {
         let _ = self.broker_address.set(address.into());
     }
     /// The worker is draining for shutdown.
@@ -112,17 +108,17 @@ impl Health {
     }
     /// The kill switch opened (`Some(reason)`: not ready, consumers cancelled on
     /// purpose) or let consuming resume (`None`).
-    pub fn set_stopped_by_guard(&self, reason: Option<String>) {
+    pub(crate) fn set_stopped_by_guard(&self, reason: Option<String>) {
         if let Ok(mut g) = self.stopped_by_guard.lock() {
             *g = reason;
         }
     }
     /// Why the kill switch holds consuming, if it does.
-    pub fn stopped_by_guard(&self) -> Option<String> {
+    pub(crate) fn stopped_by_guard(&self) -> Option<String> {
         self.stopped_by_guard.lock().ok().and_then(|g| g.clone())
     }
     /// The job kinds paused fleet-wide (operator intent: readiness ignores it).
-    pub fn set_paused_kinds(&self, kinds: Vec<String>) {
+    pub(crate) fn set_paused_kinds(&self, kinds: Vec<String>) {
         if let Ok(mut g) = self.paused_kinds.lock() {
             *g = kinds;
         }
@@ -135,7 +131,7 @@ impl Health {
             .unwrap_or_default()
     }
     /// Time since start.
-    pub fn uptime(&self) -> std::time::Duration {
+    pub(crate) fn uptime(&self) -> std::time::Duration {
         self.started_instant.elapsed()
     }
     /// Ready = consuming, database answering, not draining; else the reason,

@@ -28,13 +28,13 @@ use crate::job::{Done, JobError};
 use crate::outbox::storage;
 
 /// Transactions in progress; shutdown waits for them after draining.
-pub fn commits() -> &'static TaskTracker {
+pub(crate) fn commits() -> &'static TaskTracker {
     static T: OnceLock<TaskTracker> = OnceLock::new();
     T.get_or_init(TaskTracker::new)
 }
 
 /// Waits until no transaction started by [`run_to_completion`] is still running.
-pub async fn wait_for_commits() {
+pub(crate) async fn wait_for_commits() {
     let t = commits();
     t.close();
     t.wait().await;

@@ -69,7 +69,7 @@ impl InFlight {
     }
 
     /// Snapshot, oldest first.
-    pub fn list(&self) -> Vec<InFlightJob> {
+    pub(crate) fn list(&self) -> Vec<InFlightJob> {
         let Ok(m) = self.map.lock() else {
             return Vec::new();
         };

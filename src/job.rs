@@ -38,7 +38,7 @@ pub struct Job {
 impl Job {
     /// Decodes the body into `T`; a mismatch is a permanent error (bad input never
     /// gets better by retrying).
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, JobError> {
+    pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T, JobError> {
         serde_json::from_slice(&self.raw).map_err(|e| {
             JobError::permanent(format!("body does not match the {} job: {e}", self.kind))
         })
@@ -77,9 +77,9 @@ pub enum JobError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Postpone {
     /// Wanted delay; the first retry tier at least this long is used.
-    pub after: Duration,
+    pub(crate) after: Duration,
     /// Bounded reason: `breaker_open`, `breaker_probing`, `host_busy`, ...
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 impl JobError {
@@ -105,7 +105,7 @@ impl JobError {
     /// The error of one of several jobs that shared a failed database call (the
     /// error itself goes to one of them): classed as [`From<sqlx::Error>`]
     /// classes it, with its message.
-    pub fn shared_db(e: &sqlx::Error) -> Self {
+    pub(crate) fn shared_db(e: &sqlx::Error) -> Self {
         db_error(is_bad_input(e), anyhow::anyhow!("{e}"))
     }
 }

@@ -35,20 +35,28 @@
 //!   (postpone, never drop); [`repository`]: repository names' owners and the
 //!   patterns that select them (subscriptions, rate limits).
 //! - [`telemetry`]: log setup; [`build_info`]: version, git SHA, build time.
+//!
+//! # Visibility
+//! `pub` marks what another crate uses: the `hookfleet` binary, the test kit
+//! (`testkit/`), the integration tests and the bench. Everything else is
+//! `pub(crate)` (or `pub(super)` inside a folder), and modules nothing outside
+//! uses are private, so the compiler tells a dead item from an API one.
+//! `scripts/narrow-pub` redoes this after a change: it narrows every `pub` item in
+//! `src/` and widens back exactly what the other crates fail to compile without.
 
 pub mod admin;
-pub mod alloc;
+mod alloc;
 pub mod amqp;
-pub mod backoff;
-pub mod build_info;
+mod backoff;
+mod build_info;
 pub mod cli;
 pub mod config;
 pub mod config_reference;
-pub mod consumer;
+mod consumer;
 pub mod db;
 pub mod dlq;
-pub mod error;
-pub mod guard;
+mod error;
+mod guard;
 pub mod health;
 pub mod hook;
 pub mod inbox;
@@ -60,12 +68,12 @@ pub mod otel;
 pub mod outbox;
 pub mod push;
 pub mod push_job;
-pub mod ratelimit;
+mod ratelimit;
 pub mod relay_role;
-pub mod repository;
+mod repository;
 pub mod role;
-pub mod shutdown;
+mod shutdown;
 pub mod telemetry;
-pub mod tls;
+mod tls;
 pub mod webhook;
 pub mod worker;

@@ -11,25 +11,25 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use uuid::Uuid;
 
 /// 1-based attempt number.
-pub const H_ATTEMPT: &str = "x-attempt";
+pub(crate) const H_ATTEMPT: &str = "x-attempt";
 /// Epoch milliseconds of the first attempt.
-pub const H_FIRST_ATTEMPT_AT: &str = "x-first-attempt-at";
+pub(crate) const H_FIRST_ATTEMPT_AT: &str = "x-first-attempt-at";
 /// Why the last attempt failed (retries and dead letters).
 pub const H_ERROR: &str = "x-error";
 /// `transient`, `permanent`, `panic`, `timeout` or `poison`.
 pub const H_ERROR_CLASS: &str = "x-error-class";
 /// The queue a retried or dead-lettered message came from.
-pub const H_ORIGIN_QUEUE: &str = "x-origin-queue";
+pub(crate) const H_ORIGIN_QUEUE: &str = "x-origin-queue";
 /// Set on replays: the outbox id the message was replayed from.
 pub const H_REPLAYED_FROM: &str = "x-replayed-from";
 /// Times a guard postponed the message (its attempt counter unchanged).
-pub const H_POSTPONED: &str = "x-postponed";
+pub(crate) const H_POSTPONED: &str = "x-postponed";
 /// Why the message was last postponed (`breaker_open`, ...).
-pub const H_POSTPONE_REASON: &str = "x-postpone-reason";
+pub(crate) const H_POSTPONE_REASON: &str = "x-postpone-reason";
 /// Schema version of the body.
 pub const H_SCHEMA_VERSION: &str = "x-schema-version";
 /// Current schema version written by this build.
-pub const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 1;
 /// The only content type hookfleet accepts.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
@@ -74,14 +74,15 @@ impl Envelope {
         }
     }
 
+    #[cfg(test)]
     /// Sets a header.
-    pub fn with_header(mut self, k: &str, v: HeaderValue) -> Self {
+    pub(crate) fn with_header(mut self, k: &str, v: HeaderValue) -> Self {
         self.headers.insert(k.to_string(), v);
         self
     }
 
     /// The attempt number (1 when absent).
-    pub fn attempt(&self) -> u32 {
+    pub(crate) fn attempt(&self) -> u32 {
         match self.headers.get(H_ATTEMPT) {
             Some(HeaderValue::Int(n)) if *n >= 1 => u32::try_from(*n).unwrap_or(u32::MAX),
             Some(HeaderValue::Str(s)) => s.parse().ok().filter(|n| *n >= 1).unwrap_or(1),
@@ -132,7 +133,7 @@ impl Envelope {
 }
 
 /// Converts hookfleet headers to an AMQP table.
-pub fn headers_to_table(h: &BTreeMap<String, HeaderValue>) -> FieldTable {
+pub(crate) fn headers_to_table(h: &BTreeMap<String, HeaderValue>) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in h {
         let value = match v {

@@ -15,18 +15,18 @@ use std::time::{Duration, Instant};
 use crate::job::Postpone;
 
 /// Postponement reason of a job over its rate.
-pub const REASON: &str = "rate_limit";
+pub(crate) const REASON: &str = "rate_limit";
 /// Buckets kept before idle, full ones are dropped (they hold no state a new
 /// bucket would not have).
 const MAX_BUCKETS: usize = 10_000;
 
 /// A rate: `per_second` tokens, at most `burst` saved up.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
+pub(crate) struct Rate {
     /// Tokens added per second; 0 or less: no limit.
-    pub per_second: f64,
+    pub(crate) per_second: f64,
     /// Bucket size (at least 1).
-    pub burst: f64,
+    pub(crate) burst: f64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -37,7 +37,7 @@ struct Bucket {
 
 /// Buckets for one kind of key.
 #[derive(Debug)]
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     default: Option<Rate>,
     /// Repository pattern overrides, longest pattern first.
     overrides: Vec<(String, Rate)>,
@@ -47,7 +47,7 @@ pub struct RateLimits {
 impl RateLimits {
     /// Limits with `default` (per second; 0 = none) and `burst` (0 = one
     /// second's worth), and per-pattern rates (0 = no limit for those).
-    pub fn new(default: f64, burst: u32, overrides: &[(String, f64)]) -> Self {
+    pub(crate) fn new(default: f64, burst: u32, overrides: &[(String, f64)]) -> Self {
         let rate = |per_second: f64| {
             (per_second > 0.0).then(|| Rate {
                 per_second,
@@ -74,12 +74,12 @@ impl RateLimits {
     }
 
     /// Whether any limit is configured (so callers can skip decoding keys).
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.default.is_some() || self.overrides.iter().any(|(_, r)| r.per_second > 0.0)
     }
 
     /// The rate for `repository`: the longest matching pattern's, else the default.
-    pub fn rate_for(&self, repository: &str) -> Option<Rate> {
+    pub(crate) fn rate_for(&self, repository: &str) -> Option<Rate> {
         let found = self
             .overrides
             .iter()
@@ -92,7 +92,7 @@ impl RateLimits {
     }
 
     /// Takes a token for `key` at `rate`, or says how long until one is there.
-    pub fn take(&self, key: &str, rate: Option<Rate>) -> Result<(), Postpone> {
+    pub(crate) fn take(&self, key: &str, rate: Option<Rate>) -> Result<(), Postpone> {
         let Some(rate) = rate else { return Ok(()) };
         let now = Instant::now();
         let mut buckets = match self.buckets.lock() {

@@ -9,7 +9,7 @@
 
 /// The owner of a repository named `full_name`: its first path segment when it
 /// has more than one (`org/app`, `org/team/app` → `org`), else none.
-pub fn owner_of(full_name: &str) -> Option<&str> {
+pub(crate) fn owner_of(full_name: &str) -> Option<&str> {
     full_name
         .split_once('/')
         .map(|(owner, _)| owner)
@@ -17,7 +17,7 @@ pub fn owner_of(full_name: &str) -> Option<&str> {
 }
 
 /// Checks a repository pattern: non-empty, no whitespace or control characters.
-pub fn check_pattern(pattern: &str) -> Result<(), String> {
+pub(crate) fn check_pattern(pattern: &str) -> Result<(), String> {
     if pattern.is_empty() || pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
             "repository pattern must be non-empty with no spaces, got {pattern:?}"
@@ -29,7 +29,7 @@ pub fn check_pattern(pattern: &str) -> Result<(), String> {
 /// Whether `pattern` matches `repository` (or `repository` without `.git`).
 /// `*` alone and `**` match every repository, whatever its number of segments:
 /// nobody writing `*` means "repositories without an owner".
-pub fn matches(pattern: &str, repository: &str) -> bool {
+pub(crate) fn matches(pattern: &str, repository: &str) -> bool {
     if matches!(pattern.trim(), "*" | "**") {
         return true;
     }

@@ -33,13 +33,13 @@ use crate::error::error_chain;
 pub const AFTER_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// The deadline of a shutdown that starts now.
-pub fn shutdown_deadline() -> Instant {
+pub(crate) fn shutdown_deadline() -> Instant {
     Instant::now() + AFTER_DRAIN_GRACE
 }
 
 /// Runs one shutdown step until it ends or `deadline` passes (then it is logged
 /// and abandoned: see the module doc).
-pub async fn shutdown_step<F: Future>(step: &'static str, deadline: Instant, work: F) {
+pub(crate) async fn shutdown_step<F: Future>(step: &'static str, deadline: Instant, work: F) {
     tracing::debug!(step, "shutdown step");
     if tokio::time::timeout_at(deadline, work).await.is_err() {
         tracing::warn!(
@@ -54,14 +54,14 @@ pub async fn shutdown_step<F: Future>(step: &'static str, deadline: Instant, wor
 /// work, so liveness answers and readiness says why while the work starts.
 pub struct AdminServer {
     /// Where it listens, once bound (`admin.listen` may say port 0).
-    pub addr: Option<SocketAddr>,
+    pub(crate) addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: JoinHandle<std::io::Result<()>>,
 }
 
 impl AdminServer {
     /// Binds `listen` and serves `state`.
-    pub async fn start(listen: SocketAddr, state: AdminState) -> anyhow::Result<Self> {
+    pub(crate) async fn start(listen: SocketAddr, state: AdminState) -> anyhow::Result<Self> {
         let listener = admin::bind(listen).await?;
         // `admin::serve` logs the address.
         let addr = listener.local_addr().ok();
@@ -71,21 +71,21 @@ impl AdminServer {
     }
 
     /// Stops serving: a shutdown step.
-    pub async fn stop(self, deadline: Instant) {
+    pub(crate) async fn stop(self, deadline: Instant) {
         self.stop.cancel();
         shutdown_step("admin server", deadline, self.task).await;
     }
 }
 
 /// Tasks that run beside a role's main work until they are stopped together.
-pub struct Background {
+pub(crate) struct Background {
     tracker: TaskTracker,
     stop: CancellationToken,
 }
 
 impl Background {
     /// Tasks that stop when `stop` is cancelled (or at [`Background::stop`]).
-    pub fn new(stop: CancellationToken) -> Self {
+    pub(crate) fn new(stop: CancellationToken) -> Self {
         Self {
             tracker: TaskTracker::new(),
             stop,
@@ -93,12 +93,12 @@ impl Background {
     }
 
     /// The token the tasks stop on (for tasks that take one).
-    pub fn stop_token(&self) -> CancellationToken {
+    pub(crate) fn stop_token(&self) -> CancellationToken {
         self.stop.clone()
     }
 
     /// Runs `task` in the background.
-    pub fn spawn<F>(&self, task: F)
+    pub(crate) fn spawn<F>(&self, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -107,7 +107,7 @@ impl Background {
 
     /// The upkeep every role runs: the memory janitor, and retention pruning of
     /// the outbox and the inbox.
-    pub fn spawn_upkeep(&self, pool: &PgPool, outbox: &OutboxConfig) {
+    pub(crate) fn spawn_upkeep(&self, pool: &PgPool, outbox: &OutboxConfig) {
         self.spawn(crate::alloc::run_janitor(pool.clone(), self.stop_token()));
         let (pool, outbox, stop) = (pool.clone(), outbox.clone(), self.stop_token());
         self.spawn(async move {
@@ -118,7 +118,7 @@ impl Background {
     }
 
     /// Stops the tasks and waits for them: a shutdown step.
-    pub async fn stop(self, deadline: Instant) {
+    pub(crate) async fn stop(self, deadline: Instant) {
         self.stop.cancel();
         self.tracker.close();
         shutdown_step("background tasks", deadline, self.tracker.wait()).await;

@@ -7,7 +7,7 @@
 use tokio_util::sync::CancellationToken;
 
 /// Spawns the signal listener and returns the token it cancels.
-pub fn on_signals() -> CancellationToken {
+pub(crate) fn on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {

@@ -32,7 +32,7 @@ where
 
 /// The hook's subscriber: spans only, no log output (its stderr is the pusher's
 /// terminal). Returns the exporter to flush before exit, when tracing is on.
-pub fn init_spans_only(tracing: &TracingConfig) -> Option<Exporter> {
+pub(crate) fn init_spans_only(tracing: &TracingConfig) -> Option<Exporter> {
     let (exporter, tracer) = Exporter::build(tracing)?;
     let _ = tracing_subscriber::registry()
         .with(otel_layer(tracer))
@@ -79,7 +79,7 @@ where
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
 /// Logs go to stderr so command output on stdout stays machine-readable. With
 /// `[tracing]` on, returns the exporter (flush it before exit).
-pub fn init(cfg: &LogConfig, tracing: &TracingConfig) -> Option<Exporter> {
+pub(crate) fn init(cfg: &LogConfig, tracing: &TracingConfig) -> Option<Exporter> {
     let filter = log_filter(cfg);
     let json = match cfg.format {
         LogFormat::Json => true,

@@ -14,16 +14,16 @@ use rustls::pki_types::pem::PemObject;
 /// The roots of a CA file: its text (what lapin takes) and its certificates
 /// (what a rustls root store takes).
 #[derive(Debug, Clone)]
-pub struct CaFile {
+pub(crate) struct CaFile {
     /// The file's PEM text.
-    pub pem: String,
+    pub(crate) pem: String,
     /// Its certificates, each usable as a trust anchor; at least one.
-    pub certs: Vec<CertificateDer<'static>>,
+    pub(crate) certs: Vec<CertificateDer<'static>>,
 }
 
 /// The CA file a `*.ca_file` setting names: `None` when the setting is empty
 /// (surrounding spaces ignored), else the file as [`read_ca_file`] reads it.
-pub fn configured_ca(setting: &str) -> Result<Option<CaFile>, String> {
+pub(crate) fn configured_ca(setting: &str) -> Result<Option<CaFile>, String> {
     let path = setting.trim();
     if path.is_empty() {
         return Ok(None);
@@ -34,7 +34,7 @@ pub fn configured_ca(setting: &str) -> Result<Option<CaFile>, String> {
 /// Reads a PEM file of root certificates. The error names the file and what
 /// is wrong with it: unreadable, not PEM, no certificate, or a certificate
 /// that cannot be a root.
-pub fn read_ca_file(path: &Path) -> Result<CaFile, String> {
+pub(crate) fn read_ca_file(path: &Path) -> Result<CaFile, String> {
     let shown = path.display();
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
     let pem = String::from_utf8(bytes).map_err(|_| format!("{shown} is not a PEM text file"))?;

@@ -32,24 +32,24 @@ use tokio::time::{Instant, Sleep};
 
 /// A request not answered this long after its first byte fails the connection
 /// (headers plus the router's 10 s request timeout, with room).
-pub const REQUEST_BOUND: Duration = Duration::from_secs(20);
+pub(crate) const REQUEST_BOUND: Duration = Duration::from_secs(20);
 /// A keep-alive connection is closed between requests after this long.
-pub const CONNECTION_MAX_AGE: Duration = Duration::from_secs(120);
+pub(crate) const CONNECTION_MAX_AGE: Duration = Duration::from_secs(120);
 /// A connection idle this long between requests is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Admin connections open at once; more wait to be accepted.
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 
 /// A TCP listener whose connections are [`Bounded`].
 #[derive(Debug)]
-pub struct BoundedListener {
+pub(crate) struct BoundedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
 }
 
 impl BoundedListener {
     /// Wraps `inner`.
-    pub fn new(inner: TcpListener) -> Self {
+    pub(crate) fn new(inner: TcpListener) -> Self {
         Self {
             inner,
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
@@ -76,7 +76,7 @@ impl axum::serve::Listener for BoundedListener {
 
 /// A stream with the bounds of the module docs.
 #[derive(Debug)]
-pub struct Bounded<S> {
+pub(crate) struct Bounded<S> {
     inner: S,
     opened: Instant,
     /// When the request being received started; `None` between requests.
@@ -89,7 +89,7 @@ pub struct Bounded<S> {
 
 impl<S> Bounded<S> {
     /// Bounds `inner`, holding `slot` while it lives.
-    pub fn new(inner: S, slot: Option<OwnedSemaphorePermit>) -> Self {
+    pub(crate) fn new(inner: S, slot: Option<OwnedSemaphorePermit>) -> Self {
         let now = Instant::now();
         Self {
             inner,

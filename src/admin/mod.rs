@@ -20,8 +20,8 @@
 //! routes [`router`] merges; it depends on the shared state it reads, never on
 //! this file, so imports run one way).
 
-pub mod conn;
-pub mod console;
+pub(crate) mod conn;
+pub(crate) mod console;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,17 +46,17 @@ use crate::{build_info, metrics};
 use conn::BoundedListener;
 
 /// Upper bound on answering one request; beyond it the client gets 408.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests handled at once; more wait for a slot (within their connection's bounds).
-pub const MAX_REQUESTS: usize = 32;
+pub(crate) const MAX_REQUESTS: usize = 32;
 /// Largest request body accepted (no endpoint takes one).
 pub const MAX_BODY_BYTES: usize = 1024;
 /// Upper bound on the `SELECT 1` that `/readyz` runs when a pool is present.
-pub const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// On shutdown, open connections get this long to finish their request.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Content type of the Prometheus text exposition format.
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+pub(crate) const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// What the endpoints read. Cheap to clone (all shared).
 #[derive(Clone, Debug)]
@@ -95,7 +95,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminServerError> {
 
 /// The routes, with the request timeout, body limit and concurrency limit applied.
 /// A plain `Router`, so other routers can be merged into it.
-pub fn router(state: AdminState) -> Router {
+pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))

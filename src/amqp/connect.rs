@@ -80,7 +80,7 @@ pub enum AmqpError {
 }
 
 /// A node that failed this recently is tried after the others.
-pub const FAILED_RECENTLY: Duration = Duration::from_secs(30);
+pub(crate) const FAILED_RECENTLY: Duration = Duration::from_secs(30);
 
 /// When each node (`host:port`) last failed to connect or dropped.
 static FAILED_AT: LazyLock<Mutex<HashMap<String, Instant>>> =

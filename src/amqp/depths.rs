@@ -22,7 +22,7 @@ use crate::config::AmqpConfig;
 
 /// Samples the queues of `kinds` (retry queues per delay in `tiers`) every
 /// `interval` until `stop`.
-pub async fn run_depth_sampler(
+pub(crate) async fn run_depth_sampler(
     cfg: AmqpConfig,
     kinds: Vec<String>,
     tiers: Vec<Duration>,

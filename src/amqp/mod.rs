@@ -9,9 +9,9 @@
 //! on them.
 
 pub mod connect;
-pub mod depths;
+pub(crate) mod depths;
 pub mod publish;
-pub mod publisher_pool;
+pub(crate) mod publisher_pool;
 pub mod topology;
 
 pub use connect::{

@@ -49,11 +49,11 @@ pub async fn send(
 
 /// A `mandatory` publish the broker returned (nothing bound for it).
 #[derive(Debug, Clone)]
-pub struct Returned {
+pub(crate) struct Returned {
     /// The returned message's `message_id`: which publish it was.
-    pub message_id: Option<String>,
+    pub(crate) message_id: Option<String>,
     /// `returned as unroutable: 312 NO_ROUTE`.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// What a confirm said: acked or nacked, and a return that came with it.
@@ -65,15 +65,15 @@ pub struct Returned {
 /// pipelines publishes matches returns by message id ([`confirmed`] does not
 /// need to: it is for one publish at a time).
 #[derive(Debug, Clone)]
-pub struct Confirmed {
+pub(crate) struct Confirmed {
     /// The broker acked (took responsibility for) a publish.
-    pub acked: bool,
+    pub(crate) acked: bool,
     /// A returned message handed to this confirm, maybe another publish's.
-    pub returned: Option<Returned>,
+    pub(crate) returned: Option<Returned>,
 }
 
 /// Awaits a confirm within `timeout`; errors are timeouts and closed channels.
-pub async fn confirmation(
+pub(crate) async fn confirmation(
     confirm: PublisherConfirm,
     timeout: Duration,
 ) -> Result<Confirmed, AmqpError> {

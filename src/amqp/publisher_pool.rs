@@ -18,10 +18,10 @@ use crate::config::AmqpConfig;
 use crate::metrics::metrics;
 
 /// Channels kept by the publisher pool.
-pub const PUBLISHER_CHANNELS: usize = 8;
+pub(crate) const PUBLISHER_CHANNELS: usize = 8;
 
 /// Creates confirm channels on one shared, lazily (re)opened connection.
-pub struct ChannelManager {
+pub(crate) struct ChannelManager {
     cfg: AmqpConfig,
     role: &'static str,
     conn: Mutex<Option<Arc<Connection>>>,
@@ -82,7 +82,7 @@ impl managed::Manager for ChannelManager {
 
 /// Publishes with confirms through pooled channels. Cheap to clone.
 #[derive(Clone)]
-pub struct Publisher {
+pub(crate) struct Publisher {
     pool: Pool<ChannelManager>,
     timeout: Duration,
 }
@@ -90,7 +90,7 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher for `cfg` whose connection is named `hookfleet-<role>`. Connects
     /// on first use.
-    pub fn new(cfg: &AmqpConfig, role: &'static str) -> Result<Self, AmqpError> {
+    pub(crate) fn new(cfg: &AmqpConfig, role: &'static str) -> Result<Self, AmqpError> {
         let manager = ChannelManager {
             cfg: cfg.clone(),
             role,
@@ -113,7 +113,7 @@ impl Publisher {
     }
 
     /// Publishes one message and waits for the broker's confirm.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,

@@ -23,15 +23,15 @@ use crate::config::{AmqpConfig, QueueType};
 
 /// Kinds with a bulk queue: their publisher sends a storm there (the push hook,
 /// `src/hook/fairness.rs`), and workers give it a few permits only.
-pub const BULK_KINDS: &[&str] = &["push"];
+pub(crate) const BULK_KINDS: &[&str] = &["push"];
 
 /// Whether `kind` has a bulk queue.
-pub fn has_bulk(kind: &str) -> bool {
+pub(crate) fn has_bulk(kind: &str) -> bool {
     BULK_KINDS.contains(&kind)
 }
 
 /// Routing key of a kind's bulk queue.
-pub fn bulk_routing_key(kind: &str) -> String {
+pub(crate) fn bulk_routing_key(kind: &str) -> String {
     format!("{kind}.bulk")
 }
 
@@ -66,7 +66,7 @@ impl Names {
         format!("{}.{kind}.bulk", self.prefix)
     }
     /// The work queues of a kind: its queue, and its bulk queue if it has one.
-    pub fn work_queues(&self, kind: &str) -> Vec<String> {
+    pub(crate) fn work_queues(&self, kind: &str) -> Vec<String> {
         let mut v = vec![self.queue(kind)];
         if has_bulk(kind) {
             v.push(self.bulk_queue(kind));

@@ -35,24 +35,24 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
 mod retry;
-pub use retry::{Attempt, Event, retry_forever};
+pub(crate) use retry::{Attempt, Event, retry_forever};
 
 /// A delay is never longer than this fraction of the outage so far.
-pub const OUTAGE_FRACTION: f64 = 0.5;
+pub(crate) const OUTAGE_FRACTION: f64 = 0.5;
 
 /// The bounds of a reconnect series: a config section's `reconnect_min` and
 /// `reconnect_max` (equal: a fixed interval).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delays {
+pub(crate) struct Delays {
     /// The first delay.
-    pub min: Duration,
+    pub(crate) min: Duration,
     /// The largest delay.
-    pub max: Duration,
+    pub(crate) max: Duration,
 }
 
 impl Delays {
     /// The same delay every time (`min == max`: no growth, no jitter).
-    pub fn fixed(every: Duration) -> Self {
+    pub(crate) fn fixed(every: Duration) -> Self {
         Self {
             min: every,
             max: every,
@@ -61,7 +61,7 @@ impl Delays {
 }
 
 /// An endless series of reconnect delays.
-pub struct Reconnect {
+pub(crate) struct Reconnect {
     builder: ExponentialBuilder,
     series: ExponentialBackoff,
     min: Duration,
@@ -71,7 +71,7 @@ pub struct Reconnect {
 
 impl Reconnect {
     /// Delays from `min` doubling up to `max`, never giving up.
-    pub fn new(min: Duration, max: Duration) -> Self {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
         let builder = ExponentialBuilder::new()
             .with_min_delay(min)
             .with_max_delay(max.max(min))
@@ -86,12 +86,12 @@ impl Reconnect {
     }
 
     /// The next delay to wait.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         self.next_delay_at(Instant::now())
     }
 
     /// The next delay to wait, `now` being the current time.
-    pub fn next_delay_at(&mut self, now: Instant) -> Duration {
+    pub(crate) fn next_delay_at(&mut self, now: Instant) -> Duration {
         let started = *self.outage_started.get_or_insert(now);
         let outage = now.saturating_duration_since(started);
         let cap = self
@@ -105,7 +105,7 @@ impl Reconnect {
     }
 
     /// Starts the series over (after a healthy period).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.series = self.builder.build();
         self.outage_started = None;
     }

@@ -17,7 +17,7 @@ use super::{Delays, Reconnect};
 
 /// How one attempt of a [`retry_forever`] loop ended.
 #[derive(Debug)]
-pub enum Attempt<T, E> {
+pub(crate) enum Attempt<T, E> {
     /// It produced the value: the loop returns it.
     Done(T),
     /// It failed: counted, reported ([`Event::Failed`]), then the next delay.
@@ -52,7 +52,7 @@ impl<T, E> From<Result<T, E>> for Attempt<T, E> {
 impl<T, E> Attempt<T, E> {
     /// Runs `work`, abandoned when `stop` is cancelled first (for work that is
     /// safe to drop midway; one that is not watches `stop` itself).
-    pub async fn unless_stopped(
+    pub(crate) async fn unless_stopped(
         stop: &CancellationToken,
         work: impl Future<Output = Result<T, E>>,
     ) -> Self {
@@ -96,7 +96,7 @@ pub enum Event<'a, E> {
 /// (`AsyncFnMut`): rustc cannot yet prove the future of a loop over an async
 /// closure `Send` (rust-lang/rust#139475), and every caller runs in a spawned
 /// task. An attempt that needs `&mut` state takes it through a lock.
-pub async fn retry_forever<T, E, F, Fut>(
+pub(crate) async fn retry_forever<T, E, F, Fut>(
     delays: Delays,
     stop: &CancellationToken,
     label: &'static str,

@@ -2,7 +2,7 @@
 //! usage, and who runs it.
 
 /// Exit code for bad usage or invalid configuration.
-pub const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 
 /// Who runs the command (`$USER`), the `sender` of the pings it asks for.
 pub(super) fn local_user() -> Option<String> {

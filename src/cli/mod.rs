@@ -32,9 +32,9 @@ use self::args::{Cli, Command, ConfigCommand, HookCommand, SpoolCommand};
 use crate::config::Config;
 use crate::{db, health::Health, shutdown, telemetry, worker};
 
-pub use self::invocation::EXIT_USAGE;
+pub(crate) use self::invocation::EXIT_USAGE;
 /// How long the runtime's blocking threads get once the command has returned.
-pub const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Entry point used by `main.rs`.
 pub fn main() -> ExitCode {

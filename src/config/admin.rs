@@ -11,7 +11,7 @@ use super::secret::SecretString;
 
 /// Shortest `admin.console_token` accepted: the token is the console's only
 /// credential, so it must not be guessable.
-pub const MIN_CONSOLE_TOKEN_CHARS: usize = 16;
+pub(crate) const MIN_CONSOLE_TOKEN_CHARS: usize = 16;
 
 /// Admin HTTP server.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

@@ -61,7 +61,7 @@ pub struct AmqpConfig {
     /// of 32 frames per connection, so this sets most of a worker's idle memory
     /// (131072, the broker default, costs 8 MiB per connection; 16384 costs 1 MiB).
     /// Bigger messages are split into several frames, which costs little.
-    pub frame_max: u32,
+    pub(crate) frame_max: u32,
     /// Largest message body hookfleet publishes, in bytes: keep it at or below
     /// the broker's `max_message_size` (RabbitMQ 4: 16 MiB; 3.x: 128 MiB). The
     /// relay refuses a bigger outbox row before sending it (the broker would close
@@ -70,16 +70,16 @@ pub struct AmqpConfig {
     /// Type of the work, retry and dead-letter queues.
     pub queue_type: QueueType,
     /// Per-channel prefetch; 0 derives it from `worker.concurrency`.
-    pub prefetch: u16,
+    pub(crate) prefetch: u16,
     /// Consumers (each on its own channel) per work queue.
     pub consumers_per_queue: u16,
     /// Quorum queues: the broker dead-letters a message redelivered this often
     /// (a guard against crash loops that never reach our own retry logic).
-    pub delivery_limit: u32,
+    pub(crate) delivery_limit: u32,
     /// Broker-side consumer timeout for an unacked delivery (`x-consumer-timeout`).
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub consumer_timeout: Duration,
+    pub(crate) consumer_timeout: Duration,
     /// First reconnect delay.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
@@ -105,7 +105,7 @@ impl AmqpConfig {
     }
 
     /// The reconnect series' bounds (`reconnect_min`, `reconnect_max`).
-    pub fn reconnect_delays(&self) -> Delays {
+    pub(crate) fn reconnect_delays(&self) -> Delays {
         Delays {
             min: self.reconnect_min,
             max: self.reconnect_max,

@@ -10,7 +10,7 @@ use super::secret::SecretUrl;
 use crate::backoff::Delays;
 
 /// Allowed range of `database.max_connections`.
-pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000;
+pub(crate) const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000;
 
 /// PostgreSQL settings.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -33,15 +33,15 @@ pub struct DatabaseConfig {
     /// Idle connections above `min_connections` are closed after this.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Connections are recycled after this (lets failovers and config changes take).
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub max_lifetime: Duration,
+    pub(crate) max_lifetime: Duration,
     /// Server-side `statement_timeout` for every connection.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub statement_timeout: Duration,
+    pub(crate) statement_timeout: Duration,
     /// Apply migrations at start (dev). Off in Kubernetes, where a Helm hook migrates.
     pub auto_migrate: bool,
     /// First delay between attempts while the worker waits for the database at
@@ -57,9 +57,9 @@ pub struct DatabaseConfig {
 }
 
 /// Default of `database.reconnect_min` (as `amqp.reconnect_min`).
-pub const DATABASE_RECONNECT_MIN: Duration = Duration::from_millis(100);
+pub(crate) const DATABASE_RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Default of `database.reconnect_max` (as `amqp.reconnect_max`).
-pub const DATABASE_RECONNECT_MAX: Duration = Duration::from_secs(10);
+pub(crate) const DATABASE_RECONNECT_MAX: Duration = Duration::from_secs(10);
 
 fn database_reconnect_min() -> Duration {
     DATABASE_RECONNECT_MIN
@@ -70,7 +70,7 @@ fn database_reconnect_max() -> Duration {
 }
 impl DatabaseConfig {
     /// The bounds of the start-up wait's series (`reconnect_min`, `reconnect_max`).
-    pub fn reconnect_delays(&self) -> Delays {
+    pub(crate) fn reconnect_delays(&self) -> Delays {
         Delays {
             min: self.reconnect_min,
             max: self.reconnect_max,

@@ -17,15 +17,15 @@ pub struct FairnessConfig {
     /// to the push queue, as one FIFO).
     pub enabled: bool,
     /// Pushes per second one repository may send to the push queue.
-    pub repository_rate: f64,
+    pub(crate) repository_rate: f64,
     /// Pushes of one repository sent to the push queue at once after a quiet
     /// spell (the bucket size).
-    pub repository_burst: u32,
+    pub(crate) repository_burst: u32,
     /// Pushes per second all repositories of one owner (`owner/*`) may send to
     /// the push queue.
-    pub owner_rate: f64,
+    pub(crate) owner_rate: f64,
     /// Bucket size of an owner.
-    pub owner_burst: u32,
+    pub(crate) owner_burst: u32,
     /// Pool permits the bulk queue's deliveries may hold in one worker (they
     /// also count against `worker.concurrency`; the rest stay free for the
     /// push queue).
@@ -33,30 +33,30 @@ pub struct FairnessConfig {
     /// Whether a worker paces its bulk queue by how its push queue fares
     /// (`src/guard/pacer.rs`): bulk jobs start only as fast as they leave the
     /// push queue's jobs within `bulk_tolerance` of their time without a storm.
-    pub bulk_pacing: bool,
+    pub(crate) bulk_pacing: bool,
     /// A push-queue job slower than this multiple of its time without a storm
     /// counts as slowed by the storm (more than 1 in 10 slowed halves the bulk
     /// rate).
-    pub bulk_tolerance: f64,
+    pub(crate) bulk_tolerance: f64,
     /// Bulk jobs per second a worker starts however slowed its push queue is,
     /// so that a storm always drains.
-    pub bulk_min_rate: f64,
+    pub(crate) bulk_min_rate: f64,
 }
 
 /// Default of `fairness.repository_rate`.
-pub const FAIRNESS_REPOSITORY_RATE: f64 = 50.0;
+pub(crate) const FAIRNESS_REPOSITORY_RATE: f64 = 50.0;
 /// Default of `fairness.repository_burst`.
-pub const FAIRNESS_REPOSITORY_BURST: u32 = 200;
+pub(crate) const FAIRNESS_REPOSITORY_BURST: u32 = 200;
 /// Default of `fairness.owner_rate`.
-pub const FAIRNESS_OWNER_RATE: f64 = 100.0;
+pub(crate) const FAIRNESS_OWNER_RATE: f64 = 100.0;
 /// Default of `fairness.owner_burst`.
-pub const FAIRNESS_OWNER_BURST: u32 = 400;
+pub(crate) const FAIRNESS_OWNER_BURST: u32 = 400;
 /// Default of `fairness.bulk_concurrency`.
-pub const FAIRNESS_BULK_CONCURRENCY: u32 = 4;
+pub(crate) const FAIRNESS_BULK_CONCURRENCY: u32 = 4;
 /// Default of `fairness.bulk_tolerance`.
-pub const FAIRNESS_BULK_TOLERANCE: f64 = 2.0;
+pub(crate) const FAIRNESS_BULK_TOLERANCE: f64 = 2.0;
 /// Default of `fairness.bulk_min_rate`.
-pub const FAIRNESS_BULK_MIN_RATE: f64 = 20.0;
+pub(crate) const FAIRNESS_BULK_MIN_RATE: f64 = 20.0;
 
 impl Default for FairnessConfig {
     fn default() -> Self {

@@ -8,19 +8,19 @@ use super::check::{positive, range};
 use super::error::ConfigError;
 
 /// Default of `guard.failure_share`.
-pub const GUARD_FAILURE_SHARE: f64 = 0.5;
+pub(crate) const GUARD_FAILURE_SHARE: f64 = 0.5;
 /// Default of `guard.window`.
-pub const GUARD_WINDOW: Duration = Duration::from_secs(30);
+pub(crate) const GUARD_WINDOW: Duration = Duration::from_secs(30);
 /// Default of `guard.min_samples`.
-pub const GUARD_MIN_SAMPLES: u32 = 20;
+pub(crate) const GUARD_MIN_SAMPLES: u32 = 20;
 /// Default of `guard.probe_interval`.
-pub const GUARD_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const GUARD_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Default of `guard.probe_timeout`.
-pub const GUARD_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const GUARD_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default of `guard.half_open_jobs`.
-pub const GUARD_HALF_OPEN_JOBS: u32 = 5;
+pub(crate) const GUARD_HALF_OPEN_JOBS: u32 = 5;
 /// Default of `guard.pause_poll_interval`.
-pub const GUARD_PAUSE_POLL_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const GUARD_PAUSE_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Guards before a handler runs (`src/guard/`): the kill switch that stops
 /// consuming while PostgreSQL is down or most jobs fail transiently, and how
@@ -32,16 +32,16 @@ pub struct GuardConfig {
     pub enabled: bool,
     /// Share (0 < x <= 1) of recent jobs of `failure_kinds` failing transiently
     /// within `window` that opens the switch.
-    pub failure_share: f64,
+    pub(crate) failure_share: f64,
     /// How far back the failure share looks.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub window: Duration,
+    pub(crate) window: Duration,
     /// Jobs the window must hold before the share counts.
-    pub min_samples: u32,
+    pub(crate) min_samples: u32,
     /// Kinds whose transient failures count toward the share (a webhook
     /// receiver's outage is not a fleet outage; its breaker handles it).
-    pub failure_kinds: Vec<String>,
+    pub(crate) failure_kinds: Vec<String>,
     /// How often PostgreSQL is probed (`SELECT 1`), open or closed.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]

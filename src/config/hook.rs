@@ -14,7 +14,7 @@ pub struct HookConfig {
     /// Upper bound on connect + publish + confirm before the hook spools instead.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Repository names are paths relative to this root; empty = the git dir itself.
     pub repositories_root: String,
     /// Without a root: directories under which repositories named by absolute
@@ -22,10 +22,10 @@ pub struct HookConfig {
     /// hook (see `push::confine`).
     pub allowed_dirs: Vec<String>,
     /// Environment variables naming the pusher, first non-empty wins.
-    pub pusher_env: Vec<String>,
+    pub(crate) pusher_env: Vec<String>,
     /// Bytes of stdin the hook keeps (git's ref lines); the rest is counted,
     /// not stored (`refs_omitted` in the job).
-    pub max_input_bytes: u32,
+    pub(crate) max_input_bytes: u32,
     /// Refs one push job carries (the hook keeps the first, the worker
     /// truncates a job that has more); the rest are counted in `refs_omitted`.
     pub max_refs: u32,

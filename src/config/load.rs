@@ -34,7 +34,7 @@ impl fmt::Display for Origin {
 
 impl Config {
     /// Loads defaults, then `file`, then the process environment, and validates.
-    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    pub(crate) fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         Self::load_from(file, std::env::vars())
     }
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// JSON when stderr is not a terminal, pretty when it is.
     Auto,
     /// One JSON object per line.
@@ -20,7 +20,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// Output format.
-    pub format: LogFormat,
+    pub(crate) format: LogFormat,
     /// `tracing` filter directive (`info`, `hookfleet=debug,lapin=warn`); `RUST_LOG` wins.
     pub level: String,
 }

@@ -57,35 +57,22 @@ mod tracing;
 mod webhook;
 mod worker;
 
-pub use admin::{AdminConfig, MIN_CONSOLE_TOKEN_CHARS};
 pub use amqp::{AmqpConfig, CONSUMERS_RANGE, MAX_MESSAGE_BYTES_RANGE, QueueType};
-pub use database::{
-    DATABASE_RECONNECT_MAX, DATABASE_RECONNECT_MIN, DatabaseConfig, MAX_CONNECTIONS_RANGE,
-};
+pub(crate) use database::DatabaseConfig;
 pub use error::ConfigError;
-pub use fairness::{
-    FAIRNESS_BULK_CONCURRENCY, FAIRNESS_BULK_MIN_RATE, FAIRNESS_BULK_TOLERANCE,
-    FAIRNESS_OWNER_BURST, FAIRNESS_OWNER_RATE, FAIRNESS_REPOSITORY_BURST, FAIRNESS_REPOSITORY_RATE,
-    FairnessConfig,
-};
-pub use guard::{
-    GUARD_FAILURE_SHARE, GUARD_HALF_OPEN_JOBS, GUARD_MIN_SAMPLES, GUARD_PAUSE_POLL_INTERVAL,
-    GUARD_PROBE_INTERVAL, GUARD_PROBE_TIMEOUT, GUARD_WINDOW, GuardConfig,
-};
+pub(crate) use fairness::FairnessConfig;
+pub(crate) use guard::GuardConfig;
 pub use hook::HookConfig;
 pub use load::{DEFAULT_TOML, ENV_PREFIX};
-pub use log::{LogConfig, LogFormat};
-pub use outbox::{BATCH_SIZE_RANGE, OutboxConfig, PRUNE_BATCH_SIZE_RANGE};
+pub(crate) use log::{LogConfig, LogFormat};
+pub(crate) use outbox::OutboxConfig;
 pub use push::{MAX_COMMITS_RANGE, PushConfig};
-pub use rate_limit::RateLimitConfig;
-pub use retry::{MAX_ATTEMPTS_RANGE, RetryConfig};
 pub use root::Config;
 pub use secret::{SecretString, SecretUrl, redact_url};
-pub use site::SiteConfig;
-pub use spool::SpoolConfig;
+pub(crate) use spool::SpoolConfig;
 pub use tracing::TracingConfig;
 pub use webhook::{
     Allowed, SECRET_KEY_BYTES, SecretKeyBytes, WEBHOOK_PRUNE_BATCH_SIZE, WEBHOOK_PRUNE_INTERVAL,
     WebhookConfig,
 };
-pub use worker::{CONCURRENCY_RANGE, WorkerConfig};
+pub(crate) use worker::WorkerConfig;

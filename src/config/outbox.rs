@@ -8,9 +8,9 @@ use super::check::{positive, range};
 use super::error::ConfigError;
 
 /// Allowed range of `outbox.batch_size`.
-pub const BATCH_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
+pub(crate) const BATCH_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
 /// Allowed range of `outbox.prune_batch_size` and `webhook.prune_batch_size`.
-pub const PRUNE_BATCH_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1..=100_000;
+pub(crate) const PRUNE_BATCH_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1..=100_000;
 
 /// Transactional outbox and relay settings.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -41,7 +41,7 @@ pub struct OutboxConfig {
     /// Largest delay before a failing row is tried again.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub max_backoff: Duration,
+    pub(crate) max_backoff: Duration,
     /// Failed publish attempts after which a row is parked: set aside, no longer
     /// tried, shown by `outbox status`, until `outbox unpark`.
     pub park_after_attempts: u32,

@@ -25,18 +25,18 @@ pub struct PushConfig {
     pub max_commits: u32,
     /// Repositories kept open between pushes (least recently read closed first);
     /// 0 opens each repository per push.
-    pub open_repositories: usize,
+    pub(crate) open_repositories: usize,
     /// Objects cached per repository handle kept between pushes, in bytes (0:
     /// none). Up to 16 handles are kept idle, so 16 times this is the most the
     /// cache holds.
-    pub object_cache_bytes: usize,
+    pub(crate) object_cache_bytes: usize,
     /// Refs with their own events per push; beyond it one bulk event.
     pub max_refs: u32,
     /// Statements writing pushes at once (group commit), each on a pooled
     /// connection. Pushes ready while they run wait and are written together.
-    pub group_writers: u32,
+    pub(crate) group_writers: u32,
     /// Most pushes written by one statement.
-    pub group_max: u32,
+    pub(crate) group_max: u32,
     /// Base of `compare` and repository URLs in payloads.
     pub compare_base_url: String,
     /// Paths listed per commit (`added` + `removed` + `modified`; GitHub lists

@@ -20,7 +20,7 @@ pub struct RateLimitConfig {
     pub push_burst: u32,
     /// Per repository pattern (`owner/*`, `owner/name`) rates that replace
     /// `push_per_repository` (the longest matching pattern wins; 0: no limit).
-    pub repositories: BTreeMap<String, f64>,
+    pub(crate) repositories: BTreeMap<String, f64>,
     /// Webhook deliveries per second per subscription; 0: no limit.
     pub webhook_per_subscription: f64,
     /// Bucket size of a subscription; 0: one second's worth.

@@ -8,7 +8,7 @@ use super::check::range;
 use super::error::ConfigError;
 
 /// Allowed range of `retry.max_attempts`.
-pub const MAX_ATTEMPTS_RANGE: std::ops::RangeInclusive<u64> = 1..=100;
+pub(crate) const MAX_ATTEMPTS_RANGE: std::ops::RangeInclusive<u64> = 1..=100;
 
 /// Retry policy for transient failures.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -65,7 +65,7 @@ mod humantime_serde_vec {
     use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
     use std::time::Duration;
 
-    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(v.len()))?;
         for d in v {
             seq.serialize_element(&humantime::format_duration(*d).to_string())?;
@@ -73,7 +73,7 @@ mod humantime_serde_vec {
         seq.end()
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
         let raw = Vec::<String>::deserialize(d)?;
         raw.iter()
             .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))

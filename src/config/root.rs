@@ -51,7 +51,7 @@ pub struct Config {
     /// Optional rate limits (token buckets) that postpone the excess.
     pub rate_limit: RateLimitConfig,
     /// The git host's URLs in webhook bodies.
-    pub site: SiteConfig,
+    pub(crate) site: SiteConfig,
     /// Guards before a handler runs (kill switch, pause polling).
     #[serde(default)]
     pub guard: GuardConfig,
@@ -91,7 +91,7 @@ impl Config {
     /// Permits the bulk queue may hold: `fairness.bulk_concurrency`, but
     /// always one fewer than `worker.concurrency` (at least one), so the push
     /// queue keeps a permit however the two are set.
-    pub fn bulk_permits(&self) -> u32 {
+    pub(crate) fn bulk_permits(&self) -> u32 {
         self.fairness
             .bulk_concurrency
             .min(self.worker.concurrency.saturating_sub(1))
@@ -99,7 +99,7 @@ impl Config {
     }
 
     /// Prefetch per consumer channel: the override, or the pool size (capped to u16).
-    pub fn prefetch(&self) -> u16 {
+    pub(crate) fn prefetch(&self) -> u16 {
         if self.amqp.prefetch > 0 {
             self.amqp.prefetch
         } else {

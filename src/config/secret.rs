@@ -23,7 +23,7 @@ impl SecretUrl {
         &self.0
     }
     /// The URL with its password (if any) replaced by `***`.
-    pub fn redacted(&self) -> String {
+    pub(crate) fn redacted(&self) -> String {
         redact_url(&self.0)
     }
     /// `host:port` (or the host alone), for error messages that must name the address.

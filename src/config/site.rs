@@ -12,18 +12,18 @@ use super::error::ConfigError;
 /// are derived, so one setting (or none, on one machine) gives consistent URLs.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SiteConfig {
+pub(crate) struct SiteConfig {
     /// Base of web pages (`html_url`); empty: `push.compare_base_url`, so body
     /// links agree with the `compare` and commit URLs of the bus events.
-    pub html_url: String,
+    pub(crate) html_url: String,
     /// Base of API URLs (`url`, `hooks_url`...); empty: `{html_url}/api/v3`,
     /// where GitHub Enterprise Server puts its API.
-    pub api_url: String,
+    pub(crate) api_url: String,
     /// Base of `clone_url` (`{clone_url}/{full_name}.git`); empty: `html_url`.
-    pub clone_url: String,
+    pub(crate) clone_url: String,
     /// `user@host` of `ssh_url` (`{ssh_host}:{full_name}.git`); empty:
     /// `git@` and the host of `html_url`.
-    pub ssh_host: String,
+    pub(crate) ssh_host: String,
 }
 
 impl SiteConfig {

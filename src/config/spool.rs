@@ -15,5 +15,5 @@ pub struct SpoolConfig {
     /// How often the worker tries to flush it.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub flush_interval: Duration,
+    pub(crate) flush_interval: Duration,
 }

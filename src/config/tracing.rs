@@ -18,17 +18,17 @@ pub struct TracingConfig {
     /// `service.name` of the spans; `OTEL_SERVICE_NAME` wins.
     pub service_name: String,
     /// Share of new traces sampled (parent-based, so a push is all or nothing).
-    pub sampler_ratio: f64,
+    pub(crate) sampler_ratio: f64,
     /// Spans waiting for export at most; more are dropped and counted, never waited for.
-    pub max_queue_size: u64,
+    pub(crate) max_queue_size: u64,
     /// Upper bound on one export request.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub export_timeout: Duration,
+    pub(crate) export_timeout: Duration,
     /// How long a short-lived process (the hook) waits for its spans to leave at exit.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub flush_timeout: Duration,
+    pub(crate) flush_timeout: Duration,
 }
 
 impl TracingConfig {

@@ -23,10 +23,10 @@ pub struct WebhookConfig {
     /// Upper bound on the TCP connect to one resolved address.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Attempts running at once against one host, so a slow endpoint cannot
     /// take the whole `worker.kind_concurrency.webhook` pool.
-    pub per_host_concurrency: u32,
+    pub(crate) per_host_concurrency: u32,
     /// A subscription is disabled after this many consecutive failed attempts
     /// (a success resets the count); `webhook enable` turns it back on.
     pub disable_after_failures: u32,
@@ -43,7 +43,7 @@ pub struct WebhookConfig {
     pub breaker_open_for: Duration,
     /// Attempts let through at once to a host whose breaker is half-open (after
     /// `breaker_open_for`); one success closes it, one failure reopens it.
-    pub breaker_probes: u32,
+    pub(crate) breaker_probes: u32,
     /// Host names, IP addresses or CIDRs a webhook may reach even though they
     /// are private, loopback, link-local or cloud-metadata addresses.
     pub allowed_hosts: Vec<String>,
@@ -59,7 +59,7 @@ pub struct WebhookConfig {
     /// `prune_interval`). Redelivery needs the record.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub retention: Duration,
+    pub(crate) retention: Duration,
     /// How often delivery and attempt records past `retention` are pruned.
     #[serde(with = "humantime_serde", default = "webhook_prune_interval")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
@@ -81,7 +81,7 @@ pub struct WebhookConfig {
     /// `--overlap` says otherwise; receivers switch secrets within it.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub secret_overlap: Duration,
+    pub(crate) secret_overlap: Duration,
 }
 
 /// Default of `webhook.prune_interval` (as `outbox.prune_interval`).
@@ -104,9 +104,9 @@ pub const SECRET_KEY_BYTES: usize = 32;
 /// `Debug`: key material is never formatted.
 pub struct SecretKeyBytes {
     /// `secret_key`, or `None` when it is empty.
-    pub current: Option<Vec<u8>>,
+    pub(crate) current: Option<Vec<u8>>,
     /// `previous_secret_keys`, in their order.
-    pub previous: Vec<Vec<u8>>,
+    pub(crate) previous: Vec<Vec<u8>>,
 }
 
 impl WebhookConfig {
@@ -190,7 +190,7 @@ impl WebhookConfig {
     /// its value. Here, beside the keys, so [`Config::validate`](super::Config::validate)
     /// and the keyring that seals secrets (`webhook::secrets`) accept exactly the same
     /// values.
-    pub fn secret_key_bytes(&self) -> Result<SecretKeyBytes, (String, String)> {
+    pub(crate) fn secret_key_bytes(&self) -> Result<SecretKeyBytes, (String, String)> {
         let current = match self.secret_key.expose() {
             "" => None,
             k => Some(decode_secret_key(k).map_err(|m| ("webhook.secret_key".to_string(), m))?),
@@ -238,7 +238,7 @@ pub enum Allowed {
 
 impl Allowed {
     /// Parses an entry: a CIDR, an IP, or a host name.
-    pub fn parse(entry: &str) -> Result<Allowed, String> {
+    pub(crate) fn parse(entry: &str) -> Result<Allowed, String> {
         let e = entry.trim();
         if let Ok(net) = e.parse::<ipnet::IpNet>() {
             return Ok(Allowed::Net(net));

@@ -10,7 +10,7 @@ use super::check::{positive, range};
 use super::error::ConfigError;
 
 /// Allowed range of `worker.concurrency`.
-pub const CONCURRENCY_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
+pub(crate) const CONCURRENCY_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
 
 /// Worker pool settings.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -35,7 +35,7 @@ pub struct WorkerConfig {
     /// Completed deliveries are acked together at most this late.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "crate::config_reference::HumanDuration")]
-    pub ack_flush_interval: Duration,
+    pub(crate) ack_flush_interval: Duration,
     /// Largest job body accepted, in bytes: a bigger one is dead-lettered as
     /// poison without being parsed. At most `amqp.max_message_bytes`.
     pub max_job_bytes: u32,

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 
 /// What to tell the broker about a finished delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckSettle {
+pub(crate) enum AckSettle {
     /// Done with it (handled, retried via a copy, or dead-lettered via a copy).
     Ack,
     /// Could not hand it on (the publisher is down): give it back to the queue.
@@ -45,16 +45,16 @@ pub enum AckSettle {
 /// the default window of 64, a fixed 64 leaves the broker idle for a round trip
 /// per window); a fraction of the window keeps credit flowing at any size.
 /// BENCHMARKS.md has the measurement.
-pub fn flush_every(prefetch: u16) -> u64 {
+pub(crate) fn flush_every(prefetch: u16) -> u64 {
     (u64::from(prefetch) / 16).clamp(1, 64)
 }
 /// Tags finished above a gap are acked one by one once the gap is this old.
-pub const GAP_GRACE: Duration = Duration::from_millis(200);
+pub(crate) const GAP_GRACE: Duration = Duration::from_millis(200);
 
 /// Sender side: cheap to clone, one per task. The acker task ends (after a final
 /// flush) once every handle is gone.
 #[derive(Clone, Debug)]
-pub struct AckHandle {
+pub(crate) struct AckHandle {
     shared: Arc<Shared>,
 }
 
@@ -83,7 +83,7 @@ impl Shared {
 
 impl AckHandle {
     /// Reports a finished delivery. Never blocks on I/O.
-    pub fn settle(&self, tag: u64, how: AckSettle) {
+    pub(crate) fn settle(&self, tag: u64, how: AckSettle) {
         let wake = {
             let mut s = self.shared.lock();
             match how {
@@ -105,7 +105,7 @@ impl AckHandle {
 
 /// Spawns the acker for `channel` (consuming with window `prefetch`) and
 /// returns its handle and task.
-pub fn spawn(
+pub(crate) fn spawn(
     channel: Channel,
     prefetch: u16,
     flush_interval: Duration,

@@ -2,12 +2,12 @@
 //! task pool (limits), per-delivery processing, the outcome rules it applies,
 //! and coalesced acks.
 
-pub mod acker;
+pub(crate) mod acker;
 mod consume_loop;
-pub mod outcome;
-pub mod pool;
-pub mod process;
-pub mod supervisor;
+pub(crate) mod outcome;
+pub(crate) mod pool;
+pub(crate) mod process;
+pub(crate) mod supervisor;
 
-pub use process::DeliveryCtx;
-pub use supervisor::Supervisor;
+pub(crate) use process::DeliveryCtx;
+pub(crate) use supervisor::Supervisor;

@@ -15,11 +15,11 @@ use crate::amqp::topology::{self, Names};
 use crate::message;
 
 /// Longest `x-error` header kept (the full error is in the logs).
-pub const MAX_ERROR_LEN: usize = 1024;
+pub(crate) const MAX_ERROR_LEN: usize = 1024;
 
 /// Why a job failed, as it is classed in headers and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
+pub(crate) enum ErrorClass {
     /// May succeed later.
     Transient,
     /// Exceeded `worker.handler_timeout` (retried like transient).
@@ -34,7 +34,7 @@ pub enum ErrorClass {
 
 impl ErrorClass {
     /// Header and log value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorClass::Transient => "transient",
             ErrorClass::Timeout => "timeout",
@@ -53,7 +53,7 @@ impl ErrorClass {
 
 /// Where a failed message goes next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FailureRoute {
+pub(crate) enum FailureRoute {
     /// The retry queue with this delay.
     Retry(Duration),
     /// The dead queue.
@@ -62,7 +62,7 @@ pub enum FailureRoute {
 
 /// Picks the route for a failure on `attempt` (1-based). `retry_after` (from the
 /// handler) selects the first tier at least that long, else the longest tier.
-pub fn route(
+pub(crate) fn route(
     class: ErrorClass,
     attempt: u32,
     max_attempts: u32,

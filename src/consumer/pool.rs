@@ -15,25 +15,25 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::metrics::metrics;
 
 /// Label of the global semaphore in `hookfleet_pool_permits_available`.
-pub const GLOBAL: &str = "all";
+pub(crate) const GLOBAL: &str = "all";
 
 /// Global and per-kind limits.
 #[derive(Debug, Clone)]
-pub struct TaskPool {
+pub(crate) struct TaskPool {
     global: Arc<Semaphore>,
     per_kind: BTreeMap<String, Arc<Semaphore>>,
 }
 
 /// Permits held by one running task.
 #[derive(Debug)]
-pub struct Permits {
+pub(crate) struct Permits {
     _global: OwnedSemaphorePermit,
     _kind: Option<OwnedSemaphorePermit>,
 }
 
 impl TaskPool {
     /// A pool with `global` permits and the given per-kind limits.
-    pub fn new(global: u32, per_kind: &BTreeMap<String, u32>) -> Self {
+    pub(crate) fn new(global: u32, per_kind: &BTreeMap<String, u32>) -> Self {
         let pool = Self {
             global: Arc::new(Semaphore::new(global as usize)),
             per_kind: per_kind
@@ -48,7 +48,7 @@ impl TaskPool {
     /// Waits for a per-kind permit (if the kind has a limit), then a global one.
     /// Taking the scarcer per-kind permit first keeps a saturated heavy kind from
     /// sitting on global permits that other kinds could use.
-    pub async fn acquire(&self, kind: &str) -> Permits {
+    pub(crate) async fn acquire(&self, kind: &str) -> Permits {
         let kind_permit = match self.per_kind.get(kind) {
             Some(s) => s.clone().acquire_owned().await.ok(),
             None => None,
@@ -66,7 +66,7 @@ impl TaskPool {
 
     /// Both permits if they are free right now (the consume loop's fast path: no
     /// waiter is registered when the pool has room, which is the common case).
-    pub fn try_acquire(&self, kind: &str) -> Option<Permits> {
+    pub(crate) fn try_acquire(&self, kind: &str) -> Option<Permits> {
         let kind_permit = match self.per_kind.get(kind) {
             Some(s) => Some(s.clone().try_acquire_owned().ok()?),
             None => None,
@@ -79,7 +79,7 @@ impl TaskPool {
     }
 
     /// Publishes the free permits of every semaphore to the metrics.
-    pub fn sample_metrics(&self) {
+    pub(crate) fn sample_metrics(&self) {
         let m = metrics();
         m.pool_permits_available
             .with_label_values(&[GLOBAL])

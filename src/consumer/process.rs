@@ -44,19 +44,19 @@ use crate::metrics::metrics;
 
 /// One consumed queue: its handler and pre-resolved metric handles (label
 /// lookups hash and lock; doing them once per queue keeps them off the hot path).
-pub struct ConsumedQueue {
+pub(crate) struct ConsumedQueue {
     /// The handler of this queue's kind.
-    pub handler: Arc<dyn Handler>,
+    pub(crate) handler: Arc<dyn Handler>,
     /// Job kind.
-    pub kind: String,
+    pub(crate) kind: String,
     /// Work queue name.
-    pub queue: String,
+    pub(crate) queue: String,
     /// Whether `queue` is the kind's bulk queue.
-    pub bulk: bool,
+    pub(crate) bulk: bool,
     /// The kind's bulk pacer: the push queue's handler times feed it, the bulk
     /// queue's deliveries wait for it (None: the kind has no bulk queue, or
     /// `fairness.bulk_pacing` is off).
-    pub pacer: Option<Arc<BulkPacer>>,
+    pub(crate) pacer: Option<Arc<BulkPacer>>,
     in_flight: prometheus::IntGauge,
     duration: prometheus::Histogram,
     acked: prometheus::IntCounter,
@@ -66,7 +66,7 @@ pub struct ConsumedQueue {
 
 impl ConsumedQueue {
     /// A lane for `handler` consuming `queue` (`bulk`: the kind's bulk queue).
-    pub fn new(handler: Arc<dyn Handler>, queue: String, bulk: bool) -> Self {
+    pub(crate) fn new(handler: Arc<dyn Handler>, queue: String, bulk: bool) -> Self {
         let kind = handler.kind().to_string();
         let m = metrics();
         Self {
@@ -90,30 +90,30 @@ impl ConsumedQueue {
     }
 
     /// The lane with the kind's bulk pacer.
-    pub fn with_pacer(mut self, pacer: Option<Arc<BulkPacer>>) -> Self {
+    pub(crate) fn with_pacer(mut self, pacer: Option<Arc<BulkPacer>>) -> Self {
         self.pacer = pacer;
         self
     }
 }
 
 /// Everything a delivery task needs, shared by all of them.
-pub struct DeliveryCtx {
+pub(crate) struct DeliveryCtx {
     /// Effective config.
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// Broker names.
-    pub names: Names,
+    pub(crate) names: Names,
     /// Publisher for retry and dead-letter copies (its own connection).
-    pub publisher: Publisher,
+    pub(crate) publisher: Publisher,
     /// In-flight registry (`/jobs`).
-    pub inflight: Arc<InFlight>,
+    pub(crate) inflight: Arc<InFlight>,
     /// The kill switch and paused kinds.
-    pub gates: Gates,
+    pub(crate) gates: Gates,
 }
 
 /// Handles one delivery and returns how to settle it. The body moves into the
 /// job without a copy; a retry or dead-letter copy is published from the same
 /// bytes.
-pub async fn handle_delivery(
+pub(crate) async fn handle_delivery(
     ctx: &DeliveryCtx,
     lane: &ConsumedQueue,
     delivery: Delivery,

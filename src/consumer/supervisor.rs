@@ -64,7 +64,7 @@ fn node() -> String {
 }
 
 /// Consumes every queue that has a handler, reconnecting forever.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     ctx: Arc<DeliveryCtx>,
     handlers: BTreeMap<String, Arc<dyn Handler>>,
     pool: TaskPool,
@@ -124,7 +124,7 @@ struct Session {
 
 impl Supervisor {
     /// A supervisor for `handlers` (keyed by kind).
-    pub fn new(
+    pub(crate) fn new(
         ctx: Arc<DeliveryCtx>,
         handlers: Vec<Arc<dyn Handler>>,
         health: Arc<Health>,
@@ -153,7 +153,7 @@ impl Supervisor {
     }
 
     /// The task pool (for sampling its gauges).
-    pub fn pool(&self) -> TaskPool {
+    pub(crate) fn pool(&self) -> TaskPool {
         self.pool.clone()
     }
 

@@ -35,7 +35,7 @@ const PROBE_REUSE: Duration = Duration::from_secs(1);
 /// The switch's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum State {
+pub(crate) enum State {
     /// Consuming normally.
     Closed = 0,
     /// Probes succeed again: a few trial jobs run.
@@ -46,7 +46,7 @@ pub enum State {
 
 impl State {
     /// Metric label and log value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Closed => "closed",
             State::HalfOpen => "half_open",
@@ -63,7 +63,7 @@ impl State {
 }
 
 /// See the module doc.
-pub struct KillSwitch {
+pub(crate) struct KillSwitch {
     cfg: GuardConfig,
     /// Mirror of `tx` read on the hot path (one atomic load per delivery).
     fast: AtomicU8,
@@ -85,7 +85,11 @@ struct Inner {
 
 impl KillSwitch {
     /// A closed switch probing `pool` (`None`: no probe, the share alone trips it).
-    pub fn new(cfg: GuardConfig, pool: Option<PgPool>, health: std::sync::Arc<Health>) -> Self {
+    pub(crate) fn new(
+        cfg: GuardConfig,
+        pool: Option<PgPool>,
+        health: std::sync::Arc<Health>,
+    ) -> Self {
         Self {
             cfg,
             fast: AtomicU8::new(State::Closed as u8),
@@ -98,18 +102,18 @@ impl KillSwitch {
     }
 
     /// The state now.
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         State::from_u8(self.fast.load(Ordering::Acquire))
     }
 
     /// A receiver of every state change (the supervisor watches it).
-    pub fn subscribe(&self) -> watch::Receiver<State> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<State> {
         self.tx.subscribe()
     }
 
     /// Waits until a job may start: at once while closed; while half-open for
     /// one of the `half_open_jobs` trial slots; while open until it is not.
-    pub async fn admit(&self) {
+    pub(crate) async fn admit(&self) {
         let mut rx = self.tx.subscribe();
         loop {
             match self.state() {
@@ -131,7 +135,7 @@ impl KillSwitch {
     }
 
     /// A job of `kind` succeeded (or was a duplicate).
-    pub fn record_success(&self, kind: &str) {
+    pub(crate) fn record_success(&self, kind: &str) {
         if !self.cfg.enabled {
             return;
         }
@@ -155,7 +159,7 @@ impl KillSwitch {
     /// A job of `kind` failed transiently (or timed out). Returns `true` when the
     /// switch is open after it: the caller requeues the delivery with its attempt
     /// unchanged instead of scheduling a retry.
-    pub async fn record_transient_failure(&self, kind: &str) -> bool {
+    pub(crate) async fn record_transient_failure(&self, kind: &str) -> bool {
         if !self.cfg.enabled {
             return false;
         }

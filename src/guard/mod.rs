@@ -7,23 +7,23 @@
 //! acts on them by cancelling and re-registering consumers. They know nothing
 //! of the broker. Their SQL is in [`storage`].
 
-pub mod killswitch;
-pub mod pacer;
-pub mod pause;
-pub mod storage;
+pub(crate) mod killswitch;
+pub(crate) mod pacer;
+pub(crate) mod pause;
+pub(crate) mod storage;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-pub use killswitch::KillSwitch;
+pub(crate) use killswitch::KillSwitch;
 
 /// What the supervisor and the delivery tasks consult.
 #[derive(Clone)]
-pub struct Gates {
+pub(crate) struct Gates {
     /// The kill switch.
-    pub killswitch: Arc<KillSwitch>,
+    pub(crate) killswitch: Arc<KillSwitch>,
     /// Job kinds paused fleet-wide (kept current by [`pause::run_watcher`]).
-    pub paused: watch::Receiver<BTreeSet<String>>,
+    pub(crate) paused: watch::Receiver<BTreeSet<String>>,
 }

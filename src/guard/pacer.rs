@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 use crate::metrics::metrics;
 
 /// How often the rate is reconsidered.
-pub const INTERVAL: Duration = Duration::from_millis(200);
+pub(crate) const INTERVAL: Duration = Duration::from_millis(200);
 /// Share of slowed push-queue jobs (1 in this many) that counts as congestion.
-pub const SLOW_SHARE: u32 = 10;
+pub(crate) const SLOW_SHARE: u32 = 10;
 /// The rate a pacer starts at (bulk starts per second), before it has learnt.
 const INITIAL_RATE: f64 = 50.0;
 /// The highest rate it grows to: beyond this the permits are the limit anyway.
@@ -44,15 +44,15 @@ const BASELINE_WEIGHT: f64 = 0.2;
 
 /// Settings of one pacer (`[fairness]`).
 #[derive(Debug, Clone, Copy)]
-pub struct PacerSettings {
+pub(crate) struct PacerSettings {
     /// A push-queue job slower than this multiple of the baseline is slowed.
-    pub tolerance: f64,
+    pub(crate) tolerance: f64,
     /// Bulk starts per second the pacer never goes below.
-    pub min_rate: f64,
+    pub(crate) min_rate: f64,
 }
 
 /// Paces one kind's bulk queue by its push queue's handler times.
-pub struct BulkPacer {
+pub(crate) struct BulkPacer {
     settings: PacerSettings,
     state: Mutex<State>,
     rate_gauge: prometheus::Gauge,
@@ -83,7 +83,7 @@ struct State {
 
 /// What [`BulkPacer::try_start`] says.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Start {
+pub(crate) enum Start {
     /// Start the bulk delivery now.
     Go,
     /// Ask again after this long.
@@ -92,7 +92,7 @@ pub enum Start {
 
 impl BulkPacer {
     /// A pacer for `kind` (the label of its rate gauge).
-    pub fn new(kind: &str, settings: PacerSettings, now: Instant) -> Self {
+    pub(crate) fn new(kind: &str, settings: PacerSettings, now: Instant) -> Self {
         let rate = INITIAL_RATE.max(settings.min_rate);
         let rate_gauge = metrics().bulk_rate.with_label_values(&[kind]);
         rate_gauge.set(rate);
@@ -116,7 +116,7 @@ impl BulkPacer {
     }
 
     /// Records one push-queue job's handler time.
-    pub fn observe(&self, took: Duration, now: Instant) {
+    pub(crate) fn observe(&self, took: Duration, now: Instant) {
         let mut s = self.lock();
         self.roll(&mut s, now);
         let took = took.as_secs_f64();
@@ -130,7 +130,7 @@ impl BulkPacer {
     }
 
     /// Whether a bulk delivery may start now; if so, it is counted.
-    pub fn try_start(&self, now: Instant) -> Start {
+    pub(crate) fn try_start(&self, now: Instant) -> Start {
         let mut s = self.lock();
         self.roll(&mut s, now);
         let elapsed = now.saturating_duration_since(s.refilled).as_secs_f64();
@@ -147,7 +147,7 @@ impl BulkPacer {
     }
 
     /// Waits until a bulk delivery may start (cancel by dropping the future).
-    pub async fn wait_turn(&self) {
+    pub(crate) async fn wait_turn(&self) {
         while let Start::Wait(d) = self.try_start(Instant::now()) {
             tokio::time::sleep(d.min(INTERVAL)).await;
         }

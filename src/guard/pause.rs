@@ -22,12 +22,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::storage;
-pub use super::storage::PausedKind;
+pub(crate) use super::storage::PausedKind;
 use crate::health::Health;
 use crate::metrics::metrics;
 
 /// The NOTIFY channel the `paused_kinds` trigger signals.
-pub const NOTIFY_CHANNEL: &str = "hookfleet_paused";
+pub(crate) const NOTIFY_CHANNEL: &str = "hookfleet_paused";
 /// Longest job kind name accepted.
 const MAX_KIND_LEN: usize = 64;
 /// How long one read of the table may take.
@@ -35,7 +35,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a pause or resume was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum PauseError {
+pub(crate) enum PauseError {
     /// Not a job kind name.
     #[error("invalid job kind {0:?}: use 1-64 characters a-z, 0-9, '_' or '-'")]
     InvalidKind(String),
@@ -45,7 +45,7 @@ pub enum PauseError {
 }
 
 /// Checks a kind name (queue names are built from it).
-pub fn validate_kind(kind: &str) -> Result<(), PauseError> {
+pub(crate) fn validate_kind(kind: &str) -> Result<(), PauseError> {
     let ok = !kind.is_empty()
         && kind.len() <= MAX_KIND_LEN
         && kind
@@ -59,7 +59,7 @@ pub fn validate_kind(kind: &str) -> Result<(), PauseError> {
 }
 
 /// Pauses `kind` fleet-wide. `false` if it already was (its row is kept as is).
-pub async fn pause(
+pub(crate) async fn pause(
     pool: &PgPool,
     kind: &str,
     by: Option<&str>,
@@ -70,13 +70,13 @@ pub async fn pause(
 }
 
 /// Resumes `kind`. `false` if it was not paused.
-pub async fn resume(pool: &PgPool, kind: &str) -> Result<bool, PauseError> {
+pub(crate) async fn resume(pool: &PgPool, kind: &str) -> Result<bool, PauseError> {
     validate_kind(kind)?;
     Ok(storage::delete_paused(pool, kind).await?)
 }
 
 /// Every paused kind, by name.
-pub async fn list(pool: &PgPool) -> Result<Vec<PausedKind>, sqlx::Error> {
+pub(crate) async fn list(pool: &PgPool) -> Result<Vec<PausedKind>, sqlx::Error> {
     storage::paused_kinds(pool).await
 }
 
@@ -90,7 +90,7 @@ async fn read_set(pool: &PgPool) -> Result<BTreeSet<String>, String> {
 
 /// Reads the paused kinds once into `tx` (worker start-up, before consuming).
 /// On failure nothing is taken as paused; the watcher corrects it within a poll.
-pub async fn load(pool: &PgPool, tx: &watch::Sender<BTreeSet<String>>, health: &Health) {
+pub(crate) async fn load(pool: &PgPool, tx: &watch::Sender<BTreeSet<String>>, health: &Health) {
     match read_set(pool).await {
         Ok(set) => publish(tx, health, set),
         Err(e) => {
@@ -100,7 +100,7 @@ pub async fn load(pool: &PgPool, tx: &watch::Sender<BTreeSet<String>>, health: &
 }
 
 /// Keeps `tx` equal to the paused kinds until `stop`: LISTEN plus a poll.
-pub async fn run_watcher(
+pub(crate) async fn run_watcher(
     pool: PgPool,
     poll: Duration,
     tx: watch::Sender<BTreeSet<String>>,

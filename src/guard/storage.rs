@@ -10,19 +10,19 @@ use sqlx::PgPool;
 
 /// A paused kind as stored.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq, Eq)]
-pub struct PausedKind {
+pub(crate) struct PausedKind {
     /// The job kind (`push`, `webhook`, ...).
-    pub kind: String,
+    pub(crate) kind: String,
     /// When it was paused.
-    pub paused_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) paused_at: chrono::DateTime<chrono::Utc>,
     /// Who paused it (the CLI: `$USER`).
-    pub paused_by: Option<String>,
+    pub(crate) paused_by: Option<String>,
     /// Why, as given.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
 }
 
 /// Inserts `kind` as paused; `false` if it already was (its row is kept as is).
-pub async fn insert_paused(
+pub(crate) async fn insert_paused(
     pool: &PgPool,
     kind: &str,
     by: Option<&str>,
@@ -41,7 +41,7 @@ pub async fn insert_paused(
 }
 
 /// Deletes `kind`'s row; `false` if there was none.
-pub async fn delete_paused(pool: &PgPool, kind: &str) -> Result<bool, sqlx::Error> {
+pub(crate) async fn delete_paused(pool: &PgPool, kind: &str) -> Result<bool, sqlx::Error> {
     let r = sqlx::query!("DELETE FROM paused_kinds WHERE kind = $1", kind)
         .execute(pool)
         .await?;
@@ -49,7 +49,7 @@ pub async fn delete_paused(pool: &PgPool, kind: &str) -> Result<bool, sqlx::Erro
 }
 
 /// Every paused kind, by name.
-pub async fn paused_kinds(pool: &PgPool) -> Result<Vec<PausedKind>, sqlx::Error> {
+pub(crate) async fn paused_kinds(pool: &PgPool) -> Result<Vec<PausedKind>, sqlx::Error> {
     sqlx::query_as!(
         PausedKind,
         "SELECT kind, paused_at, paused_by, reason FROM paused_kinds ORDER BY kind"

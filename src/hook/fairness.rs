@@ -37,13 +37,13 @@ use crate::config::FairnessConfig;
 use crate::push_job::PUSH_KIND;
 
 /// Slots in the bucket file (32 bytes each: 128 KiB).
-pub const SLOTS: u64 = 4096;
+pub(crate) const SLOTS: u64 = 4096;
 const SLOT_BYTES: u64 = 32;
 /// Longest wait for the bucket file's lock before the push goes to the push
 /// queue anyway (a hook process stopped while holding it must not stall others).
-pub const LOCK_WAIT: Duration = Duration::from_millis(50);
+pub(crate) const LOCK_WAIT: Duration = Duration::from_millis(50);
 /// The bucket file's name in the spool directory.
-pub const FILE_NAME: &str = "fairness.buckets";
+pub(crate) const FILE_NAME: &str = "fairness.buckets";
 
 /// Where a push is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,7 @@ fn now_ms() -> i64 {
 }
 
 /// The owner of `owner/name` (`None` for a name without one).
-pub fn owner(repository: &str) -> Option<&str> {
+pub(crate) fn owner(repository: &str) -> Option<&str> {
     repository
         .trim_start_matches('/')
         .split_once('/')

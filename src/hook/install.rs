@@ -15,7 +15,7 @@ pub use crate::push::confine::MARKER;
 /// Why a hook was not installed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum InstallError {
+pub(crate) enum InstallError {
     /// The path is not a git directory.
     #[error("{0} is not a git repository (no HEAD or objects/)")]
     NotARepository(PathBuf),
@@ -38,7 +38,7 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// The hook script for `binary` (and `config`, when given).
-pub fn script(binary: &Path, config: Option<&Path>) -> String {
+pub(crate) fn script(binary: &Path, config: Option<&Path>) -> String {
     let mut cmd = shell_quote(&binary.to_string_lossy());
     if let Some(c) = config {
         cmd.push_str(" --config ");
@@ -51,7 +51,7 @@ pub fn script(binary: &Path, config: Option<&Path>) -> String {
 
 /// Installs the hook into `repo`; returns the hook's path. `binary` and
 /// `config` are made absolute so the hook works from any cwd.
-pub fn install(
+pub(crate) fn install(
     repo: &Path,
     binary: &Path,
     config: Option<&Path>,

@@ -29,26 +29,26 @@ use crate::push_job::update::{LineError, parse_input};
 
 /// What git tells the hook through its environment and working directory.
 #[derive(Debug, Clone, Default)]
-pub struct HookEnv {
+pub(crate) struct HookEnv {
     /// The repository's git dir (absolute when it could be resolved).
-    pub git_dir: PathBuf,
+    pub(crate) git_dir: PathBuf,
     /// First non-empty variable of `hook.pusher_env`.
-    pub pusher: Option<String>,
+    pub(crate) pusher: Option<String>,
     /// `GIT_PUSH_OPTION_0..GIT_PUSH_OPTION_COUNT`.
-    pub push_options: Vec<String>,
+    pub(crate) push_options: Vec<String>,
 }
 
 impl HookEnv {
     /// Reads the environment the way git runs hooks: the git dir is `GIT_DIR`
     /// (relative to the cwd when relative; git sets it to `.` for bare
     /// repositories) or else the cwd.
-    pub fn from_env(cfg: &HookConfig) -> HookEnv {
+    pub(crate) fn from_env(cfg: &HookConfig) -> HookEnv {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         Self::from_vars(cfg, &cwd, |k| std::env::var(k).ok())
     }
 
     /// As [`HookEnv::from_env`], with the variables and cwd given (tests).
-    pub fn from_vars(
+    pub(crate) fn from_vars(
         cfg: &HookConfig,
         cwd: &Path,
         var: impl Fn(&str) -> Option<String>,
@@ -81,7 +81,7 @@ impl HookEnv {
 /// The repository name: the git dir relative to `root` when it lies under it,
 /// else `owner/name` from the git dir's last two path components, without a
 /// trailing `.git` (`/srv/git/acme/app.git` → `acme/app`).
-pub fn repository_name(root: &str, git_dir: &Path) -> String {
+pub(crate) fn repository_name(root: &str, git_dir: &Path) -> String {
     relative_to_root(root, git_dir).unwrap_or_else(|| owner_and_name(git_dir))
 }
 
@@ -130,7 +130,7 @@ fn owner_and_name(git_dir: &Path) -> String {
 
 /// Where the worker finds the repository when its name does not say: the git
 /// dir's path, unless it lies under the root (the name is then its location).
-pub fn repository_path(root: &str, git_dir: &Path) -> Option<String> {
+pub(crate) fn repository_path(root: &str, git_dir: &Path) -> Option<String> {
     match relative_to_root(root, git_dir) {
         Some(_) => None,
         None => Some(git_dir.to_string_lossy().into_owned()),
@@ -145,16 +145,6 @@ pub struct Input {
     pub bytes: Vec<u8>,
     /// Lines beyond the cap (counted while reading on, never stored).
     pub omitted_lines: u64,
-}
-
-impl Input {
-    /// All of `bytes`, nothing omitted (tests, replays).
-    pub fn whole(bytes: &[u8]) -> Input {
-        Input {
-            bytes: bytes.to_vec(),
-            omitted_lines: 0,
-        }
-    }
 }
 
 /// Reads `r` to its end keeping at most `max` bytes, cut after the last
@@ -210,7 +200,7 @@ pub fn read_input(mut r: impl std::io::Read, max: usize) -> std::io::Result<Inpu
 /// Builds the job from stdin: `None` when no line is valid. Skipped lines are
 /// returned for reporting. At most `hook.max_refs` updates are kept; the rest,
 /// and the lines beyond `hook.max_input_bytes`, are counted in `refs_omitted`.
-pub fn build_job(
+pub(crate) fn build_job(
     cfg: &HookConfig,
     env: &HookEnv,
     input: &Input,
@@ -234,11 +224,11 @@ pub fn build_job(
 }
 
 /// Bad-line messages printed at most; the rest are counted in one line.
-pub const BAD_LINES_SHOWN: usize = 10;
+pub(crate) const BAD_LINES_SHOWN: usize = 10;
 
 /// What the hook did with the push.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// No valid line: nothing to do.
     Nothing,
     /// Published and confirmed.
@@ -254,7 +244,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Whether the push was not recorded (the hook then exits non-zero).
-    pub fn is_lost(&self) -> bool {
+    pub(crate) fn is_lost(&self) -> bool {
         matches!(self, Outcome::Lost(_) | Outcome::Refused)
     }
 }
@@ -280,7 +270,7 @@ fn push_ref_lines(msg: &mut String, input: &[u8]) {
 
 /// Runs the hook: parse `input`, publish within `hook.timeout`, else spool.
 /// Messages for the pusher go to `stderr`. Never fails: see the module doc.
-pub async fn post_receive(
+pub(crate) async fn post_receive(
     config: &Config,
     env: &HookEnv,
     input: &Input,
@@ -389,7 +379,7 @@ fn hook_span(job: &PushJob) -> tracing::Span {
 /// a non-zero status would only add git's generic warning. The refs are listed so
 /// an administrator can replay them (`hookfleet hook post-receive < lines`) once
 /// the configuration is fixed.
-pub fn config_error_message(error: &ConfigError, input: &[u8]) -> String {
+pub(crate) fn config_error_message(error: &ConfigError, input: &[u8]) -> String {
     let input = String::from_utf8_lossy(input);
     let mut msg = format!(
         "hookfleet: push NOT recorded: invalid configuration: {error}; tell an administrator"

@@ -77,7 +77,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Connects (role `role`), publishes one job and waits for its confirm, all of it
 /// within `deadline`; then closes the connection (briefly bounded, outcome unchanged).
-pub async fn publish_once(
+pub(crate) async fn publish_once(
     cfg: &AmqpConfig,
     role: &str,
     job: &PushJob,

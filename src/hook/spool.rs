@@ -71,13 +71,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
 
 /// What one flush did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlushReport {
+pub(crate) struct FlushReport {
     /// Jobs published (confirmed) and deleted.
-    pub published: usize,
+    pub(crate) published: usize,
     /// Files moved to `corrupt/`.
-    pub corrupt: usize,
+    pub(crate) corrupt: usize,
     /// Jobs still waiting (a publish failed midway, or files appeared meanwhile).
-    pub remaining: usize,
+    pub(crate) remaining: usize,
 }
 
 /// Writes `job` durably into `dir` (created if missing) and returns the final path.
@@ -146,7 +146,7 @@ fn move_to_corrupt(dir: &Path, file: &Path) -> Result<PathBuf, SpoolError> {
 /// Republishes every spooled job, oldest first, on one connection (role `spool`).
 /// Stops at the first publish failure (the broker is likely down again), keeping
 /// that file and the ones after it. Updates `spool_files_pending`.
-pub async fn flush_spool(config: &FlushSettings) -> Result<FlushReport, SpoolError> {
+pub(crate) async fn flush_spool(config: &FlushSettings) -> Result<FlushReport, SpoolError> {
     let dir = &config.spool.dir;
     let files = pending(dir)?;
     let mut report = FlushReport::default();

@@ -17,53 +17,53 @@ mod families;
 /// All metrics. Fields are public so callers record with `metrics().x.inc()`.
 pub struct Metrics {
     /// Registry holding everything below (and process metrics).
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     /// Deliveries finished, by queue and outcome (acked, retried, dead, duplicate, poison).
     pub deliveries_total: IntCounterVec,
     /// Handler run time, by kind.
-    pub handler_duration_seconds: HistogramVec,
+    pub(crate) handler_duration_seconds: HistogramVec,
     /// Deliveries being handled now, by kind.
-    pub in_flight: IntGaugeVec,
+    pub(crate) in_flight: IntGaugeVec,
     /// Bulk deliveries per second a kind's bulk pacer lets start.
-    pub bulk_rate: prometheus::GaugeVec,
+    pub(crate) bulk_rate: prometheus::GaugeVec,
     /// Free permits of the pool, by kind (`all` = the global semaphore).
-    pub pool_permits_available: IntGaugeVec,
+    pub(crate) pool_permits_available: IntGaugeVec,
     /// Handler panics, by kind.
     pub handler_panics_total: IntCounterVec,
     /// 1 while the connection of a role (consumer, publisher, relay) is up.
-    pub amqp_connection_up: IntGaugeVec,
+    pub(crate) amqp_connection_up: IntGaugeVec,
     /// Reconnect attempts, by role.
-    pub amqp_reconnects_total: IntCounterVec,
+    pub(crate) amqp_reconnects_total: IntCounterVec,
     /// Unpublished outbox rows (sampled).
-    pub outbox_pending: IntGauge,
+    pub(crate) outbox_pending: IntGauge,
     /// Age of the oldest unpublished outbox row (sampled).
-    pub outbox_oldest_pending_age_seconds: prometheus::Gauge,
+    pub(crate) outbox_oldest_pending_age_seconds: prometheus::Gauge,
     /// Outbox rows published by the relay.
     pub relay_published_total: IntCounter,
     /// Outbox rows that failed to publish (nack, return, error).
     pub relay_failed_total: IntCounter,
     /// Outbox rows set aside after failing `outbox.park_after_attempts` times
     /// (or refused by size before any attempt).
-    pub relay_parked_total: IntCounter,
+    pub(crate) relay_parked_total: IntCounter,
     /// Spans dropped because the export queue (`tracing.max_queue_size`) was full:
     /// the collector is slow or unreachable; jobs never wait for it.
-    pub trace_spans_dropped_total: IntCounter,
+    pub(crate) trace_spans_dropped_total: IntCounter,
     /// Outbox rows the broker returned as unroutable (mandatory publish, nothing
     /// bound), by exchange and routing key (bounded: event types).
     pub relay_unroutable_total: IntCounterVec,
     /// Parked outbox rows waiting for an operator (sampled).
-    pub outbox_parked: IntGauge,
+    pub(crate) outbox_parked: IntGauge,
     /// Relay batch time (claim → publish → confirm → commit).
-    pub relay_batch_duration_seconds: Histogram,
+    pub(crate) relay_batch_duration_seconds: Histogram,
     /// Database pool connections by state (idle, used).
-    pub db_pool_connections: IntGaugeVec,
+    pub(crate) db_pool_connections: IntGaugeVec,
     /// Time to get a pooled connection for a handler's writes (including BEGIN
     /// for transactional handlers).
-    pub db_acquire_wait_seconds: Histogram,
+    pub(crate) db_acquire_wait_seconds: Histogram,
     /// Pushes written per statement by the push handler's group commit.
-    pub push_group_size: Histogram,
+    pub(crate) push_group_size: Histogram,
     /// Webhook deliveries by outcome.
-    pub webhook_deliveries_total: IntCounterVec,
+    pub(crate) webhook_deliveries_total: IntCounterVec,
     /// Deliveries postponed by a guard (attempt unchanged), by kind and reason.
     pub postponed_total: IntCounterVec,
     /// Circuit breaker state per webhook host (`host:port`): 0 closed, 1
@@ -71,27 +71,27 @@ pub struct Metrics {
     /// bounded by the number of subscriptions.
     pub webhook_breaker_state: IntGaugeVec,
     /// How long a webhook attempt took, request to response (or failure).
-    pub webhook_delivery_duration_seconds: HistogramVec,
+    pub(crate) webhook_delivery_duration_seconds: HistogramVec,
     /// Messages in each kind's work, retry (all tiers) and dead-letter queues,
     /// sampled by [`crate::amqp::depths`].
-    pub queue_messages: IntGaugeVec,
+    pub(crate) queue_messages: IntGaugeVec,
     /// Consumers on each kind's main work queue (every worker's), sampled with
     /// [`Self::queue_messages`]: 0 while messages wait means nobody consumes.
-    pub queue_consumers: IntGaugeVec,
+    pub(crate) queue_consumers: IntGaugeVec,
     /// Files waiting in the hook spool.
     pub spool_files_pending: IntGauge,
     /// Repositories opened by the push handler (a read through a repository kept
     /// open does not count): grows with pushes when `push.open_repositories` is too small.
-    pub git_repository_opens_total: IntCounter,
+    pub(crate) git_repository_opens_total: IntCounter,
     /// Kill switch state: 0 closed (consuming), 1 half-open (trial jobs), 2 open.
     pub killswitch_state: IntGauge,
     /// Kill switch transitions, by the state entered (closed, half_open, open).
     pub killswitch_transitions_total: IntCounterVec,
     /// 1 for each job kind paused fleet-wide (`hookfleet pause`), by kind
     /// (bounded: the configured kinds plus the paused ones).
-    pub kind_paused: IntGaugeVec,
+    pub(crate) kind_paused: IntGaugeVec,
     /// Constant 1 with version and git SHA labels.
-    pub build_info: IntGaugeVec,
+    pub(crate) build_info: IntGaugeVec,
 }
 
 /// Registers every area's families (see [`families`]), then the process

@@ -32,28 +32,28 @@ const SCHEDULED_DELAY: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Whether spans are exported at all.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Full traces URL (`.../v1/traces`), or `None` for the exporter's own
     /// reading of `OTEL_EXPORTER_OTLP_*ENDPOINT` (default `http://localhost:4318`).
-    pub traces_url: Option<String>,
+    pub(crate) traces_url: Option<String>,
     /// `service.name`.
-    pub service_name: String,
+    pub(crate) service_name: String,
     /// Sampler of root spans (children follow their parent).
-    pub root_ratio: f64,
+    pub(crate) root_ratio: f64,
     /// Whether the parent's decision is followed (`parentbased_*`, the default).
-    pub parent_based: bool,
+    pub(crate) parent_based: bool,
 }
 
 impl Settings {
     /// The `[tracing]` section with the process environment on top.
-    pub fn from_env(cfg: &TracingConfig) -> Settings {
+    pub(crate) fn from_env(cfg: &TracingConfig) -> Settings {
         Self::from_vars(cfg, |k| {
             std::env::var(k).ok().filter(|v| !v.trim().is_empty())
         })
     }
 
     /// As [`Settings::from_env`], with the variables given (tests).
-    pub fn from_vars(cfg: &TracingConfig, var: impl Fn(&str) -> Option<String>) -> Settings {
+    pub(crate) fn from_vars(cfg: &TracingConfig, var: impl Fn(&str) -> Option<String>) -> Settings {
         let env_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
         let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim() == "true");
@@ -165,7 +165,7 @@ impl Exporter {
     }
 
     /// Sends what is queued, waiting at most `timeout`; then stops the exporter.
-    pub fn shutdown(&self, timeout: Duration) {
+    pub(crate) fn shutdown(&self, timeout: Duration) {
         let _ = self.provider.shutdown_with_timeout(timeout);
     }
 }

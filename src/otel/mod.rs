@@ -8,8 +8,8 @@
 //! exporter installed, spans carry no OpenTelemetry context and nothing is
 //! propagated.
 
-pub mod export;
-pub mod propagate;
-pub mod span;
+pub(crate) mod export;
+pub(crate) mod propagate;
+pub(crate) mod span;
 
 pub use export::{Exporter, Settings};

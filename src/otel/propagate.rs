@@ -17,13 +17,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::message::HeaderValue;
 
 /// The W3C header carrying trace id, parent span id and flags.
-pub const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACEPARENT: &str = "traceparent";
 /// The W3C header carrying vendor state.
-pub const TRACESTATE: &str = "tracestate";
+pub(crate) const TRACESTATE: &str = "tracestate";
 
 /// The `traceparent` and (when not empty) `tracestate` of `span`, or nothing
 /// when it has no valid context (tracing off, or not sampled by a layer).
-pub fn headers_of(span: &tracing::Span) -> Vec<(&'static str, String)> {
+pub(crate) fn headers_of(span: &tracing::Span) -> Vec<(&'static str, String)> {
     let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return Vec::new();
@@ -37,26 +37,27 @@ pub fn headers_of(span: &tracing::Span) -> Vec<(&'static str, String)> {
 }
 
 /// The `traceparent` of `span`, if it has a valid context.
-pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+pub(crate) fn traceparent_of(span: &tracing::Span) -> Option<String> {
     headers_of(span)
         .into_iter()
         .find_map(|(k, v)| (k == TRACEPARENT).then_some(v))
 }
 
+#[cfg(test)]
 /// Writes the current span's context into message headers (replacing any).
-pub fn inject_current(headers: &mut BTreeMap<String, HeaderValue>) {
+pub(crate) fn inject_current(headers: &mut BTreeMap<String, HeaderValue>) {
     for (k, v) in headers_of(&tracing::Span::current()) {
         headers.insert(k.to_string(), HeaderValue::Str(v));
     }
 }
 
 /// The context carried by message headers (empty when none or malformed).
-pub fn extract(headers: &BTreeMap<String, HeaderValue>) -> Context {
+pub(crate) fn extract(headers: &BTreeMap<String, HeaderValue>) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
 /// The span context of a `traceparent` (+ `tracestate`) pair, if valid.
-pub fn span_context(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
+pub(crate) fn span_context(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
     let mut map = HashMap::from([(TRACEPARENT.to_string(), traceparent.to_string())]);
     if let Some(s) = tracestate {
         map.insert(TRACESTATE.to_string(), s.to_string());
@@ -67,7 +68,7 @@ pub fn span_context(traceparent: &str, tracestate: Option<&str>) -> Option<SpanC
 }
 
 /// The context CI systems hand a process in `TRACEPARENT`/`TRACESTATE`.
-pub fn from_env() -> Option<Context> {
+pub(crate) fn from_env() -> Option<Context> {
     let parent = std::env::var("TRACEPARENT").ok()?;
     let state = std::env::var("TRACESTATE").ok();
     let sc = span_context(parent.trim(), state.as_deref())?;
@@ -75,7 +76,7 @@ pub fn from_env() -> Option<Context> {
 }
 
 /// Makes `span` a child of the context in `headers`, when there is one.
-pub fn continue_from(span: &tracing::Span, headers: &BTreeMap<String, HeaderValue>) {
+pub(crate) fn continue_from(span: &tracing::Span, headers: &BTreeMap<String, HeaderValue>) {
     let cx = extract(headers);
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);

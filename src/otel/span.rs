@@ -12,7 +12,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::message::Envelope;
 
 /// `publish <exchange>` (producer): a message sent to RabbitMQ.
-pub fn publish(
+pub(crate) fn publish(
     exchange: &str,
     routing_key: &str,
     message_id: &str,
@@ -35,7 +35,7 @@ pub fn publish(
 /// The messaging attributes of a worker's `process <queue>` span (the
 /// consumer's delivery span). Set on the OpenTelemetry span only, so the
 /// delivery's JSON log lines stay as short as they were.
-pub fn process_attributes(
+pub(crate) fn process_attributes(
     span: &tracing::Span,
     envelope: &Envelope,
     queue: &str,
@@ -60,7 +60,7 @@ pub fn process_attributes(
 
 /// A PostgreSQL statement (client): `summary` is the span name, e.g.
 /// `INSERT pushes` or `SELECT outbox`.
-pub fn db(operation: &'static str, summary: &'static str) -> tracing::Span {
+pub(crate) fn db(operation: &'static str, summary: &'static str) -> tracing::Span {
     tracing::info_span!(
         "db",
         otel.name = summary,
@@ -73,7 +73,7 @@ pub fn db(operation: &'static str, summary: &'static str) -> tracing::Span {
 
 /// An outgoing webhook request (client): named after its method. Only the
 /// host is recorded: a webhook URL's path or query may hold a token.
-pub fn http_client(method: &'static str, host: &str) -> tracing::Span {
+pub(crate) fn http_client(method: &'static str, host: &str) -> tracing::Span {
     tracing::info_span!(
         "http",
         otel.name = method,
@@ -89,7 +89,7 @@ pub fn http_client(method: &'static str, host: &str) -> tracing::Span {
 /// the fact so that only statements that found rows are traced: the relay's
 /// idle polls would otherwise be a trace each. Does nothing with tracing off
 /// or without rows.
-pub fn db_batch<'a>(
+pub(crate) fn db_batch<'a>(
     operation: &'static str,
     summary: &'static str,
     started: SystemTime,

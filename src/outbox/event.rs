@@ -18,12 +18,12 @@ pub struct Event {
     /// Target exchange (normally `<prefix>.events`).
     pub exchange: String,
     /// Routing key (normally the event type).
-    pub routing_key: String,
+    pub(crate) routing_key: String,
     /// JSON body.
-    pub payload: serde_json::Value,
+    pub(crate) payload: serde_json::Value,
     /// `traceparent` of the span that created the event (the creation context
     /// the relay publishes it with); `None` with tracing off.
-    pub trace_context: Option<String>,
+    pub(crate) trace_context: Option<String>,
 }
 
 impl Event {
@@ -45,14 +45,8 @@ impl Event {
         }
     }
 
-    /// Sets a header.
-    pub fn with_header(mut self, key: &str, value: HeaderValue) -> Self {
-        self.envelope = self.envelope.with_header(key, value);
-        self
-    }
-
     /// The event type (the routing key when the envelope has none).
-    pub fn event_type(&self) -> &str {
+    pub(crate) fn event_type(&self) -> &str {
         self.envelope
             .event_type
             .as_deref()

@@ -20,9 +20,9 @@
 //!   different batch), and for a row whose publish failed — it is retried after a
 //!   backoff, later rows are not held back for it.
 
-pub mod event;
+pub(crate) mod event;
 pub mod prune;
-pub mod relay;
+pub(crate) mod relay;
 pub mod replay;
 pub mod status;
 pub mod storage;
@@ -37,7 +37,7 @@ use crate::message::{Envelope, HeaderValue};
 pub use event::{Event, headers_from_json, headers_to_json};
 pub use prune::{prune_once, run_outbox_pruner};
 pub use relay::run_relay;
-pub use storage::NOTIFY_CHANNEL;
+pub(crate) use storage::NOTIFY_CHANNEL;
 
 /// Writes one event in the caller's transaction. It is published once the
 /// transaction commits (and never if it rolls back).
@@ -58,7 +58,7 @@ pub async fn enqueue_many(
 }
 
 /// The envelope a stored row is published with.
-pub fn row_envelope(row: &storage::OutboxRow) -> Envelope {
+pub(crate) fn row_envelope(row: &storage::OutboxRow) -> Envelope {
     Envelope {
         message_id: row.message_id,
         correlation_id: row.correlation_id.clone(),
@@ -82,12 +82,12 @@ fn row_headers(row: &storage::OutboxRow) -> BTreeMap<String, HeaderValue> {
 }
 
 /// AMQP properties of a stored row (persistent, JSON, ids and headers from the row).
-pub fn row_properties(row: &storage::OutboxRow) -> BasicProperties {
+pub(crate) fn row_properties(row: &storage::OutboxRow) -> BasicProperties {
     row_envelope(row).to_properties()
 }
 
 /// The body of a stored row: its payload as JSON text, exactly as PostgreSQL
 /// prints the `jsonb` (read as text: no parse and re-serialise per row).
-pub fn row_body(row: &storage::OutboxRow) -> &[u8] {
+pub(crate) fn row_body(row: &storage::OutboxRow) -> &[u8] {
     row.payload.as_bytes()
 }

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use super::storage::{self, FailingRow};
 
 /// Failing rows listed at most.
-pub const FAILING_SHOWN: i64 = 20;
+pub(crate) const FAILING_SHOWN: i64 = 20;
 
 /// A snapshot of the outbox.
 #[derive(Debug, Clone, Serialize)]

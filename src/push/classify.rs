@@ -40,7 +40,7 @@ pub enum RefKind {
 
 impl RefKind {
     /// The kind of `refname`.
-    pub fn of(refname: &str) -> RefKind {
+    pub(crate) fn of(refname: &str) -> RefKind {
         if refname.starts_with("refs/heads/") {
             RefKind::Branch
         } else if refname.starts_with("refs/tags/") {
@@ -55,7 +55,7 @@ impl RefKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefData {
     /// The update itself.
-    pub update: RefUpdate,
+    pub(crate) update: RefUpdate,
     /// Branch, tag or other.
     pub kind: RefKind,
     /// The ref did not exist before.
@@ -76,11 +76,11 @@ pub struct RefData {
 
 /// What one read of a push learns: its refs' facts and the repository's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PushRead {
+pub(crate) struct PushRead {
     /// The facts of each update, in order.
-    pub refs: Vec<RefData>,
+    pub(crate) refs: Vec<RefData>,
     /// Facts of the repository itself.
-    pub repo: RepoFacts,
+    pub(crate) repo: RepoFacts,
 }
 
 /// Facts of the repository (not of one ref) that events carry, so a webhook
@@ -88,12 +88,12 @@ pub struct PushRead {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoFacts {
     /// The branch `HEAD` names (see `Reader::default_branch`).
-    pub default_branch: Option<String>,
+    pub(crate) default_branch: Option<String>,
 }
 
 /// Reads every update of a push (in order) and the repository's facts, in
 /// one read. `max_commits` caps each ref's list.
-pub async fn read_push(
+pub(crate) async fn read_push(
     repo: &GitRepo,
     updates: &[RefUpdate],
     max_commits: u32,

@@ -118,11 +118,11 @@ pub struct CommitInfo {
 #[derive(Clone)]
 pub struct GitRepo {
     /// Upper bound on one [`GitRepo::read`].
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Paths listed per commit (`push.max_paths_per_commit`); the rest are counted.
-    pub max_paths: usize,
+    pub(crate) max_paths: usize,
     /// The git dir.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Where the open repository is kept between reads (none: opened per read).
     cache: Option<Arc<RepoCache>>,
 }
@@ -208,9 +208,9 @@ pub const HEAVY_READ: u64 = 10_000;
 #[derive(Debug, Clone)]
 pub(crate) struct PeeledRef {
     /// Full ref name.
-    pub name: String,
+    pub(crate) name: String,
     /// The commit it points to, through annotated tags.
-    pub commit: ObjectId,
+    pub(crate) commit: ObjectId,
 }
 
 /// Maps an error of reading `step` to [`GitError::Failed`].
@@ -303,7 +303,7 @@ impl Reader {
     }
 
     /// The id written as `hex`, which must name an object of this repository.
-    pub fn object_id(&self, hex: &str) -> Result<ObjectId, GitError> {
+    pub(crate) fn object_id(&self, hex: &str) -> Result<ObjectId, GitError> {
         let id = ObjectId::from_hex(hex.as_bytes())
             .map_err(|e| GitError::NotFound(format!("object {hex}: {e}")))?;
         if id.kind() != self.repo.object_hash() {
@@ -327,7 +327,7 @@ impl Reader {
     /// no commit yet: the repository's default branch, as GitHub reports it in
     /// `default_branch` and `master_branch`. `None` for a detached HEAD or one
     /// naming something other than a branch.
-    pub fn default_branch(&self) -> Result<Option<String>, GitError> {
+    pub(crate) fn default_branch(&self) -> Result<Option<String>, GitError> {
         let name = self.repo.head_name().map_err(failed("HEAD"))?;
         Ok(name.and_then(|n| {
             n.as_bstr()
@@ -339,7 +339,7 @@ impl Reader {
 
     /// Every ref under `refs/` that leads to a commit (through annotated tags),
     /// like `for-each-ref`: `HEAD` is not a ref here, broken refs are skipped.
-    pub fn refs(&self) -> Result<Vec<PeeledRef>, GitError> {
+    pub(crate) fn refs(&self) -> Result<Vec<PeeledRef>, GitError> {
         let platform = self.repo.references().map_err(failed("refs"))?;
         let iter = platform.all().map_err(failed("refs"))?;
         let mut out = Vec::new();
@@ -368,7 +368,7 @@ impl Reader {
 
     /// The commit `id` peels to (through annotated tags), or `None` for a tree
     /// or blob.
-    pub fn peel_commit(&self, id: ObjectId) -> Result<Option<ObjectId>, GitError> {
+    pub(crate) fn peel_commit(&self, id: ObjectId) -> Result<Option<ObjectId>, GitError> {
         let object = self
             .repo
             .find_object(id)
@@ -381,7 +381,7 @@ impl Reader {
     /// Walks `tip` without the history of `hidden`, newest commit first (by
     /// committer date, like `git log`), returning the first `max` ids and the
     /// true count.
-    pub fn walk(
+    pub(crate) fn walk(
         &self,
         tip: ObjectId,
         hidden: &[ObjectId],
@@ -411,7 +411,7 @@ impl Reader {
     }
 
     /// Every commit of `tip` without the history of `hidden`.
-    pub fn reachable(
+    pub(crate) fn reachable(
         &self,
         tip: ObjectId,
         hidden: &[ObjectId],
@@ -422,7 +422,7 @@ impl Reader {
 
     /// `true` when `a` is an ancestor of (or equal to) `b`: nothing of `a`'s
     /// history is outside `b`'s.
-    pub fn is_ancestor(&self, a: ObjectId, b: ObjectId) -> Result<bool, GitError> {
+    pub(crate) fn is_ancestor(&self, a: ObjectId, b: ObjectId) -> Result<bool, GitError> {
         if a == b {
             return Ok(true);
         }
@@ -432,7 +432,7 @@ impl Reader {
 
     /// One commit with its changed paths against its first parent (a root commit
     /// against the empty tree; renames as add + remove). `distinct` is `true`.
-    pub fn commit(&self, id: ObjectId) -> Result<CommitInfo, GitError> {
+    pub(crate) fn commit(&self, id: ObjectId) -> Result<CommitInfo, GitError> {
         self.check_deadline("reading commits")?;
         let commit = self.repo.find_commit(id).map_err(failed("commit"))?;
         let c = commit.decode().map_err(failed("commit"))?;

@@ -86,7 +86,7 @@ impl PushHandler {
     /// Where the repository a job locates (its `path`, else its name) lives on
     /// disk: its canonical path, if [`super::confine`] allows reading it (else a
     /// permanent error).
-    pub fn repository_path(&self, repository: &str) -> Result<PathBuf, JobError> {
+    pub(crate) fn repository_path(&self, repository: &str) -> Result<PathBuf, JobError> {
         super::confine::resolve(&self.config.hook, repository).map_err(JobError::permanent)
     }
 }

@@ -20,4 +20,4 @@ pub mod group_commit;
 pub mod handler;
 pub mod payload;
 pub mod record;
-pub mod repo_cache;
+pub(crate) mod repo_cache;

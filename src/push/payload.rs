@@ -30,19 +30,19 @@ use crate::push_job::update::RefUpdate;
 use crate::repository::owner_of;
 
 /// Every ref update.
-pub const EV_PUSH: &str = "git.push";
+pub(crate) const EV_PUSH: &str = "git.push";
 /// Refs beyond `push.max_refs`, summarised.
-pub const EV_PUSH_BULK: &str = "git.push.bulk";
+pub(crate) const EV_PUSH_BULK: &str = "git.push.bulk";
 /// A branch was created.
-pub const EV_BRANCH_CREATED: &str = "git.branch.created";
+pub(crate) const EV_BRANCH_CREATED: &str = "git.branch.created";
 /// A branch was deleted.
-pub const EV_BRANCH_DELETED: &str = "git.branch.deleted";
+pub(crate) const EV_BRANCH_DELETED: &str = "git.branch.deleted";
 /// A branch was rewritten.
-pub const EV_BRANCH_FORCE_PUSHED: &str = "git.branch.force_pushed";
+pub(crate) const EV_BRANCH_FORCE_PUSHED: &str = "git.branch.force_pushed";
 /// A tag was created.
-pub const EV_TAG_CREATED: &str = "git.tag.created";
+pub(crate) const EV_TAG_CREATED: &str = "git.tag.created";
 /// A tag was deleted.
-pub const EV_TAG_DELETED: &str = "git.tag.deleted";
+pub(crate) const EV_TAG_DELETED: &str = "git.tag.deleted";
 
 /// Repository names in payloads: `full_name` is the repository without a
 /// trailing `.git`, `name` its last component.
@@ -65,7 +65,7 @@ fn short(id: &str) -> &str {
 }
 
 /// `{compare_base_url}/{full_name}/compare/{before[..12]}...{after[..12]}`.
-pub fn compare_url(cfg: &PushConfig, repository: &str, update: &RefUpdate) -> String {
+pub(crate) fn compare_url(cfg: &PushConfig, repository: &str, update: &RefUpdate) -> String {
     let (_, full) = repo_names(repository);
     format!(
         "{}/{full}/compare/{}...{}",
@@ -143,7 +143,12 @@ fn common(job: &PushJob, facts: &RepoFacts, cfg: &PushConfig) -> serde_json::Map
 }
 
 /// The `git.push` payload of one ref.
-pub fn push_payload(job: &PushJob, data: &RefData, facts: &RepoFacts, cfg: &PushConfig) -> Value {
+pub(crate) fn push_payload(
+    job: &PushJob,
+    data: &RefData,
+    facts: &RepoFacts,
+    cfg: &PushConfig,
+) -> Value {
     let (_, full) = repo_names(&job.repository);
     let mut m = common(job, facts, cfg);
     let u = &data.update;
@@ -213,7 +218,7 @@ fn fit_commits(
 }
 
 /// The lifecycle event of a ref, if it has one.
-pub fn lifecycle_event(data: &RefData) -> Option<&'static str> {
+pub(crate) fn lifecycle_event(data: &RefData) -> Option<&'static str> {
     match (data.kind, data.created, data.deleted, data.forced) {
         (RefKind::Branch, true, _, _) => Some(EV_BRANCH_CREATED),
         (RefKind::Branch, _, true, _) => Some(EV_BRANCH_DELETED),
@@ -225,7 +230,7 @@ pub fn lifecycle_event(data: &RefData) -> Option<&'static str> {
 }
 
 /// The `git.push.bulk` payload for refs beyond `max_refs`.
-pub fn bulk_payload(
+pub(crate) fn bulk_payload(
     job: &PushJob,
     rest: &[RefUpdate],
     facts: &RepoFacts,

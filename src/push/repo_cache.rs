@@ -54,7 +54,7 @@ struct Entry {
 /// commits are new to the repository), the parent commit and its trees. Without
 /// a cache each of them is a loose-object file opened, mapped, inflated and
 /// unmapped again, or a pack entry with its deltas resolved again.
-pub const OBJECT_CACHE_BYTES: usize = 256 * 1024;
+pub(crate) const OBJECT_CACHE_BYTES: usize = 256 * 1024;
 
 /// Handles kept idle across all kept repositories, each with up to
 /// `push.object_cache_bytes` cached (4 MiB in all by default) and only read buffers
@@ -62,7 +62,7 @@ pub const OBJECT_CACHE_BYTES: usize = 256 * 1024;
 /// idle handle of its repository or makes a fresh one, and gives it back after;
 /// measured on the bench's push (a branch created on a two-commit repository):
 /// 0.32 ms of CPU per read without the cache, 0.18 ms with it.
-pub const IDLE_HANDLES: usize = 16;
+pub(crate) const IDLE_HANDLES: usize = 16;
 
 /// What must not have changed for a kept repository to be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +97,7 @@ impl RepoCache {
     }
 
     /// The same cache with `bytes` of object cache per handle (0: none).
-    pub fn with_object_cache(self, bytes: usize) -> RepoCache {
+    pub(crate) fn with_object_cache(self, bytes: usize) -> RepoCache {
         RepoCache {
             object_cache_bytes: bytes,
             ..self
@@ -217,7 +217,7 @@ impl Entries {
 }
 
 /// Largest read buffer an idle handle keeps.
-pub const MAX_KEPT_BUFFER: usize = 64 * 1024;
+pub(crate) const MAX_KEPT_BUFFER: usize = 64 * 1024;
 
 /// Drops the handle's reusable read buffers larger than [`MAX_KEPT_BUFFER`];
 /// `true` when there was one.

@@ -14,7 +14,7 @@
 //! `spool flush`) yields the same message id and the inbox drops the duplicate.
 //! It never performs I/O.
 
-pub mod refname;
+pub(crate) mod refname;
 pub mod update;
 
 use std::collections::BTreeMap;
@@ -98,7 +98,7 @@ impl PushJob {
 
     /// Checks every update and that there is at least one.
     /// Keeps the first `max` updates, counting the rest in `refs_omitted`.
-    pub fn cap_refs(&mut self, max: usize) {
+    pub(crate) fn cap_refs(&mut self, max: usize) {
         if self.updates.len() > max {
             let cut = self.updates.len() - max;
             self.updates.truncate(max);
@@ -108,7 +108,7 @@ impl PushJob {
 
     /// Halves the updates until the body fits in `max_bytes` (at least one
     /// update stays), so the worker never refuses a job the hook made.
-    pub fn fit_within(&mut self, max_bytes: usize) {
+    pub(crate) fn fit_within(&mut self, max_bytes: usize) {
         while self.updates.len() > 1 && self.to_json().len() > max_bytes {
             let keep = self.updates.len() / 2;
             self.cap_refs(keep);
@@ -118,16 +118,16 @@ impl PushJob {
     /// What the worker resolves to find the repository on disk: `path` when
     /// the job has one, else the name (relative to the root, or an absolute path
     /// in jobs made before `path` existed).
-    pub fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         self.path.as_deref().unwrap_or(&self.repository)
     }
 
     /// The push's ref count before any cap.
-    pub fn total_refs(&self) -> u64 {
+    pub(crate) fn total_refs(&self) -> u64 {
         (self.updates.len() as u64).saturating_add(self.refs_omitted)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.updates.is_empty() {
             return Err("push has no updates".into());
         }

@@ -4,14 +4,14 @@
 //! Owns the rule set only; it never touches a repository.
 
 /// Why a refname is invalid (a short human reason, shown to the pusher).
-pub type RefnameError = &'static str;
+pub(crate) type RefnameError = &'static str;
 
 /// Checks `name` against the rules of `git check-ref-format`:
 /// at least two components (`refs/heads/x`), no empty component (leading,
 /// trailing or doubled `/`), no component starting with `.` or ending in
 /// `.lock`, no `..`, no `@{`, not `@`, no trailing `.`, and none of control
 /// characters, space, `~ ^ : ? * [ \`.
-pub fn check(name: &str) -> Result<(), RefnameError> {
+pub(crate) fn check(name: &str) -> Result<(), RefnameError> {
     if name.is_empty() {
         return Err("refname is empty");
     }

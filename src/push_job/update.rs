@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::refname;
 
 /// Hex length of a SHA-1 object id.
-pub const SHA1_HEX_LEN: usize = 40;
+pub(crate) const SHA1_HEX_LEN: usize = 40;
 /// Hex length of a SHA-256 object id.
-pub const SHA256_HEX_LEN: usize = 64;
+pub(crate) const SHA256_HEX_LEN: usize = 64;
 
 /// One updated ref. Ids are lowercase hex; an all-zero id means the ref did not
 /// exist before (`before`) or was deleted (`after`).
@@ -28,17 +28,17 @@ pub struct RefUpdate {
 }
 
 /// `true` when `id` is the all-zero id git uses for "no object".
-pub fn is_zero(id: &str) -> bool {
+pub(crate) fn is_zero(id: &str) -> bool {
     !id.is_empty() && id.bytes().all(|b| b == b'0')
 }
 
 impl RefUpdate {
     /// The ref did not exist before the push.
-    pub fn is_created(&self) -> bool {
+    pub(crate) fn is_created(&self) -> bool {
         is_zero(&self.before)
     }
     /// The ref was deleted by the push.
-    pub fn is_deleted(&self) -> bool {
+    pub(crate) fn is_deleted(&self) -> bool {
         is_zero(&self.after)
     }
     /// Checks the update (used for stdin and again for bodies read back from
@@ -95,17 +95,17 @@ pub fn parse_line(line: &str) -> Result<RefUpdate, String> {
 
 /// A stdin line that was skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineError {
+pub(crate) struct LineError {
     /// 1-based line number.
-    pub line: usize,
+    pub(crate) line: usize,
     /// Why it was skipped.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// Parses all of stdin: the valid updates in order, and the skipped lines.
 /// Blank lines are ignored silently; a line that is not UTF-8 is skipped (its
 /// refname could not be carried faithfully in a JSON body).
-pub fn parse_input(input: &[u8]) -> (Vec<RefUpdate>, Vec<LineError>) {
+pub(crate) fn parse_input(input: &[u8]) -> (Vec<RefUpdate>, Vec<LineError>) {
     let mut updates = Vec::new();
     let mut errors = Vec::new();
     for (i, raw) in input.split(|b| *b == b'\n').enumerate() {

@@ -34,15 +34,15 @@ use crate::job::Postpone;
 use crate::metrics::metrics;
 
 /// Postponement reason: the host's breaker is open.
-pub const REASON_OPEN: &str = "breaker_open";
+pub(crate) const REASON_OPEN: &str = "breaker_open";
 /// Postponement reason: the host's breaker is half-open and its probes are out.
-pub const REASON_PROBING: &str = "breaker_probing";
+pub(crate) const REASON_PROBING: &str = "breaker_probing";
 /// Postponement reason: `per_host_concurrency` requests are in flight already.
-pub const REASON_BUSY: &str = "host_busy";
+pub(crate) const REASON_BUSY: &str = "host_busy";
 
 /// A breaker's state, as the gauge shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// Requests go through.
     Closed,
     /// Probing: a few requests go through.
@@ -90,12 +90,12 @@ struct Inner {
 
 /// The breakers of all hosts one handler delivers to.
 #[derive(Debug, Clone)]
-pub struct Breakers(Arc<Inner>);
+pub(crate) struct Breakers(Arc<Inner>);
 
 /// Permission for one request to a host; report how it went. Dropped without
 /// a report (the handler failed before the request ended) it only frees the slot.
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     inner: Arc<Inner>,
     host: String,
     probe: bool,
@@ -104,7 +104,7 @@ pub struct Ticket {
 impl Breakers {
     /// Breakers for `cfg` (`breaker_failures = 0`: never open, only the
     /// per-host cap applies).
-    pub fn new(cfg: &WebhookConfig) -> Self {
+    pub(crate) fn new(cfg: &WebhookConfig) -> Self {
         Self(Arc::new(Inner {
             failures_to_open: cfg.breaker_failures,
             open_for: cfg.breaker_open_for,
@@ -116,12 +116,13 @@ impl Breakers {
     }
 
     /// The state of `host`'s breaker (closed for a host never seen).
-    pub fn state(&self, host: &str) -> State {
+    #[cfg(test)]
+    fn state(&self, host: &str) -> State {
         self.0.lock().get(host).map_or(State::Closed, |h| h.state)
     }
 
     /// Proceed (a [`Ticket`]) or postpone a request to `host`, now.
-    pub fn admit(&self, host: &str) -> Result<Ticket, Postpone> {
+    pub(crate) fn admit(&self, host: &str) -> Result<Ticket, Postpone> {
         let inner = &self.0;
         let mut hosts = inner.lock();
         let h = hosts.entry(host.to_string()).or_insert_with(|| Host {
@@ -234,11 +235,11 @@ impl Inner {
 
 impl Ticket {
     /// The host answered (any status that is not a failure).
-    pub fn success(mut self) {
+    pub(crate) fn success(mut self) {
         self.report(Some(true));
     }
     /// A timeout, connection error or 408/429/5xx.
-    pub fn failure(mut self) {
+    pub(crate) fn failure(mut self) {
         self.report(Some(false));
     }
     fn report(&mut self, ok: Option<bool>) {

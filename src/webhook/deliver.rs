@@ -29,12 +29,12 @@ use super::ssrf::{Guard, SsrfError};
 use crate::config::WebhookConfig;
 
 /// Response bytes read at most (the rest is dropped with the connection).
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Response headers kept at most, for the attempt record (a receiver could
 /// send thousands; the operator needs the first few).
-pub const MAX_RESPONSE_HEADERS: usize = 64;
+pub(crate) const MAX_RESPONSE_HEADERS: usize = 64;
 /// Characters of one response header value kept at most.
-pub const MAX_HEADER_VALUE_CHARS: usize = 512;
+pub(crate) const MAX_HEADER_VALUE_CHARS: usize = 512;
 /// Response headers whose values are not kept: the receiver's session
 /// credentials are none of ours to store or show.
 const UNRECORDED_HEADERS: [&str; 2] = ["set-cookie", "www-authenticate"];
@@ -79,12 +79,12 @@ pub struct Response {
     /// Status code.
     pub status: u16,
     /// `Retry-After`, when present and parseable.
-    pub retry_after: Option<Duration>,
+    pub(crate) retry_after: Option<Duration>,
     /// The first [`MAX_RESPONSE_BYTES`] of the body.
     pub body: Bytes,
     /// The first [`MAX_RESPONSE_HEADERS`] headers, values cut at
     /// [`MAX_HEADER_VALUE_CHARS`] (cookies left out), for the attempt record.
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 /// The client: policy, HTTP client and per-host limits, shared by all attempts.
@@ -313,7 +313,7 @@ fn tls_config(extra: Vec<CertificateDer<'static>>) -> Result<rustls::ClientConfi
 }
 
 /// `Retry-After`: delay-seconds or an HTTP date.
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));

@@ -38,7 +38,7 @@ const EXEMPT_MAX: usize = 4096;
 
 /// Addresses resolved for host names that `allowed_hosts` exempts.
 #[derive(Debug, Default, Clone)]
-pub struct Exempt(Arc<Mutex<HashSet<IpAddr>>>);
+pub(crate) struct Exempt(Arc<Mutex<HashSet<IpAddr>>>);
 
 impl Exempt {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<IpAddr>> {
@@ -63,14 +63,14 @@ impl Exempt {
 
 /// reqwest's DNS resolver: the guard's resolution (see the module docs).
 #[derive(Debug, Clone)]
-pub struct GuardResolver {
+pub(crate) struct GuardResolver {
     guard: Arc<Guard>,
     exempt: Exempt,
 }
 
 impl GuardResolver {
     /// A resolver for `guard`, recording exempt names' addresses in `exempt`.
-    pub fn new(guard: Arc<Guard>, exempt: Exempt) -> Self {
+    pub(crate) fn new(guard: Arc<Guard>, exempt: Exempt) -> Self {
         Self { guard, exempt }
     }
 }
@@ -93,14 +93,14 @@ impl Resolve for GuardResolver {
 
 /// The connector layer that checks each new connection's peer address.
 #[derive(Debug, Clone)]
-pub struct PeerCheckLayer {
+pub(crate) struct PeerCheckLayer {
     guard: Arc<Guard>,
     exempt: Exempt,
 }
 
 impl PeerCheckLayer {
     /// A layer for `guard`, accepting the addresses recorded in `exempt`.
-    pub fn new(guard: Arc<Guard>, exempt: Exempt) -> Self {
+    pub(crate) fn new(guard: Arc<Guard>, exempt: Exempt) -> Self {
         Self { guard, exempt }
     }
 }
@@ -119,7 +119,7 @@ impl<S> tower::Layer<S> for PeerCheckLayer {
 
 /// [`PeerCheckLayer`]'s service.
 #[derive(Debug, Clone)]
-pub struct PeerCheck<S> {
+pub(crate) struct PeerCheck<S> {
     inner: S,
     guard: Arc<Guard>,
     exempt: Exempt,

@@ -35,7 +35,6 @@ use uuid::Uuid;
 use super::breaker::{Breakers, Ticket};
 use super::deliver::{Client, DeliverError, Response};
 use super::github::Site;
-pub use super::outcome::EXCERPT_CHARS;
 use super::outcome::{Outcome, classify_error, classify_response, host_failed};
 use super::secrets::{self, Keyring};
 use super::ssrf;
@@ -48,30 +47,30 @@ use crate::outbox::{self, Event};
 use crate::ratelimit::RateLimits;
 
 /// Job kind: routing key on the jobs exchange and the queue's suffix.
-pub const WEBHOOK_KIND: &str = "webhook";
+pub(crate) const WEBHOOK_KIND: &str = "webhook";
 /// Event sent through the outbox when a subscription is auto-disabled.
-pub const EV_WEBHOOK_DISABLED: &str = "webhook.disabled";
+pub(crate) const EV_WEBHOOK_DISABLED: &str = "webhook.disabled";
 /// Request body bytes kept in the attempt record: enough to see what was sent
 /// (the whole payload stays in `webhook_deliveries`), bounded per attempt.
-pub const RECORDED_BODY_BYTES: usize = 16 * 1024;
+pub(crate) const RECORDED_BODY_BYTES: usize = 16 * 1024;
 
 /// The body of a `webhook` job. The payload itself lives in `webhook_deliveries`,
 /// so every retry and redelivery sends the same bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WebhookJob {
+pub(crate) struct WebhookJob {
     /// Stable across retries and redeliveries (`X-Hookfleet-Delivery`).
-    pub delivery_id: Uuid,
+    pub(crate) delivery_id: Uuid,
     /// Target subscription (for logs; the delivery row is authoritative).
-    pub subscription_id: i64,
+    pub(crate) subscription_id: i64,
     /// hookfleet event type.
-    pub event_type: String,
+    pub(crate) event_type: String,
     /// Set by `webhook redeliver`: send even if the delivery succeeded before.
     #[serde(default)]
-    pub redelivery: bool,
+    pub(crate) redelivery: bool,
 }
 
 /// Handles `webhook` jobs.
-pub struct WebhookHandler {
+pub(crate) struct WebhookHandler {
     config: Arc<Config>,
     pool: PgPool,
     client: Client,
@@ -111,7 +110,7 @@ struct Sent {
 
 impl WebhookHandler {
     /// A handler for `config` on `pool`.
-    pub fn new(config: Arc<Config>, pool: PgPool) -> Self {
+    pub(crate) fn new(config: Arc<Config>, pool: PgPool) -> Self {
         let client = Client::new(&config.webhook);
         let breakers = Breakers::new(&config.webhook);
         let rl = &config.rate_limit;

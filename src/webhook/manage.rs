@@ -31,10 +31,10 @@ use crate::outbox;
 use crate::repository;
 
 /// Content types a subscription may ask for.
-pub const CONTENT_TYPES: [&str; 1] = ["json"];
+pub(crate) const CONTENT_TYPES: [&str; 1] = ["json"];
 
 /// How long [`delivery_warnings`] waits for a name to resolve.
-pub const WARN_RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const WARN_RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a webhook command failed.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +146,7 @@ pub struct Rotated {
     /// The new secret when it was generated, to show once.
     pub generated_secret: Option<String>,
     /// The new secret was stored in plaintext (no `webhook.secret_key`).
-    pub stored_plaintext: bool,
+    pub(crate) stored_plaintext: bool,
 }
 
 /// Gives subscription `id` a new secret (`new`, or a generated one of its
@@ -188,7 +188,10 @@ pub async fn rotate_secret(
 /// runs serialise on the row locks); returns how many subscriptions changed.
 /// Without a key it changes nothing. Fails, changing nothing, when a secret is
 /// sealed with a key that is not configured.
-pub async fn reseal_secrets(pool: &PgPool, keys: &Keyring) -> Result<u64, WebhookManageError> {
+pub(crate) async fn reseal_secrets(
+    pool: &PgPool,
+    keys: &Keyring,
+) -> Result<u64, WebhookManageError> {
     if !keys.encrypts() {
         return Ok(0);
     }
@@ -227,7 +230,7 @@ const PATTERN_EXAMPLES: usize = 5;
 /// so far, listing a few that exist (a pattern written for one naming scheme,
 /// e.g. an absolute path, never fires and nothing else would say so). Nothing
 /// before the first push.
-pub async fn pattern_warning(
+pub(crate) async fn pattern_warning(
     pool: &PgPool,
     pattern: &str,
 ) -> Result<Option<String>, WebhookManageError> {
@@ -250,7 +253,7 @@ pub async fn pattern_warning(
 
 /// How many pushes of the last day each subscription's pattern matched, by
 /// subscription id (`webhook list`).
-pub async fn matched_last_day(
+pub(crate) async fn matched_last_day(
     pool: &PgPool,
     subs: &[subscription::Subscription],
 ) -> Result<std::collections::HashMap<i64, i64>, WebhookManageError> {
@@ -275,7 +278,7 @@ pub async fn matched_last_day(
 /// (within [`WARN_RESOLVE_TIMEOUT`]) only to refused addresses. Nothing for an
 /// invalid URL, a name that does not resolve (maybe not yet, or not from here),
 /// or one with any allowed address. The URL is shown redacted.
-pub async fn delivery_warnings(cfg: &WebhookConfig, url: &str) -> Vec<String> {
+pub(crate) async fn delivery_warnings(cfg: &WebhookConfig, url: &str) -> Vec<String> {
     let Ok(parsed) = ssrf::check_url(url) else {
         return Vec::new();
     };
@@ -317,7 +320,7 @@ pub async fn delivery_warnings(cfg: &WebhookConfig, url: &str) -> Vec<String> {
 }
 
 /// Checks `webhook add` input without touching the database.
-pub fn validate(r: &AddRequest) -> Result<NewSubscription, WebhookManageError> {
+pub(crate) fn validate(r: &AddRequest) -> Result<NewSubscription, WebhookManageError> {
     let url = ssrf::check_url(&r.url)
         .map_err(|e| WebhookManageError::Invalid(format!("invalid --url: {e}")))?;
     repository::check_pattern(&r.repo)
@@ -347,7 +350,7 @@ pub fn validate(r: &AddRequest) -> Result<NewSubscription, WebhookManageError> {
 }
 
 /// Deletes a subscription.
-pub async fn remove(pool: &PgPool, id: i64) -> Result<(), WebhookManageError> {
+pub(crate) async fn remove(pool: &PgPool, id: i64) -> Result<(), WebhookManageError> {
     if storage::remove_subscription(pool, id).await? {
         Ok(())
     } else {
@@ -399,7 +402,7 @@ pub async fn redeliver(
 /// The row stores the subscription as it is now, so a redelivery of the ping
 /// sends the same body. Sent to a disabled subscription too: it then fails
 /// as "subscription disabled", as every delivery to it does.
-pub async fn ping(
+pub(crate) async fn ping(
     pool: &PgPool,
     names: &Names,
     id: i64,

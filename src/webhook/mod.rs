@@ -28,14 +28,14 @@
 //! All SQL is in [`storage`]. This module never publishes to the broker itself:
 //! jobs and events go through the outbox.
 
-pub mod breaker;
+pub(crate) mod breaker;
 pub mod deliver;
 pub mod github;
-pub mod guarded;
-pub mod handler;
+pub(crate) mod guarded;
+pub(crate) mod handler;
 pub mod manage;
 mod outcome;
-pub mod render;
+pub(crate) mod render;
 pub mod secrets;
 pub mod ssrf;
 pub mod storage;
@@ -52,11 +52,11 @@ use crate::config::WebhookConfig;
 use crate::message::Envelope;
 use crate::outbox::Event;
 use crate::push_job::PushJob;
-pub use handler::{WEBHOOK_KIND, WebhookHandler, WebhookJob};
+pub(crate) use handler::{WEBHOOK_KIND, WebhookHandler, WebhookJob};
 
 /// The outbox event carrying one `webhook` job (fresh message id; a manual
 /// redelivery gets a new one too, so the consumer never drops it as a duplicate).
-pub fn job_event(names: &Names, job: &WebhookJob, correlation_id: Option<String>) -> Event {
+pub(crate) fn job_event(names: &Names, job: &WebhookJob, correlation_id: Option<String>) -> Event {
     Event {
         envelope: Envelope::new(WEBHOOK_KIND, correlation_id),
         exchange: names.jobs_exchange(),
@@ -94,7 +94,7 @@ pub async fn deliveries_for_push(
 /// effects, in the same transaction (the push handler folds them into its one
 /// statement), so deliveries exist if and only if the push committed. Pure: the
 /// push writer reads the subscriptions once for a whole group of pushes.
-pub fn plan_deliveries(
+pub(crate) fn plan_deliveries(
     active: &[subscription::Subscription],
     names: &Names,
     push: &PushJob,
@@ -131,7 +131,11 @@ pub fn plan_deliveries(
 /// Deletes delivery and attempt records older than `cfg.retention`, every
 /// `cfg.prune_interval`, `cfg.prune_batch_size` deliveries a statement, until
 /// `shutdown`; errors are logged and retried next interval.
-pub async fn run_webhook_pruner(pool: PgPool, cfg: WebhookConfig, shutdown: CancellationToken) {
+pub(crate) async fn run_webhook_pruner(
+    pool: PgPool,
+    cfg: WebhookConfig,
+    shutdown: CancellationToken,
+) {
     let (interval, batch) = (cfg.prune_interval, cfg.prune_batch_size);
     loop {
         let mut total = 0u64;

@@ -9,7 +9,7 @@ use super::storage;
 use crate::job::{Done, JobError};
 
 /// Response characters kept in the attempt record.
-pub const EXCERPT_CHARS: usize = 1024;
+pub(crate) const EXCERPT_CHARS: usize = 1024;
 
 /// What one attempt came to.
 pub(super) struct Outcome {

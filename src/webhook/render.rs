@@ -22,7 +22,7 @@ use super::subscription::{Style, Subscription};
 
 /// The JSON body of `delivery`: GitHub's exact body for its event, rendered
 /// from the stored event payload and the host's URLs (see [`github`]).
-pub fn body(delivery: &DeliveryRow, site: &Site) -> Vec<u8> {
+pub(crate) fn body(delivery: &DeliveryRow, site: &Site) -> Vec<u8> {
     let body = github::body(&delivery.event_type, &delivery.payload, site);
     // Serialising a JSON value to bytes cannot fail.
     serde_json::to_vec(&body).unwrap_or_default()
@@ -30,18 +30,18 @@ pub fn body(delivery: &DeliveryRow, site: &Site) -> Vec<u8> {
 
 /// One HTTP request of a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     /// The bytes POSTed (and signed).
-    pub body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
     /// Header names and values; the secrets appear only as signatures.
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 /// The request of `delivery` to `sub` in the subscription's style, signed with
 /// `secrets` (opened, current first; see [`secrets::signing_secrets`]), for an
 /// attempt at `now` (Standard Webhooks' `webhook-timestamp`; the body does
 /// not depend on it).
-pub fn request(
+pub(crate) fn request(
     delivery: &DeliveryRow,
     sub: &Subscription,
     site: &Site,
@@ -121,7 +121,7 @@ fn github_headers(
 }
 
 /// `sha256=<hex HMAC-SHA256(secret, body)>`.
-pub fn github_signature(secret: &str, body: &[u8]) -> String {
+pub(crate) fn github_signature(secret: &str, body: &[u8]) -> String {
     // HMAC accepts keys of any length, so this cannot fail.
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
         return String::new();
@@ -169,7 +169,7 @@ fn standard(
 /// bytes after `whsec_`. A secret not of that form (refused by `webhook add`
 /// and `rotate-secret`, so only one written to the table by hand) signs with
 /// its UTF-8 bytes rather than not at all.
-pub fn standard_signature(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
+pub(crate) fn standard_signature(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
     let key = secrets::standard_key(secret).unwrap_or_else(|_| secret.as_bytes().to_vec());
     // HMAC accepts keys of any length, so this cannot fail.
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {

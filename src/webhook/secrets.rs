@@ -31,11 +31,11 @@ use super::subscription::{Style, Subscription};
 use crate::config::WebhookConfig;
 
 /// Prefix of a Standard Webhooks secret.
-pub const WHSEC_PREFIX: &str = "whsec_";
+pub(crate) const WHSEC_PREFIX: &str = "whsec_";
 /// Prefix of a sealed (encrypted) stored secret; a plaintext secret may not start with it.
 pub const SEALED_PREFIX: &str = "enc:v1:";
 /// Bytes of a generated secret's key (Svix uses 24; 32 is the HMAC-SHA256 block-friendly size).
-pub const GENERATED_KEY_BYTES: usize = 32;
+pub(crate) const GENERATED_KEY_BYTES: usize = 32;
 /// Associated data of every sealed secret, so a ciphertext of some other use of
 /// the same key cannot be passed off as a webhook secret.
 const AAD: &[u8] = b"hookfleet webhook secret v1";
@@ -61,7 +61,7 @@ pub enum SecretError {
 
 /// Checks a secret given for a subscription of `style`: Standard Webhooks needs
 /// `whsec_` and a non-empty base64 key; no secret may look sealed.
-pub fn check_form(style: Style, secret: &str) -> Result<(), SecretError> {
+pub(crate) fn check_form(style: Style, secret: &str) -> Result<(), SecretError> {
     if secret.starts_with(SEALED_PREFIX) {
         return Err(SecretError::Form(format!(
             "a secret may not start with {SEALED_PREFIX:?} (reserved for encrypted secrets)"
@@ -74,7 +74,7 @@ pub fn check_form(style: Style, secret: &str) -> Result<(), SecretError> {
 }
 
 /// The HMAC key of a `whsec_` secret.
-pub fn standard_key(secret: &str) -> Result<Vec<u8>, SecretError> {
+pub(crate) fn standard_key(secret: &str) -> Result<Vec<u8>, SecretError> {
     let Some(b64) = secret.strip_prefix(WHSEC_PREFIX) else {
         return Err(SecretError::Form(
             "a standard-style secret must have the form whsec_<base64 key>".into(),
@@ -103,7 +103,7 @@ pub fn generate(style: Style) -> String {
 /// The secrets that sign a delivery of `sub` at `now`, opened: the current one
 /// first, then the previous one while its overlap lasts. Empty when the
 /// subscription has no secret.
-pub fn signing_secrets(
+pub(crate) fn signing_secrets(
     sub: &Subscription,
     keys: &Keyring,
     now: DateTime<Utc>,
@@ -179,7 +179,7 @@ impl Keyring {
     }
 
     /// Whether secrets are encrypted when stored.
-    pub fn encrypts(&self) -> bool {
+    pub(crate) fn encrypts(&self) -> bool {
         self.current.is_some()
     }
 
@@ -190,7 +190,7 @@ impl Keyring {
 
     /// The stored form of `secret`: sealed with the current key, or as given
     /// when no key is configured.
-    pub fn seal(&self, secret: &str) -> String {
+    pub(crate) fn seal(&self, secret: &str) -> String {
         let Some(key) = &self.current else {
             return secret.to_string();
         };
@@ -237,7 +237,7 @@ impl Keyring {
 
     /// Whether `stored` should be re-sealed by `migrate`: plaintext, or sealed
     /// with a key other than the current one. Always `false` without a key.
-    pub fn needs_reseal(&self, stored: &str) -> bool {
+    pub(crate) fn needs_reseal(&self, stored: &str) -> bool {
         let Some(key) = &self.current else {
             return false;
         };

@@ -25,10 +25,10 @@ pub enum Style {
 
 impl Style {
     /// Names accepted by `--style`.
-    pub const NAMES: [&str; 2] = ["github", "standard"];
+    pub(crate) const NAMES: [&str; 2] = ["github", "standard"];
 
     /// The stored and CLI name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Style::Github => "github",
             Style::Standard => "standard",
@@ -36,7 +36,7 @@ impl Style {
     }
 
     /// Parses `--style` (or the stored column).
-    pub fn parse(raw: &str) -> Result<Style, String> {
+    pub(crate) fn parse(raw: &str) -> Result<Style, String> {
         match raw {
             "github" => Ok(Style::Github),
             "standard" => Ok(Style::Standard),
@@ -49,10 +49,10 @@ impl Style {
 }
 
 /// Event categories a subscription may ask for.
-pub const CATEGORIES: [&str; 4] = ["push", "branch", "tag", "*"];
+pub(crate) const CATEGORIES: [&str; 4] = ["push", "branch", "tag", "*"];
 
 /// The category of a hookfleet event type, if webhooks carry it.
-pub fn category(event_type: &str) -> Option<&'static str> {
+pub(crate) fn category(event_type: &str) -> Option<&'static str> {
     if event_type == "git.push" || event_type == "git.push.bulk" {
         Some("push")
     } else if event_type.starts_with("git.branch.") {
@@ -65,7 +65,7 @@ pub fn category(event_type: &str) -> Option<&'static str> {
 }
 
 /// Parses `--events push,tag,branch`: known categories, deduplicated, in order.
-pub fn parse_events(raw: &str) -> Result<Vec<String>, String> {
+pub(crate) fn parse_events(raw: &str) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for e in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         if !CATEGORIES.contains(&e) {
@@ -90,36 +90,36 @@ pub struct Subscription {
     /// Id (`webhook remove|enable|disable <id>`).
     pub id: i64,
     /// Repository glob.
-    pub repository_pattern: String,
+    pub(crate) repository_pattern: String,
     /// Target URL.
     pub url: String,
     /// HMAC secret as stored (sealed when `webhook.secret_key` is set; see
     /// [`super::secrets`]); never printed or logged.
     #[serde(skip)]
-    pub secret: Option<String>,
+    pub(crate) secret: Option<String>,
     /// The secret before the last `webhook rotate-secret`, as stored; it signs
     /// too until `previous_secret_expires_at`. Never printed or logged.
     #[serde(skip)]
-    pub previous_secret: Option<String>,
+    pub(crate) previous_secret: Option<String>,
     /// When the previous secret stops signing.
-    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    pub(crate) previous_secret_expires_at: Option<DateTime<Utc>>,
     /// Body shape and signature headers.
-    pub style: Style,
+    pub(crate) style: Style,
     /// Event categories.
-    pub events: Vec<String>,
+    pub(crate) events: Vec<String>,
     /// Body format (`json`).
-    pub content_type: String,
+    pub(crate) content_type: String,
     /// Deliveries are made only while active.
-    pub active: bool,
+    pub(crate) active: bool,
     /// Failed attempts in a row.
-    pub consecutive_failures: i32,
+    pub(crate) consecutive_failures: i32,
     /// Why it was disabled, if it was.
-    pub disabled_reason: Option<String>,
+    pub(crate) disabled_reason: Option<String>,
 }
 
 impl Subscription {
     /// Whether this subscription wants `event_type`.
-    pub fn wants(&self, event_type: &str) -> bool {
+    pub(crate) fn wants(&self, event_type: &str) -> bool {
         match category(event_type) {
             Some(c) => self.events.iter().any(|e| e == c || e == "*"),
             None => false,

@@ -21,25 +21,25 @@ use super::page::{self, Form};
 use super::state::ConsoleState;
 
 /// Session cookie name.
-pub const SESSION_COOKIE: &str = "hookfleet_console";
+pub(crate) const SESSION_COOKIE: &str = "hookfleet_console";
 /// Cookie with the name given at login, for the action log.
-pub const USER_COOKIE: &str = "hookfleet_console_user";
+pub(crate) const USER_COOKIE: &str = "hookfleet_console_user";
 /// Header carrying the CSRF token (forms send the `csrf` field instead).
-pub const CSRF_HEADER: &str = "x-csrf-token";
+pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 /// Header naming the operator when the bearer token is used.
-pub const USER_HEADER: &str = "x-console-user";
+pub(crate) const USER_HEADER: &str = "x-console-user";
 /// Form bodies larger than this are refused (they are a few fields).
-pub const MAX_FORM_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_FORM_BYTES: usize = 64 * 1024;
 /// Longest operator name kept for the log.
 const MAX_USER_LEN: usize = 40;
 
 /// Who made a request, for the action log.
 #[derive(Clone, Debug)]
-pub struct Who {
+pub(crate) struct Who {
     /// The name given at login or in `X-Console-User` (`anonymous` when none).
-    pub user: String,
+    pub(crate) user: String,
     /// `cookie` or `bearer`.
-    pub via: &'static str,
+    pub(crate) via: &'static str,
 }
 
 fn mac(token: &str, purpose: &str) -> Hmac<Sha256> {
@@ -67,7 +67,7 @@ fn token_ok(token: &str, given: &str) -> bool {
 }
 
 /// The CSRF token pages embed in their forms.
-pub fn csrf_token(state: &ConsoleState) -> String {
+pub(crate) fn csrf_token(state: &ConsoleState) -> String {
     derived(state.console.token.expose(), "csrf")
 }
 
@@ -119,7 +119,11 @@ fn authenticate(state: &ConsoleState, headers: &HeaderMap) -> Option<Who> {
 /// Middleware on every console route but login and assets: 401 without valid
 /// credentials, 403 for a POST without the CSRF token. Puts [`Who`] in the
 /// request's extensions.
-pub async fn require(State(state): State<ConsoleState>, req: Request, next: Next) -> Response {
+pub(crate) async fn require(
+    State(state): State<ConsoleState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let Some(who) = authenticate(&state, req.headers()) else {
         tracing::info!(path = %req.uri().path(), "console: request without valid credentials refused");
         return (StatusCode::UNAUTHORIZED, page::unauthorized()).into_response();
@@ -150,12 +154,12 @@ pub async fn require(State(state): State<ConsoleState>, req: Request, next: Next
 }
 
 /// `GET /console/login`.
-pub async fn login_form() -> Response {
+pub(crate) async fn login_form() -> Response {
     page::login(None).into_response()
 }
 
 /// `POST /console/login`: checks the token, sets the session cookie.
-pub async fn login(State(state): State<ConsoleState>, body: axum::body::Bytes) -> Response {
+pub(crate) async fn login(State(state): State<ConsoleState>, body: axum::body::Bytes) -> Response {
     let form = Form::parse(&body);
     let token = state.console.token.expose();
     if !token_ok(token, form.get("token").unwrap_or("")) {
@@ -177,7 +181,7 @@ pub async fn login(State(state): State<ConsoleState>, body: axum::body::Bytes) -
 }
 
 /// `POST /console/logout`: clears the cookies.
-pub async fn logout() -> Response {
+pub(crate) async fn logout() -> Response {
     let mut res = Redirect::to("/console/login").into_response();
     for name in [SESSION_COOKIE, USER_COOKIE] {
         let c = format!("{name}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0");

@@ -12,7 +12,7 @@ use super::state::ConsoleState;
 use crate::dlq::{self, Action, Filter};
 
 /// Rows shown on the page at most.
-pub const LIST_LIMIT: usize = 200;
+pub(crate) const LIST_LIMIT: usize = 200;
 /// Error classes offered in the filter.
 const CLASSES: [&str; 5] = ["permanent", "transient", "panic", "timeout", "poison"];
 
@@ -89,7 +89,7 @@ fn filter_form(state: &ConsoleState, kind: &str, f: &Filter) -> String {
 }
 
 /// `GET /console/dlq`.
-pub async fn page(State(state): State<ConsoleState>, RawQuery(query): RawQuery) -> Response {
+pub(crate) async fn page(State(state): State<ConsoleState>, RawQuery(query): RawQuery) -> Response {
     let form = Form::parse(query.unwrap_or_default().as_bytes());
     let kind = kind_of(&state, &form);
     let filter = filter_of(&form);
@@ -168,7 +168,7 @@ fn letters_form(kind: &str, f: &Filter, letters: &[dlq::DeadLetter], csrf: &str)
 }
 
 /// `GET /console/dlq/{kind}/{id}`: headers and body of one dead letter.
-pub async fn open(
+pub(crate) async fn open(
     State(state): State<ConsoleState>,
     Path((kind, id)): Path<(String, String)>,
 ) -> Response {
@@ -252,7 +252,7 @@ fn parse_do(form: &Form) -> Option<(Action, Scope)> {
 
 /// `POST /console/dlq/action`: requeue or discard, then back to the list
 /// with how many moved.
-pub async fn action(
+pub(crate) async fn action(
     State(state): State<ConsoleState>,
     Extension(who): Extension<Who>,
     body: Bytes,

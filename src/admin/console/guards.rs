@@ -49,7 +49,7 @@ fn breakers() -> Vec<(String, i64)> {
 }
 
 /// The "Webhook circuit breakers" heading and table (also on the webhooks page).
-pub fn breakers_section() -> String {
+pub(crate) fn breakers_section() -> String {
     let rows: Vec<Vec<String>> = breakers()
         .into_iter()
         .map(|(host, v)| {
@@ -67,7 +67,7 @@ pub fn breakers_section() -> String {
 }
 
 /// `GET /console/guards`.
-pub async fn page(State(state): State<ConsoleState>, RawQuery(query): RawQuery) -> Response {
+pub(crate) async fn page(State(state): State<ConsoleState>, RawQuery(query): RawQuery) -> Response {
     let form = Form::parse(query.unwrap_or_default().as_bytes());
     let csrf = csrf_token(&state);
     let switch = metrics().killswitch_state.get();
@@ -128,7 +128,7 @@ fn back(flash: &str) -> Response {
 
 /// `POST /console/guards/pause`: `action=pause|resume` for `kind` (with an
 /// optional `reason`), fleet-wide.
-pub async fn set_paused(
+pub(crate) async fn set_paused(
     State(state): State<ConsoleState>,
     Extension(who): Extension<Who>,
     body: Bytes,

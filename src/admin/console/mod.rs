@@ -33,14 +33,14 @@ use axum::routing::{get, post};
 
 use crate::health::Health;
 use crate::inflight::InFlight;
-pub use state::Console;
+pub(crate) use state::Console;
 use state::ConsoleState;
 
 /// The console's routes, all under `/console` (full paths, so `/console` and
 /// `/console/` both reach the overview): 404 everywhere when the process has
 /// no console (no token configured). The routes carry their own state, so they
 /// merge into the admin server's router whatever its state type `S` is.
-pub fn router<S>(
+pub(crate) fn router<S>(
     console: Option<Arc<Console>>,
     health: &Arc<Health>,
     inflight: &Arc<InFlight>,

@@ -27,7 +27,7 @@ const REPLAYS_SHOWN: i64 = 5;
 
 /// Progress as `/console/api/replay` reports it: the latest replay.
 #[derive(serde::Serialize)]
-pub struct ReplayProgress {
+pub(crate) struct ReplayProgress {
     /// Row id (0 when there is none).
     id: i64,
     /// `none`, `running`, `done`, `failed` or `interrupted` (a running row
@@ -115,7 +115,7 @@ fn progress_of(state: &ConsoleState, row: Option<&ReplayRow>) -> ReplayProgress 
 }
 
 /// `GET /console/api/replay`: the latest replay.
-pub async fn progress(State(state): State<ConsoleState>) -> Response {
+pub(crate) async fn progress(State(state): State<ConsoleState>) -> Response {
     match replay_store::recent(&state.console.pool, 1).await {
         Ok(rows) => Json(progress_of(&state, rows.first())).into_response(),
         Err(e) => (
@@ -127,7 +127,7 @@ pub async fn progress(State(state): State<ConsoleState>) -> Response {
 }
 
 /// `GET /console/outbox`.
-pub async fn page(State(state): State<ConsoleState>, RawQuery(query): RawQuery) -> Response {
+pub(crate) async fn page(State(state): State<ConsoleState>, RawQuery(query): RawQuery) -> Response {
     let form = Form::parse(query.unwrap_or_default().as_bytes());
     let csrf = csrf_token(&state);
     let mut body = match status::fetch(&state.console.pool).await {

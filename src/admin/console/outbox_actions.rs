@@ -111,7 +111,7 @@ pub(super) fn replay_form(form: &Form, csrf: &str, mode: &str, label: &str) -> S
 /// `POST /console/outbox/replay`: `mode=dry` counts and samples, `mode=run`
 /// starts the background replay, `mode=resume` resumes replay `id` from its
 /// cursor, `mode=unpark` unparks the row `id`.
-pub async fn replay(
+pub(crate) async fn replay(
     State(state): State<ConsoleState>,
     Extension(who): Extension<Who>,
     body: Bytes,

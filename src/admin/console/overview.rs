@@ -25,11 +25,11 @@ use crate::amqp::topology::Names;
 use crate::{build_info, metrics};
 
 /// A job at or past this share of `worker.handler_timeout` is highlighted.
-pub const NEAR_TIMEOUT: f64 = 0.8;
+pub(crate) const NEAR_TIMEOUT: f64 = 0.8;
 
 /// One job kind's figures.
 #[derive(Debug, Default, serde::Serialize)]
-pub struct KindFigures {
+pub(crate) struct KindFigures {
     kind: String,
     /// Ready messages in the work queue.
     work: i64,
@@ -46,7 +46,7 @@ pub struct KindFigures {
 
 /// What `/console/api/overview` returns.
 #[derive(Debug, serde::Serialize)]
-pub struct Overview {
+pub(crate) struct Overview {
     ready: bool,
     reason: Option<String>,
     version: &'static str,
@@ -191,12 +191,12 @@ fn window_text(o: &Overview) -> String {
 }
 
 /// `GET /console/api/overview`.
-pub async fn api(State(state): State<ConsoleState>) -> Json<Overview> {
+pub(crate) async fn api(State(state): State<ConsoleState>) -> Json<Overview> {
     Json(overview(&state).await)
 }
 
 /// `GET /console`: the first render; `console.js` refreshes it from the API.
-pub async fn page(State(state): State<ConsoleState>) -> Response {
+pub(crate) async fn page(State(state): State<ConsoleState>) -> Response {
     let o = overview(&state).await;
     let csrf = csrf_token(&state);
     let rows: Vec<Vec<String>> = o
@@ -272,7 +272,7 @@ pub async fn page(State(state): State<ConsoleState>) -> Response {
 
 /// `GET /console/jobs`: in-flight jobs, oldest first, those near the handler
 /// timeout highlighted.
-pub async fn jobs(State(state): State<ConsoleState>) -> Response {
+pub(crate) async fn jobs(State(state): State<ConsoleState>) -> Response {
     let mut jobs = state.inflight.list();
     jobs.sort_by(|a, b| b.elapsed_seconds.total_cmp(&a.elapsed_seconds));
     let timeout = state.console.config.worker.handler_timeout.as_secs_f64();

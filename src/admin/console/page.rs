@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use axum::response::Html;
 
 /// Escapes text for HTML element content and attribute values.
-pub fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -26,28 +26,28 @@ pub fn esc(s: &str) -> String {
 }
 
 /// Percent-encodes a query-string value.
-pub fn q(s: &str) -> String {
+pub(crate) fn q(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// A parsed `application/x-www-form-urlencoded` body or query (repeated keys kept).
 #[derive(Debug, Default)]
-pub struct Form(Vec<(String, String)>);
+pub(crate) struct Form(Vec<(String, String)>);
 
 impl Form {
     /// Parses `bytes`.
-    pub fn parse(bytes: &[u8]) -> Self {
+    pub(crate) fn parse(bytes: &[u8]) -> Self {
         Self(url::form_urlencoded::parse(bytes).into_owned().collect())
     }
     /// The first value of `key`, if present and not blank.
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, v)| k == key && !v.trim().is_empty())
             .map(|(_, v)| v.trim())
     }
     /// Every non-blank value of `key`.
-    pub fn all(&self, key: &str) -> Vec<String> {
+    pub(crate) fn all(&self, key: &str) -> Vec<String> {
         self.0
             .iter()
             .filter(|(k, v)| k == key && !v.trim().is_empty())
@@ -55,7 +55,7 @@ impl Form {
             .collect()
     }
     /// `key` parsed as a number, if present.
-    pub fn num<T: std::str::FromStr>(&self, key: &str) -> Option<T> {
+    pub(crate) fn num<T: std::str::FromStr>(&self, key: &str) -> Option<T> {
         self.get(key).and_then(|v| v.parse().ok())
     }
 }
@@ -72,7 +72,7 @@ const NAV: [(&str, &str); 6] = [
 
 /// A full page: head, navigation (with `active` marked), an optional flash
 /// message, then `body`. `csrf` goes into a meta tag for the script.
-pub fn frame(
+pub(crate) fn frame(
     title: &str,
     active: &str,
     csrf: &str,
@@ -102,7 +102,7 @@ pub fn frame(
 }
 
 /// The hidden CSRF field every form carries.
-pub fn csrf_field(csrf: &str) -> String {
+pub(crate) fn csrf_field(csrf: &str) -> String {
     format!("<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">")
 }
 
@@ -118,7 +118,7 @@ fn bare(title: &str, body: &str) -> Html<String> {
 }
 
 /// The login form, with an error when the last try failed.
-pub fn login(error: Option<&str>) -> Html<String> {
+pub(crate) fn login(error: Option<&str>) -> Html<String> {
     let err = error
         .map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", esc(e)))
         .unwrap_or_default();
@@ -135,7 +135,7 @@ pub fn login(error: Option<&str>) -> Html<String> {
 }
 
 /// 401 body.
-pub fn unauthorized() -> Html<String> {
+pub(crate) fn unauthorized() -> Html<String> {
     bare(
         "Sign in required",
         "<p id=\"denied\">This page needs the console token.</p>\
@@ -144,7 +144,7 @@ pub fn unauthorized() -> Html<String> {
 }
 
 /// 403 body.
-pub fn forbidden() -> Html<String> {
+pub(crate) fn forbidden() -> Html<String> {
     bare(
         "Refused",
         "<p id=\"denied\">This action needs a valid CSRF token: reload the page and try again.</p>",
@@ -152,7 +152,7 @@ pub fn forbidden() -> Html<String> {
 }
 
 /// A table from a header row and rows of already-escaped cells.
-pub fn table(id: &str, head: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(id: &str, head: &[&str], rows: &[Vec<String>]) -> String {
     let mut s = format!("<div class=\"scroll\"><table id=\"{id}\"><thead><tr>");
     for h in head {
         let _ = write!(s, "<th>{h}</th>");
@@ -177,7 +177,7 @@ pub fn table(id: &str, head: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// An error box for a failed backend call (broker or database), text escaped.
-pub fn error_box(what: &str, e: &dyn std::fmt::Display) -> String {
+pub(crate) fn error_box(what: &str, e: &dyn std::fmt::Display) -> String {
     format!(
         "<p class=\"error\">{}: {}</p>",
         esc(what),

@@ -6,18 +6,18 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The window of the relay's publishing rate.
-pub const RATE_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Samples of this process's relay counter, to turn it into a rate over
 /// [`RATE_WINDOW`] (kept only as long as the window needs).
 #[derive(Debug, Default)]
-pub struct RelayRate(Mutex<VecDeque<(Instant, u64)>>);
+pub(crate) struct RelayRate(Mutex<VecDeque<(Instant, u64)>>);
 
 impl RelayRate {
     /// Adds `published` (the counter now) and returns the rate per second
     /// since the oldest sample within the window, and that span in seconds
     /// (`None` until two samples within the window are a second apart).
-    pub fn sample(&self, now: Instant, published: u64) -> Option<(f64, f64)> {
+    pub(crate) fn sample(&self, now: Instant, published: u64) -> Option<(f64, f64)> {
         let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
         while q
             .front()

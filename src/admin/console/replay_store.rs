@@ -19,33 +19,33 @@ use uuid::Uuid;
 
 /// One replay as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ReplayRow {
+pub(crate) struct ReplayRow {
     /// Row id.
-    pub id: i64,
+    pub(crate) id: i64,
     /// The form's filters (field name to value).
-    pub request: serde_json::Value,
+    pub(crate) request: serde_json::Value,
     /// Who started it (the console user).
-    pub started_by: String,
+    pub(crate) started_by: String,
     /// `running`, `done`, `failed` or `interrupted`.
-    pub state: String,
+    pub(crate) state: String,
     /// The console instance running (or last running) it.
-    pub owner: Option<Uuid>,
+    pub(crate) owner: Option<Uuid>,
     /// The first outbox id not yet confirmed.
-    pub next_id: i64,
+    pub(crate) next_id: i64,
     /// Rows published and confirmed, over every run of it.
-    pub published: i64,
+    pub(crate) published: i64,
     /// Rows selected: published plus what the latest run selected.
-    pub total: i64,
+    pub(crate) total: i64,
     /// Why it stopped, when it failed or was interrupted.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Last sign of life of its runner.
-    pub heartbeat_at: DateTime<Utc>,
+    pub(crate) heartbeat_at: DateTime<Utc>,
     /// When it was started.
-    pub created_at: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 /// Records a replay `owner` starts now from outbox id `next_id`.
-pub async fn insert(
+pub(crate) async fn insert(
     pool: &PgPool,
     request: &serde_json::Value,
     started_by: &str,
@@ -90,7 +90,7 @@ pub async fn claim(
 }
 
 /// Stores the cursor and counts of a running replay (and that it is alive).
-pub async fn save(
+pub(crate) async fn save(
     pool: &PgPool,
     id: i64,
     owner: Uuid,
@@ -114,7 +114,7 @@ pub async fn save(
 }
 
 /// Says the runner is alive (a rate-limited page can take minutes).
-pub async fn heartbeat(pool: &PgPool, id: i64, owner: Uuid) -> Result<(), sqlx::Error> {
+pub(crate) async fn heartbeat(pool: &PgPool, id: i64, owner: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE console_replays SET heartbeat_at = now() \
          WHERE id = $1 AND owner = $2 AND state = 'running'",
@@ -127,7 +127,7 @@ pub async fn heartbeat(pool: &PgPool, id: i64, owner: Uuid) -> Result<(), sqlx::
 }
 
 /// Ends a run: `state` (`done`, `failed`, `interrupted`), with its error.
-pub async fn finish(
+pub(crate) async fn finish(
     pool: &PgPool,
     id: i64,
     owner: Uuid,
@@ -148,7 +148,7 @@ pub async fn finish(
 }
 
 /// The latest `limit` replays, newest first.
-pub async fn recent(pool: &PgPool, limit: i64) -> Result<Vec<ReplayRow>, sqlx::Error> {
+pub(crate) async fn recent(pool: &PgPool, limit: i64) -> Result<Vec<ReplayRow>, sqlx::Error> {
     sqlx::query_as!(
         ReplayRow,
         "SELECT id, request, started_by, state, owner, next_id, published, total, \

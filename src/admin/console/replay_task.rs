@@ -25,31 +25,31 @@ use crate::config::AmqpConfig;
 use crate::outbox::replay::{self, Advance, Progress, ReplayError, ReplayPlan};
 
 /// How often a running replay says it is alive.
-pub const HEARTBEAT: Duration = Duration::from_secs(3);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(3);
 /// A `running` replay silent this long lost its process.
-pub const STALE: Duration = Duration::from_secs(15);
+pub(crate) const STALE: Duration = Duration::from_secs(15);
 
 /// The one replay this process runs at a time (its row id), shared with the
 /// task; a watch, so a stopping process can wait until it has stored its end.
-pub type Slot = Arc<tokio::sync::watch::Sender<Option<i64>>>;
+pub(crate) type Slot = Arc<tokio::sync::watch::Sender<Option<i64>>>;
 
 /// A free slot.
-pub fn slot() -> Slot {
+pub(crate) fn slot() -> Slot {
     Arc::new(tokio::sync::watch::Sender::new(None))
 }
 
 /// The replay this process runs now, if any.
-pub fn current(slot: &Slot) -> Option<i64> {
+pub(crate) fn current(slot: &Slot) -> Option<i64> {
     *slot.borrow()
 }
 
 /// Whether this process runs a replay now.
-pub fn busy(slot: &Slot) -> bool {
+pub(crate) fn busy(slot: &Slot) -> bool {
     current(slot).is_some()
 }
 
 /// Takes the slot for replay `id`; `false` when another one holds it.
-pub fn take(slot: &Slot, id: i64) -> bool {
+pub(crate) fn take(slot: &Slot, id: i64) -> bool {
     slot.send_if_modified(|s| {
         if s.is_some() {
             return false;
@@ -60,7 +60,7 @@ pub fn take(slot: &Slot, id: i64) -> bool {
 }
 
 /// Frees the slot held by replay `id`.
-pub fn release(slot: &Slot, id: i64) {
+pub(crate) fn release(slot: &Slot, id: i64) {
     slot.send_if_modified(|s| {
         if *s != Some(id) {
             return false;
@@ -71,21 +71,21 @@ pub fn release(slot: &Slot, id: i64) {
 }
 
 /// Returns once no replay runs (at once when none does).
-pub async fn idle(slot: &Slot) {
+pub(crate) async fn idle(slot: &Slot) {
     let mut rx = slot.subscribe();
     let _ = rx.wait_for(Option::is_none).await;
 }
 
 /// A run of replay `id`, from the plan's `from_id`.
-pub struct Run {
+pub(crate) struct Run {
     /// Row id in `console_replays`.
-    pub id: i64,
+    pub(crate) id: i64,
     /// What to publish.
-    pub plan: ReplayPlan,
+    pub(crate) plan: ReplayPlan,
     /// Published by earlier runs of the same replay (a resume adds to it).
-    pub published_before: i64,
+    pub(crate) published_before: i64,
     /// Who started or resumed it, for the log.
-    pub user: String,
+    pub(crate) user: String,
 }
 
 /// Database connections a replay uses at most (a page read and a progress write).
@@ -95,7 +95,7 @@ const REPLAY_CONNECTIONS: u32 = 2;
 /// a small pool of its own (same connect options as `pool`): a stopping
 /// process closes its pool right after its admin server, and the replay
 /// must still store where it stopped.
-pub fn spawn(
+pub(crate) fn spawn(
     pool: &PgPool,
     amqp: AmqpConfig,
     owner: Uuid,

@@ -46,7 +46,7 @@ impl Console {
     /// the id to resume from (it confirms what it sent first), so another
     /// process's console can resume it. Explicit, not on [`Drop`]: open
     /// connections keep the console alive after its server has stopped.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         self.replay_stop.cancel();
         replay_task::idle(&self.running).await;
     }
@@ -54,7 +54,7 @@ impl Console {
     /// The console of a process with `config` and `pool`; `None` when
     /// `admin.console_token` is empty (the console is then off). Whether this
     /// process relays the outbox is `config`'s `outbox.relay`.
-    pub fn new(config: Arc<Config>, pool: PgPool) -> Option<Arc<Self>> {
+    pub(crate) fn new(config: Arc<Config>, pool: PgPool) -> Option<Arc<Self>> {
         let token = config.admin.console_token.clone();
         if token.expose().is_empty() {
             return None;

@@ -27,7 +27,7 @@ const PLAINTEXT: &str = "webhook.secret_key is not set: the secret is stored in 
                          (set it and run `hookfleet migrate` to encrypt)";
 
 /// The add form (its fields are `webhook add`'s flags).
-pub fn add_form(csrf: &str) -> String {
+pub(crate) fn add_form(csrf: &str) -> String {
     let styles: String = Style::NAMES
         .iter()
         .map(|s| format!("<option value=\"{s}\">{s}</option>"))
@@ -47,7 +47,7 @@ pub fn add_form(csrf: &str) -> String {
 }
 
 /// The remove and rotate controls of subscription `id`.
-pub fn manage(id: i64, csrf: &str) -> String {
+pub(crate) fn manage(id: i64, csrf: &str) -> String {
     format!(
         "<details><summary id=\"sub-{id}-manage\">Manage</summary>\
          <form method=\"post\" action=\"/console/webhooks/rotate\" class=\"filters\">{c}\
@@ -84,7 +84,7 @@ fn shown_once(state: &ConsoleState, title: &str, lines: &[String], secret: &str)
 }
 
 /// `POST /console/webhooks/add`: as `webhook add`, then the ping it sends.
-pub async fn add(
+pub(crate) async fn add(
     State(state): State<ConsoleState>,
     Extension(who): Extension<Who>,
     body: Bytes,
@@ -127,7 +127,7 @@ pub async fn add(
 }
 
 /// `POST /console/webhooks/remove`: as `webhook remove`.
-pub async fn remove(
+pub(crate) async fn remove(
     State(state): State<ConsoleState>,
     Extension(who): Extension<Who>,
     body: Bytes,
@@ -147,7 +147,7 @@ pub async fn remove(
 
 /// `POST /console/webhooks/rotate`: as `webhook rotate-secret` (`secret`
 /// blank generates one; `overlap` blank is `webhook.secret_overlap`).
-pub async fn rotate(
+pub(crate) async fn rotate(
     State(state): State<ConsoleState>,
     Extension(who): Extension<Who>,
     body: Bytes,

@@ -19,12 +19,12 @@ use crate::webhook::storage::{self, AttemptRow};
 use crate::webhook::{manage, subscription::Subscription};
 
 /// Attempts read per page view (filters apply to these).
-pub const ATTEMPTS_READ: i64 = 500;
+pub(crate) const ATTEMPTS_READ: i64 = 500;
 /// Attempts shown at most.
-pub const ATTEMPTS_SHOWN: usize = 100;
+pub(crate) const ATTEMPTS_SHOWN: usize = 100;
 
 /// `GET /console/webhooks`.
-pub async fn page(State(state): State<ConsoleState>, RawQuery(query): RawQuery) -> Response {
+pub(crate) async fn page(State(state): State<ConsoleState>, RawQuery(query): RawQuery) -> Response {
     let form = Form::parse(query.unwrap_or_default().as_bytes());
     let csrf = csrf_token(&state);
     let pool = &state.console.pool;
@@ -241,7 +241,7 @@ pub async fn set_active(
 }
 
 /// `POST /console/webhooks/redeliver`: enqueues delivery `delivery_id` again.
-pub async fn redeliver(
+pub(crate) async fn redeliver(
     State(state): State<ConsoleState>,
     Extension(who): Extension<Who>,
     body: Bytes,

@@ -13,7 +13,7 @@ use crate::metrics::metrics;
 use crate::outbox::storage::OutboxRow;
 
 /// The connection role the relay reports in logs and metrics.
-pub const ROLE: &str = "relay";
+pub(crate) const ROLE: &str = "relay";
 
 /// The broker side of the relay: connection, confirm channel, and exchanges known
 /// to exist on this connection.

@@ -70,9 +70,4 @@ mod send;
 mod settle;
 mod stats;
 
-pub use broker::ROLE;
-pub use pipeline::{BIG_BATCH_BYTES, CLAIM_AHEAD, PIPELINE_DEPTH};
-pub use policy::{MAX_SUSPECTS, ROW_BACKOFF_BASE, row_backoff};
-pub use returns::RETURN_KEPT;
 pub use runner::run_relay;
-pub use stats::STATS_INTERVAL;

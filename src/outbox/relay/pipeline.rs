@@ -25,14 +25,14 @@ use crate::outbox::storage::{self, OutboxRow};
 /// Sent batches queued for the settler (confirms, marks, COMMIT) besides the one
 /// it is settling: how far the sender may run ahead. Each holds a pooled
 /// connection until it commits.
-pub const PIPELINE_DEPTH: usize = 2;
+pub(crate) const PIPELINE_DEPTH: usize = 2;
 /// Claimed batches queued for the sender besides the one it is publishing. One is
 /// enough to hide a claim behind a publish (measured: a claim of 256 1 KiB rows
 /// takes a fifth to a quarter of the time their publishing does); it holds one
 /// more pooled connection.
-pub const CLAIM_AHEAD: usize = 1;
+pub(crate) const CLAIM_AHEAD: usize = 1;
 /// Payload bytes from which a batch counts as big (see [`crate::alloc`]).
-pub const BIG_BATCH_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const BIG_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// A claimed batch on its way to the sender: its rows stay locked by `tx`.
 pub(super) struct Claimed {

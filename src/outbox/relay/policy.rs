@@ -8,10 +8,10 @@ use crate::config::{AmqpConfig, OutboxConfig};
 use crate::outbox::storage::Failure;
 
 /// First delay before a failed row is retried; doubles per attempt.
-pub const ROW_BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub(crate) const ROW_BACKOFF_BASE: Duration = Duration::from_secs(1);
 
 /// Delay before a row that failed `attempts` times (after this failure) is due again.
-pub fn row_backoff(attempts: i32, max: Duration) -> Duration {
+pub(crate) fn row_backoff(attempts: i32, max: Duration) -> Duration {
     let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
     ROW_BACKOFF_BASE
         .saturating_mul(2u32.saturating_pow(exp))
@@ -20,7 +20,7 @@ pub fn row_backoff(attempts: i32, max: Duration) -> Duration {
 
 /// Suspects remembered at most; past that the set is cleared (a refusal then
 /// costs one more closed channel to find its row again, never a stall).
-pub const MAX_SUSPECTS: usize = 100_000;
+pub(crate) const MAX_SUSPECTS: usize = 100_000;
 
 /// What decides a failed row's next attempt.
 #[derive(Debug, Clone, Copy)]

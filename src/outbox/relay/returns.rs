@@ -16,7 +16,7 @@ use crate::outbox::storage::{self, Failure};
 
 /// How long a return nobody has claimed is kept (a row of a later batch
 /// claims it within seconds; this only bounds the ledger).
-pub const RETURN_KEPT: Duration = Duration::from_secs(300);
+pub(crate) const RETURN_KEPT: Duration = Duration::from_secs(300);
 
 /// Returned messages not yet matched to their row.
 ///

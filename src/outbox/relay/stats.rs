@@ -10,7 +10,7 @@ use crate::metrics::metrics;
 use crate::outbox::storage;
 
 /// How often pending statistics (`outbox_pending`, oldest age) are sampled.
-pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Samples pending statistics (`outbox_pending`, oldest age, parked) at most every
 /// [`STATS_INTERVAL`].

@@ -24,9 +24,9 @@ pub use progress::{Advance, Progress};
 pub use run::run;
 
 /// Rows read and published per page (confirms are awaited per page).
-pub const PAGE_SIZE: i64 = 256;
+pub(crate) const PAGE_SIZE: i64 = 256;
 /// Rows shown by a dry run.
-pub const SAMPLE_SIZE: i64 = 5;
+pub(crate) const SAMPLE_SIZE: i64 = 5;
 
 /// Replay failures; [`ReplayError::BadFilter`] means nothing was published.
 #[derive(Debug, thiserror::Error)]

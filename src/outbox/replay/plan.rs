@@ -39,15 +39,15 @@ pub struct ReplayRequest {
 #[derive(Debug, Clone)]
 pub struct ReplayPlan {
     /// Rows to replay.
-    pub selection: Selection,
+    pub(crate) selection: Selection,
     /// Exchange override.
-    pub to_exchange: Option<String>,
+    pub(crate) to_exchange: Option<String>,
     /// Routing key override.
-    pub routing_key: Option<String>,
+    pub(crate) routing_key: Option<String>,
     /// Count and sample only.
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Events per second at most.
-    pub rate: Option<u32>,
+    pub(crate) rate: Option<u32>,
 }
 
 /// Validates an event-type filter and returns `(exact, regex)`: an exact type, or

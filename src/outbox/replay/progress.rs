@@ -19,16 +19,16 @@ pub enum Progress {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Advance {
     /// Rows published and confirmed so far.
-    pub done: u64,
+    pub(crate) done: u64,
     /// Rows selected.
-    pub total: i64,
+    pub(crate) total: i64,
     /// The first outbox id not yet confirmed: the `--from-id` to resume from.
-    pub next_id: i64,
+    pub(crate) next_id: i64,
 }
 
 impl Progress {
     /// A bar on a terminal, plain lines otherwise.
-    pub fn for_stderr() -> Self {
+    pub(crate) fn for_stderr() -> Self {
         use std::io::IsTerminal;
         if std::io::stderr().is_terminal() {
             Progress::bar(indicatif::ProgressDrawTarget::stderr())
@@ -38,7 +38,7 @@ impl Progress {
     }
 
     /// A bar drawn to `target` showing count, rate and time left.
-    pub fn bar(target: indicatif::ProgressDrawTarget) -> Self {
+    pub(crate) fn bar(target: indicatif::ProgressDrawTarget) -> Self {
         let style = indicatif::ProgressStyle::with_template(
             "{bar:30} {pos}/{len} events  {per_sec}  ETA {eta}",
         )

@@ -49,20 +49,20 @@ pub async fn pending_stats(pool: &PgPool) -> Result<(i64, f64, i64), sqlx::Error
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct FailingRow {
     /// Outbox id.
-    pub id: i64,
+    pub(crate) id: i64,
     /// Event type.
-    pub event_type: String,
+    pub(crate) event_type: String,
     /// Target exchange.
     pub exchange: String,
     /// Failed attempts.
-    pub publish_attempts: i32,
+    pub(crate) publish_attempts: i32,
     /// The last error.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// When the relay tries again; `None` when parked (stored as `infinity`,
     /// which chrono cannot hold).
-    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub(crate) next_attempt_at: Option<DateTime<Utc>>,
     /// When the row was set aside; `None` while the relay still retries it.
-    pub parked_at: Option<DateTime<Utc>>,
+    pub(crate) parked_at: Option<DateTime<Utc>>,
 }
 
 /// Up to `limit` failing rows, oldest first.

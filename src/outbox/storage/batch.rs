@@ -81,12 +81,12 @@ pub async fn mark_published(
 #[derive(Debug, Clone)]
 pub struct Failure {
     /// Outbox id.
-    pub id: i64,
+    pub(crate) id: i64,
     /// What went wrong (stored in `last_error`).
-    pub error: String,
+    pub(crate) error: String,
     /// Delay before the next attempt, or `None` to park the row (set it aside
     /// until `outbox unpark`).
-    pub retry_in: Option<Duration>,
+    pub(crate) retry_in: Option<Duration>,
 }
 
 /// Records failed publishes (one statement): attempts + 1, last error, and the

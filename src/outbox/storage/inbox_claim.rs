@@ -22,7 +22,7 @@ pub(crate) fn inbox_claim_sql(first: usize) -> String {
 /// Claims `message_id` for `queue` in the inbox, in `tx`; `false` when it was
 /// handled before (a concurrent redelivery waits on the first one's row lock and
 /// then sees it).
-pub async fn claim_message(
+pub(crate) async fn claim_message(
     tx: &mut Transaction<'static, Postgres>,
     message_id: Uuid,
     queue: &str,
@@ -39,7 +39,7 @@ pub async fn claim_message(
 }
 
 /// Whether the inbox has `message_id` (handled before, by any queue).
-pub async fn message_handled(pool: &PgPool, message_id: Uuid) -> Result<bool, sqlx::Error> {
+pub(crate) async fn message_handled(pool: &PgPool, message_id: Uuid) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(
         "SELECT EXISTS (SELECT 1 FROM inbox WHERE message_id = $1) AS \"handled!\"",
         message_id,

@@ -119,7 +119,7 @@ impl EventArrays {
 
 /// Inserts all `events` with one statement (one round trip; the table's trigger
 /// queues them in `outbox_pending` and sends one NOTIFY).
-pub async fn insert_events(
+pub(crate) async fn insert_events(
     tx: &mut Transaction<'static, Postgres>,
     events: &[Event],
 ) -> Result<(), sqlx::Error> {

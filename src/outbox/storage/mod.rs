@@ -43,14 +43,14 @@ pub use batch::{
     Failure, begin_claim, claim, claim_sql, mark_failed, mark_published, reopen_returned, routes,
 };
 pub(crate) use inbox_claim::inbox_claim_sql;
-pub use inbox_claim::{claim_message, message_handled};
-pub use insert::insert_events;
+pub(crate) use inbox_claim::{claim_message, message_handled};
+pub(crate) use insert::insert_events;
 pub(crate) use insert::{EVENT_PARAMS, EventArrays, Owned};
-pub use retention::{prune_inbox_batch, prune_outbox_batch};
-pub use selection::{Selection, count_selected, select_page};
+pub(crate) use retention::{prune_inbox_batch, prune_outbox_batch};
+pub(crate) use selection::{Selection, count_selected, select_page};
 
 /// The PostgreSQL notification channel the outbox trigger signals on insert.
-pub const NOTIFY_CHANNEL: &str = "hookfleet_outbox";
+pub(crate) const NOTIFY_CHANNEL: &str = "hookfleet_outbox";
 
 /// One outbox row as the relay and replay read it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -58,23 +58,23 @@ pub struct OutboxRow {
     /// Position in the outbox (publication order).
     pub id: i64,
     /// Stable AMQP `message_id`.
-    pub message_id: Uuid,
+    pub(crate) message_id: Uuid,
     /// Target exchange.
-    pub exchange: String,
+    pub(crate) exchange: String,
     /// Routing key.
-    pub routing_key: String,
+    pub(crate) routing_key: String,
     /// AMQP `type`.
-    pub event_type: String,
+    pub(crate) event_type: String,
     /// AMQP `correlation_id`.
-    pub correlation_id: Option<String>,
+    pub(crate) correlation_id: Option<String>,
     /// Extra headers (string or integer values).
-    pub headers: serde_json::Value,
+    pub(crate) headers: serde_json::Value,
     /// Body.
-    pub payload: String,
+    pub(crate) payload: String,
     /// `traceparent` of the span that created the event (NULL: no trace).
-    pub trace_context: Option<String>,
+    pub(crate) trace_context: Option<String>,
     /// Creation time (AMQP `timestamp`).
-    pub created_at: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
     /// Publish attempts so far (failed ones included).
     pub publish_attempts: i32,
 }

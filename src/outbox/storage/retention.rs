@@ -8,7 +8,7 @@ use sqlx::PgPool;
 /// Deletes up to `limit` events published more than `older_than` ago (their
 /// `outbox_published` and `outbox` rows); returns how many. Unpublished rows are
 /// never touched: only what `outbox_published` names is deleted.
-pub async fn prune_outbox_batch(
+pub(crate) async fn prune_outbox_batch(
     pool: &PgPool,
     older_than: Duration,
     limit: u32,
@@ -31,7 +31,7 @@ pub async fn prune_outbox_batch(
 }
 
 /// Deletes up to `limit` inbox rows processed more than `older_than` ago.
-pub async fn prune_inbox_batch(
+pub(crate) async fn prune_inbox_batch(
     pool: &PgPool,
     older_than: Duration,
     limit: u32,

@@ -9,25 +9,25 @@ use super::OutboxRow;
 
 /// Replay selection; all bounds inclusive, all optional.
 #[derive(Debug, Clone, Default)]
-pub struct Selection {
+pub(crate) struct Selection {
     /// Smallest id.
-    pub from_id: Option<i64>,
+    pub(crate) from_id: Option<i64>,
     /// Largest id.
-    pub to_id: Option<i64>,
+    pub(crate) to_id: Option<i64>,
     /// Earliest `created_at`.
-    pub since: Option<DateTime<Utc>>,
+    pub(crate) since: Option<DateTime<Utc>>,
     /// Latest `created_at`.
-    pub until: Option<DateTime<Utc>>,
+    pub(crate) until: Option<DateTime<Utc>>,
     /// Exact event type.
-    pub event_type: Option<String>,
+    pub(crate) event_type: Option<String>,
     /// PostgreSQL regex the event type (with a trailing `.`) must match (wildcards).
-    pub event_type_regex: Option<String>,
+    pub(crate) event_type_regex: Option<String>,
     /// Correlation id.
-    pub correlation_id: Option<String>,
+    pub(crate) correlation_id: Option<String>,
     /// Rows published to this exchange are left out (`outbox replay` passes the
     /// jobs exchange unless `--include-jobs`: re-sending a `webhook` job
     /// re-delivers to receivers, which a replay of events must not do unasked).
-    pub exclude_exchange: Option<String>,
+    pub(crate) exclude_exchange: Option<String>,
 }
 
 // The published rows a [`Selection`] matches: `outbox o` joined with
@@ -37,7 +37,7 @@ pub struct Selection {
 // `$1`, not at either table's first row.
 
 /// Number of published rows the selection matches.
-pub async fn count_selected(pool: &PgPool, s: &Selection) -> Result<i64, sqlx::Error> {
+pub(crate) async fn count_selected(pool: &PgPool, s: &Selection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         "SELECT count(*) AS \"count!\" \
          FROM outbox o JOIN outbox_published p ON p.id = o.id \
@@ -63,7 +63,7 @@ pub async fn count_selected(pool: &PgPool, s: &Selection) -> Result<i64, sqlx::E
 }
 
 /// The next page of selected published rows with `id > after`, in id order.
-pub async fn select_page(
+pub(crate) async fn select_page(
     pool: &PgPool,
     s: &Selection,
     after: i64,

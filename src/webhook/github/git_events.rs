@@ -11,12 +11,12 @@ use crate::repository::owner_of;
 /// Login of the account that owns a repository whose name has no owner segment
 /// (a repository directly under `hook.repositories_root`): the system user that
 /// owns repositories on a typical git host.
-pub const SITE_OWNER: &str = "git";
+pub(crate) const SITE_OWNER: &str = "git";
 /// Login used when the pusher is unknown: GitHub's own placeholder account.
-pub const UNKNOWN_USER: &str = "ghost";
+pub(crate) const UNKNOWN_USER: &str = "ghost";
 /// `master_branch` and `default_branch` when the stored event does not name
 /// the default branch (a HEAD that could not be read, an older event).
-pub const FALLBACK_BRANCH: &str = "main";
+pub(crate) const FALLBACK_BRANCH: &str = "main";
 
 /// What every body of one stored payload shares.
 pub(super) struct PayloadCtx<'a> {

@@ -10,7 +10,7 @@ use super::values::{flag, header_safe, pct};
 /// `Total-Commits`, `Commits-Omitted` (when the list was cut),
 /// `Paths-Truncated`, and for bulk events `Total-Refs` and `Refs-Omitted`.
 /// Only those the stored payload has; values are made header-safe.
-pub fn hookfleet_headers(payload: &Value) -> Vec<(String, String)> {
+pub(crate) fn hookfleet_headers(payload: &Value) -> Vec<(String, String)> {
     let mut h = Vec::new();
     let mut put = |name: &str, v: String| h.push((format!("X-Hookfleet-{name}"), header_safe(&v)));
     let text = |k: &str| match payload.get(k) {

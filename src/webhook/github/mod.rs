@@ -46,22 +46,20 @@ mod values;
 use serde_json::Value;
 
 use self::git_events::PayloadCtx;
-pub use self::git_events::{FALLBACK_BRANCH, SITE_OWNER, UNKNOWN_USER};
-pub use self::headers::hookfleet_headers;
-pub use self::ping::{PingFacts, ping_payload};
+pub(crate) use self::headers::hookfleet_headers;
+pub(crate) use self::ping::{PingFacts, ping_payload};
 pub use self::site::Site;
-pub use self::values::{node_id, stable_id};
 
 /// hookfleet event type of a ping delivery (`X-Hookfleet-Event`).
-pub const EV_PING: &str = "webhook.ping";
+pub(crate) const EV_PING: &str = "webhook.ping";
 /// `X-GitHub-Event` of `git.push.bulk`: hookfleet's own, GitHub has none.
-pub const GH_PUSH_BULK: &str = "hookfleet_push_bulk";
+pub(crate) const GH_PUSH_BULK: &str = "hookfleet_push_bulk";
 /// `X-GitHub-Event` of `git.branch.force_pushed`: a `push` body under a name
 /// GitHub receivers ignore.
-pub const GH_FORCE_PUSH: &str = "force_push";
+pub(crate) const GH_FORCE_PUSH: &str = "force_push";
 
 /// `X-GitHub-Event` of a hookfleet event type (see the module doc).
-pub fn event_name(event_type: &str) -> &str {
+pub(crate) fn event_name(event_type: &str) -> &str {
     match event_type {
         "git.push" => "push",
         "git.push.bulk" => GH_PUSH_BULK,
@@ -90,6 +88,8 @@ pub fn body(event_type: &str, payload: &Value, site: &Site) -> Value {
 mod tests {
     use serde_json::json;
 
+    use super::git_events::{FALLBACK_BRANCH, SITE_OWNER};
+    use super::values::stable_id;
     use super::*;
     use crate::config::Config;
 

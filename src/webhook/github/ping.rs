@@ -22,31 +22,31 @@ const ZEN: [&str; 8] = [
 /// What a ping delivery stores: the subscription as it was when the ping was
 /// enqueued (never its secret, only whether it has one) and who asked.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PingFacts {
+pub(crate) struct PingFacts {
     /// Subscription id (`hook_id`).
-    pub id: i64,
+    pub(crate) id: i64,
     /// Repository pattern.
-    pub repository_pattern: String,
+    pub(crate) repository_pattern: String,
     /// Target URL.
-    pub url: String,
+    pub(crate) url: String,
     /// Event categories.
-    pub events: Vec<String>,
+    pub(crate) events: Vec<String>,
     /// Body format.
-    pub content_type: String,
+    pub(crate) content_type: String,
     /// Whether deliveries are made.
-    pub active: bool,
+    pub(crate) active: bool,
     /// Whether deliveries are signed.
-    pub has_secret: bool,
+    pub(crate) has_secret: bool,
     /// When the subscription was created.
-    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) created_at: chrono::DateTime<chrono::Utc>,
     /// When it last changed.
-    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) updated_at: chrono::DateTime<chrono::Utc>,
     /// Who asked for the ping, if known.
-    pub sender: Option<String>,
+    pub(crate) sender: Option<String>,
 }
 
 /// The stored payload of a ping delivery.
-pub fn ping_payload(facts: &PingFacts) -> Value {
+pub(crate) fn ping_payload(facts: &PingFacts) -> Value {
     // Serialising a struct of strings, numbers and timestamps cannot fail.
     serde_json::to_value(facts).unwrap_or_default()
 }

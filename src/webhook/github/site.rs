@@ -7,15 +7,15 @@ use crate::config::Config;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Site {
     /// Web pages.
-    pub html: String,
+    pub(crate) html: String,
     /// API.
-    pub api: String,
+    pub(crate) api: String,
     /// `clone_url` base.
-    pub clone: String,
+    pub(crate) clone: String,
     /// `user@host` of `ssh_url`.
-    pub ssh_host: String,
+    pub(crate) ssh_host: String,
     /// Host of `git_url`.
-    pub host: String,
+    pub(crate) host: String,
 }
 
 impl Site {

@@ -11,7 +11,7 @@ pub(super) fn flag(payload: &Value, key: &str) -> bool {
 /// A stable positive id for `name` in `space` (`user`, `repo`): the first 8
 /// bytes of SHA-256, folded into 1..2^53 so JavaScript receivers keep it exact.
 /// Users and organizations share the `user` space, as accounts do on GitHub.
-pub fn stable_id(space: &str, name: &str) -> i64 {
+pub(crate) fn stable_id(space: &str, name: &str) -> i64 {
     let digest = Sha256::digest(format!("{space}\0{name}").as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
@@ -21,7 +21,7 @@ pub fn stable_id(space: &str, name: &str) -> i64 {
 }
 
 /// GitHub's legacy global node id: base64 of `0{len}:{Type}{id}`.
-pub fn node_id(kind: &str, id: i64) -> String {
+pub(crate) fn node_id(kind: &str, id: i64) -> String {
     let prefix = match kind {
         "User" | "Bot" => "04",
         "Organization" => "012",

@@ -13,7 +13,7 @@ const METADATA: [IpAddr; 2] = [
 /// How an IPv6 address carries an IPv4 address (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Embedding {
+pub(crate) enum Embedding {
     /// `::ffff:a.b.c.d`.
     Mapped,
     /// `::ffff:0:a.b.c.d` (SIIT).
@@ -50,7 +50,7 @@ fn v4_at(o: &[u8; 16], i: usize) -> Ipv4Addr {
 
 /// The IPv4 addresses `v6` carries, with how (none for a plain IPv6 address; two
 /// for Teredo). The NAT64 local-use prefix is not included (see the module docs).
-pub fn embedded_ipv4(v6: Ipv6Addr) -> Vec<(Embedding, Ipv4Addr)> {
+pub(crate) fn embedded_ipv4(v6: Ipv6Addr) -> Vec<(Embedding, Ipv4Addr)> {
     let s = v6.segments();
     let o = v6.octets();
     let last = v4_at(&o, 12);
@@ -93,11 +93,11 @@ fn nat64_local_candidates(v6: Ipv6Addr) -> [Ipv4Addr; 4] {
 
 /// Why the default policy refuses an address (before exemptions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// The refused range: `loopback`, `private`, `link-local`, `cloud metadata`, ...
-    pub range: &'static str,
+    pub(crate) range: &'static str,
     /// The IPv4 address judged, when the address carries one.
-    pub embedded: Option<(Embedding, Ipv4Addr)>,
+    pub(crate) embedded: Option<(Embedding, Ipv4Addr)>,
 }
 
 /// [`Refusal::range`] of cloud-metadata addresses.
@@ -112,7 +112,7 @@ impl Refusal {
     }
 
     /// A cloud-metadata address (never lifted by `webhook.allow_private`).
-    pub fn is_metadata(&self) -> bool {
+    pub(crate) fn is_metadata(&self) -> bool {
         self.range == METADATA_RANGE
     }
 }
@@ -129,7 +129,7 @@ impl std::fmt::Display for Refusal {
 
 /// Why `ip` is refused by default (before exemptions), or `None` when it is not.
 /// A metadata address, carried or not, wins over every other reason.
-pub fn refusal(ip: IpAddr) -> Option<Refusal> {
+pub(crate) fn refusal(ip: IpAddr) -> Option<Refusal> {
     if METADATA.contains(&ip) {
         return Some(Refusal::plain(METADATA_RANGE));
     }
@@ -224,14 +224,16 @@ fn v4_range(v4: Ipv4Addr) -> Option<&'static str> {
     })
 }
 
+#[cfg(test)]
 /// Whether `ip` is in a range refused by default (before exemptions), IPv4
 /// addresses carried in IPv6 forms included.
-pub fn is_private(ip: IpAddr) -> bool {
+pub(crate) fn is_private(ip: IpAddr) -> bool {
     refusal(ip).is_some()
 }
 
+#[cfg(test)]
 /// Whether `ip` is a cloud-metadata address, or an IPv6 form carrying one.
-pub fn is_metadata(ip: IpAddr) -> bool {
+pub(crate) fn is_metadata(ip: IpAddr) -> bool {
     refusal(ip).is_some_and(|r| r.is_metadata())
 }
 

@@ -34,7 +34,7 @@ impl Guard {
 
     /// The same policy with another bound on name resolution (default
     /// `webhook.connect_timeout`).
-    pub fn with_resolve_timeout(mut self, timeout: Duration) -> Self {
+    pub(crate) fn with_resolve_timeout(mut self, timeout: Duration) -> Self {
         self.resolve_timeout = timeout;
         self
     }
@@ -47,7 +47,7 @@ impl Guard {
     }
 
     /// Why one resolved address may not be connected to, or `None` when it may.
-    pub fn refusal(&self, host: &str, ip: IpAddr) -> Option<Refusal> {
+    pub(crate) fn refusal(&self, host: &str, ip: IpAddr) -> Option<Refusal> {
         if self.host_allowed(host)
             || self
                 .allowed
@@ -63,15 +63,19 @@ impl Guard {
         Some(r)
     }
 
+    #[cfg(test)]
     /// Whether one resolved address may be connected to.
-    pub fn address_allowed(&self, host: &str, ip: IpAddr) -> bool {
+    pub(crate) fn address_allowed(&self, host: &str, ip: IpAddr) -> bool {
         self.refusal(host, ip).is_none()
     }
 
     /// Every address `url`'s host resolves to (an IP literal is used as is),
     /// with the port, each with why it is refused (`None`: allowed). Resolution
     /// is bounded by the resolve timeout.
-    pub async fn check(&self, url: &Url) -> Result<Vec<(SocketAddr, Option<Refusal>)>, SsrfError> {
+    pub(crate) async fn check(
+        &self,
+        url: &Url,
+    ) -> Result<Vec<(SocketAddr, Option<Refusal>)>, SsrfError> {
         let host = url.host_str().ok_or(SsrfError::NoHost)?;
         let port = url.port_or_known_default().unwrap_or(80);
         self.check_host(host, port).await
@@ -79,7 +83,7 @@ impl Guard {
 
     /// [`Guard::check`] of a host (a name, or an IP literal, brackets allowed)
     /// and port.
-    pub async fn check_host(
+    pub(crate) async fn check_host(
         &self,
         host: &str,
         port: u16,
@@ -129,7 +133,11 @@ impl Guard {
 
     /// [`Guard::resolve`] of a host and port: what the webhook client's DNS
     /// resolver returns (`src/webhook/deliver.rs`).
-    pub async fn resolve_host(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, SsrfError> {
+    pub(crate) async fn resolve_host(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, SsrfError> {
         let checked = self.check_host(host, port).await?;
         let (ok, refused): (Vec<_>, Vec<_>) = checked.into_iter().partition(|(_, r)| r.is_none());
         if ok.is_empty() {
@@ -151,7 +159,7 @@ impl Guard {
 
     /// Whether `host` is named by an `allowed_hosts` entry (its addresses are
     /// then never refused).
-    pub fn is_host_exempt(&self, host: &str) -> bool {
+    pub(crate) fn is_host_exempt(&self, host: &str) -> bool {
         self.host_allowed(host)
     }
 }
@@ -159,7 +167,8 @@ impl Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::ssrf::{check_url, is_metadata, is_private};
+    use crate::webhook::ssrf::address::{is_metadata, is_private};
+    use crate::webhook::ssrf::check_url;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

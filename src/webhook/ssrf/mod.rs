@@ -44,7 +44,7 @@ mod guard;
 
 use url::Url;
 
-pub use self::address::{Embedding, Refusal, embedded_ipv4, is_metadata, is_private, refusal};
+pub(crate) use self::address::Refusal;
 pub use self::guard::Guard;
 
 /// Why a URL or an address is refused.

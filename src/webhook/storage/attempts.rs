@@ -33,38 +33,38 @@ pub async fn succeeded(
 #[derive(Debug, Clone)]
 pub struct NewAttempt {
     /// Delivery id.
-    pub delivery_id: Uuid,
+    pub(crate) delivery_id: Uuid,
     /// Subscription id.
-    pub subscription_id: i64,
+    pub(crate) subscription_id: i64,
     /// The job's message id.
-    pub message_id: Uuid,
+    pub(crate) message_id: Uuid,
     /// Target URL.
-    pub url: String,
+    pub(crate) url: String,
     /// Headers sent (no secret: the signature only).
-    pub request_headers: serde_json::Value,
+    pub(crate) request_headers: serde_json::Value,
     /// `success`, `retry` or `failed`.
-    pub outcome: &'static str,
+    pub(crate) outcome: &'static str,
     /// HTTP status, when a response came.
-    pub status: Option<i32>,
+    pub(crate) status: Option<i32>,
     /// Attempt duration.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// The start of the response body.
-    pub response_excerpt: Option<String>,
+    pub(crate) response_excerpt: Option<String>,
     /// The start of the request body (`None`: no request was made).
-    pub request_body: Option<String>,
+    pub(crate) request_body: Option<String>,
     /// The response headers as a JSON object, when a response came.
-    pub response_headers: Option<serde_json::Value>,
+    pub(crate) response_headers: Option<serde_json::Value>,
     /// Why it failed.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// What recording an attempt did to the subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
     /// Failed attempts in a row after this one.
-    pub consecutive_failures: i32,
+    pub(crate) consecutive_failures: i32,
     /// This attempt disabled the subscription.
-    pub disabled_now: bool,
+    pub(crate) disabled_now: bool,
 }
 
 /// Why a subscription is disabled after too many failures in a row.
@@ -161,37 +161,37 @@ pub async fn record_attempt(
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct AttemptRow {
     /// Row id.
-    pub id: i64,
+    pub(crate) id: i64,
     /// Delivery id.
-    pub delivery_id: Uuid,
+    pub(crate) delivery_id: Uuid,
     /// Subscription id.
-    pub subscription_id: i64,
+    pub(crate) subscription_id: i64,
     /// hookfleet event type.
-    pub event_type: Option<String>,
+    pub(crate) event_type: Option<String>,
     /// Job message id.
-    pub message_id: Uuid,
+    pub(crate) message_id: Uuid,
     /// 1-based attempt of this delivery.
-    pub attempt: i32,
+    pub(crate) attempt: i32,
     /// Target URL.
-    pub url: String,
+    pub(crate) url: String,
     /// Headers sent.
-    pub request_headers: serde_json::Value,
+    pub(crate) request_headers: serde_json::Value,
     /// `success`, `retry` or `failed`.
-    pub outcome: String,
+    pub(crate) outcome: String,
     /// HTTP status.
-    pub status: Option<i32>,
+    pub(crate) status: Option<i32>,
     /// Duration in ms.
-    pub duration_ms: i32,
+    pub(crate) duration_ms: i32,
     /// Response start.
-    pub response_excerpt: Option<String>,
+    pub(crate) response_excerpt: Option<String>,
     /// Request body start (NULL for attempts recorded before migration 0011).
-    pub request_body: Option<String>,
+    pub(crate) request_body: Option<String>,
     /// Response headers (NULL without a response, or before migration 0011).
-    pub response_headers: Option<serde_json::Value>,
+    pub(crate) response_headers: Option<serde_json::Value>,
     /// Error.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// When.
-    pub created_at: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 /// Recent attempts, newest first; optionally one subscription's, or failures only.

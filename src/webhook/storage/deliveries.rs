@@ -16,11 +16,11 @@ pub struct NewDelivery {
     /// Target subscription.
     pub subscription_id: i64,
     /// hookfleet event type (`git.push`...).
-    pub event_type: String,
+    pub(crate) event_type: String,
     /// The push id.
-    pub correlation_id: Option<String>,
+    pub(crate) correlation_id: Option<String>,
     /// The body to POST.
-    pub payload: serde_json::Value,
+    pub(crate) payload: serde_json::Value,
 }
 
 /// The parameter arrays of a delivery insert, so the insert can run alone
@@ -108,18 +108,18 @@ pub async fn insert_deliveries(
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeliveryRow {
     /// Delivery id.
-    pub delivery_id: Uuid,
+    pub(crate) delivery_id: Uuid,
     /// Subscription id.
-    pub subscription_id: i64,
+    pub(crate) subscription_id: i64,
     /// hookfleet event type.
-    pub event_type: String,
+    pub(crate) event_type: String,
     /// Push id.
-    pub correlation_id: Option<String>,
+    pub(crate) correlation_id: Option<String>,
     /// Body.
-    pub payload: serde_json::Value,
+    pub(crate) payload: serde_json::Value,
     /// When the delivery was written: in the push's transaction, so the time
     /// of the event (the Standard Webhooks payload's `timestamp`).
-    pub created_at: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 /// Loads a delivery.

@@ -45,7 +45,7 @@ pub use subscriptions::{
 
 /// Repositories pushes have named (pushed within `within` when given), with
 /// their push counts, the most recently pushed first, at most `limit`.
-pub async fn pushed_repositories(
+pub(crate) async fn pushed_repositories(
     pool: &PgPool,
     within: Option<Duration>,
     limit: i64,

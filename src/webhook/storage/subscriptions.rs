@@ -38,17 +38,17 @@ impl<'r> sqlx::Decode<'r, Postgres> for Style {
 #[derive(Debug, Clone)]
 pub struct NewSubscription {
     /// Repository glob.
-    pub repository_pattern: String,
+    pub(crate) repository_pattern: String,
     /// Checked URL.
-    pub url: String,
+    pub(crate) url: String,
     /// HMAC secret, in its stored form (see [`crate::webhook::secrets::Keyring::seal`]).
-    pub secret: Option<String>,
+    pub(crate) secret: Option<String>,
     /// Event categories.
-    pub events: Vec<String>,
+    pub(crate) events: Vec<String>,
     /// Body format.
-    pub content_type: String,
+    pub(crate) content_type: String,
     /// Body shape and signature headers.
-    pub style: Style,
+    pub(crate) style: Style,
 }
 
 /// Inserts a subscription; returns its id.
