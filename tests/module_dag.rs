@@ -9,8 +9,9 @@
 //! `super::` or `self::`, in `use` trees and in code, resolved to the module it names; and
 //! in a folder's `mod.rs`, a path through one of its child modules. Comments, doc comments
 //! (so intra-doc links too) and string literals are blanked first. Inside a folder, a path
-//! to an item of `mod.rs` that `mod.rs` only re-exports (`pub use child::Item`) counts as a
-//! reference to the child that defines it, so a facade does not make false cycles.
+//! to an item of `mod.rs` that `mod.rs` only re-exports (`pub use child::Item`, or
+//! `pub(crate) use`) counts as a reference to the child that defines it, so a facade
+//! does not make false cycles.
 //! A `mod.rs`'s own `pub use` lines are that facade and not references of its own.
 //! `src/main.rs` is the binary's crate, and `src/lib.rs` is above every module; neither is
 //! a node.
@@ -490,8 +491,8 @@ fn reexported_names(code: &str, kids: &BTreeSet<String>) -> BTreeMap<String, Str
     let mut out = BTreeMap::new();
     let mut i = 0;
     while i + 1 < tokens.len() {
-        if tokens[i].text == "pub" && tokens[i + 1].text == "use" {
-            let mut j = i + 2;
+        if let Some(use_at) = use_after_pub(&tokens, i) {
+            let mut j = use_at + 1;
             let mut paths = Vec::new();
             parse_use_tree(&tokens, &mut j, Vec::new(), &mut paths);
             for (path, alias) in paths {
@@ -510,6 +511,22 @@ fn reexported_names(code: &str, kids: &BTreeSet<String>) -> BTreeMap<String, Str
         }
     }
     out
+}
+
+/// The index of `use` when tokens at `i` start `pub use` or `pub(crate) use` (any
+/// `pub(...)` restriction): a re-export, whatever its reach.
+fn use_after_pub(tokens: &[Token], i: usize) -> Option<usize> {
+    if tokens.get(i)?.text != "pub" {
+        return None;
+    }
+    let mut j = i + 1;
+    if tokens.get(j)?.text == "(" {
+        while tokens.get(j)?.text != ")" {
+            j += 1;
+        }
+        j += 1;
+    }
+    (tokens.get(j)?.text == "use").then_some(j)
 }
 
 #[derive(Debug, Clone)]
@@ -645,11 +662,7 @@ fn references(s: &Source, kids: &BTreeSet<String>) -> Vec<(Vec<String>, usize)> 
         }
         // A folder's re-exports (`pub use child::Item` in mod.rs) are its facade, not a
         // dependency of its own items: they only tell where a `super::Item` really points.
-        if s.is_mod_rs
-            && inline.is_empty()
-            && t == "pub"
-            && tokens.get(i + 1).is_some_and(|n| n.text == "use")
-        {
+        if s.is_mod_rs && inline.is_empty() && use_after_pub(&tokens, i).is_some() {
             while i < tokens.len() && tokens[i].text != ";" {
                 i += 1;
             }
