@@ -16,7 +16,7 @@ use super::replay_store;
 use super::replay_task::{self, Run};
 use super::state::ConsoleState;
 use crate::amqp::topology::Names;
-use crate::outbox::replay::{self, Progress, ReplayRequest};
+use crate::outbox::replay::{self, Progress, ReplayReport, ReplayRequest};
 
 /// Filter fields of the replay form, as the CLI's flags.
 const FIELDS: [(&str, &str); 8] = [
@@ -170,19 +170,7 @@ async fn dry_run(state: &ConsoleState, who: &Who, form: &Form) -> Response {
     let body = match result {
         Ok(r) => {
             tracing::info!(user = %who.user, via = who.via, outbox.request = ?req, count = r.selected, "console action: outbox replay dry run");
-            let rows: Vec<Vec<String>> = r
-                .sample
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.id.to_string(),
-                        esc(&s.event_type),
-                        esc(&s.exchange),
-                        esc(&s.routing_key),
-                        s.created_at.to_rfc3339(),
-                    ]
-                })
-                .collect();
+            let rows = sample_rows(&r);
             format!(
                 "<p id=\"dry-count\"><b>{n}</b> events match (dry run, nothing published).</p>\
                  <h2>Sample</h2>{}{}",
@@ -211,6 +199,22 @@ async fn dry_run(state: &ConsoleState, who: &Who, form: &Form) -> Response {
         ),
     };
     page::frame("Outbox replay", "/console/outbox", &csrf, None, &body).into_response()
+}
+
+/// The dry run's sample as table rows.
+fn sample_rows(r: &ReplayReport) -> Vec<Vec<String>> {
+    r.sample
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.to_string(),
+                esc(&s.event_type),
+                esc(&s.exchange),
+                esc(&s.routing_key),
+                s.created_at.to_rfc3339(),
+            ]
+        })
+        .collect()
 }
 
 fn back(flash: &str) -> Response {

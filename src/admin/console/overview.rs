@@ -78,9 +78,24 @@ fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> &'a str {
 fn kinds(state: &ConsoleState) -> Vec<KindFigures> {
     let cfg = &state.console.config;
     let names = Names::new(&cfg.amqp.prefix);
-    let mut by: BTreeMap<String, KindFigures> = cfg
+    let mut by = empty_figures(&cfg.worker.kinds);
+    let queue_kind: BTreeMap<String, String> = cfg
         .worker
         .kinds
+        .iter()
+        .map(|k| (names.queue(k), k.clone()))
+        .collect();
+    for mf in metrics::metrics().registry.gather() {
+        for m in mf.get_metric() {
+            add_metric(&mut by, &queue_kind, mf.name(), m);
+        }
+    }
+    by.into_values().collect()
+}
+
+/// Zero figures for each kind, by kind.
+fn empty_figures(kinds: &[String]) -> BTreeMap<String, KindFigures> {
+    kinds
         .iter()
         .map(|k| {
             (
@@ -91,56 +106,55 @@ fn kinds(state: &ConsoleState) -> Vec<KindFigures> {
                 },
             )
         })
-        .collect();
-    let queue_kind: BTreeMap<String, String> = cfg
-        .worker
-        .kinds
-        .iter()
-        .map(|k| (names.queue(k), k.clone()))
-        .collect();
-    for mf in metrics::metrics().registry.gather() {
-        for m in mf.get_metric() {
-            match mf.name() {
-                "hookfleet_queue_messages" => {
-                    let Some(f) = by.get_mut(label(m, "kind")) else {
-                        continue;
-                    };
-                    let v = m.get_gauge().get_value() as i64;
-                    match label(m, "queue") {
-                        "work" => f.work = v,
-                        "retry" => f.retry = v,
-                        "dead" => f.dead = v,
-                        _ => {}
-                    }
-                }
-                "hookfleet_queue_consumers" => {
-                    if let Some(f) = by.get_mut(label(m, "kind")) {
-                        f.consumers = m.get_gauge().get_value() as i64;
-                    }
-                }
-                "hookfleet_in_flight" => {
-                    if let Some(f) = by.get_mut(label(m, "kind")) {
-                        f.in_flight = m.get_gauge().get_value() as i64;
-                    }
-                }
-                "hookfleet_deliveries_total" => {
-                    let Some(f) = queue_kind
-                        .get(label(m, "queue"))
-                        .and_then(|k| by.get_mut(k))
-                    else {
-                        continue;
-                    };
-                    let v = m.get_counter().get_value();
-                    match label(m, "outcome") {
-                        "acked" | "duplicate" => f.handled_total += v,
-                        _ => f.failed_total += v,
-                    }
-                }
+        .collect()
+}
+
+/// Adds one sample of metric `name` to its kind's figures (samples of other
+/// metrics, or of kinds this process does not serve, are skipped).
+fn add_metric(
+    by: &mut BTreeMap<String, KindFigures>,
+    queue_kind: &BTreeMap<String, String>,
+    name: &str,
+    m: &prometheus::proto::Metric,
+) {
+    match name {
+        "hookfleet_queue_messages" => {
+            let Some(f) = by.get_mut(label(m, "kind")) else {
+                return;
+            };
+            let v = m.get_gauge().get_value() as i64;
+            match label(m, "queue") {
+                "work" => f.work = v,
+                "retry" => f.retry = v,
+                "dead" => f.dead = v,
                 _ => {}
             }
         }
+        "hookfleet_queue_consumers" => {
+            if let Some(f) = by.get_mut(label(m, "kind")) {
+                f.consumers = m.get_gauge().get_value() as i64;
+            }
+        }
+        "hookfleet_in_flight" => {
+            if let Some(f) = by.get_mut(label(m, "kind")) {
+                f.in_flight = m.get_gauge().get_value() as i64;
+            }
+        }
+        "hookfleet_deliveries_total" => {
+            let Some(f) = queue_kind
+                .get(label(m, "queue"))
+                .and_then(|k| by.get_mut(k))
+            else {
+                return;
+            };
+            let v = m.get_counter().get_value();
+            match label(m, "outcome") {
+                "acked" | "duplicate" => f.handled_total += v,
+                _ => f.failed_total += v,
+            }
+        }
+        _ => {}
     }
-    by.into_values().collect()
 }
 
 async fn overview(state: &ConsoleState) -> Overview {
@@ -199,29 +213,7 @@ pub(crate) async fn api(State(state): State<ConsoleState>) -> Json<Overview> {
 pub(crate) async fn page(State(state): State<ConsoleState>) -> Response {
     let o = overview(&state).await;
     let csrf = csrf_token(&state);
-    let rows: Vec<Vec<String>> = o
-        .kinds
-        .iter()
-        .map(|k| {
-            let cell = |field: &str, v: String| {
-                format!("<span data-k=\"{}.{field}\">{v}</span>", esc(&k.kind))
-            };
-            vec![
-                format!(
-                    "<a href=\"/console/dlq?kind={}\">{}</a>",
-                    page::q(&k.kind),
-                    esc(&k.kind)
-                ),
-                cell("work", k.work.to_string()),
-                cell("consumers", k.consumers.to_string()),
-                cell("retry", k.retry.to_string()),
-                cell("dead", k.dead.to_string()),
-                cell("in_flight", k.in_flight.to_string()),
-                cell("handled_rate", "–".into()),
-                cell("failed_rate", "–".into()),
-            ]
-        })
-        .collect();
+    let rows = kind_rows(&o);
     let opt = |v: Option<i64>| v.map_or("?".to_string(), |n| n.to_string());
     let body = format!(
         "<div class=\"cards\" data-live=\"/console/api/overview\">\
@@ -268,6 +260,32 @@ pub(crate) async fn page(State(state): State<ConsoleState>) -> Response {
         ),
     );
     page::frame("Overview", "/console", &csrf, None, &body).into_response()
+}
+
+/// The job kinds table's rows; `console.js` refreshes the `data-k` cells.
+fn kind_rows(o: &Overview) -> Vec<Vec<String>> {
+    o.kinds
+        .iter()
+        .map(|k| {
+            let cell = |field: &str, v: String| {
+                format!("<span data-k=\"{}.{field}\">{v}</span>", esc(&k.kind))
+            };
+            vec![
+                format!(
+                    "<a href=\"/console/dlq?kind={}\">{}</a>",
+                    page::q(&k.kind),
+                    esc(&k.kind)
+                ),
+                cell("work", k.work.to_string()),
+                cell("consumers", k.consumers.to_string()),
+                cell("retry", k.retry.to_string()),
+                cell("dead", k.dead.to_string()),
+                cell("in_flight", k.in_flight.to_string()),
+                cell("handled_rate", "–".into()),
+                cell("failed_rate", "–".into()),
+            ]
+        })
+        .collect()
 }
 
 /// `GET /console/jobs`: in-flight jobs, oldest first, those near the handler

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::replay_store;
 use crate::config::AmqpConfig;
-use crate::outbox::replay::{self, Advance, Progress, ReplayError, ReplayPlan};
+use crate::outbox::replay::{self, Advance, Progress, ReplayError, ReplayPlan, ReplayReport};
 
 /// How often a running replay says it is alive.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(3);
@@ -134,16 +134,37 @@ async fn execute(
     });
     let progress = Progress::Watch(tx);
     let replay = replay::run(pool, amqp, &plan, &progress, stop);
+    let result = track(pool, id, owner, before, replay, &mut rx).await;
+    let last = *rx.borrow();
+    let end = End::of(&result, last, before);
+    store_end(pool, id, owner, &end).await;
+    log_end(&user, id, end);
+}
+
+/// The published count including earlier runs (`before`).
+fn count(before: i64, n: u64) -> i64 {
+    before + i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Drives `replay` to its end, storing its progress at each advance and a
+/// heartbeat meanwhile (a failure to store either is only logged).
+async fn track(
+    pool: &PgPool,
+    id: i64,
+    owner: Uuid,
+    before: i64,
+    replay: impl Future<Output = Result<ReplayReport, ReplayError>>,
+    rx: &mut tokio::sync::watch::Receiver<Advance>,
+) -> Result<ReplayReport, ReplayError> {
     tokio::pin!(replay);
     let mut beat = tokio::time::interval(HEARTBEAT);
-    let count = |n: u64| before + i64::try_from(n).unwrap_or(i64::MAX);
-    let result = loop {
+    loop {
         tokio::select! {
             r = &mut replay => break r,
             changed = rx.changed() => {
                 if changed.is_ok() {
                     let a = *rx.borrow_and_update();
-                    let saved = replay_store::save(pool, id, owner, a.next_id, count(a.done), before + a.total).await;
+                    let saved = replay_store::save(pool, id, owner, a.next_id, count(before, a.done), before + a.total).await;
                     if let Err(e) = saved {
                         tracing::warn!(console.replay = id, error = %e, "console replay: cannot store progress");
                     }
@@ -155,40 +176,82 @@ async fn execute(
                 }
             }
         }
-    };
-    let last = *rx.borrow();
-    let (state, next_id, published, total, error) = match &result {
-        Ok(r) => (
-            "done",
-            last.next_id,
-            count(r.published),
-            before + r.selected,
-            None,
-        ),
-        Err(e) => {
-            let (state, resume) = match e {
-                ReplayError::Interrupted { resume_from } => ("interrupted", *resume_from),
-                ReplayError::Database { resume_from, .. }
-                | ReplayError::Broker { resume_from, .. } => ("failed", *resume_from),
-                _ => ("failed", last.next_id),
-            };
-            (
-                state,
-                resume,
-                count(last.done),
-                before + last.total,
-                Some(e.to_string()),
-            )
+    }
+}
+
+/// How a run ended, as its row stores it.
+struct End {
+    /// `done`, `interrupted` or `failed`.
+    state: &'static str,
+    /// Where to resume.
+    next_id: i64,
+    /// Published, including earlier runs.
+    published: i64,
+    /// Selected, including earlier runs.
+    total: i64,
+    /// Why it stopped, unless done.
+    error: Option<String>,
+}
+
+impl End {
+    /// The end of a run from its result and its last progress (`last`).
+    fn of(result: &Result<ReplayReport, ReplayError>, last: Advance, before: i64) -> Self {
+        let (state, next_id, published, total, error) = match result {
+            Ok(r) => (
+                "done",
+                last.next_id,
+                count(before, r.published),
+                before + r.selected,
+                None,
+            ),
+            Err(e) => {
+                let (state, resume) = match e {
+                    ReplayError::Interrupted { resume_from } => ("interrupted", *resume_from),
+                    ReplayError::Database { resume_from, .. }
+                    | ReplayError::Broker { resume_from, .. } => ("failed", *resume_from),
+                    _ => ("failed", last.next_id),
+                };
+                (
+                    state,
+                    resume,
+                    count(before, last.done),
+                    before + last.total,
+                    Some(e.to_string()),
+                )
+            }
+        };
+        Self {
+            state,
+            next_id,
+            published,
+            total,
+            error,
         }
-    };
+    }
+}
+
+/// Stores the end of the run: its cursor and counts, then its state (a
+/// failure is only logged).
+async fn store_end(pool: &PgPool, id: i64, owner: Uuid, end: &End) {
     let stored = async {
-        replay_store::save(pool, id, owner, next_id, published, total).await?;
-        replay_store::finish(pool, id, owner, state, error.as_deref()).await
+        replay_store::save(pool, id, owner, end.next_id, end.published, end.total).await?;
+        replay_store::finish(pool, id, owner, end.state, end.error.as_deref()).await
     }
     .await;
     if let Err(e) = stored {
         tracing::warn!(console.replay = id, error = %e, "console replay: cannot store its end");
     }
+}
+
+/// Logs the end of the run for the console user who started it.
+fn log_end(user: &str, id: i64, end: End) {
+    let End {
+        state,
+        next_id,
+        published,
+        error,
+        ..
+    } = end;
     match state {
         "done" => {
             tracing::info!(user = %user, console.replay = id, count = published, "console action: outbox replay finished")

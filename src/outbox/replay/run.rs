@@ -97,68 +97,24 @@ async fn publish_all(
                 resume_from: next_id,
             });
         }
-        let rows = storage::select_page(pool, &plan.selection, next_id - 1, PAGE_SIZE)
-            .await
-            .map_err(|source| ReplayError::Database {
-                source,
-                resume_from: next_id,
-            })?;
+        let rows = fetch_page(pool, plan, next_id).await?;
         let Some(first) = rows.first() else {
             return Ok(done);
         };
         let page_start = first.id;
         let mut pending = Vec::with_capacity(rows.len());
         for row in &rows {
-            if let Some(gap) = gap {
-                let stop = tokio::select! {
-                    _ = shutdown.cancelled() => true,
-                    _ = tokio::time::sleep_until(next_send.into()) => false,
-                };
-                if stop {
-                    // Confirm what was sent, then report the first row not confirmed.
-                    let resume_from =
-                        match confirm_in_order(pending, timeout, &mut next_id, &mut done).await {
-                            Ok(()) => row.id,
-                            Err((id, _)) => id,
-                        };
-                    progress.advance(done, selected, resume_from - 1);
-                    return Err(ReplayError::Interrupted { resume_from });
-                }
-                next_send = Instant::now().max(next_send) + gap;
+            if wait_turn(shutdown, &mut next_send, gap).await {
+                let resume_from =
+                    resume_point(pending, timeout, &mut next_id, &mut done, row.id).await;
+                progress.advance(done, selected, resume_from - 1);
+                return Err(ReplayError::Interrupted { resume_from });
             }
-            let mut envelope = row_envelope(row);
-            envelope
-                .headers
-                .insert(H_REPLAYED_FROM.to_string(), HeaderValue::Int(row.id));
-            let exchange = plan.to_exchange.as_deref().unwrap_or(&row.exchange);
-            let key = plan.routing_key.as_deref().unwrap_or(&row.routing_key);
-            let body = row_body(row);
-            let span = replay_span(row, exchange, key);
-            let replay_headers = crate::otel::propagate::headers_of(&span);
-            if !replay_headers.is_empty() {
-                // The replay is a trace of its own, linked to the original.
-                for (k, v) in replay_headers {
-                    envelope.headers.insert(k.to_string(), HeaderValue::Str(v));
-                }
-            }
-            let sent = tokio::time::timeout(
-                timeout,
-                publish::send(channel, exchange, key, body, envelope.to_properties(), true),
-            )
-            .instrument(span)
-            .await
-            .unwrap_or(Err(AmqpError::Timeout {
-                what: "publish",
-                timeout,
-            }));
-            match sent {
+            match send_row(channel, plan, row, timeout).await {
                 Ok(confirm) => pending.push((row.id, confirm)),
                 Err(source) => {
-                    // Confirm what was sent so the resume point is as late as possible.
-                    let resume_from = confirm_in_order(pending, timeout, &mut next_id, &mut done)
-                        .await
-                        .err()
-                        .map_or(row.id, |(id, _)| id);
+                    let resume_from =
+                        resume_point(pending, timeout, &mut next_id, &mut done, row.id).await;
                     return Err(ReplayError::Broker {
                         source,
                         resume_from,
@@ -177,6 +133,93 @@ async fn publish_all(
         }
         progress.advance(done, selected, next_id - 1);
     }
+}
+
+/// The next page of selected rows from `next_id` on (a failure resumes there).
+async fn fetch_page(
+    pool: &PgPool,
+    plan: &ReplayPlan,
+    next_id: i64,
+) -> Result<Vec<OutboxRow>, ReplayError> {
+    storage::select_page(pool, &plan.selection, next_id - 1, PAGE_SIZE)
+        .await
+        .map_err(|source| ReplayError::Database {
+            source,
+            resume_from: next_id,
+        })
+}
+
+/// Paces publishing at `gap` (no wait without a rate): sleeps until
+/// `next_send`, then moves it on by `gap`. Returns `true`, without moving it,
+/// when `shutdown` comes first.
+async fn wait_turn(
+    shutdown: &CancellationToken,
+    next_send: &mut Instant,
+    gap: Option<Duration>,
+) -> bool {
+    let Some(gap) = gap else {
+        return false;
+    };
+    let stop = tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep_until((*next_send).into()) => false,
+    };
+    if !stop {
+        *next_send = Instant::now().max(*next_send) + gap;
+    }
+    stop
+}
+
+/// Where to resume after stopping before row `stopped_at`: confirms what was
+/// sent first, so the resume point is as late as possible, then reports the
+/// first row not confirmed (`stopped_at` if all were).
+async fn resume_point(
+    pending: Vec<(i64, lapin::PublisherConfirm)>,
+    timeout: Duration,
+    next_id: &mut i64,
+    done: &mut u64,
+    stopped_at: i64,
+) -> i64 {
+    match confirm_in_order(pending, timeout, next_id, done).await {
+        Ok(()) => stopped_at,
+        Err((id, _)) => id,
+    }
+}
+
+/// Publishes one replayed row, marked with its original id, to the plan's
+/// exchange and routing key (or the row's own), in a trace of its own (see
+/// [`replay_span`]); returns its confirm, or the error (a timeout is one).
+async fn send_row(
+    channel: &lapin::Channel,
+    plan: &ReplayPlan,
+    row: &OutboxRow,
+    timeout: Duration,
+) -> Result<lapin::PublisherConfirm, AmqpError> {
+    let mut envelope = row_envelope(row);
+    envelope
+        .headers
+        .insert(H_REPLAYED_FROM.to_string(), HeaderValue::Int(row.id));
+    let exchange = plan.to_exchange.as_deref().unwrap_or(&row.exchange);
+    let key = plan.routing_key.as_deref().unwrap_or(&row.routing_key);
+    let body = row_body(row);
+    let span = replay_span(row, exchange, key);
+    let replay_headers = crate::otel::propagate::headers_of(&span);
+    if !replay_headers.is_empty() {
+        // The replay is a trace of its own, linked to the original.
+        for (k, v) in replay_headers {
+            envelope.headers.insert(k.to_string(), HeaderValue::Str(v));
+        }
+    }
+    tokio::time::timeout(
+        timeout,
+        publish::send(channel, exchange, key, body, envelope.to_properties(), true),
+    )
+    .instrument(span)
+    .await
+    .unwrap_or(Err(AmqpError::Timeout {
+        what: "publish",
+        timeout,
+    }))
 }
 
 /// `publish <exchange>` of one replayed row: a new trace (whatever the replay

@@ -83,6 +83,22 @@ pub async fn record_attempt(
     disable_after: u32,
     disable_now: Option<&str>,
 ) -> Result<Recorded, sqlx::Error> {
+    insert_attempt(tx, a).await?;
+    if !counts {
+        return Ok(Recorded {
+            consecutive_failures: 0,
+            disabled_now: false,
+        });
+    }
+    count_health(tx, a, disable_after, disable_now).await
+}
+
+/// Inserts the attempt row and moves its delivery (attempt count and state)
+/// in one statement; one SQL statement, so kept whole.
+async fn insert_attempt(
+    tx: &mut Transaction<'static, Postgres>,
+    a: &NewAttempt,
+) -> Result<(), sqlx::Error> {
     let state = match a.outcome {
         "success" => "succeeded",
         "failed" => "failed",
@@ -113,12 +129,18 @@ pub async fn record_attempt(
     )
     .execute(&mut **tx)
     .await?;
-    if !counts {
-        return Ok(Recorded {
-            consecutive_failures: 0,
-            disabled_now: false,
-        });
-    }
+    Ok(())
+}
+
+/// Counts the attempt for the subscription's health: resets or bumps its
+/// failure count, and disables it at `disable_after` failures in a row, or at
+/// once with `disable_now` as the reason. Kept whole: one SQL statement.
+async fn count_health(
+    tx: &mut Transaction<'static, Postgres>,
+    a: &NewAttempt,
+    disable_after: u32,
+    disable_now: Option<&str>,
+) -> Result<Recorded, sqlx::Error> {
     let success = a.outcome == "success";
     // $4 (a reason) disables at once; otherwise the count reaching $3 does.
     let row = sqlx::query!(
