@@ -8,6 +8,25 @@ use hookfleet::config::{Config, SecretUrl};
 
 use crate::{AMQP_URL, eventually};
 
+/// Messages ready in `queue`, over a connection of its own: for the bench and
+/// soak programs, which hold a `Config` rather than a [`Broker`].
+pub async fn queue_depth(cfg: &Config, queue: &str) -> anyhow::Result<u32> {
+    let conn = hookfleet::amqp::connect(&cfg.amqp, "hookfleet-bench").await?;
+    let ch = conn.create_channel().await?;
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await?;
+    let _ = conn.close(200, "ok".into()).await;
+    Ok(q.message_count())
+}
+
 /// A test-side broker client: publishes jobs and inspects queues.
 pub struct Broker {
     /// Connection.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use hookfleet::amqp::{self, publish};
 use hookfleet::config::{Config, QueueType, SecretUrl};
+pub use hookfleet_testkit::broker::queue_depth;
 use hookfleet_testkit::procs::process_cpu_seconds;
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -335,24 +336,6 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
 /// Microseconds since the Unix epoch (wall clock, comparable with `created_at`).
 pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
-}
-
-/// Messages ready in `queue`.
-pub async fn queue_depth(cfg: &Config, queue: &str) -> anyhow::Result<u32> {
-    let conn = amqp::connect(&cfg.amqp, "bench-setup").await?;
-    let ch = conn.create_channel().await?;
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let _ = conn.close(200, "ok".into()).await;
-    Ok(q.message_count())
 }
 
 /// The processes of the local services: RabbitMQ's Erlang VM (`beam.smp`) and

@@ -8,29 +8,14 @@ use futures_util::StreamExt;
 use hookfleet::amqp::{self, topology};
 use hookfleet::config::Config;
 use hookfleet::push_job::PUSH_KIND;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use uuid::Uuid;
 
+pub(crate) use hookfleet_testkit::broker::queue_depth;
+
 use crate::env::Env;
 use crate::report::Report;
-
-pub(crate) async fn queue_depth(cfg: &Config, queue: &str) -> anyhow::Result<u32> {
-    let conn = amqp::connect(&cfg.amqp, "soak-check").await?;
-    let ch = conn.create_channel().await?;
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let _ = conn.close(200, "ok".into()).await;
-    Ok(q.message_count())
-}
 
 /// Every message id in `queue` (consumed without ack, so the queue empties),
 /// stopping when the queue's depth at the start is reached and nothing more
