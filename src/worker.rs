@@ -121,6 +121,11 @@ pub async fn run_with(
     spawn_background(&background, &config, &pool, &state.health, &handlers);
     let supervisor = Supervisor::new(ctx, handlers, state.health.clone());
     background.spawn(sample_pool(supervisor.pool(), background.stop_token()));
+    background.spawn(crate::guard::pacer::run_lag_sampler(
+        pool.clone(),
+        supervisor.pacers(),
+        background.stop_token(),
+    ));
     supervisor.run(shutdown.clone()).await;
 
     // Consumers are drained; let started transactions finish, then stop the rest.

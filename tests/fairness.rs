@@ -1,14 +1,17 @@
 //! Fairness between repositories on the real services: the hook sends a
 //! repository's storm to the bulk queue, the worker lets other repositories'
-//! pushes pass it, the bulk queue's retries come back to it, and a rate limit
-//! postpones a repository's excess without losing it.
+//! pushes pass it, the bulk queue's retries come back to it, the bulk pacer
+//! slows a storm when the outbox lags, and a rate limit postpones a
+//! repository's excess without losing it.
 
 use hookfleet_testkit as common;
 
 use std::time::Duration;
 
 use chrono::Utc;
+use common::cli::hookfleet_exe;
 use common::gitrepo::{Repos, git};
+use common::procs::{WorkerProc, free_port, metric, worker_env_at};
 use common::{Broker, EventSink, RunningWorker, TestDb, eventually, test_config, unique_prefix};
 use hookfleet::config::Config;
 use hookfleet::push_job::PushJob;
@@ -212,5 +215,70 @@ async fn a_rate_limit_postpones_a_repositorys_excess_and_loses_none() {
     );
     assert_eq!(broker.depth(&broker.names.dead_queue("push")).await, 0);
     worker.stop().await.unwrap();
+    broker.cleanup(&cfg).await;
+}
+
+/// The bulk pacer's second signal on the real services: with no relay
+/// publishing, the quiet pushes' events wait in the outbox, and the worker
+/// halves its storm's rate for the outbox's lag, down to
+/// `fairness.bulk_min_rate`. A worker process of its own, so its `/metrics`
+/// are no other test's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_outbox_slows_the_storm_to_its_minimum_rate() {
+    const STORM: usize = 2_000;
+    let db = TestDb::new().await;
+    let repos = Repos::new(false);
+    git(repos.work.as_path(), &["push", "-q", "origin", "HEAD:main"]);
+    git(
+        repos.dir.path(),
+        &["clone", "-q", "--bare", "repo.git", "quiet.git"],
+    );
+    let commit = repos.git(&["rev-parse", "HEAD"]);
+    let cfg = push_config(&db, &repos);
+    let broker = Broker::new(&cfg).await;
+    for i in 0..STORM {
+        let storm = job("repo.git", &format!("s{i}"), &commit);
+        publish(&broker, "push.bulk", &storm).await;
+    }
+    // The test's topology (classic queues, short tiers) and repositories.
+    let mut env = worker_env_at(&cfg, repos.dir.path());
+    let tmp = std::env::temp_dir().display().to_string();
+    env.extend([
+        ("HOOKFLEET_AMQP__QUEUE_TYPE".to_string(), "classic".to_string()),
+        ("HOOKFLEET_RETRY__TIERS".into(), r#"["50ms", "100ms"]"#.into()),
+        ("HOOKFLEET_HOOK__ALLOWED_DIRS".into(), format!("[{tmp:?}]")),
+        ("HOOKFLEET_OUTBOX__RELAY".into(), "false".into()),
+        ("HOOKFLEET_FAIRNESS__BULK_MIN_RATE".into(), "5".into()),
+    ]);
+    let port = free_port().unwrap();
+    let log = repos.dir.path().join("worker.log");
+    let mut worker = WorkerProc::spawn(&hookfleet_exe().unwrap(), &env, port, &log).unwrap();
+    if let Err(e) = worker.wait_ready(Duration::from_secs(60)).await {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!("{e}; its log:\n{log}");
+    }
+    // Quiet pushes keep coming (one a poll), so every interval of the pacer
+    // has push jobs to protect; their events stay in the outbox.
+    let mut n = 0;
+    eventually(
+        Duration::from_secs(60),
+        "the storm slowed to 5/s for the outbox's lag",
+        || {
+            n += 1;
+            let quiet = job("quiet.git", &format!("q{n}"), &commit);
+            let broker = &broker;
+            async move {
+                publish(broker, "push", &quiet).await;
+                let lag = r#"hookfleet_bulk_slowdowns_total{kind="push",signal="outbox_lag"}"#;
+                let rate = r#"hookfleet_bulk_rate{kind="push"}"#;
+                let slowed = metric(port, lag).await.unwrap_or(0.0) > 0.0;
+                (slowed && metric(port, rate).await == Some(5.0)).then_some(())
+            }
+        },
+    )
+    .await;
+    let left = broker.depth(&broker.names.bulk_queue("push")).await;
+    assert!(left > 0, "the storm is paced, not drained at once");
+    worker.terminate(Duration::from_secs(30)).await;
     broker.cleanup(&cfg).await;
 }

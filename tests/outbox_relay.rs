@@ -480,3 +480,39 @@ async fn a_claim_after_a_burst_walks_the_pending_index_without_sorting() {
         assert_eq!(v, "on", "{setting} leaked to the session");
     }
 }
+
+/// The relays' lag (what the bulk pacer reads) is the age of the row at the
+/// head of the relay's order (lowest id) among those due: rows backing off or
+/// parked are not due, and an empty outbox has none.
+#[tokio::test]
+async fn the_due_lag_is_the_age_of_the_first_row_due() {
+    let db = TestDb::new().await;
+    let lag = || outbox::storage::due_lag(&db.pool);
+    assert_eq!(lag().await.unwrap(), Duration::ZERO, "nothing pending");
+    sqlx::query(
+        "INSERT INTO outbox_pending (id, next_attempt_at, parked_at) VALUES
+         (1, 'infinity', now() - interval '1 hour'),
+         (2, now() + interval '1 hour', NULL)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        lag().await.unwrap(),
+        Duration::ZERO,
+        "parked and backing-off rows are not due"
+    );
+    sqlx::query(
+        "INSERT INTO outbox_pending (id, next_attempt_at) VALUES
+         (3, now() - interval '10 minutes'),
+         (4, now() - interval '20 minutes')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let l = lag().await.unwrap();
+    assert!(
+        l >= Duration::from_secs(600) && l < Duration::from_secs(1200),
+        "the lag of row 3, the first due: {l:?}"
+    );
+}

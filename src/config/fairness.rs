@@ -32,11 +32,13 @@ pub struct FairnessConfig {
     pub bulk_concurrency: u32,
     /// Whether a worker paces its bulk queue by how its push queue fares
     /// (`src/guard/pacer.rs`): bulk jobs start only as fast as they leave the
-    /// push queue's jobs within `bulk_tolerance` of their time without a storm.
+    /// push queue's jobs within `bulk_tolerance` of their time without a storm,
+    /// and the outbox's lag within `bulk_tolerance` of its usual value.
     pub(crate) bulk_pacing: bool,
     /// A push-queue job slower than this multiple of its time without a storm
     /// counts as slowed by the storm (more than 1 in 10 slowed halves the bulk
-    /// rate).
+    /// rate), and so does an outbox lag above this multiple of its usual value
+    /// (and above 25 ms).
     pub(crate) bulk_tolerance: f64,
     /// Bulk jobs per second a worker starts however slowed its push queue is,
     /// so that a storm always drains.
@@ -46,11 +48,11 @@ pub struct FairnessConfig {
 /// Default of `fairness.repository_rate`.
 pub(crate) const FAIRNESS_REPOSITORY_RATE: f64 = 50.0;
 /// Default of `fairness.repository_burst`.
-pub(crate) const FAIRNESS_REPOSITORY_BURST: u32 = 200;
+pub(crate) const FAIRNESS_REPOSITORY_BURST: u32 = 20;
 /// Default of `fairness.owner_rate`.
 pub(crate) const FAIRNESS_OWNER_RATE: f64 = 100.0;
 /// Default of `fairness.owner_burst`.
-pub(crate) const FAIRNESS_OWNER_BURST: u32 = 400;
+pub(crate) const FAIRNESS_OWNER_BURST: u32 = 100;
 /// Default of `fairness.bulk_concurrency`.
 pub(crate) const FAIRNESS_BULK_CONCURRENCY: u32 = 4;
 /// Default of `fairness.bulk_tolerance`.

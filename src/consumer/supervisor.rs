@@ -157,6 +157,11 @@ impl Supervisor {
         self.pool.clone()
     }
 
+    /// The bulk pacers (for feeding them the outbox's lag).
+    pub(crate) fn pacers(&self) -> Vec<Arc<BulkPacer>> {
+        self.pacers.values().cloned().collect()
+    }
+
     /// Runs until `shutdown`, then drains and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         metrics()

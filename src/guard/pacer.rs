@@ -18,14 +18,27 @@
 //!   ran, the bulk rate halves (never below `fairness.bulk_min_rate`, so a storm
 //!   always drains); if bulk deliveries had to wait for the rate and the push
 //!   queue was not slowed, it grows by a quarter.
+//! - The outbox's lag is the second signal: a push's events leave through the
+//!   same outbox and relay as the storm's, so a storm can slow the others'
+//!   events after their handlers ran, where handler times do not see it.
+//!   [`run_lag_sampler`] reads the age of the oldest outbox row due for
+//!   publishing (one indexed row, fleet-wide: every relay's backlog) every
+//!   [`INTERVAL`] while bulk jobs run, once a second otherwise. A lag above
+//!   `fairness.bulk_tolerance` × its reference (the lowest lag lately: it falls
+//!   to any lower sample at once and rises slowly, as TCP BBR's minimum
+//!   round-trip time does) and above [`LAG_FLOOR`], in an interval in which
+//!   bulk jobs started and push-queue jobs ran, is congestion too.
 //! - With the push queue idle there is nothing to slow, so the bulk queue runs
 //!   as fast as its permits allow.
 //!
 //! Waiting here costs a storm's job nothing: it is not yet taken from the queue
 //! (the bulk consumer asks before it takes a permit and a delivery).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::metrics;
 
@@ -41,6 +54,15 @@ const MAX_RATE: f64 = 100_000.0;
 const GROWTH: f64 = 1.25;
 /// Weight of a new quiet interval in the baseline.
 const BASELINE_WEIGHT: f64 = 0.2;
+/// An outbox lag at or below this (seconds) is never congestion: a relay's
+/// ordinary batching and a database round trip take about as long.
+pub(crate) const LAG_FLOOR: f64 = 0.025;
+/// Share of the gap a higher lag sample raises the lag reference by.
+const LAG_RISE: f64 = 0.02;
+/// How long after its last bulk start a pacer still samples the lag often.
+const ACTIVE_FOR: Duration = Duration::from_secs(2);
+/// How long one lag sample may take.
+const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Settings of one pacer (`[fairness]`).
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +78,9 @@ pub(crate) struct BulkPacer {
     settings: PacerSettings,
     state: Mutex<State>,
     rate_gauge: prometheus::Gauge,
+    /// Halvings because push jobs slowed, and because the outbox lagged.
+    slowed_by_handlers: prometheus::IntCounter,
+    slowed_by_lag: prometheus::IntCounter,
 }
 
 #[derive(Debug)]
@@ -79,6 +104,12 @@ struct State {
     baseline: Option<f64>,
     /// Lowest interval mean seen, until a baseline exists.
     floor: Option<f64>,
+    /// The highest outbox lag sampled in this interval (seconds).
+    lag: Option<f64>,
+    /// The lowest outbox lag lately (seconds): see the module's doc.
+    lag_reference: Option<f64>,
+    /// When a bulk delivery last started.
+    last_start: Option<Instant>,
 }
 
 /// What [`BulkPacer::try_start`] says.
@@ -96,7 +127,14 @@ impl BulkPacer {
         let rate = INITIAL_RATE.max(settings.min_rate);
         let rate_gauge = metrics().bulk_rate.with_label_values(&[kind]);
         rate_gauge.set(rate);
+        let slowdowns = |signal: &str| {
+            metrics()
+                .bulk_slowdowns_total
+                .with_label_values(&[kind, signal])
+        };
         Self {
+            slowed_by_handlers: slowdowns("handler_time"),
+            slowed_by_lag: slowdowns("outbox_lag"),
             settings,
             state: Mutex::new(State {
                 rate,
@@ -110,6 +148,9 @@ impl BulkPacer {
                 starved: false,
                 baseline: None,
                 floor: None,
+                lag: None,
+                lag_reference: None,
+                last_start: None,
             }),
             rate_gauge,
         }
@@ -129,6 +170,25 @@ impl BulkPacer {
         }
     }
 
+    /// Records one sample of the outbox's lag (see the module's doc).
+    pub(crate) fn observe_lag(&self, lag: Duration, now: Instant) {
+        let mut s = self.lock();
+        self.roll(&mut s, now);
+        let lag = lag.as_secs_f64();
+        s.lag = Some(s.lag.map_or(lag, |l| l.max(lag)));
+        s.lag_reference = Some(match s.lag_reference {
+            Some(r) if lag > r => r + LAG_RISE * (lag - r),
+            _ => lag,
+        });
+    }
+
+    /// Whether bulk deliveries started lately (the lag is then sampled often).
+    pub(crate) fn is_active(&self, now: Instant) -> bool {
+        self.lock()
+            .last_start
+            .is_some_and(|t| now.saturating_duration_since(t) < ACTIVE_FOR)
+    }
+
     /// Whether a bulk delivery may start now; if so, it is counted.
     pub(crate) fn try_start(&self, now: Instant) -> Start {
         let mut s = self.lock();
@@ -139,6 +199,7 @@ impl BulkPacer {
         if s.tokens >= 1.0 {
             s.tokens -= 1.0;
             s.started += 1;
+            s.last_start = Some(now);
             Start::Go
         } else {
             s.starved = true;
@@ -179,8 +240,19 @@ impl BulkPacer {
             }
             s.floor = Some(s.floor.map_or(m, |f| f.min(m)));
         }
-        let congested = s.started > 0 && s.slow > 0 && s.slow * SLOW_SHARE > s.samples;
+        let slowed = s.slow > 0 && s.slow * SLOW_SHARE > s.samples;
+        let lagging = s.samples > 0
+            && s.lag
+                .zip(s.lag_reference)
+                .is_some_and(|(lag, r)| lag > LAG_FLOOR.max(self.settings.tolerance * r));
+        let congested = s.started > 0 && (slowed || lagging);
         if congested {
+            if slowed {
+                self.slowed_by_handlers.inc();
+            }
+            if lagging {
+                self.slowed_by_lag.inc();
+            }
             s.rate = (s.rate / 2.0).max(self.settings.min_rate);
             s.tokens = s.tokens.min(1.0);
         } else if s.starved {
@@ -193,6 +265,49 @@ impl BulkPacer {
         s.slow = 0;
         s.started = 0;
         s.starved = false;
+        s.lag = None;
+    }
+}
+
+/// Feeds every pacer the outbox's lag ([`storage::due_lag`]) until `stop`:
+/// every [`INTERVAL`] while one of them is active, once a second otherwise (so
+/// the reference is known before a storm). A failed sample is skipped: the
+/// kill switch and readiness report the database.
+///
+/// [`storage::due_lag`]: crate::outbox::storage::due_lag
+pub(crate) async fn run_lag_sampler(
+    pool: PgPool,
+    pacers: Vec<Arc<BulkPacer>>,
+    stop: CancellationToken,
+) {
+    if pacers.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle_every = (Duration::from_secs(1).as_millis() / INTERVAL.as_millis()).max(1) as u64;
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let now = Instant::now();
+        if !pacers.iter().any(|p| p.is_active(now)) && !n.is_multiple_of(idle_every) {
+            continue;
+        }
+        let lag = tokio::time::timeout(LAG_TIMEOUT, crate::outbox::storage::due_lag(&pool)).await;
+        match lag {
+            Ok(Ok(lag)) => {
+                let now = Instant::now();
+                for p in &pacers {
+                    p.observe_lag(lag, now);
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "outbox lag not sampled"),
+            Err(_) => tracing::debug!("outbox lag not sampled: timed out"),
+        }
     }
 }
 
@@ -240,14 +355,117 @@ mod tests {
 
     /// A second of push-queue jobs of `push_ms`, one every 2 ms, with no bulk
     /// delivery asking to start. Returns the instant after.
-    fn push_only(p: &BulkPacer, mut t: Instant, push_ms: u32) -> Instant {
-        for i in 0..1000u32 {
-            if i % 2 == 0 {
+    fn push_only(p: &BulkPacer, t: Instant, push_ms: u32) -> Instant {
+        push_only_for(p, t, Duration::from_secs(1), push_ms)
+    }
+
+    /// As [`run`], with an outbox lag of `lag_ms` sampled every interval.
+    fn run_lagging(
+        p: &BulkPacer,
+        mut t: Instant,
+        span: Duration,
+        push: Option<(u32, u64)>,
+        lag_ms: u32,
+    ) -> Instant {
+        let end = t + span;
+        while t < end {
+            p.observe_lag(lag_ms * MS, t);
+            t = run(p, t, INTERVAL, push);
+        }
+        t
+    }
+
+    /// A second of push-queue jobs of 5 ms and an outbox lag of `lag_ms`, no
+    /// bulk delivery asking to start: the baselines.
+    fn quiet_second(p: &BulkPacer, t: Instant, lag_ms: u32) -> Instant {
+        let mut t = t;
+        for _ in 0..5 {
+            p.observe_lag(lag_ms * MS, t);
+            t = push_only_for(p, t, INTERVAL, 5);
+        }
+        t
+    }
+
+    /// Push-queue jobs of `push_ms`, one every 2 ms, for `span`.
+    fn push_only_for(p: &BulkPacer, mut t: Instant, span: Duration, push_ms: u32) -> Instant {
+        let end = t + span;
+        let mut i = 0u32;
+        while t < end {
+            if i.is_multiple_of(2) {
                 p.observe(push_ms * MS, t);
             }
+            i += 1;
             t += MS;
         }
         t
+    }
+
+    #[test]
+    fn halves_when_the_outbox_lags_while_bulk_runs_though_handlers_are_fast() {
+        let t0 = Instant::now();
+        let p = pacer(t0);
+        let t = quiet_second(&p, t0, 8);
+        // Push handlers stay at 5 ms, but events wait 100 ms in the outbox.
+        run_lagging(&p, t, INTERVAL * 10, Some((5, 2)), 100);
+        assert_eq!(p.rate(), 10.0, "halved down to bulk_min_rate");
+    }
+
+    #[test]
+    fn an_outbox_lag_within_tolerance_lets_the_rate_grow() {
+        let t0 = Instant::now();
+        let p = pacer(t0);
+        let t = quiet_second(&p, t0, 20);
+        let before = p.rate();
+        // 35 ms: above the floor, within 2 × the reference of 20 ms.
+        run_lagging(&p, t, INTERVAL * 10, Some((5, 2)), 35);
+        assert!(p.rate() > before * 5.0, "rate {} from {before}", p.rate());
+    }
+
+    #[test]
+    fn an_outbox_lag_under_the_floor_is_not_congestion() {
+        let t0 = Instant::now();
+        let p = pacer(t0);
+        let t = quiet_second(&p, t0, 1);
+        let before = p.rate();
+        // 10 × the reference, still below LAG_FLOOR.
+        let lag = (LAG_FLOOR * 1000.0) as u32 - 5;
+        run_lagging(&p, t, INTERVAL * 10, Some((5, 2)), lag);
+        assert!(p.rate() > before * 5.0, "rate {} from {before}", p.rate());
+    }
+
+    #[test]
+    fn an_outbox_lag_with_the_push_queue_idle_slows_nothing() {
+        let t0 = Instant::now();
+        let p = pacer(t0);
+        let t = quiet_second(&p, t0, 8);
+        let before = p.rate();
+        // Only the storm's own events wait: no other push to protect.
+        run_lagging(&p, t, INTERVAL * 10, None, 200);
+        assert!(p.rate() > before * 5.0, "rate {} from {before}", p.rate());
+    }
+
+    #[test]
+    fn the_lag_reference_falls_at_once_and_rises_slowly() {
+        let t0 = Instant::now();
+        let p = pacer(t0);
+        p.observe_lag(40 * MS, t0);
+        p.observe_lag(10 * MS, t0);
+        let after_fall = p.lock().lag_reference;
+        p.observe_lag(500 * MS, t0);
+        let after_rise = p.lock().lag_reference;
+        assert_eq!(after_fall, Some(0.010));
+        let r = after_rise.unwrap_or_default();
+        assert!(r > 0.010 && r < 0.030, "reference {r}");
+    }
+
+    #[test]
+    fn active_only_for_a_while_after_a_bulk_start() {
+        let t0 = Instant::now();
+        let p = pacer(t0);
+        assert!(!p.is_active(t0), "no bulk start yet");
+        assert_eq!(p.try_start(t0), Start::Go);
+        assert!(p.is_active(t0 + ACTIVE_FOR / 2));
+        assert!(!p.is_active(t0 + ACTIVE_FOR));
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub(super) struct Jobs {
     pub(super) handler_duration_seconds: HistogramVec,
     pub(super) in_flight: IntGaugeVec,
     pub(super) bulk_rate: prometheus::GaugeVec,
+    pub(super) bulk_slowdowns_total: IntCounterVec,
     pub(super) pool_permits_available: IntGaugeVec,
     pub(super) handler_panics_total: IntCounterVec,
     pub(super) postponed_total: IntCounterVec,
@@ -99,6 +100,12 @@ impl Jobs {
                     ),
                     &["kind"],
                 )?,
+            )?,
+            bulk_slowdowns_total: counter_vec(
+                r,
+                "hookfleet_bulk_slowdowns_total",
+                "Times the bulk pacer halved a kind's bulk rate, by the signal that showed congestion (handler_time: push jobs slowed; outbox_lag: events waiting in the outbox).",
+                &["kind", "signal"],
             )?,
             pool_permits_available: gauge_vec(
                 r,

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub(crate) in_flight: IntGaugeVec,
     /// Bulk deliveries per second a kind's bulk pacer lets start.
     pub(crate) bulk_rate: prometheus::GaugeVec,
+    /// Times a kind's bulk pacer halved the rate, by signal.
+    pub(crate) bulk_slowdowns_total: IntCounterVec,
     /// Free permits of the pool, by kind (`all` = the global semaphore).
     pub(crate) pool_permits_available: IntGaugeVec,
     /// Handler panics, by kind.
@@ -110,6 +112,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         handler_duration_seconds: jobs.handler_duration_seconds,
         in_flight: jobs.in_flight,
         bulk_rate: jobs.bulk_rate,
+        bulk_slowdowns_total: jobs.bulk_slowdowns_total,
         pool_permits_available: jobs.pool_permits_available,
         handler_panics_total: jobs.handler_panics_total,
         postponed_total: jobs.postponed_total,

@@ -304,7 +304,7 @@ pub async fn run(
 
     if want("noisy") {
         step(&format!(
-            "noisy neighbour: 20 repositories at 20 pushes/s, quiet, then with a {}-push storm (one FIFO, then fairness)",
+            "noisy neighbour: 20 repositories at 20 pushes/s, quiet, then with a {}-push storm (one FIFO, fairness, not consumed)",
             s.noisy_storm
         ));
         let n = noisy::run(&exe, cfg, &pool, dir, s.noisy_storm, s.noisy_secs).await?;
@@ -312,6 +312,11 @@ pub async fn run(
         for (label, lat, target) in [
             ("one FIFO (before)", n.storm_fifo, None),
             ("fairness (after)", n.storm_fair, Some(3.0)),
+            (
+                "published to a queue nobody consumes",
+                n.storm_unconsumed,
+                None,
+            ),
         ] {
             for (name, v, quiet, target) in [
                 ("p50", lat.p50, n.quiet.p50, None),

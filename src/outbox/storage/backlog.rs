@@ -1,6 +1,7 @@
 //! What waits in the outbox, as `outbox status` and the console show it (pending,
 //! failing and parked rows, the recent publishing rate), and the operator's one
-//! write on it: unparking. Read-mostly, so apart from the relay's statements.
+//! write on it: unparking; and the relays' lag the bulk pacer reads. Read-mostly,
+//! so apart from the relay's statements.
 
 use std::time::Duration;
 
@@ -102,4 +103,25 @@ pub async fn published_within(pool: &PgPool, window: Duration) -> Result<i64, sq
     )
     .fetch_one(pool)
     .await
+}
+
+/// How long the oldest outbox row due for publishing has waited (zero with
+/// none): the relays' lag, whichever process runs them (the bulk pacer reads
+/// it every 200 ms during a storm, so it is one row by `outbox_pending`'s
+/// primary key, not a count). Rows backing off or parked are not due.
+pub async fn due_lag(pool: &PgPool) -> Result<Duration, sqlx::Error> {
+    let secs = sqlx::query_scalar!(
+        r#"SELECT extract(epoch FROM now() - next_attempt_at)::float8 AS "lag!"
+           FROM outbox_pending
+           WHERE next_attempt_at <= now()
+           ORDER BY id
+           LIMIT 1"#
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(Duration::from_secs_f64(
+        secs.filter(|s| s.is_finite())
+            .unwrap_or(0.0)
+            .clamp(0.0, 86_400.0),
+    ))
 }

@@ -37,7 +37,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use backlog::{
-    FailingRow, failing_count, failing_rows, pending_stats, published_within, unpark,
+    FailingRow, due_lag, failing_count, failing_rows, pending_stats, published_within, unpark,
 };
 pub use batch::{
     Failure, begin_claim, claim, claim_sql, mark_failed, mark_published, reopen_returned, routes,
