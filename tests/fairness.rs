@@ -244,8 +244,14 @@ async fn a_lagging_outbox_slows_the_storm_to_its_minimum_rate() {
     let mut env = worker_env_at(&cfg, repos.dir.path());
     let tmp = std::env::temp_dir().display().to_string();
     env.extend([
-        ("HOOKFLEET_AMQP__QUEUE_TYPE".to_string(), "classic".to_string()),
-        ("HOOKFLEET_RETRY__TIERS".into(), r#"["50ms", "100ms"]"#.into()),
+        (
+            "HOOKFLEET_AMQP__QUEUE_TYPE".to_string(),
+            "classic".to_string(),
+        ),
+        (
+            "HOOKFLEET_RETRY__TIERS".into(),
+            r#"["50ms", "100ms"]"#.into(),
+        ),
         ("HOOKFLEET_HOOK__ALLOWED_DIRS".into(), format!("[{tmp:?}]")),
         ("HOOKFLEET_OUTBOX__RELAY".into(), "false".into()),
         ("HOOKFLEET_FAIRNESS__BULK_MIN_RATE".into(), "5".into()),
