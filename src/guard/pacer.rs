@@ -30,6 +30,8 @@
 //!   bulk jobs started and push-queue jobs ran, is congestion too.
 //! - With the push queue idle there is nothing to slow, so the bulk queue runs
 //!   as fast as its permits allow.
+//! - A storm after [`IDLE_RESTART`] without bulk starts begins again at the
+//!   initial rate, not at the last storm's.
 //!
 //! Waiting here costs a storm's job nothing: it is not yet taken from the queue
 //! (the bulk consumer asks before it takes a permit and a delivery).
@@ -59,6 +61,9 @@ const BASELINE_WEIGHT: f64 = 0.2;
 pub(crate) const LAG_FLOOR: f64 = 0.025;
 /// Share of the gap a higher lag sample raises the lag reference by.
 const LAG_RISE: f64 = 0.02;
+/// A bulk start this long after the previous one begins again at the initial
+/// rate.
+const IDLE_RESTART: Duration = Duration::from_secs(10);
 /// How long after its last bulk start a pacer still samples the lag often.
 const ACTIVE_FOR: Duration = Duration::from_secs(2);
 /// How long one lag sample may take.
@@ -196,6 +201,16 @@ impl BulkPacer {
         let elapsed = now.saturating_duration_since(s.refilled).as_secs_f64();
         s.tokens = (s.tokens + elapsed * s.rate).min(s.rate.max(1.0));
         s.refilled = now;
+        // A storm after a quiet spell starts over from the initial rate, as TCP
+        // restarts its window after idle (RFC 2861): what the last storm was
+        // allowed says little of what the fleet can take now.
+        if s.last_start
+            .is_some_and(|t| now.saturating_duration_since(t) >= IDLE_RESTART)
+        {
+            s.rate = INITIAL_RATE.max(self.settings.min_rate);
+            s.tokens = s.tokens.min(1.0);
+            self.rate_gauge.set(s.rate);
+        }
         if s.tokens >= 1.0 {
             s.tokens -= 1.0;
             s.started += 1;
@@ -466,6 +481,27 @@ mod tests {
         assert_eq!(p.try_start(t0), Start::Go);
         assert!(p.is_active(t0 + ACTIVE_FOR / 2));
         assert!(!p.is_active(t0 + ACTIVE_FOR));
+    }
+
+    #[test]
+    fn a_storm_after_a_quiet_spell_starts_again_at_the_initial_rate() {
+        let t0 = Instant::now();
+        let p = pacer(t0);
+        let t = run(&p, t0, INTERVAL * 20, None);
+        let grown = p.rate();
+        assert!(grown > INITIAL_RATE * 10.0, "rate {grown}");
+        // A pause shorter than IDLE_RESTART keeps what was learnt.
+        let t = t + IDLE_RESTART / 2;
+        assert_eq!(p.try_start(t), Start::Go);
+        assert!(p.rate() >= grown, "rate {} after a short pause", p.rate());
+        // A longer one starts over.
+        let t = t + IDLE_RESTART;
+        assert_eq!(p.try_start(t), Start::Go);
+        assert_eq!(p.rate(), INITIAL_RATE);
+        assert!(
+            matches!(p.try_start(t), Start::Wait(_)),
+            "no burst of the old rate's tokens"
+        );
     }
 
     #[test]
