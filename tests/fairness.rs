@@ -45,6 +45,19 @@ fn job(repository: &str, name: &str, commit: &str) -> PushJob {
     }
 }
 
+/// `repo.git` (the storm) and `quiet.git`, another repository with the same
+/// commits, and the commit both have.
+fn storm_and_quiet_repos() -> (Repos, String) {
+    let repos = Repos::new(false);
+    git(repos.work.as_path(), &["push", "-q", "origin", "HEAD:main"]);
+    git(
+        repos.dir.path(),
+        &["clone", "-q", "--bare", "repo.git", "quiet.git"],
+    );
+    let commit = repos.git(&["rev-parse", "HEAD"]);
+    (repos, commit)
+}
+
 async fn publish(broker: &Broker, routing_key: &str, job: &PushJob) {
     broker
         .publish_raw(routing_key, &job.to_json(), job.envelope().to_properties())
@@ -103,14 +116,7 @@ async fn the_hook_sends_a_repository_over_its_burst_to_the_bulk_queue() {
 async fn another_repositorys_push_passes_a_storm_in_the_bulk_queue() {
     const STORM: usize = 400;
     let db = TestDb::new().await;
-    let repos = Repos::new(false);
-    // `repo` is the storm; `quiet` another repository with the same commits.
-    git(repos.work.as_path(), &["push", "-q", "origin", "HEAD:main"]);
-    git(
-        repos.dir.path(),
-        &["clone", "-q", "--bare", "repo.git", "quiet.git"],
-    );
-    let commit = repos.git(&["rev-parse", "HEAD"]);
+    let (repos, commit) = storm_and_quiet_repos();
     let mut cfg = push_config(&db, &repos);
     cfg.worker.concurrency = 8;
     cfg.fairness.bulk_concurrency = 1;
@@ -227,13 +233,7 @@ async fn a_rate_limit_postpones_a_repositorys_excess_and_loses_none() {
 async fn a_lagging_outbox_slows_the_storm_to_its_minimum_rate() {
     const STORM: usize = 2_000;
     let db = TestDb::new().await;
-    let repos = Repos::new(false);
-    git(repos.work.as_path(), &["push", "-q", "origin", "HEAD:main"]);
-    git(
-        repos.dir.path(),
-        &["clone", "-q", "--bare", "repo.git", "quiet.git"],
-    );
-    let commit = repos.git(&["rev-parse", "HEAD"]);
+    let (repos, commit) = storm_and_quiet_repos();
     let cfg = push_config(&db, &repos);
     let broker = Broker::new(&cfg).await;
     for i in 0..STORM {

@@ -133,6 +133,11 @@ struct Sample {
     to_handler_ms: f64,
 }
 
+/// `d` in milliseconds.
+fn ms(d: chrono::TimeDelta) -> f64 {
+    d.num_microseconds().unwrap_or(0) as f64 / 1000.0
+}
+
 /// Milliseconds from `from` to the time of the UUID v7 `id` (0 without one).
 fn ms_to_v7(from: DateTime<Utc>, id: Option<&str>) -> f64 {
     let Some((secs, nanos)) = id
@@ -145,7 +150,7 @@ fn ms_to_v7(from: DateTime<Utc>, id: Option<&str>) -> f64 {
     let Some(t) = DateTime::<Utc>::from_timestamp(secs as i64, nanos) else {
         return 0.0;
     };
-    (t - from).num_microseconds().unwrap_or(0) as f64 / 1000.0
+    ms(t - from)
 }
 
 /// The quiet repositories' pushes as [`Sample`]s, and when the storm's last
@@ -182,7 +187,6 @@ async fn collect(
             .as_str()
             .and_then(|s| s.parse::<DateTime<Utc>>().ok())
         {
-            let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
             let id = d.properties.message_id().as_ref().map(|m| m.as_str());
             lat.push(Sample {
                 at_s: ms(at - start) / 1000.0,
@@ -322,11 +326,11 @@ pub async fn run(
     // HOOKFLEET_AMQP__QUEUE_TYPE given to the bench are passed on, to compare
     // settings (bursts, bulk_concurrency, bulk_pacing, classic queues), and the
     // bench's hook side and topology use them too.
-    let fairness_env: Vec<(String, String)> = std::env::vars()
+    let passed_env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("HOOKFLEET_FAIRNESS__") || k == "HOOKFLEET_AMQP__QUEUE_TYPE")
         .collect();
     let mut cfg = base.clone();
-    let given = Config::load_from(None, fairness_env.clone())?;
+    let given = Config::load_from(None, passed_env.clone())?;
     cfg.fairness = given.fairness;
     cfg.amqp.queue_type = given.amqp.queue_type;
     declare_topology(&cfg).await?;
@@ -336,7 +340,7 @@ pub async fn run(
     // retrying it); the bench reads only the last of each push.
     declare_queue(&cfg, &sink, Some((&names.events_exchange(), "#"))).await?;
     let mut env = worker_env_at(&cfg, &root);
-    env.extend(fairness_env);
+    env.extend(passed_env);
     let mut worker = WorkerProc::spawn(exe, &env, free_port()?, &root.join("worker.log"))?;
     worker.wait_ready(Duration::from_secs(30)).await?;
     let conn = amqp::connect(&cfg.amqp, "bench-sink").await?;
@@ -344,37 +348,18 @@ pub async fn run(
     let commit = repo.c2.clone();
     // Warm-up, not counted: the worker's first pushes open repositories and
     // connections.
-    let lanes = || StormTo::Lanes;
-    let (consumer, _, _) = phase(&cfg, &root, consumer, &commit, (2, 0, true, 4, lanes())).await?;
-    let (consumer, quiet, _) =
-        phase(&cfg, &root, consumer, &commit, (secs, 0, true, 1, lanes())).await?;
-    let (consumer, fifo, drain_fifo_s) = phase(
-        &cfg,
-        &root,
-        consumer,
-        &commit,
-        (secs, storm, false, 2, lanes()),
-    )
-    .await?;
-    let (consumer, fair, drain_fair_s) = phase(
-        &cfg,
-        &root,
-        consumer,
-        &commit,
-        (secs, storm, true, 3, lanes()),
-    )
-    .await?;
+    let run_phase = |consumer, spec| phase(&cfg, &root, consumer, &commit, spec);
+    use StormTo::Lanes;
+    let (consumer, _, _) = run_phase(consumer, (2, 0, true, 4, Lanes)).await?;
+    let (consumer, quiet, _) = run_phase(consumer, (secs, 0, true, 1, Lanes)).await?;
+    let (consumer, fifo, drain_fifo_s) =
+        run_phase(consumer, (secs, storm, false, 2, Lanes)).await?;
+    let (consumer, fair, drain_fair_s) = run_phase(consumer, (secs, storm, true, 3, Lanes)).await?;
     let parked = format!("{}.noisy-unconsumed", cfg.amqp.prefix);
     declare_queue(&cfg, &parked, None).await?;
     let unconsumed = StormTo::Unconsumed(parked.clone());
-    let (_consumer, storm_unconsumed, _) = phase(
-        &cfg,
-        &root,
-        consumer,
-        &commit,
-        (secs, storm, true, 5, unconsumed),
-    )
-    .await?;
+    let (_consumer, storm_unconsumed, _) =
+        run_phase(consumer, (secs, storm, true, 5, unconsumed)).await?;
     delete_queue(&cfg, &parked).await?;
     worker.terminate(Duration::from_secs(30)).await;
     let _ = conn.close(200, "ok".into()).await;
